@@ -1,0 +1,24 @@
+"""The CAM engine: target layers, backprop targets, methods and post-processing."""
+
+from .engine import CAMEngine, CAMResult
+from .layers import KNOWN_LAYERS, resolve_layer
+from .methods import GRADIENT_METHODS, METHODS, CAMContext, CAMMethod, get_method, register_method
+from .postprocess import minmax_normalize
+from .targets import BACKPROP_TARGETS, beta, register_target
+
+__all__ = [
+    "BACKPROP_TARGETS",
+    "CAMContext",
+    "CAMEngine",
+    "CAMMethod",
+    "CAMResult",
+    "GRADIENT_METHODS",
+    "KNOWN_LAYERS",
+    "METHODS",
+    "beta",
+    "get_method",
+    "minmax_normalize",
+    "register_method",
+    "register_target",
+    "resolve_layer",
+]

@@ -1,0 +1,219 @@
+"""``CAMEngine``: every requested CAM from one forward pass and one batched VJP.
+
+The target layer's output ``A`` is captured by a forward hook that lives only for the
+call. All gradient methods share one ``torch.autograd.grad(logits, A, V,
+is_grads_batched=True)`` where ``V [T, B, C]`` holds one row per distinct backprop
+target (``y_c`` and the three DiffGradCAM differences). Gradients flow only from the
+logits back to ``A``: never through the rest of the network, never into ``.grad``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from .layers import LayerSpec, resolve_layer
+from .methods import CAMContext, CAMMethod, _logits, get_method
+from .postprocess import SizeSpec, postprocess, resolve_size
+from .targets import BACKPROP_TARGETS
+
+TargetSpec = Union[None, int, Sequence[int], Tensor]
+
+
+@dataclass
+class CAMResult:
+    """The maps of one call, with the logits and classes they explain."""
+
+    maps: dict[str, Tensor]
+    logits: Tensor
+    targets: Tensor
+    layer: str
+
+
+class CAMEngine:
+    """Computes CAMs of ``model`` at ``target_layer`` (dotted name, module or ``None``).
+
+    ``engine(x, targets=None, methods=("gradcam",), size=None, normalize=True,
+    create_graph=False)`` returns ``{method: Tensor[B, h, w]}`` (float32, on x's device).
+    The model's train/eval mode, its parameters' ``.grad`` and its hooks are left as
+    they were; the call works under ``torch.no_grad`` and ``torch.inference_mode``.
+    """
+
+    def __init__(self, model: nn.Module, target_layer: LayerSpec = None, scorecam_batch_size: int = 32) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module; got {type(model).__name__}.")
+        if scorecam_batch_size < 1:
+            raise ValueError(f"scorecam_batch_size must be >= 1; got {scorecam_batch_size}.")
+        self.model = model
+        self.scorecam_batch_size = int(scorecam_batch_size)
+        self._layer_spec = target_layer
+        self._layer: Optional[tuple[str, nn.Module]] = None
+        if target_layer is not None:  # fail fast on a bad name
+            self._layer = resolve_layer(model, target_layer)
+        else:
+            try:
+                self._layer = resolve_layer(model, None)
+            except ValueError:
+                self._layer = None  # resolved by a hooked forward on the first call
+
+    @property
+    def target_layer(self) -> Optional[str]:
+        """The resolved target layer's dotted name (``None`` until known)."""
+        return self._layer[0] if self._layer else None
+
+    def __call__(
+        self,
+        x: Tensor,
+        targets: TargetSpec = None,
+        methods: Union[str, Iterable[str]] = ("gradcam",),
+        size: SizeSpec = None,
+        normalize: bool = True,
+        create_graph: bool = False,
+    ) -> dict[str, Tensor]:
+        return self.compute(x, targets, methods, size, normalize, create_graph).maps
+
+    def compute(
+        self,
+        x: Tensor,
+        targets: TargetSpec = None,
+        methods: Union[str, Iterable[str]] = ("gradcam",),
+        size: SizeSpec = None,
+        normalize: bool = True,
+        create_graph: bool = False,
+    ) -> CAMResult:
+        """Like ``__call__`` but also returns the logits and the explained classes.
+
+        With ``create_graph=True`` the maps and logits stay differentiable w.r.t. the
+        model's parameters (one forward serves both a CE loss and a saliency loss).
+        """
+        _check_input(x)
+        chosen = _resolve_methods(methods)
+        out_size = resolve_size(size, tuple(x.shape[-2:]))
+        with torch.inference_mode(False), torch.enable_grad():
+            if x.is_inference():
+                x = x.clone()
+            if self._layer is None:
+                self._layer = resolve_layer(self.model, None, x)
+            name, layer = self._layer
+            logits, activations = self._forward(x, name, layer, full_graph=create_graph)
+            targets = _check_targets(targets, logits, chosen)
+            gradients = _batched_gradients(logits, activations, targets, chosen, create_graph)
+            with torch.set_grad_enabled(create_graph):
+                ctx = CAMContext(
+                    activations=activations.float() if create_graph else activations.detach().float(),
+                    gradients=gradients,
+                    model=self.model,
+                    inputs=x,
+                    targets=targets,
+                    scorecam_batch_size=self.scorecam_batch_size,
+                )
+                maps = {}
+                for method in chosen:
+                    ctx.backprop = method.backprop
+                    maps[method.name] = postprocess(method.compute(ctx), out_size, normalize)
+        if not create_graph:
+            logits = logits.detach()
+        return CAMResult(maps=maps, logits=logits, targets=targets, layer=name)
+
+    def _forward(self, x: Tensor, name: str, layer: nn.Module, full_graph: bool) -> tuple[Tensor, Tensor]:
+        """Run the model once, capturing ``A``. Unless ``full_graph``, the network up to
+        the target layer runs without autograd and only the head (A -> logits) records a
+        graph: the cost of a plain no-grad forward plus a tiny head."""
+        captured: dict[str, Tensor] = {}
+
+        def hook(module: nn.Module, inputs, output):
+            if not isinstance(output, Tensor) or output.dim() != 4:
+                shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+                raise ValueError(
+                    f"Target layer {name!r} outputs {shape}; a CAM needs a [B, K, h, w] feature map. "
+                    "Pick a convolutional layer (for ViT-like models reshape tokens first)."
+                )
+            if not full_graph:
+                torch.set_grad_enabled(True)  # record the head only; restored by no_grad's exit
+            # A leaf when nothing upstream needs grad (frozen model), so dT/dA exists.
+            act = output if output.requires_grad else output.detach().requires_grad_()
+            captured["A"] = act
+            return act.clone()  # later in-place ops cannot alter A
+
+        handle = layer.register_forward_hook(hook)
+        try:
+            with torch.set_grad_enabled(full_graph):
+                logits = _logits(self.model(x))
+        finally:
+            handle.remove()
+        if "A" not in captured:
+            raise RuntimeError(f"Target layer {name!r} was not called during the model's forward pass.")
+        if logits.shape[0] != x.shape[0]:
+            raise ValueError(f"The model returned {logits.shape[0]} rows of logits for a batch of {x.shape[0]}.")
+        return logits, captured["A"]
+
+    def __repr__(self) -> str:
+        return f"CAMEngine(model={type(self.model).__name__}, target_layer={self.target_layer!r})"
+
+
+def _check_input(x: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a Tensor [B, C, H, W]; got {type(x).__name__}.")
+    if x.dim() != 4:
+        raise ValueError(f"x must be a 4-D image batch [B, C, H, W]; got shape {tuple(x.shape)}.")
+    if x.shape[0] == 0:
+        raise ValueError("x is an empty batch (B = 0).")
+
+
+def _resolve_methods(methods: Union[str, Iterable[str]]) -> list[CAMMethod]:
+    names = [methods] if isinstance(methods, str) else list(methods)
+    if not names:
+        raise ValueError("methods is empty; pass at least one name of METHODS.")
+    chosen: dict[str, CAMMethod] = {}
+    for name in names:
+        method = get_method(name)
+        chosen.setdefault(method.name, method)
+    return list(chosen.values())
+
+
+def _check_targets(targets: TargetSpec, logits: Tensor, methods: list[CAMMethod]) -> Tensor:
+    batch, classes = logits.shape
+    if classes < 2 and any(m.backprop not in (None, "logit") for m in methods):
+        raise ValueError(f"DiffGradCAM methods need at least 2 classes; the model has {classes}.")
+    if targets is None:
+        return logits.detach().argmax(dim=1)
+    if isinstance(targets, int):
+        targets = [targets] * batch
+    targets = torch.as_tensor(targets, device=logits.device)
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        raise TypeError(f"targets must hold integer class indices; got dtype {targets.dtype}.")
+    targets = targets.long().reshape(-1)
+    if targets.numel() != batch:
+        raise ValueError(f"targets has {targets.numel()} entries for a batch of {batch}.")
+    bad = (targets < 0) | (targets >= classes)
+    if bad.any():
+        value = int(targets[bad][0])
+        raise ValueError(f"Target class {value} is out of range: the model has {classes} classes (0..{classes - 1}).")
+    return targets
+
+
+def _batched_gradients(
+    logits: Tensor, activations: Tensor, targets: Tensor, methods: list[CAMMethod], create_graph: bool
+) -> dict[str, Tensor]:
+    """``{backprop target: dT/dA [B, K, h, w] float32}`` from one batched VJP."""
+    names = list(dict.fromkeys(m.backprop for m in methods if m.backprop is not None))
+    if not names:
+        return {}
+    vectors = torch.stack([BACKPROP_TARGETS[name](logits, targets) for name in names])
+    if not create_graph:
+        vectors = vectors.detach()
+    batched = len(names) > 1
+    (grads,) = torch.autograd.grad(
+        logits,
+        activations,
+        grad_outputs=vectors if batched else vectors[0],
+        is_grads_batched=batched,
+        create_graph=create_graph,
+        retain_graph=create_graph,
+    )
+    if not batched:
+        grads = grads.unsqueeze(0)
+    return {name: grad.float() for name, grad in zip(names, grads)}
