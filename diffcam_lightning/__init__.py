@@ -1,7 +1,8 @@
 """diffcam-lightning: saliency-supervised training and CAM auditing for PyTorch Lightning."""
 
 from .cams import METHODS, CAMEngine
+from .saliency import cam_entropy, cam_mse, sham_target
 
 __version__ = "0.1.0"
 
-__all__ = ["CAMEngine", "METHODS", "__version__"]
+__all__ = ["CAMEngine", "METHODS", "cam_entropy", "cam_mse", "sham_target", "__version__"]
