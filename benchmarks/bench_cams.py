@@ -1,0 +1,133 @@
+"""CAMEngine against pytorch-grad-cam: same model, batch, layer and targets, one process.
+
+Rows per architecture (medians over ``--repeats`` after ``--warmup`` runs):
+- ``forward``: a plain ``torch.no_grad()`` forward of the batch (the physical floor);
+- ``ours: 10 gradient CAMs``: one ``CAMEngine`` call for GradCAM, GradCAM++, HiResCAM,
+  XGradCAM and the six DiffGradCAM variants (one forward, one batched VJP);
+- ``pytorch-grad-cam: 10, one at a time``: its GradCAM / GradCAM++ / HiResCAM / XGradCAM
+  classes, and GradCAM / GradCAM++ with a difference target for the DiffGradCAMs;
+- ``GradCAM alone`` for both.
+
+    python benchmarks/bench_cams.py                       # CPU, B=4, 224 px (Inception 299)
+    python benchmarks/bench_cams.py --device cuda --repeats 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import timm
+import torch
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from diffcam_lightning import CAMEngine
+from diffcam_lightning.cams import GRADIENT_METHODS, beta
+
+ARCHITECTURES = {"densenet121": 224, "resnet50": 224, "inception_v3": 299, "convnext_tiny": 224}
+
+# method -> (pytorch-grad-cam class, DiffGradCAM baseline or None for y_c)
+REFERENCE = {
+    "gradcam": (GradCAM, None),
+    "gradcam++": (GradCAMPlusPlus, None),
+    "hirescam": (HiResCAM, None),
+    "xgradcam": (XGradCAM, None),
+    "meandiffgradcam": (GradCAM, "mean"),
+    "maxdiffgradcam": (GradCAM, "max"),
+    "lsediffgradcam": (GradCAM, "lse"),
+    "meandiffgradcam++": (GradCAMPlusPlus, "mean"),
+    "maxdiffgradcam++": (GradCAMPlusPlus, "max"),
+    "lsediffgradcam++": (GradCAMPlusPlus, "lse"),
+}
+
+
+class DiffTarget:
+    """pytorch-grad-cam target ``y_c - beta(other logits)``."""
+
+    def __init__(self, category: int, kind: str) -> None:
+        self.category, self.kind = category, kind
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        logits = output[None]
+        target = torch.tensor([self.category], device=output.device)
+        return (output[self.category] - beta(logits, target, self.kind))[0]
+
+
+def timed(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> float:
+    """Median wall time in ms."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def reference_run(model, layer, x, targets, methods) -> None:
+    for method in methods:
+        cam_class, kind = REFERENCE[method]
+        cam_targets = [ClassifierOutputTarget(t) if kind is None else DiffTarget(t, kind) for t in targets]
+        with cam_class(model, target_layers=[layer]) as cam:
+            cam(x, targets=cam_targets)
+
+
+def bench_architecture(name: str, size: int, args, device: torch.device) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=1000).to(device).eval()
+    x = torch.randn(args.batch, 3, size, size, device=device)
+    engine = CAMEngine(model)
+    layer = dict(model.named_modules())[engine.target_layer]
+    targets = model(x).argmax(1).tolist()
+
+    def forward():
+        with torch.no_grad():
+            model(x)
+
+    run = dict(warmup=args.warmup, repeats=args.repeats, device=device)
+    ref_repeats = dict(run, repeats=max(3, args.repeats // 3))  # the slow side: fewer repeats
+    return {
+        "forward": timed(forward, **run),
+        "ours_all": timed(lambda: engine(x, targets=targets, methods=GRADIENT_METHODS, size="input"), **run),
+        "ours_gradcam": timed(lambda: engine(x, targets=targets, methods="gradcam", size="input"), **run),
+        "ref_all": timed(lambda: reference_run(model, layer, x, targets, GRADIENT_METHODS), **ref_repeats),
+        "ref_gradcam": timed(lambda: reference_run(model, layer, x, targets, ["gradcam"]), **run),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archs", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES))
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    label = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {label}; torch {torch.__version__}; B={args.batch}; medians of {args.repeats} runs (ms)\n")
+    print(
+        "| architecture | no-grad forward | ours: 10 gradient CAMs | pytorch-grad-cam: 10, one at a time "
+        "| speed-up | ours / forward | ours: GradCAM | pytorch-grad-cam: GradCAM | speed-up |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name in args.archs:
+        r = bench_architecture(name, ARCHITECTURES[name], args, device)
+        print(
+            f"| {name} ({ARCHITECTURES[name]} px) | {r['forward']:.1f} | {r['ours_all']:.1f} | {r['ref_all']:.1f} "
+            f"| {r['ref_all'] / r['ours_all']:.1f}x | {r['ours_all'] / r['forward']:.2f}x "
+            f"| {r['ours_gradcam']:.1f} | {r['ref_gradcam']:.1f} | {r['ref_gradcam'] / r['ours_gradcam']:.1f}x |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
