@@ -1,5 +1,6 @@
-"""Saliency targets and map statistics: SHAMs, CAM entropy, MSE."""
+"""Saliency targets and map statistics: SHAMs, CAM entropy, MSE, the saliency loss."""
 
+from .losses import resize_target, saliency_loss, saliency_mse
 from .metrics import cam_entropy, cam_mse, max_entropy
 from .sham import PAPER_ENTROPY, SHAM_PATTERNS, register_pattern, sham_pixel_count, sham_target
 
@@ -10,6 +11,9 @@ __all__ = [
     "cam_mse",
     "max_entropy",
     "register_pattern",
+    "resize_target",
+    "saliency_loss",
+    "saliency_mse",
     "sham_pixel_count",
     "sham_target",
 ]

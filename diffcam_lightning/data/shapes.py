@@ -1,0 +1,80 @@
+"""Shape masks for the synthetic dataset: small pure functions on a normalised grid.
+
+Each shape maps coordinates ``u, v`` in ``[-1, 1]`` (object frame) to a boolean mask.
+A registry rather than an if-chain, so a user can add shapes (and so classes).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+ShapeFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+SHAPES: dict[str, ShapeFn] = {}
+
+
+def register_shape(name: str) -> Callable[[ShapeFn], ShapeFn]:
+    """Register ``fn(u, v) -> bool mask`` under ``name``."""
+
+    def decorator(fn: ShapeFn) -> ShapeFn:
+        SHAPES[name] = fn
+        return fn
+
+    return decorator
+
+
+@register_shape("disk")
+def _disk(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return u**2 + v**2 <= 0.9**2
+
+
+@register_shape("square")
+def _square(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return np.maximum(np.abs(u), np.abs(v)) <= 0.75
+
+
+@register_shape("triangle")
+def _triangle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return (v <= 0.8) & (v >= -0.9) & (np.abs(u) <= (v + 0.9) / 1.7 * 0.95)
+
+
+@register_shape("cross")
+def _cross(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    inside = np.maximum(np.abs(u), np.abs(v)) <= 0.9
+    return inside & ((np.abs(u) <= 0.28) | (np.abs(v) <= 0.28))
+
+
+@register_shape("ring")
+def _ring(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    r2 = u**2 + v**2
+    return (r2 <= 0.95**2) & (r2 >= 0.5**2)
+
+
+@register_shape("diamond")
+def _diamond(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return np.abs(u) + np.abs(v) <= 0.95
+
+
+@register_shape("xshape")
+def _xshape(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    inside = np.maximum(np.abs(u), np.abs(v)) <= 0.85
+    return inside & (np.abs(np.abs(u) - np.abs(v)) <= 0.3)
+
+
+@register_shape("frame")
+def _frame(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    m = np.maximum(np.abs(u), np.abs(v))
+    return (m <= 0.9) & (m >= 0.5)
+
+
+@register_shape("stripes")
+def _stripes(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    inside = np.maximum(np.abs(u), np.abs(v)) <= 0.85
+    return inside & (np.floor((u + 1.0) * 3.0).astype(int) % 2 == 0)
+
+
+@register_shape("halfmoon")
+def _halfmoon(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return (u**2 + v**2 <= 0.9**2) & (v >= 0.0)
