@@ -1,0 +1,40 @@
+"""The ``diffcam`` command: a LightningCLI over ``SaliencyClassifier`` and any DataModule.
+
+    diffcam fit --config configs/synthetic_sham.yaml
+    diffcam validate|test|predict --config ... --ckpt_path path/to.ckpt
+
+The DataModule is chosen in the config (``data.class_path``; subclass mode), and its
+``num_classes`` is linked to ``model.num_classes`` after it is built. Unknown keys are
+refused by LightningCLI's parser, which names them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from .models import SaliencyClassifier
+
+
+class DiffcamCLI(LightningCLI):
+    """LightningCLI with ``data.num_classes -> model.num_classes``."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+
+def main(args: Optional[Sequence[str]] = None) -> None:
+    """Entry point of the ``diffcam`` console script (``args=None`` reads ``sys.argv``)."""
+    DiffcamCLI(
+        SaliencyClassifier,
+        LightningDataModule,
+        subclass_mode_data=True,
+        args=list(args) if args is not None else None,
+        auto_configure_optimizers=False,
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
