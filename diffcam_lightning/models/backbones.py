@@ -2,7 +2,8 @@
 
 A local weights file goes through timm's own loader
 (``pretrained_cfg_overlay=dict(file=...)``, ``torch.load(weights_only=True)``), which
-drops the classifier when ``num_classes`` differs from the file's.
+drops the classifier when ``num_classes`` differs from the file's head (and keeps it when
+they agree, e.g. a file saved from one of our own runs).
 """
 
 from __future__ import annotations
@@ -35,11 +36,26 @@ def build_backbone(
         path = Path(weights_file).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"weights_file {str(path)!r} does not exist (model {model_name!r}).")
+        overlay: dict[str, Any] = dict(file=str(path))
+        file_classes = _head_classes(model_name, path)
+        if file_classes is not None:  # timm keeps the file's head only when the counts agree
+            overlay["num_classes"] = file_classes
         return timm.create_model(
-            model_name,
-            pretrained=True,
-            num_classes=num_classes,
-            pretrained_cfg_overlay=dict(file=str(path)),
-            **kwargs,
+            model_name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay, **kwargs
         )
     return timm.create_model(model_name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+
+
+def _head_classes(model_name: str, path: Path) -> Optional[int]:
+    """Rows of the classifier weight stored in a weights file (``None`` if not found), so a
+    file saved from a model with the same ``num_classes`` keeps its trained head."""
+    from timm.models import load_state_dict
+
+    cfg = timm.get_pretrained_cfg(model_name)
+    classifier = cfg.classifier if cfg is not None else None
+    if not classifier:
+        return None
+    names = [classifier] if isinstance(classifier, str) else list(classifier)
+    state = load_state_dict(str(path), weights_only=True)
+    rows = [state[f"{n}.weight"].shape[0] for n in names if f"{n}.weight" in state]
+    return rows[0] if rows else None
