@@ -85,7 +85,8 @@ class SyntheticDataModule(_LoaderMixin):
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"Unknown synthetic preset {preset!r}; valid: {', '.join(PRESETS)}.")
-        self.save_hyperparameters()
+        # num_classes is the model's hparam (linked by the CLI); None here would clash with it
+        self.save_hyperparameters(ignore=["num_classes"])
         self.spec = SyntheticSpec(
             num_classes=int(num_classes or PRESETS[preset]["num_classes"]),
             image_size=image_size,
