@@ -184,3 +184,24 @@ def test_transforms_follow_the_timm_model_config():
     assert timm_data_config("resnet50", {"image_size": 64})["input_size"] == (3, 64, 64)
     with pytest.raises(ValueError, match="Unknown data config key 'colour'"):
         timm_data_config("resnet50", {"colour": 1})
+
+
+def test_folder_with_human_saliency_trains_end_to_end_with_a_logger(folder, tmp_path):
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from diffcam_lightning import SaliencyClassifier
+
+    dm = ImageFolderDataModule(
+        str(folder / "train"), saliency_dir=str(folder / "sal"), data_config={"image_size": 48},
+        val_fraction=0.34, batch_size=4, num_workers=0,
+    )  # data model_name (None) differs from the model's: hparams must not clash
+    model = SaliencyClassifier("test_resnet", num_classes=dm.num_classes, saliency_target="human")
+    t = L.Trainer(max_epochs=1, accelerator="cpu", logger=CSVLogger(tmp_path / "logs"), enable_progress_bar=False,
+                  enable_checkpointing=False, enable_model_summary=False)
+    t.fit(model, dm)
+    assert torch.isfinite(t.callback_metrics["train/loss"]) and torch.isfinite(t.callback_metrics["val/saliency_mse"])
+    train_missing, val_missing = dm.datasets["train"].missing_saliency, dm.datasets["val"].missing_saliency
+    assert train_missing + val_missing == 2  # images 2 of each class have no map
+    assert t.callback_metrics["train/saliency_missing"].item() == train_missing
+    assert t.callback_metrics["val/saliency_missing"].item() == val_missing

@@ -184,7 +184,7 @@ class ImageFolderDataModule(_FileDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(model_name, data_config, hflip, val_fraction, batch_size, num_workers, seed)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["model_name"])  # the model's hparam; a different value would clash
         self.dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
         self.saliency_dir = saliency_dir
         self.classes = folder_classes(Path(train_dir))
@@ -215,7 +215,7 @@ class CSVDataModule(_FileDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(model_name, data_config, hflip, val_fraction, batch_size, num_workers, seed)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["model_name"])  # the model's hparam; a different value would clash
         self.csvs = {"train": train_csv, "val": val_csv, "test": test_csv}
         self.root = root
         self.classes = [str(c) for c in classes] if classes else manifest_classes(read_manifest(Path(train_csv)))
