@@ -21,40 +21,11 @@ from typing import Callable
 
 import timm
 import torch
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
 from diffcam_lightning import CAMEngine
-from diffcam_lightning.cams import GRADIENT_METHODS, beta
+from diffcam_lightning.cams import GRADIENT_METHODS
+from diffcam_lightning.cams.reference import reference_cam
 
 ARCHITECTURES = {"densenet121": 224, "resnet50": 224, "inception_v3": 299, "convnext_tiny": 224}
-
-# method -> (pytorch-grad-cam class, DiffGradCAM baseline or None for y_c)
-REFERENCE = {
-    "gradcam": (GradCAM, None),
-    "gradcam++": (GradCAMPlusPlus, None),
-    "hirescam": (HiResCAM, None),
-    "xgradcam": (XGradCAM, None),
-    "meandiffgradcam": (GradCAM, "mean"),
-    "maxdiffgradcam": (GradCAM, "max"),
-    "lsediffgradcam": (GradCAM, "lse"),
-    "meandiffgradcam++": (GradCAMPlusPlus, "mean"),
-    "maxdiffgradcam++": (GradCAMPlusPlus, "max"),
-    "lsediffgradcam++": (GradCAMPlusPlus, "lse"),
-}
-
-
-class DiffTarget:
-    """pytorch-grad-cam target ``y_c - beta(other logits)``."""
-
-    def __init__(self, category: int, kind: str) -> None:
-        self.category, self.kind = category, kind
-
-    def __call__(self, output: torch.Tensor) -> torch.Tensor:
-        logits = output[None]
-        target = torch.tensor([self.category], device=output.device)
-        return (output[self.category] - beta(logits, target, self.kind))[0]
-
 
 def timed(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> float:
     """Median wall time in ms."""
@@ -74,10 +45,7 @@ def timed(fn: Callable[[], object], warmup: int, repeats: int, device: torch.dev
 
 def reference_run(model, layer, x, targets, methods) -> None:
     for method in methods:
-        cam_class, kind = REFERENCE[method]
-        cam_targets = [ClassifierOutputTarget(t) if kind is None else DiffTarget(t, kind) for t in targets]
-        with cam_class(model, target_layers=[layer]) as cam:
-            cam(x, targets=cam_targets)
+        reference_cam(model, layer, x, targets, method)
 
 
 def bench_architecture(name: str, size: int, args, device: torch.device) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
     diffcam fit --config configs/synthetic_sham.yaml
     diffcam validate|test|predict --config ... --ckpt_path path/to.ckpt
+    diffcam report --config configs/report_synthetic.yaml   (see diffcam_lightning.report)
 
 The DataModule is chosen in the config (``data.class_path``; subclass mode), and its
 ``num_classes`` is linked to ``model.num_classes`` after it is built. Unknown keys are
@@ -10,6 +11,7 @@ refused by LightningCLI's parser, which names them.
 
 from __future__ import annotations
 
+import sys
 from typing import Optional, Sequence
 
 from lightning.pytorch import LightningDataModule
@@ -27,6 +29,12 @@ class DiffcamCLI(LightningCLI):
 
 def main(args: Optional[Sequence[str]] = None) -> None:
     """Entry point of the ``diffcam`` console script (``args=None`` reads ``sys.argv``)."""
+    argv = list(args) if args is not None else sys.argv[1:]
+    if argv[:1] == ["report"]:
+        from .report.cli import main as report_main
+
+        report_main(argv[1:])
+        return
     DiffcamCLI(
         SaliencyClassifier,
         LightningDataModule,

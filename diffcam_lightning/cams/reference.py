@@ -1,0 +1,59 @@
+"""pytorch-grad-cam as a reference: the same methods through the ``grad-cam`` package,
+one method (and one full backward) at a time. Used by benchmarks and the report's
+run-time table; needs ``pip install grad-cam``."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .targets import beta
+
+# our method name -> (pytorch-grad-cam class name, DiffGradCAM baseline or None for y_c)
+REFERENCE_METHODS: dict[str, tuple[str, Optional[str]]] = {
+    "gradcam": ("GradCAM", None),
+    "gradcam++": ("GradCAMPlusPlus", None),
+    "hirescam": ("HiResCAM", None),
+    "xgradcam": ("XGradCAM", None),
+    "eigencam": ("EigenCAM", None),
+    "scorecam": ("ScoreCAM", None),
+    **{f"{k}diffgradcam": ("GradCAM", k) for k in ("mean", "max", "lse")},
+    **{f"{k}diffgradcam++": ("GradCAMPlusPlus", k) for k in ("mean", "max", "lse")},
+}
+
+
+def available() -> bool:
+    try:
+        import pytorch_grad_cam  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class DiffTarget:
+    """A pytorch-grad-cam target computing ``y_c - beta(other logits)`` per sample."""
+
+    def __init__(self, category: int, kind: str) -> None:
+        self.category, self.kind = int(category), kind
+
+    def __call__(self, output: Tensor) -> Tensor:
+        target = torch.tensor([self.category], device=output.device)
+        return output[self.category] - beta(output[None], target, self.kind)[0]
+
+
+def reference_cam(model: nn.Module, layer: nn.Module, x: Tensor, targets: Sequence[int], method: str):
+    """One method through pytorch-grad-cam: a numpy array ``[B, H, W]`` at input size.
+
+    Note that pytorch-grad-cam calls ``model.eval()`` and never restores the mode.
+    """
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    if method not in REFERENCE_METHODS:
+        raise ValueError(f"No pytorch-grad-cam reference for {method!r}; valid: {', '.join(REFERENCE_METHODS)}.")
+    class_name, kind = REFERENCE_METHODS[method]
+    cam_targets = [ClassifierOutputTarget(int(t)) if kind is None else DiffTarget(t, kind) for t in targets]
+    with getattr(pytorch_grad_cam, class_name)(model, target_layers=[layer]) as cam:
+        return cam(x, targets=cam_targets)

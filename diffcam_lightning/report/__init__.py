@@ -1,0 +1,7 @@
+"""``diffcam report``: the paper's tables and figures from checkpoints."""
+
+from .data import DataSpec
+from .run import ArchitectureSpec, ReportOptions, TimingSpec, run_report
+from .sources import ModelSource, load_model
+
+__all__ = ["ArchitectureSpec", "DataSpec", "ModelSource", "ReportOptions", "TimingSpec", "load_model", "run_report"]

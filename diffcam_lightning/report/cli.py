@@ -1,0 +1,41 @@
+"""``diffcam report``: the paper's tables and figures from a YAML config or flags.
+
+    diffcam report --config configs/report_synthetic.yaml
+    diffcam report --config configs/report_imagenet.yaml \\
+        --trainer.accelerator gpu --trainer.devices 8 --trainer.num_nodes 2 --trainer.strategy ddp
+
+Everything under ``trainer.`` goes to the Lightning ``Trainer`` that runs the per-sample
+scoring (its predict loop), so the same config scales from a laptop to many GPUs.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.pytorch import Trainer
+
+from .run import ReportOptions, run_report
+
+_TRAINER_SKIP = {"callbacks", "logger", "plugins", "enable_checkpointing", "default_root_dir"}
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="diffcam report", description=__doc__, exit_on_error=True)
+    parser.add_argument("--config", action=ActionConfigFile, help="A report YAML (see configs/report_*.yaml).")
+    parser.add_class_arguments(ReportOptions, "report", sub_configs=True)
+    parser.add_class_arguments(Trainer, "trainer", instantiate=False, skip=_TRAINER_SKIP)
+    return parser
+
+
+def main(args: Optional[Sequence[str]] = None) -> dict:
+    parser = build_parser()
+    cfg = parser.parse_args(list(args) if args is not None else None)
+    init = parser.instantiate_classes(cfg)
+    trainer_kwargs = {k: v for k, v in vars(cfg.trainer).items() if not k.startswith("__")}
+    written = run_report(init.report, trainer_kwargs)
+    if written:
+        print(f"Report written to {init.report.output_dir}:")
+        for name, path in written.items():
+            print(f"  {name:34s} {path}")
+    return written

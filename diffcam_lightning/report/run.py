@@ -1,0 +1,186 @@
+"""``run_report``: per-sample scores in a Trainer's predict loop, then (rank zero) the
+raw scores, Tables 1/3/4 + accuracy (CSV, Markdown, LaTeX) and Figure 2-style grids."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from ..cams import METHODS, CAMEngine, get_method
+from ..saliency import sham_target
+from .data import DataSpec, build_report_data
+from .figures import FIGURE_METHODS, figure_grid
+from .scoring import FIELDS, ScoreWriter, ScoringModule, merge_rank_files
+from .sources import ModelSource, load_model
+from .stats import accuracy_table, group_scores, similarity_table, susceptibility_table
+from .tables import Table
+from .timing import timing_table
+
+
+@dataclass
+class ArchitectureSpec:
+    """A clean model and, for susceptibility, its SHAM-tuned counterpart (same arch)."""
+
+    clean: ModelSource
+    sham: Optional[ModelSource] = None
+    name: Optional[str] = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.clean.arch
+
+
+@dataclass
+class TimingSpec:
+    """Table 1 protocol: ``runs`` single-image runs per method, the first ``discard`` dropped."""
+
+    enabled: bool = True
+    runs: int = 110
+    discard: int = 10
+    pytorch_grad_cam: bool = True
+    methods: Optional[list[str]] = None
+
+
+@dataclass
+class ReportOptions:
+    models: list[ArchitectureSpec]
+    output_dir: str = "report"
+    data: DataSpec = field(default_factory=DataSpec)
+    methods: Optional[list[str]] = None
+    scorecam: bool = True
+    target: str = "label"
+    cam_size: str = "input"
+    scorecam_batch_size: int = 32
+    figure_samples: int = 4
+    timing: TimingSpec = field(default_factory=TimingSpec)
+
+
+def resolve_methods(methods: Optional[Sequence[str]], scorecam: bool) -> list[str]:
+    names = [get_method(m).name for m in (methods or METHODS)]
+    return [m for m in dict.fromkeys(names) if scorecam or m != "scorecam"]
+
+
+def _load_pair(spec: ArchitectureSpec, num_classes: int):
+    clean = load_model(spec.clean, num_classes)
+    sham = None
+    if spec.sham is not None:
+        if spec.sham.arch.split(".")[0] != spec.clean.arch.split(".")[0]:
+            raise ValueError(f"{spec.label}: the SHAM-tuned model is a {spec.sham.arch}, the clean one a {spec.clean.arch}.")
+        sham = load_model(spec.sham, num_classes)
+    return clean, sham
+
+
+def run_report(options: ReportOptions, trainer_kwargs: Optional[dict[str, Any]] = None) -> dict[str, Path]:
+    """Run the report; returns the written files by name (on rank zero; ``{}`` elsewhere)."""
+    if not options.models:
+        raise ValueError("The report needs at least one entry under 'models'.")
+    methods = resolve_methods(options.methods, options.scorecam)
+    out = Path(options.output_dir)
+    scores_dir = out / "scores"
+    trainer = pl.Trainer(
+        **{"logger": False, "enable_checkpointing": False, **(trainer_kwargs or {})},
+        callbacks=[ScoreWriter(scores_dir)],
+    )
+    prepared = []
+    for spec in options.models:
+        data = build_report_data(options.data, spec.clean.arch)
+        clean, sham = _load_pair(spec, data.num_classes)
+        module = ScoringModule(clean, sham, methods, options.target, options.cam_size, options.scorecam_batch_size)
+        module.report_name = spec.label
+        loader = DataLoader(data.dataset, batch_size=options.data.batch_size, num_workers=options.data.num_workers)
+        trainer.predict(module, loader, return_predictions=False)
+        trainer.strategy.barrier()
+        prepared.append((spec, data, clean, sham))
+    if not trainer.is_global_zero:
+        return {}
+    rows = []
+    for spec, *_ in prepared:
+        rows += [{"arch": spec.label, **row} for row in merge_rank_files(scores_dir, spec.label)]
+    written = {"scores": _write_scores(rows, out / "scores.csv")}
+    scores = group_scores(rows)
+    tables = [similarity_table(scores), accuracy_table(scores)]
+    if any(spec.sham is not None for spec, *_ in prepared):
+        tables.insert(1, susceptibility_table(scores, methods))
+    device = trainer.strategy.root_device
+    for spec, data, clean, sham in prepared:
+        first = data.dataset[0]
+        if options.timing.enabled:
+            tables.append(
+                timing_table(
+                    spec.label,
+                    clean.to(device),
+                    first["image"][None].to(device),
+                    int(first["label"]),
+                    options.timing.methods or methods,
+                    options.timing.runs,
+                    options.timing.discard,
+                    options.timing.pytorch_grad_cam,
+                )
+            )
+        written.update(_figures(spec, data, clean, sham, options, device, out))
+    for table in tables:
+        for path in table.write(out / "tables"):
+            written[f"{table.name}.{path.suffix[1:]}"] = path
+    written["report"] = _write_index(out, tables, written)
+    return written
+
+
+def _write_scores(rows: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["arch", *FIELDS])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _figures(spec, data, clean, sham, options: ReportOptions, device, out: Path) -> dict[str, Path]:
+    count = min(options.figure_samples, len(data.dataset))
+    if count < 1:
+        return {}
+    items = [data.dataset[i] for i in range(count)]
+    images = torch.stack([item["image"] for item in items]).to(device)
+    labels = torch.stack([item["label"] for item in items]).to(device)
+    methods = [m for m in FIGURE_METHODS if m in resolve_methods(options.methods, options.scorecam)]
+    written = {}
+    for kind, model in (("clean", clean), ("sham", sham)):
+        if model is None or not methods:
+            continue
+        engine = CAMEngine(model.to(device))
+        targets = labels if options.target == "label" else None
+        grid = engine(images, targets, methods[:1])[methods[0]].shape[-2:]
+        maps = engine(images, targets, methods, size="input")
+        target_maps = _target_saliency(kind, items, grid, images.shape[-2:])
+        path = out / "figures" / f"{spec.label}_{kind}.png"
+        title = f"{spec.label}: {'clean' if kind == 'clean' else 'SHAM-tuned'} model"
+        written[f"figure_{spec.label}_{kind}"] = figure_grid(images, maps, target_maps, title, path, methods)
+    return written
+
+
+def _target_saliency(kind: str, items: list[dict], grid, size) -> Optional[torch.Tensor]:
+    """The SHAM on the CAM grid for a SHAM-tuned model; the human maps (if every shown
+    sample has one) for a clean model; otherwise omitted, as the paper does for ImageNet."""
+    if kind == "sham":
+        sham = sham_target(tuple(grid))[None, None]
+        return torch.nn.functional.interpolate(sham, size=tuple(size), mode="nearest")[0].expand(len(items), -1, -1)
+    if all(bool(item.get("has_saliency", False)) for item in items):
+        return torch.stack([item["saliency"] for item in items])
+    return None
+
+
+def _write_index(out: Path, tables: list[Table], written: dict[str, Path]) -> Path:
+    parts = ["# CAM report\n"]
+    for table in tables:
+        files = ", ".join(f"[{table.name}.{ext}](tables/{table.name}.{ext})" for ext in ("csv", "md", "tex"))
+        parts.append(f"{table.to_markdown()}\n{files}\n")
+    figures = [p for k, p in written.items() if k.startswith("figure_")]
+    parts += [f"![{p.stem}](figures/{p.name})\n" for p in figures]
+    path = out / "report.md"
+    path.write_text("\n".join(parts))
+    return path

@@ -1,0 +1,133 @@
+"""Per-sample scores inside a Lightning predict loop, so ``--trainer.devices 8
+--trainer.strategy ddp`` spreads the images over GPUs with no code change.
+
+Each batch: one engine call per model (clean, and SHAM-tuned when given) for all
+methods; rows ``(sample, label, target, metric, method, score)`` where ``metric`` is
+``similarity`` (a DiffGradCAM variant vs its base, clean model), ``susceptibility``
+(clean vs SHAM-tuned map of the same method) or ``correct_clean`` / ``correct_sham``.
+A :class:`ScoreWriter` appends each rank's rows to its own CSV; rank zero merges them.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ..cams import CAMEngine
+from ..saliency import cam_mse
+
+# DiffGradCAM variant -> the base it is compared with (paper Table 3)
+SIMILARITY_PAIRS: dict[str, str] = {
+    **{f"{k}diffgradcam": "gradcam" for k in ("mean", "max", "lse")},
+    **{f"{k}diffgradcam++": "gradcam++" for k in ("mean", "max", "lse")},
+}
+
+FIELDS = ("sample", "label", "target", "metric", "method", "score")
+
+
+class IndexedSubset(Dataset):
+    """A subset of a dict-batch dataset whose samples carry their original ``index``."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        index = self.indices[i]
+        item = dict(self.dataset[index])
+        item["index"] = torch.tensor(index)
+        return item
+
+
+class ScoringModule(pl.LightningModule):
+    """Holds the clean (and SHAM-tuned) model of one architecture; scores in predict."""
+
+    def __init__(
+        self,
+        clean: nn.Module,
+        sham: Optional[nn.Module],
+        methods: Sequence[str],
+        target: str = "label",
+        cam_size: Optional[str] = "input",
+        scorecam_batch_size: int = 32,
+    ) -> None:
+        super().__init__()
+        if target not in ("label", "prediction"):
+            raise ValueError(f"target must be 'label' or 'prediction'; got {target!r}.")
+        self.clean, self.sham = clean.eval(), sham.eval() if sham is not None else None
+        self.methods = list(methods)
+        self.target, self.cam_size = target, cam_size
+        self.engines = {"clean": CAMEngine(self.clean, scorecam_batch_size=scorecam_batch_size)}
+        if self.sham is not None:
+            self.engines["sham"] = CAMEngine(self.sham, scorecam_batch_size=scorecam_batch_size)
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[tuple]:
+        x, labels, index = batch["image"], batch["label"], batch["index"]
+        targets = labels if self.target == "label" else None
+        clean = self.engines["clean"].compute(x, targets, self.methods, size=self.cam_size)
+        rows = self._rows(index, labels, clean.targets, "correct_clean", "-", clean.logits.argmax(1) == labels)
+        for diff, base in SIMILARITY_PAIRS.items():
+            if diff in clean.maps and base in clean.maps:
+                score = cam_mse(clean.maps[diff], clean.maps[base])
+                rows += self._rows(index, labels, clean.targets, "similarity", diff, score)
+        if "sham" in self.engines:
+            sham = self.engines["sham"].compute(x, clean.targets, self.methods, size=self.cam_size)
+            rows += self._rows(index, labels, clean.targets, "correct_sham", "-", sham.logits.argmax(1) == labels)
+            for method in self.methods:
+                score = cam_mse(clean.maps[method], sham.maps[method])
+                rows += self._rows(index, labels, clean.targets, "susceptibility", method, score)
+        return rows
+
+    @staticmethod
+    def _rows(index: Tensor, labels: Tensor, targets: Tensor, metric: str, method: str, scores: Tensor) -> list[tuple]:
+        values = scores.float().tolist()
+        return [
+            (int(i), int(y), int(t), metric, method, float(s))
+            for i, y, t, s in zip(index.tolist(), labels.tolist(), targets.tolist(), values)
+        ]
+
+
+class ScoreWriter(BasePredictionWriter):
+    """Appends every batch's rows to ``<folder>/<report_name>.rank<R>.csv``, one file per
+    rank and architecture (``report_name`` is the scored module's attribute)."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(write_interval="batch")
+        self.folder = Path(folder)
+
+    def path(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path:
+        name = getattr(pl_module, "report_name", type(pl_module).__name__)
+        return self.folder / f"{name}.rank{trainer.global_rank}.csv"
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.path(trainer, pl_module), "w", newline="") as f:
+            csv.writer(f).writerow(FIELDS)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        with open(self.path(trainer, pl_module), "a", newline="") as f:
+            csv.writer(f).writerows(prediction)
+
+
+def merge_rank_files(folder: Path, name: str) -> list[dict[str, Any]]:
+    """All ranks' rows, each (sample, metric, method) once (DDP pads with repeats), sorted."""
+    merged: dict[tuple, dict[str, Any]] = {}
+    files = sorted(Path(folder).glob(f"{name}.rank*.csv"))
+    if not files:
+        raise FileNotFoundError(f"No per-rank score files {name}.rank*.csv in {folder}.")
+    for path in files:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                row = {**row, "sample": int(row["sample"]), "label": int(row["label"]), "target": int(row["target"])}
+                row["score"] = float(row["score"])
+                merged.setdefault((row["sample"], row["metric"], row["method"]), row)
+    return [merged[k] for k in sorted(merged)]

@@ -1,0 +1,138 @@
+"""Where a report's models come from: timm (random or ``pretrained``), a local weights
+file, or a ``SaliencyClassifier`` checkpoint. Checkpoints are read with
+``torch.load(weights_only=True)``; a wrong file is an error naming it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..models.backbones import build_backbone
+
+# prefixes under which a LightningModule may hold the timm network
+_STATE_PREFIXES = ("", "model.", "net.", "backbone.", "network.")
+
+
+@dataclass
+class ModelSource:
+    """One model. ``arch`` is a timm name; at most one of ``weights`` / ``checkpoint``.
+
+    - neither, ``pretrained=False``: random init (tests, synthetic runs);
+    - ``pretrained=True``: timm's hub weights;
+    - ``weights``: a local timm weights file (``.pth``/``.safetensors``), loaded through
+      ``pretrained_cfg_overlay=dict(file=...)`` (the classifier is re-initialised when the
+      class count differs);
+    - ``checkpoint``: a Lightning checkpoint of a ``SaliencyClassifier`` (or any module
+      holding the timm network's state dict).
+    """
+
+    arch: Optional[str] = None
+    pretrained: bool = False
+    weights: Optional[str] = None
+    checkpoint: Optional[str] = None
+    model_kwargs: Optional[dict] = None
+
+    def __post_init__(self) -> None:
+        if self.checkpoint and not self.arch:
+            hparams = checkpoint_hparams(Path(self.checkpoint))
+            self.arch = hparams.get("model_name")
+            if self.model_kwargs is None and isinstance(hparams.get("model_kwargs"), dict):
+                self.model_kwargs = hparams["model_kwargs"]
+        if not self.arch:
+            raise ValueError(
+                f"A model source needs 'arch' (a timm name){'; checkpoint ' + self.checkpoint + ' does not store one' if self.checkpoint else ''}."
+            )
+
+    def describe(self) -> str:
+        if self.checkpoint:
+            return f"{self.arch} from checkpoint {self.checkpoint}"
+        if self.weights:
+            return f"{self.arch} from weights file {self.weights}"
+        return f"{self.arch} ({'pretrained' if self.pretrained else 'random init'})"
+
+
+def _check_head(source: "ModelSource", num_classes: int) -> None:
+    """A report on a pretrained model must not silently re-initialise its classifier."""
+    import timm
+
+    from ..models.backbones import _head_classes
+
+    if source.weights:
+        classes, where = _head_classes(source.arch, Path(source.weights)), f"weights file {source.weights}"
+    else:
+        cfg = timm.get_pretrained_cfg(source.arch)
+        classes, where = (cfg.num_classes if cfg is not None else None), f"pretrained {source.arch}"
+    if classes is not None and classes != num_classes:
+        raise ValueError(
+            f"The {where} has {classes} classes but the data has {num_classes}; "
+            "a report needs the model's own classifier (use data with the model's classes)."
+        )
+
+
+def _state_dict_of(checkpoint: dict, path: Path) -> dict:
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"Checkpoint {path} holds no state_dict.")
+    return state
+
+
+def _match_state(model: nn.Module, state: dict, path: Path, arch: str) -> dict:
+    """The entries of ``state`` that are ``model``'s own, under any known prefix."""
+    expected = model.state_dict()
+    best: dict = {}
+    for prefix in _STATE_PREFIXES:
+        candidate = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        candidate = {k: v for k, v in candidate.items() if k in expected}
+        if len(candidate) > len(best):
+            best = candidate
+    missing = [k for k in expected if k not in best]
+    if missing:
+        raise ValueError(
+            f"Checkpoint {path} is not a {arch} checkpoint: {len(missing)} of its {len(expected)} tensors are "
+            f"missing (e.g. {', '.join(missing[:3])}). Is it a checkpoint of another architecture?"
+        )
+    for key, value in best.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ValueError(
+                f"Checkpoint {path}: tensor {key!r} has shape {tuple(value.shape)}, but {arch} with this class count "
+                f"expects {tuple(expected[key].shape)} (does the checkpoint's class count match the data's?)."
+            )
+    return best
+
+
+def checkpoint_hparams(path: Path) -> dict:
+    """The hyper-parameters stored in a Lightning checkpoint (``{}`` if none)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors have many types
+        raise ValueError(f"Cannot read checkpoint {path}: {err}") from err
+    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    return dict(hparams) if isinstance(hparams, dict) else {}
+
+
+def load_model(source: ModelSource, num_classes: int) -> nn.Module:
+    """Build ``source`` for ``num_classes`` classes, in eval mode, on the CPU."""
+    if source.weights and source.checkpoint:
+        raise ValueError(f"{source.arch}: give either weights or checkpoint, not both.")
+    if source.checkpoint:
+        path = Path(source.checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"Checkpoint not found: {path}")
+        stored_arch = checkpoint_hparams(path).get("model_name")
+        if isinstance(stored_arch, str) and stored_arch.split(".")[0] != source.arch.split(".")[0]:
+            raise ValueError(f"Checkpoint {path} holds a {stored_arch} model, not {source.arch}.")
+        model = build_backbone(source.arch, num_classes, model_kwargs=source.model_kwargs)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(_match_state(model, _state_dict_of(ckpt, path), path, source.arch))
+        return model.eval()
+    if source.weights and not Path(source.weights).is_file():
+        raise FileNotFoundError(f"Weights file not found: {source.weights}")
+    if source.weights or source.pretrained:
+        _check_head(source, num_classes)
+    return build_backbone(source.arch, num_classes, source.pretrained, source.weights, source.model_kwargs).eval()

@@ -1,0 +1,99 @@
+"""The paper's tables from per-sample scores: similarity (Table 3), susceptibility
+(Table 4) and accuracy, with Wilcoxon rank-sum tests (``scipy.stats.ranksums``)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy.stats import ranksums
+
+from .scoring import SIMILARITY_PAIRS
+from .tables import Table
+
+Scores = dict[tuple[str, str, str], np.ndarray]  # (arch, metric, method) -> per-sample scores
+
+
+def group_scores(rows: Iterable[dict]) -> Scores:
+    grouped: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for row in sorted(rows, key=lambda r: (r["arch"], r["metric"], r["method"], r["sample"])):
+        grouped[(row["arch"], row["metric"], row["method"])].append(float(row["score"]))
+    return {key: np.asarray(values) for key, values in grouped.items()}
+
+
+def mean_std(values: np.ndarray) -> str:
+    return f"{values.mean():.4g} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2g}"
+
+
+def p_value(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided Wilcoxon rank-sum p-value; NaN when either side has < 2 samples."""
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    return float(ranksums(a, b).pvalue)
+
+
+def format_p(p: float) -> str:
+    return "n/a" if math.isnan(p) else f"{p:.3e}"
+
+
+def _archs(scores: Scores) -> list[str]:
+    return list(dict.fromkeys(arch for arch, _, _ in scores))
+
+
+def similarity_table(scores: Scores) -> Table:
+    """Mean ± std MSE of each DiffGradCAM variant to its base; p-values MeanDiff vs Max / LSE."""
+    variants = [v for v in SIMILARITY_PAIRS if any(m == v and k == "similarity" for _, k, m in scores)]
+    columns = ["architecture", *variants]
+    comparisons = [(f"mean{fam}", f"{k}{fam}") for fam in ("diffgradcam", "diffgradcam++") for k in ("max", "lse")]
+    comparisons = [(a, b) for a, b in comparisons if a in variants and b in variants]
+    columns += [f"p({a} vs {b})" for a, b in comparisons]
+    table = Table("table3_similarity", "Similarity: MSE of each DiffGradCAM variant to its base (lower = closer)", columns)
+    for arch in _archs(scores):
+        get = lambda m: scores.get((arch, "similarity", m))  # noqa: E731
+        if all(get(v) is None for v in variants):
+            continue
+        row = [arch] + [mean_std(get(v)) if get(v) is not None else "-" for v in variants]
+        row += [format_p(p_value(get(a), get(b))) for a, b in comparisons]
+        table.rows.append(row)
+    return table
+
+
+def susceptibility_table(scores: Scores, methods: Sequence[str]) -> Table:
+    """Mean ± std MSE between clean and SHAM-tuned maps; the best (lowest) per
+    architecture in bold, with the rank-sum p-value of best vs each other method."""
+    archs = [a for a in _archs(scores) if any((a, "susceptibility", m) in scores for m in methods)]
+    table = Table(
+        "table4_susceptibility",
+        "Susceptibility: MSE between clean and SHAM-tuned maps (lower = more resistant); "
+        "p = Wilcoxon rank-sum of the best method vs this one",
+        ["method", *[f"{a}" for a in archs], *[f"p ({a})" for a in archs]],
+    )
+    best = {}
+    for arch in archs:
+        means = {m: scores[(arch, "susceptibility", m)].mean() for m in methods if (arch, "susceptibility", m) in scores}
+        best[arch] = min(means, key=means.get)
+    for method in methods:
+        cells, ps = [], []
+        for arch in archs:
+            values = scores.get((arch, "susceptibility", method))
+            if values is None:
+                cells.append("-")
+                ps.append("-")
+                continue
+            text = mean_std(values)
+            cells.append(f"**{text}**" if method == best[arch] else text)
+            ps.append("best" if method == best[arch] else format_p(p_value(scores[(arch, "susceptibility", best[arch])], values)))
+        table.rows.append([method, *cells, *ps])
+    return table
+
+
+def accuracy_table(scores: Scores) -> Table:
+    table = Table("accuracy", "Top-1 accuracy on the report's samples", ["architecture", "clean", "SHAM-tuned", "samples"])
+    for arch in _archs(scores):
+        clean, sham = scores.get((arch, "correct_clean", "-")), scores.get((arch, "correct_sham", "-"))
+        table.rows.append(
+            [arch, f"{clean.mean():.4f}", f"{sham.mean():.4f}" if sham is not None else "-", str(len(clean))]
+        )
+    return table

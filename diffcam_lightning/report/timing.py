@@ -1,0 +1,71 @@
+"""Table 1: milliseconds per CAM per image, the paper's protocol (110 runs, the first
+10 discarded), for our engine and, side by side, pytorch-grad-cam when installed."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..cams import CAMEngine
+from ..cams import reference as pgc
+from .tables import Table
+
+
+def _run_times(fn: Callable[[], object], runs: int, discard: int, device: torch.device) -> np.ndarray:
+    times = []
+    for _ in range(runs):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return np.asarray(times[discard:])
+
+
+def timing_table(
+    arch: str,
+    model: nn.Module,
+    image: Tensor,
+    target: int,
+    methods: Sequence[str],
+    runs: int = 110,
+    discard: int = 10,
+    with_reference: bool = True,
+) -> Table:
+    """Time each method alone on one image (``[1, 3, H, W]``, on the model's device)."""
+    if runs <= discard:
+        raise ValueError(f"timing runs ({runs}) must exceed the discarded warm-up runs ({discard}).")
+    device = image.device
+    engine = CAMEngine(model)
+    engine(image, targets=[target], methods="gradcam")  # resolve the layer before timing
+    layer = dict(model.named_modules())[engine.target_layer]
+    reference = with_reference and pgc.available()
+    columns = ["method", "ours (ms)"] + (["pytorch-grad-cam (ms)", "speed-up"] if reference else [])
+    table = Table(
+        f"table1_runtime_{arch}",
+        f"Run time per CAM per image, {arch} on {device_label(device)} ({runs} runs, first {discard} discarded)",
+        columns,
+    )
+    was_training = model.training
+    for method in tqdm(methods, desc=f"timing {arch}", leave=False):
+        ours = _run_times(lambda: engine(image, targets=[target], methods=method, size="input"), runs, discard, device)
+        row = [method, f"{ours.mean():.3f} ± {ours.std():.3f}"]
+        if reference:
+            theirs = _run_times(lambda: pgc.reference_cam(model, layer, image, [target], method), runs, discard, device)
+            row += [f"{theirs.mean():.3f} ± {theirs.std():.3f}", f"{theirs.mean() / ours.mean():.1f}x"]
+        table.rows.append(row)
+    model.train(was_training)  # pytorch-grad-cam forces eval() and never restores it
+    return table
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"

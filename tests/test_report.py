@@ -1,0 +1,222 @@
+"""``diffcam report``: the chain train -> SHAM fine-tune -> report on synthetic data,
+table values recomputed independently, folder input, DDP parity and bad input."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.stats import ranksums
+
+from diffcam_lightning import CAMEngine, SaliencyClassifier, SyntheticDataModule
+from diffcam_lightning.report import ArchitectureSpec, DataSpec, ModelSource, ReportOptions, TimingSpec, run_report
+from diffcam_lightning.report.cli import main as report_main
+from diffcam_lightning.report.sources import load_model
+
+TINY = dict(model_name="test_resnet", model_kwargs={"output_stride": 8})
+QUIET = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False)
+NO_TIMING = TimingSpec(enabled=False)
+
+
+def fit(tmp: Path, name: str, epochs: int, ckpt: Path | None = None, **model_args) -> Path:
+    pl.seed_everything(0)
+    if ckpt is None:
+        model = SaliencyClassifier(**TINY, **model_args)
+    else:  # fine-tune: start from the clean weights, switch the objective
+        model = SaliencyClassifier.load_from_checkpoint(ckpt, weights_only=False, **model_args)
+    data = SyntheticDataModule(image_size=48, train_size=224, val_size=28, test_size=28, batch_size=32)
+    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, **QUIET)
+    trainer.fit(model, data)
+    path = tmp / f"{name}.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """Clean CE training, then SHAM fine-tuning from it, then the report."""
+    tmp = tmp_path_factory.mktemp("chain")
+    clean = fit(tmp, "clean", epochs=2, saliency_weight=0.0)
+    sham = fit(tmp, "sham", epochs=2, ckpt=clean, saliency_target="sham", saliency_weight=1.0)
+    options = ReportOptions(
+        models=[ArchitectureSpec(clean=ModelSource(checkpoint=str(clean)), sham=ModelSource(checkpoint=str(sham)), name="tiny")],
+        output_dir=str(tmp / "report"),
+        data=DataSpec(samples_per_class=3, image_size=48, batch_size=8),
+        figure_samples=2,
+        timing=TimingSpec(runs=3, discard=1),
+    )
+    written = run_report(options, QUIET)
+    return tmp, options, written
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_chain_writes_every_output(chain):
+    tmp, _, written = chain
+    out = tmp / "report"
+    for name in ("table3_similarity", "table4_susceptibility", "accuracy", "table1_runtime_tiny"):
+        for ext in ("csv", "md", "tex"):
+            assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
+    assert (out / "figures" / "tiny_clean.png").stat().st_size > 1000
+    assert (out / "figures" / "tiny_sham.png").stat().st_size > 1000
+    assert "table4_susceptibility" in (out / "report.md").read_text()
+    rows = read_csv(out / "scores.csv")
+    samples = {int(r["sample"]) for r in rows}
+    assert samples == set(range(21))  # 3 per class x 7 classes, each once
+    methods = {r["method"] for r in rows if r["metric"] == "susceptibility"}
+    assert len(methods) == 12  # all methods, ScoreCAM included
+    timing = read_csv(out / "tables" / "table1_runtime_tiny.csv")
+    assert [r["method"] for r in timing][:2] == ["gradcam", "gradcam++"] and "pytorch-grad-cam (ms)" in timing[0]
+    latex = (out / "tables" / "table3_similarity.tex").read_text()
+    assert r"\begin{tabular}" in latex and r"$\pm$" in latex
+
+
+def test_scores_recomputed_independently(chain):
+    tmp, options, _ = chain
+    rows = read_csv(tmp / "report" / "scores.csv")
+    clean = load_model(options.models[0].clean, 7)
+    sham = load_model(options.models[0].sham, 7)
+    from diffcam_lightning.report.data import build_report_data
+
+    data = build_report_data(options.data, "test_resnet").dataset
+    for i in (0, 5, 13):
+        item = data[i]
+        x, label = item["image"][None], int(item["label"])
+        methods = ("gradcam", "meandiffgradcam", "lsediffgradcam++", "gradcam++")
+        a = CAMEngine(clean)(x, targets=[label], methods=methods, size="input")
+        b = CAMEngine(sham)(x, targets=[label], methods=methods, size="input")
+
+        def mse(p, q):
+            norm = lambda m: (m - m.min()) / (m.max() - m.min() + 1e-7)  # noqa: E731
+            return float(((norm(p) - norm(q)) ** 2).mean())
+
+        def stored(metric, method):
+            (row,) = [r for r in rows if int(r["sample"]) == i and r["metric"] == metric and r["method"] == method]
+            return float(row["score"])
+
+        assert stored("similarity", "meandiffgradcam") == pytest.approx(mse(a["meandiffgradcam"], a["gradcam"]), abs=1e-5)
+        assert stored("similarity", "lsediffgradcam++") == pytest.approx(mse(a["lsediffgradcam++"], a["gradcam++"]), abs=1e-5)
+        assert stored("susceptibility", "gradcam") == pytest.approx(mse(a["gradcam"], b["gradcam"]), abs=1e-5)
+
+
+def test_p_values_equal_ranksums_on_saved_scores(chain):
+    tmp, _, _ = chain
+    rows = read_csv(tmp / "report" / "scores.csv")
+    scores = lambda metric, m: [float(r["score"]) for r in rows if r["metric"] == metric and r["method"] == m]  # noqa: E731
+    (table,) = read_csv(tmp / "report" / "tables" / "table3_similarity.csv")
+    expected = ranksums(scores("similarity", "meandiffgradcam"), scores("similarity", "lsediffgradcam")).pvalue
+    assert float(table["p(meandiffgradcam vs lsediffgradcam)"]) == pytest.approx(expected, rel=1e-3)
+    suscept = read_csv(tmp / "report" / "tables" / "table4_susceptibility.csv")
+    best = next(r["method"] for r in suscept if r["p (tiny)"] == "best")
+    other = next(r for r in suscept if r["p (tiny)"] != "best")
+    expected = ranksums(scores("susceptibility", best), scores("susceptibility", other["method"])).pvalue
+    assert float(other["p (tiny)"]) == pytest.approx(expected, rel=1e-3)
+    means = {r["method"]: float(r["tiny"].split(" ± ")[0]) for r in suscept}
+    assert min(means, key=means.get) == best
+
+
+def write_jpeg_folder(root: Path, classes: int, per_class: int) -> Path:
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class_{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / f"class_{c}" / f"img_{i}.jpg")
+    return root
+
+
+def test_imagenet_style_folder_with_a_timm_model_through_the_cli(tmp_path):
+    root = write_jpeg_folder(tmp_path / "val", classes=3, per_class=3)
+    out = tmp_path / "out"
+    written = report_main(
+        [
+            "--report.models=[{clean: {arch: resnet10t}, sham: {arch: resnet10t}}]",
+            f"--report.output_dir={out}",
+            "--report.data.source=folder",
+            f"--report.data.root={root}",
+            "--report.data.samples_per_class=2",
+            "--report.data.image_size=64",
+            "--report.scorecam=false",
+            "--report.timing.enabled=false",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    rows = read_csv(out / "scores.csv")
+    assert {int(r["sample"]) for r in rows} == {0, 1, 3, 4, 6, 7}  # first 2 of each class
+    assert (out / "tables" / "table4_susceptibility.md").exists() and "report" in written
+    # no human saliency in an ImageNet folder: the clean figure omits the target column
+    assert (out / "figures" / "resnet10t_clean.png").exists()
+
+
+def _ddp_options(out: Path) -> ReportOptions:
+    return ReportOptions(
+        models=[ArchitectureSpec(clean=ModelSource("resnet10t"), name="r10")],
+        output_dir=str(out),
+        data=DataSpec(samples_per_class=1, image_size=48, batch_size=2),
+        scorecam=False,
+        figure_samples=0,
+        timing=NO_TIMING,
+    )
+
+
+def test_ddp_spawn_two_processes_give_the_same_scores(tmp_path):
+    torch.manual_seed(0)
+    model = load_model(ModelSource("resnet10t"), 7)
+    weights = tmp_path / "r10.pth"
+    torch.save(model.state_dict(), weights)
+    results = {}
+    for name, extra in (("single", dict(devices=1)), ("ddp", dict(devices=2, strategy="ddp_spawn"))):
+        options = _ddp_options(tmp_path / name)
+        options.models[0].clean = ModelSource("resnet10t", weights=str(weights))
+        run_report(options, {**QUIET, **extra})
+        results[name] = read_csv(tmp_path / name / "scores.csv")
+    assert len(results["ddp"]) == len(results["single"]) > 0
+    assert len(list((tmp_path / "ddp" / "scores").glob("r10.rank*.csv"))) == 2  # both ranks wrote
+    for a, b in zip(results["single"], results["ddp"]):
+        assert (a["sample"], a["metric"], a["method"]) == (b["sample"], b["metric"], b["method"])
+        assert math.isclose(float(a["score"]), float(b["score"]), abs_tol=1e-5)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        ModelSource(checkpoint=str(tmp_path / "nope.ckpt"))
+
+
+def test_checkpoint_of_another_architecture(tmp_path):
+    path = tmp_path / "r10.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in load_model(ModelSource("resnet10t"), 7).state_dict().items()}}, path)
+    with pytest.raises(ValueError, match=r"r10\.ckpt is not a test_resnet checkpoint.*another architecture"):
+        load_model(ModelSource("test_resnet", checkpoint=str(path)), 7)
+
+
+def test_checkpoint_class_count_mismatch(chain):
+    _, options, _ = chain
+    with pytest.raises(ValueError, match=r"clean\.ckpt.*class count"):
+        load_model(options.models[0].clean, 10)
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    options = _ddp_options(tmp_path / "out")
+    options.data = DataSpec(source="folder", root=str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="empty.*no class sub-folders"):
+        run_report(options, QUIET)
+
+
+def test_pretrained_head_class_count_mismatch(tmp_path):
+    torch.save(load_model(ModelSource("resnet10t"), 5).state_dict(), tmp_path / "w.pth")
+    with pytest.raises(ValueError, match=r"w\.pth has 5 classes but the data has 7"):
+        load_model(ModelSource("resnet10t", weights=str(tmp_path / "w.pth")), 7)
