@@ -241,3 +241,10 @@ def test_ddp_spawn_two_cpu_processes_fit_the_joint_loss():
     metrics = t.callback_metrics
     assert math.isfinite(metrics["train/loss"].item()) and math.isfinite(metrics["val/saliency_mse"].item())
     assert not torch.equal(model.model.conv1[0].weight, start)  # the trained weights came back
+
+
+def test_a_sham_covering_the_whole_grid_is_flagged():
+    model = make_model(saliency_target="sham", sham_entropy=3.35)
+    with pytest.warns(UserWarning, match=r"covers every pixel of the 4x4 CAM grid"):
+        model.sham((4, 4))
+    assert model.sham((8, 8)).sum() == 28  # the outer ring of an 8x8 grid: no warning needed

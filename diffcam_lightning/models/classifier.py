@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
@@ -148,7 +149,14 @@ class SaliencyClassifier(LightningModule):
         """The SHAM on a CAM grid ``(h, w)`` (cached)."""
         key = tuple(int(g) for g in grid)
         if key not in self._shams:
-            self._shams[key] = sham_target(key, self.hparams.sham_entropy, self.hparams.sham_pattern)
+            sham = sham_target(key, self.hparams.sham_entropy, self.hparams.sham_pattern)
+            if sham.min() == sham.max():
+                rank_zero_warn(
+                    f"The SHAM ({self.hparams.sham_entropy} nats) covers every pixel of the {key[0]}x{key[1]} CAM "
+                    "grid, so after min-max normalisation it is no target at all. Use a larger grid (bigger "
+                    "images, or model_kwargs: {output_stride: 8}) or a lower sham_entropy."
+                )
+            self._shams[key] = sham
         return self._shams[key]
 
     def cams(self, x: Tensor, labels: Optional[Tensor] = None, create_graph: bool = False):
