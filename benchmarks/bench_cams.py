@@ -8,6 +8,8 @@ Rows per architecture (medians over ``--repeats`` after ``--warmup`` runs):
   classes, and GradCAM / GradCAM++ with a difference target for the DiffGradCAMs;
 - ``GradCAM alone`` for both.
 
+Each round runs every variant once (interleaved), so load changes hit all alike.
+
     python benchmarks/bench_cams.py                       # CPU, B=4, 224 px (Inception 299)
     python benchmarks/bench_cams.py --device cuda --repeats 20
 """
@@ -27,20 +29,23 @@ from diffcam_lightning.cams.reference import reference_cam
 
 ARCHITECTURES = {"densenet121": 224, "resnet50": 224, "inception_v3": 299, "convnext_tiny": 224}
 
-def timed(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> float:
-    """Median wall time in ms."""
+def timed_interleaved(fns: dict[str, Callable[[], object]], warmup: int, repeats: int, device) -> dict[str, float]:
+    """Median wall time (ms) of each function; one round runs every function once, so
+    a load change on a shared machine hits all of them alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def reference_run(model, layer, x, targets, methods) -> None:
@@ -60,23 +65,26 @@ def bench_architecture(name: str, size: int, args, device: torch.device) -> dict
         with torch.no_grad():
             model(x)
 
-    run = dict(warmup=args.warmup, repeats=args.repeats, device=device)
-    ref_repeats = dict(run, repeats=max(3, args.repeats // 3))  # the slow side: fewer repeats
-    return {
-        "forward": timed(forward, **run),
-        "ours_all": timed(lambda: engine(x, targets=targets, methods=GRADIENT_METHODS, size="input"), **run),
-        "ours_gradcam": timed(lambda: engine(x, targets=targets, methods="gradcam", size="input"), **run),
-        "ref_all": timed(lambda: reference_run(model, layer, x, targets, GRADIENT_METHODS), **ref_repeats),
-        "ref_gradcam": timed(lambda: reference_run(model, layer, x, targets, ["gradcam"]), **run),
-    }
+    return timed_interleaved(
+        {
+            "forward": forward,
+            "ours_all": lambda: engine(x, targets=targets, methods=GRADIENT_METHODS, size="input"),
+            "ours_gradcam": lambda: engine(x, targets=targets, methods="gradcam", size="input"),
+            "ref_all": lambda: reference_run(model, layer, x, targets, GRADIENT_METHODS),
+            "ref_gradcam": lambda: reference_run(model, layer, x, targets, ["gradcam"]),
+        },
+        args.warmup,
+        args.repeats,
+        device,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES))
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
