@@ -2,7 +2,7 @@
 
 from .engine import CAMEngine, CAMResult
 from .layers import KNOWN_LAYERS, resolve_layer
-from .methods import GRADIENT_METHODS, METHODS, CAMContext, CAMMethod, get_method, register_method
+from .methods import GRADIENT_METHODS, METHODS, CAMContext, CAMMethod, get_method, register_method, weighted_sum
 from .postprocess import minmax_normalize
 from .targets import BACKPROP_TARGETS, beta, register_target
 
@@ -21,4 +21,5 @@ __all__ = [
     "register_method",
     "register_target",
     "resolve_layer",
+    "weighted_sum",
 ]
