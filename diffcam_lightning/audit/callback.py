@@ -1,0 +1,408 @@
+"""``CAMAudit``: a Lightning callback that audits a model's CAMs every validation epoch.
+
+On a fixed audit set it computes, with one ``CAMEngine`` call per audit batch for all
+methods, the drift of each DiffGradCAM variant from its base, CAM entropy, MSE to a SHAM,
+susceptibility against a reference model, localisation against saliency maps (when the
+data has them) and a fooling alarm; scalars go through ``pl_module.log`` under
+``cam_audit/``, image grids to every TensorBoard logger. It never changes training: see
+``guard.py``.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor, nn
+
+from ..cams import METHODS, CAMEngine, get_method
+from ..cams.layers import known_layer_name, resolve_layer
+from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
+from .auditset import AuditSet, BatchKeys
+from .guard import audit_guard, preserved_rng
+from .metrics import SCORE_FAMILIES, AuditScores, ScoreContext, score_batch
+from .reference import WeightsSwap, load_reference_state
+from .render import audit_grid, tensorboard_writers
+
+DEFAULT_METHODS: tuple[str, ...] = (
+    "gradcam",
+    "gradcam++",
+    "eigencam",
+    "meandiffgradcam",
+    "maxdiffgradcam",
+    "lsediffgradcam",
+    "meandiffgradcam++",
+    "maxdiffgradcam++",
+    "lsediffgradcam++",
+)
+
+# Defaults of the fooling alarm, measured on the embedded synthetic data (benchmarks/README.md,
+# "Audit overhead" -> "Alarm thresholds"): clean / human-target models give drift <= 0.02 and
+# GradCAM-to-SHAM MSE >= 0.25; SHAM-trained models reach drift >= 0.2 and SHAM MSE <= 0.05.
+DEFAULT_DRIFT_THRESHOLD = 0.1
+DEFAULT_SHAM_THRESHOLD = 0.1
+
+ModelSpec = Union[None, str, Callable[[LightningModule], nn.Module]]
+
+# cam_class -> which class each audit image is explained for (None = the prediction)
+CAM_CLASSES: dict[str, Callable[[AuditSet], Optional[Tensor]]] = {
+    "label": lambda s: s.labels,
+    "prediction": lambda s: None,
+}
+
+_DIFF_BASES = {f"{agg}diff{base}": base for agg in ("mean", "max", "lse") for base in ("gradcam", "gradcam++")}
+
+
+def default_drift_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
+    """Each DiffGradCAM variant in ``methods`` paired with its base, when the base is there."""
+    return [(m, _DIFF_BASES[m]) for m in methods if m in _DIFF_BASES and _DIFF_BASES[m] in methods]
+
+
+class CAMAudit(Callback):
+    """Audits CAMs on a fixed set of images at the end of validation epochs.
+
+    Args:
+        methods: CAM methods to compute (names of ``METHODS``; scorecam is costly, opt-in).
+        audit_size: number of audit images (the first ones of the validation data).
+        every_n_epochs: audit every n-th training epoch (``trainer.validate`` always audits).
+        target_layer: dotted layer name of the audited model; ``None`` = automatic.
+        model: the classifier inside the LightningModule when its ``forward`` does not
+            return logits: a dotted attribute name (``"model"``) or ``fn(pl_module)``.
+        drift_pairs: ``(variant, base)`` pairs; ``None`` = each DiffGradCAM with its base.
+        sham_entropy, sham_pattern: the SHAM the maps are compared with (paper: 3.35, border).
+        reference: ``"start"`` (the model when fitting starts), a checkpoint path, or ``None``.
+        log_images: log image grids to TensorBoard; ``grid_images`` rows of them.
+        drift_threshold, sham_threshold: the fooling alarm fires when the drift of
+            ``alarm_pair`` exceeds ``drift_threshold`` or the SHAM MSE of ``alarm_pair[1]``
+            falls below ``sham_threshold`` (``None`` disables a rule).
+        cam_class: explain the true ``label`` (default) or the ``prediction``.
+        dataset: a map-style dataset to take the audit set from instead of the val data.
+        batch_size: audit images per engine call.
+        audit_sanity_check, audit_fast_dev_run: also audit in those runs (off by default).
+        image_key, label_key, saliency_key: the keys of dict batches.
+        prefix: the namespace of the logged names.
+    """
+
+    def __init__(
+        self,
+        methods: Sequence[str] = DEFAULT_METHODS,
+        audit_size: int = 64,
+        every_n_epochs: int = 1,
+        target_layer: Optional[str] = None,
+        model: ModelSpec = None,
+        drift_pairs: Optional[Sequence[Sequence[str]]] = None,
+        sham_entropy: float = PAPER_ENTROPY,
+        sham_pattern: str = "border",
+        reference: Optional[str] = "start",
+        log_images: bool = True,
+        grid_images: int = 8,
+        drift_threshold: Optional[float] = DEFAULT_DRIFT_THRESHOLD,
+        sham_threshold: Optional[float] = DEFAULT_SHAM_THRESHOLD,
+        alarm_pair: Sequence[str] = ("meandiffgradcam", "gradcam"),
+        cam_class: str = "label",
+        dataset: Optional[Any] = None,
+        batch_size: int = 32,
+        audit_sanity_check: bool = False,
+        audit_fast_dev_run: bool = False,
+        image_key: str = "image",
+        label_key: str = "label",
+        saliency_key: str = "saliency",
+        prefix: str = "cam_audit",
+    ) -> None:
+        super().__init__()
+        self.methods = [get_method(m).name for m in ([methods] if isinstance(methods, str) else methods)]
+        if not self.methods:
+            raise ValueError(f"CAMAudit needs at least one method; valid: {', '.join(METHODS)}.")
+        self.methods = list(dict.fromkeys(self.methods))
+        for key, value in (("audit_size", audit_size), ("every_n_epochs", every_n_epochs), ("batch_size", batch_size)):
+            if int(value) < 1:
+                raise ValueError(f"CAMAudit {key} must be >= 1; got {value}.")
+        if cam_class not in CAM_CLASSES:
+            raise ValueError(f"Unknown CAMAudit cam_class {cam_class!r}; valid: {', '.join(CAM_CLASSES)}.")
+        if sham_pattern not in SHAM_PATTERNS:
+            raise ValueError(f"Unknown CAMAudit sham_pattern {sham_pattern!r}; valid: {', '.join(SHAM_PATTERNS)}.")
+        if grid_images < 0:
+            raise ValueError(f"CAMAudit grid_images must be >= 0; got {grid_images}.")
+        pairs = default_drift_pairs(self.methods) if drift_pairs is None else [tuple(p) for p in drift_pairs]
+        for pair in pairs:
+            if len(pair) != 2:
+                raise ValueError(f"CAMAudit drift_pairs entries must be (variant, base); got {pair!r}.")
+        self.drift_pairs = [(get_method(v).name, get_method(b).name) for v, b in pairs]
+        for v, b in self.drift_pairs:
+            for name in (v, b):
+                if name not in self.methods:
+                    raise ValueError(f"CAMAudit drift pair ({v}, {b}) uses {name!r}, which is not among methods {self.methods}.")
+        self.alarm_pair = (get_method(alarm_pair[0]).name, get_method(alarm_pair[1]).name)
+        self.audit_size = int(audit_size)
+        self.every_n_epochs = int(every_n_epochs)
+        self.target_layer = target_layer
+        self.model_spec = model
+        self.sham_entropy = float(sham_entropy)
+        self.sham_pattern = sham_pattern
+        self.reference = None if reference in (None, "none", "None") else str(reference)
+        self.log_images = bool(log_images)
+        self.grid_images = int(grid_images)
+        self.drift_threshold = drift_threshold
+        self.sham_threshold = sham_threshold
+        self.cam_class = cam_class
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.audit_sanity_check = bool(audit_sanity_check)
+        self.audit_fast_dev_run = bool(audit_fast_dev_run)
+        self.keys = BatchKeys(image=image_key, label=label_key, saliency=saliency_key)
+        self.prefix = prefix
+        # state (saved in checkpoints)
+        self.audit_set: Optional[AuditSet] = None
+        self.reference_maps: Optional[dict[str, Tensor]] = None
+        # runtime (rebuilt in each process)
+        self._engine: Optional[CAMEngine] = None
+        self._metric: Optional[AuditScores] = None
+        self.last_metrics: dict[str, float] = {}
+        self.alarm: bool = False
+
+    # ------------------------------------------------------------------ Lightning plumbing
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(methods=self.methods, audit_size=self.audit_size, prefix=self.prefix)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_engine"] = None  # holds the model; rebuilt after pickling (ddp_spawn)
+        return state
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.audit_set is None:
+            return {}
+        return {
+            "version": 1,
+            "audit_set": self.audit_set.state_dict(),
+            "reference_maps": self.reference_maps,
+            "methods": list(self.methods),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        self.audit_set = AuditSet.from_state_dict(state_dict["audit_set"])
+        self.reference_maps = state_dict.get("reference_maps")
+        missing = [m for m in self.methods if self.reference is not None and m not in (self.reference_maps or {})]
+        if missing and self.reference_maps is not None:
+            rank_zero_warn(f"CAMAudit: the checkpoint has no reference maps for {missing}; their susceptibility is not logged.")
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Fix the audit set and the reference maps before the first optimiser step."""
+        if self._skipped(trainer):
+            return
+        self._prepare(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._due(trainer):
+            return
+        self._prepare(trainer, pl_module)
+        values, grid_maps = self._audit(trainer, pl_module)
+        self._report(trainer, pl_module, values, grid_maps)
+
+    # ------------------------------------------------------------------ decisions
+    def _skipped(self, trainer: Trainer) -> bool:
+        if trainer.sanity_checking and not self.audit_sanity_check:
+            return True
+        return bool(trainer.fast_dev_run) and not self.audit_fast_dev_run
+
+    def _due(self, trainer: Trainer) -> bool:
+        if self._skipped(trainer):
+            return False
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+            return True
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    # ------------------------------------------------------------------ set-up
+    def classifier(self, pl_module: LightningModule) -> nn.Module:
+        """The module whose forward returns logits (``model`` argument, else the pl_module)."""
+        spec = self.model_spec
+        if spec is None:
+            return pl_module
+        if callable(spec):
+            found = spec(pl_module)
+        else:
+            try:
+                found = operator.attrgetter(spec)(pl_module)
+            except AttributeError:
+                children = ", ".join(n for n, _ in pl_module.named_children())
+                raise AttributeError(
+                    f"CAMAudit model={spec!r}: {type(pl_module).__name__} has no such attribute; its modules: {children}."
+                ) from None
+        if not isinstance(found, nn.Module):
+            raise TypeError(f"CAMAudit model={spec!r} must give an nn.Module; got {type(found).__name__}.")
+        return found
+
+    def _layer_spec(self, model: nn.Module) -> Union[str, nn.Module, None]:
+        """Automatic layer: the layer of a ``CAMEngine`` the module already uses (what it
+        trains through), else a known family's layer found in any submodule, else the
+        engine's own search."""
+        if self.target_layer is not None:
+            return self.target_layer
+        inside = {id(m) for m in model.modules()}
+        for value in vars(model).values():
+            if isinstance(value, CAMEngine) and value._layer is not None and id(value._layer[1]) in inside:
+                return value._layer[1]
+        for name, sub in model.named_modules():
+            found = known_layer_name(sub)
+            if found is not None:
+                return f"{name}.{found}" if name else found
+        return None
+
+    def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # validate/test hooks run under inference mode: nothing kept may be an inference tensor
+        with torch.inference_mode(False):
+            self._prepare_state(trainer, pl_module)
+
+    def _prepare_state(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        model = self.classifier(pl_module)
+        if self._engine is None or self._engine.model is not model:
+            self._engine = CAMEngine(model, self._layer_spec(model))
+        if self.audit_set is None:
+            self.audit_set = self._collect(trainer)
+        if self.reference_maps is None and self.reference is not None:
+            self.reference_maps = self._reference_maps(pl_module, model)
+        if self._metric is None:
+            keys = [k for fam in SCORE_FAMILIES for k in self._family_keys(fam)]
+            self._metric = AuditScores(keys)
+        self._metric = self._metric.to(pl_module.device)
+
+    def _family_keys(self, family: str) -> list[str]:
+        names = {
+            "drift": [f"drift/{v}" for v, _ in self.drift_pairs],
+            "entropy": [f"entropy/{m}" for m in self.methods],
+            "sham_mse": [f"sham_mse/{m}" for m in self.methods],
+            "susceptibility": [f"susceptibility/{m}" for m in self.methods],
+            "localisation": [f"{k}/{m}" for k in ("saliency_mse", "pointing") for m in self.methods],
+        }
+        return names.get(family, [])
+
+    def _collect(self, trainer: Trainer) -> AuditSet:
+        """The first ``audit_size`` samples of the dataset, or of the raw (unsharded)
+        validation dataloader, so every rank holds the same set."""
+        with preserved_rng(), torch.inference_mode(False):
+            if self.dataset is not None:
+                return AuditSet.from_dataset(self.dataset, self.audit_size, self.keys)
+            return AuditSet.from_batches(self._val_loader(trainer), self.audit_size, self.keys)
+
+    @staticmethod
+    def _val_loader(trainer: Trainer):
+        loop = trainer.validate_loop if trainer.state.fn == TrainerFn.VALIDATING else trainer.fit_loop.epoch_loop.val_loop
+        source = getattr(loop, "_data_source", None)
+        loader = None
+        if source is not None and source.is_defined() and source.instance is not None:
+            loader = source.dataloader()
+        if loader is None:
+            loader = trainer.val_dataloaders
+        if isinstance(loader, (list, tuple)):
+            loader = loader[0] if loader else None
+        elif isinstance(loader, dict):
+            loader = next(iter(loader.values()), None)
+        if loader is None:
+            raise ValueError(
+                "CAMAudit needs validation data for its audit set: give the Trainer val_dataloaders "
+                "(or a DataModule with val_dataloader), or pass CAMAudit(dataset=...)."
+            )
+        return loader
+
+    def _reference_maps(self, pl_module: LightningModule, model: nn.Module) -> dict[str, Tensor]:
+        assert self.audit_set is not None and self._engine is not None
+        if self.reference == "start":
+            engine = self._engine
+        else:
+            prefix = next((n for n, m in pl_module.named_modules() if m is model), "")
+            state = load_reference_state(self.reference, model, prefix)
+            if self._engine._layer is None:  # automatic search: resolve it on the live model first
+                with audit_guard(model, pl_module.device):
+                    x = self._input(self.audit_set.images[:1], model, pl_module.device)
+                    self._engine._layer = resolve_layer(model, None, x)
+            engine = CAMEngine(WeightsSwap(model, state), self._engine._layer[1])
+        out: dict[str, list[Tensor]] = {m: [] for m in self.methods}
+        device = pl_module.device
+        with audit_guard(model, device):
+            for batch in self.audit_set.batches(self.batch_size):
+                maps = engine(self._input(batch.images, model, device), self._targets(batch, device), self.methods)
+                for m in self.methods:
+                    out[m].append(maps[m].detach().cpu())
+        return {m: torch.cat(v) for m, v in out.items()}
+
+    # ------------------------------------------------------------------ the audit
+    def _targets(self, batch: AuditSet, device: torch.device) -> Optional[Tensor]:
+        targets = CAM_CLASSES[self.cam_class](batch)
+        return None if targets is None else targets.to(device)
+
+    @staticmethod
+    def _input(images: Tensor, model: nn.Module, device: torch.device) -> Tensor:
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        return images.to(device=device, dtype=dtype)
+
+    def _audit(self, trainer: Trainer, pl_module: LightningModule) -> tuple[dict[str, float], Optional[dict]]:
+        assert self.audit_set is not None and self._engine is not None and self._metric is not None
+        model, device = self._engine.model, pl_module.device
+        per = -(-len(self.audit_set) // max(trainer.world_size, 1))
+        start = min(trainer.global_rank * per, len(self.audit_set))
+        stop = min(start + per, len(self.audit_set))
+        sham: Optional[Tensor] = None
+        grid_maps: Optional[dict] = None
+        want_grid = self.log_images and self.grid_images > 0 and trainer.is_global_zero
+        with audit_guard(model, device):
+            self._metric.reset()
+            for lo in range(start, stop, self.batch_size):
+                hi = min(lo + self.batch_size, stop)
+                batch = self.audit_set.slice(lo, hi).to(device)
+                maps = self._engine(self._input(batch.images, model, device), self._targets(batch, device), self.methods)
+                if sham is None:
+                    grid = tuple(next(iter(maps.values())).shape[-2:])
+                    sham = sham_target(grid, self.sham_entropy, self.sham_pattern).to(device)
+                reference = {m: r[lo:hi].to(device) for m, r in (self.reference_maps or {}).items() if m in maps}
+                ctx = ScoreContext(maps, sham, reference, self.drift_pairs, batch.saliency, batch.has_saliency)
+                self._metric.update(score_batch(ctx, list(SCORE_FAMILIES)))
+                if want_grid and grid_maps is None:
+                    n = min(self.grid_images, hi - lo)
+                    grid_maps = {
+                        "images": batch.images[:n].cpu(),
+                        "saliency": None if batch.saliency is None else batch.saliency[:n].cpu(),
+                        "maps": {m: v[:n].cpu() for m, v in maps.items()},
+                    }
+            values = {k: float(v) for k, v in self._metric.compute().items()}  # synced across ranks
+        return values, grid_maps
+
+    def _alarm(self, values: dict[str, float]) -> tuple[bool, list[str]]:
+        variant, base = self.alarm_pair
+        reasons = []
+        drift = values.get(f"drift/{variant}")
+        if self.drift_threshold is not None and drift is not None and drift > self.drift_threshold:
+            reasons.append(f"{base} drifts from {variant} (MSE {drift:.4f} > {self.drift_threshold})")
+        sham = values.get(f"sham_mse/{base}")
+        if self.sham_threshold is not None and sham is not None and sham < self.sham_threshold:
+            reasons.append(f"{base} aligns with the SHAM (MSE {sham:.4f} < {self.sham_threshold})")
+        return bool(reasons), reasons
+
+    def _report(self, trainer: Trainer, pl_module: LightningModule, values: dict[str, float], grid_maps) -> None:
+        alarm, reasons = self._alarm(values)
+        values = {**values, "alarm": float(alarm)}
+        self.last_metrics, self.alarm = values, alarm
+        for key, value in values.items():
+            pl_module.log(
+                f"{self.prefix}/{key}", torch.tensor(value, device=pl_module.device),
+                on_step=False, on_epoch=True, sync_dist=True, batch_size=1,
+            )
+        if alarm:
+            rank_zero_warn(
+                f"CAMAudit fooling alarm at epoch {trainer.current_epoch} (step {trainer.global_step}): "
+                + "; ".join(reasons) + ". GradCAM may be passively fooled; trust the DiffGradCAM maps."
+            )
+        if grid_maps is not None and trainer.is_global_zero:
+            writers = tensorboard_writers(trainer.loggers)
+            if writers:
+                grid, titles = audit_grid(grid_maps["images"], grid_maps["maps"], grid_maps["saliency"])
+                for writer in writers:
+                    writer.add_image(f"{self.prefix}/grid", grid, trainer.global_step)
+                    writer.add_text(f"{self.prefix}/grid_columns", " | ".join(titles), trainer.global_step)
+

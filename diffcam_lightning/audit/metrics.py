@@ -1,0 +1,135 @@
+"""The audit's figures: per-sample scores, grouped in families, summed in one Metric.
+
+A *score family* is a small pure function ``fn(ctx) -> {key: (values [B], mask [B] | None)}``
+registered in ``SCORE_FAMILIES``; ``AuditScores`` (a torchmetrics ``Metric``) keeps one
+sum and one count per key, reduced with ``sum`` across DDP ranks, so each rank audits its
+share of the set and ``compute()`` returns the figures of the whole set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from torchmetrics import Metric
+
+from ..saliency import cam_entropy, cam_mse, saliency_mse
+
+Scores = dict[str, tuple[Tensor, Optional[Tensor]]]
+
+
+@dataclass
+class ScoreContext:
+    """Everything a score family may look at for one audit batch."""
+
+    maps: dict[str, Tensor]  # method -> [B, h, w] on the CAM grid, min-max normalised
+    sham: Tensor  # [h, w]
+    reference: dict[str, Tensor] = field(default_factory=dict)  # method -> [B, h, w] at the reference model
+    drift_pairs: Sequence[tuple[str, str]] = ()  # (variant, base)
+    saliency: Optional[Tensor] = None  # [B, H, W]
+    has_saliency: Optional[Tensor] = None  # bool [B]
+
+
+ScoreFamily = Callable[[ScoreContext], Scores]
+SCORE_FAMILIES: dict[str, ScoreFamily] = {}
+
+
+def register_score(name: str) -> Callable[[ScoreFamily], ScoreFamily]:
+    """Add a score family (its keys are logged as ``cam_audit/<key>``)."""
+
+    def decorator(fn: ScoreFamily) -> ScoreFamily:
+        SCORE_FAMILIES[name] = fn
+        return fn
+
+    return decorator
+
+
+@register_score("drift")
+def drift_scores(ctx: ScoreContext) -> Scores:
+    """The paper's similarity score: MSE between a DiffGradCAM variant and its base."""
+    return {f"drift/{v}": (cam_mse(ctx.maps[v], ctx.maps[b]), None) for v, b in ctx.drift_pairs}
+
+
+@register_score("entropy")
+def entropy_scores(ctx: ScoreContext) -> Scores:
+    """CAM entropy in nats (ln of the pixel count for a uniform map)."""
+    return {f"entropy/{m}": (cam_entropy(x), None) for m, x in ctx.maps.items()}
+
+
+@register_score("sham_mse")
+def sham_scores(ctx: ScoreContext) -> Scores:
+    """MSE to the SHAM: the lower, the more the CAM looks like the hoax."""
+    return {f"sham_mse/{m}": (cam_mse(x, ctx.sham.to(x.device)), None) for m, x in ctx.maps.items()}
+
+
+@register_score("susceptibility")
+def susceptibility_scores(ctx: ScoreContext) -> Scores:
+    """MSE to the same method's map at the reference model (paper: susceptibility)."""
+    return {f"susceptibility/{m}": (cam_mse(x, ctx.reference[m]), None) for m, x in ctx.maps.items() if m in ctx.reference}
+
+
+@register_score("localisation")
+def localisation_scores(ctx: ScoreContext) -> Scores:
+    """Agreement with the batch's saliency maps: MSE on the CAM grid and the pointing game."""
+    if ctx.saliency is None:
+        return {}
+    mask = ctx.has_saliency
+    out: Scores = {}
+    for m, x in ctx.maps.items():
+        out[f"saliency_mse/{m}"] = (saliency_mse(x, ctx.saliency), mask)
+        out[f"pointing/{m}"] = (pointing_game(x, ctx.saliency), mask)
+    return out
+
+
+def pointing_game(maps: Tensor, saliency: Tensor, threshold: float = 0.5) -> Tensor:
+    """1.0 where the maximum of the CAM, upsampled bilinearly to the saliency map's size,
+    falls on a pixel of the map above ``threshold`` (after min-max), else 0.0."""
+    up = F.interpolate(maps.float().unsqueeze(1), size=saliency.shape[-2:], mode="bilinear", align_corners=False)
+    idx = up.flatten(1).argmax(dim=1)
+    sal = saliency.float().flatten(1).to(maps.device)
+    lo, hi = sal.amin(1, keepdim=True), sal.amax(1, keepdim=True)
+    on = (sal - lo) / (hi - lo + 1e-7) > threshold
+    return on.gather(1, idx.unsqueeze(1)).squeeze(1).float()
+
+
+def score_batch(ctx: ScoreContext, families: Sequence[str]) -> Scores:
+    out: Scores = {}
+    for name in families:
+        out.update(SCORE_FAMILIES[name](ctx))
+    return out
+
+
+class AuditScores(Metric):
+    """Means of per-sample scores for a fixed list of keys, synced across processes.
+
+    ``update({key: (values [B], mask [B] or None)})``; ``compute()`` returns
+    ``{key: mean}`` for the keys that saw at least one sample (on any rank).
+    """
+
+    full_state_update = False
+
+    def __init__(self, keys: Sequence[str], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.score_keys = list(dict.fromkeys(keys))
+        self._index = {k: i for i, k in enumerate(self.score_keys)}
+        n = len(self.score_keys)
+        self.add_state("total", default=torch.zeros(n, dtype=torch.float32), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros(n, dtype=torch.float32), dist_reduce_fx="sum")
+
+    def update(self, scores: Scores) -> None:
+        for key, (values, mask) in scores.items():
+            if key not in self._index:
+                raise KeyError(f"AuditScores has no key {key!r}; known keys: {', '.join(self.score_keys)}.")
+            values = values.detach().float().reshape(-1).to(self.total.device)
+            weight = torch.ones_like(values) if mask is None else mask.reshape(-1).to(values)
+            i = self._index[key]
+            self.total[i] += torch.nan_to_num(values * weight, nan=0.0).sum()
+            self.count[i] += weight.sum()
+
+    def compute(self) -> dict[str, Tensor]:
+        seen = self.count > 0
+        means = self.total / self.count.clamp(min=1)
+        return {k: means[i].float() for k, i in self._index.items() if bool(seen[i])}
