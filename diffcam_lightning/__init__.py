@@ -11,3 +11,7 @@ from .data import CSVDataModule, ImageFolderDataModule, SyntheticDataModule  # n
 from .models import SaliencyClassifier  # noqa: E402
 
 __all__ += ["CSVDataModule", "ImageFolderDataModule", "SaliencyClassifier", "SyntheticDataModule"]
+
+from .audit import CAMAudit  # noqa: E402
+
+__all__ += ["CAMAudit"]
