@@ -374,3 +374,47 @@ def test_grid_layout():
                               saliency=torch.rand(2, 10, 10))
     assert titles == ["input", "saliency", "gradcam", "eigencam"]
     assert grid.shape == (3, 2 * 12 + 2, 4 * 12 + 2) and 0.0 <= grid.min() and grid.max() <= 1.0
+
+
+# ---------------------------------------------------------------- the YAML fragment
+def _cli(args):
+    import sys
+
+    from lightning.pytorch import LightningDataModule
+
+    from diffcam_lightning import SaliencyClassifier
+    from diffcam_lightning.cli import DiffcamCLI
+
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        return DiffcamCLI(SaliencyClassifier, LightningDataModule, subclass_mode_data=True, run=False,
+                          save_config_callback=None, auto_configure_optimizers=False, args=args)
+    finally:
+        sys.argv = argv
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_yaml_fragment_appends_to_the_runs_own_callbacks(tmp_path):
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    own = tmp_path / "own.yaml"
+    own.write_text(
+        "trainer:\n  logger: false\n  callbacks:\n"
+        "    - class_path: lightning.pytorch.callbacks.LearningRateMonitor\n"
+        "model:\n  model_name: test_resnet\n"
+        "data:\n  class_path: diffcam_lightning.data.SyntheticDataModule\n"
+    )
+    cli = _cli(["--config", str(own), "--config", str(ROOT / "callbacks" / "cam_audit.yaml")])
+    callbacks = cli.trainer.callbacks
+    assert any(isinstance(c, LearningRateMonitor) for c in callbacks)
+    (audit,) = [c for c in callbacks if isinstance(c, CAMAudit)]
+    assert audit.audit_size == 64 and audit.drift_threshold == 0.1 and len(audit.methods) == 9
+
+
+@pytest.mark.parametrize("regime", ["human", "sham"])
+def test_synthetic_configs_audit_by_default(regime):
+    cli = _cli(["--config", str(ROOT / "configs" / f"synthetic_{regime}.yaml"), "--trainer.logger=false"])
+    kinds = {type(c).__name__ for c in cli.trainer.callbacks}
+    assert {"CAMAudit", "ModelCheckpoint"} <= kinds

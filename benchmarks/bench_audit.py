@@ -1,0 +1,129 @@
+"""CAMAudit benchmarks on the embedded synthetic data (CPU).
+
+    python benchmarks/bench_audit.py overhead [--repeats 5]
+        The time one audit of 64 images (all default methods, grid rendering included) adds
+        to one training epoch of configs/synthetic_sham.yaml. Goal: <= 10%.
+
+    python benchmarks/bench_audit.py thresholds [--seeds 0 1] [--out audit_thresholds.json]
+        Trains configs/synthetic_{human,sham}.yaml and records, after every epoch, what the
+        audit measures (drift GradCAM vs MeanDiffGradCAM, GradCAM's MSE to the SHAM, ...):
+        the measurements behind CAMAudit's default alarm thresholds.
+
+Both build the model and data with the ``diffcam`` CLI's own parser, as a user's run would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from diffcam_lightning import CAMAudit, SaliencyClassifier, SyntheticDataModule
+from diffcam_lightning.audit.render import audit_grid
+from diffcam_lightning.cli import DiffcamCLI
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = ("drift/meandiffgradcam", "sham_mse/gradcam", "sham_mse/meandiffgradcam", "pointing/gradcam", "pointing/meandiffgradcam")
+
+
+def build(regime: str, seed: int, extra: list[str]) -> DiffcamCLI:
+    args = [
+        "--config", str(ROOT / "configs" / f"synthetic_{regime}.yaml"),
+        f"--seed_everything={seed}",
+        "--trainer.logger=false",
+        "--trainer.enable_checkpointing=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.callbacks=[]",
+        *extra,
+    ]
+    sys.argv = sys.argv[:1]
+    return DiffcamCLI(
+        SaliencyClassifier, SyntheticDataModule, subclass_mode_data=True, args=args, run=False,
+        save_config_callback=None, auto_configure_optimizers=False,
+    )
+
+
+def overhead(repeats: int) -> dict:
+    """One training epoch vs one audit of 64 images on the same model."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    cli = build("sham", 0, ["--trainer.max_epochs=1", "--trainer.limit_val_batches=0"])
+    model, dm, trainer = cli.model, cli.datamodule, cli.trainer
+    start = time.perf_counter()
+    trainer.fit(model, dm)
+    epoch_s = time.perf_counter() - start
+
+    audit = CAMAudit(audit_size=64)  # the defaults: 9 methods, 8-row grid
+    dm.setup("fit")
+    audit.dataset = dm.datasets["val"]
+    audit._prepare(trainer, model)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _, grid_maps = audit._audit(trainer, model)
+        audit_grid(grid_maps["images"], grid_maps["maps"], grid_maps["saliency"])
+        times.append(time.perf_counter() - t0)
+    audit_s = statistics.median(times)
+    return {
+        "epoch_s": epoch_s,
+        "train_images": len(dm.datasets["train"]),
+        "audit_s_median": audit_s,
+        "audit_s_all": times,
+        "overhead": audit_s / epoch_s,
+        "layer": audit._engine.target_layer,
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+    }
+
+
+class Recorder(L.Callback):
+    def __init__(self, audit: CAMAudit) -> None:
+        self.audit, self.rows = audit, []
+
+    def on_validation_end(self, trainer, pl_module):
+        values = self.audit.last_metrics
+        if values:
+            self.rows.append({"epoch": -1 if trainer.sanity_checking else trainer.current_epoch,
+                              "val_acc": float(trainer.callback_metrics.get("val/acc", float("nan"))),
+                              **{k: values[k] for k in KEYS if k in values}})
+
+
+def thresholds(seeds: list[int]) -> dict:
+    out: dict = {}
+    for regime in ("human", "sham"):
+        for seed in seeds:
+            cli = build(regime, seed, ["--trainer.num_sanity_val_steps=1"])
+            audit = CAMAudit(drift_threshold=None, sham_threshold=None, audit_sanity_check=True, log_images=False)
+            rec = Recorder(audit)
+            cli.trainer.callbacks.extend([audit, rec])
+            cli.trainer.fit(cli.model, cli.datamodule)
+            out[f"{regime}/seed{seed}"] = rec.rows
+            for row in rec.rows:
+                print(regime, seed, {k: round(v, 4) for k, v in row.items()}, flush=True)
+    return out
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=("overhead", "thresholds"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    result = overhead(args.repeats) if args.mode == "overhead" else thresholds(args.seeds)
+    print(json.dumps(result, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
