@@ -183,8 +183,7 @@ class SaliencyClassifier(LightningModule):
             grid = tuple(cam.shape[-2:])
             target, mask = SALIENCY_TARGETS[hp.saliency_target](self, batch, grid)
             sal, count = saliency_loss(cam, target, mask)
-            if train:
-                loss = loss + hp.saliency_weight * sal
+            loss = loss + hp.saliency_weight * sal  # val/test report the same joint objective
             logs["saliency_mse"] = sal.detach()
             logs["saliency_missing"] = torch.tensor(float(x.shape[0] - count), device=x.device)
             logs["cam_entropy"] = cam_entropy(cam.detach()).mean()
