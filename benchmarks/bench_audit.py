@@ -4,6 +4,11 @@
         The time one audit of 64 images (all default methods, grid rendering included) adds
         to one training epoch of configs/synthetic_sham.yaml. Goal: <= 10%.
 
+    python benchmarks/bench_audit.py figure [--out docs/cam_audit_grid.png]
+        Trains both synthetic configs with the audit and a TensorBoardLogger, reads the last
+        ``cam_audit/grid`` image back from the event files and saves it with column titles
+        (the README's picture).
+
     python benchmarks/bench_audit.py thresholds [--seeds 0 1] [--out audit_thresholds.json]
         Trains configs/synthetic_{human,sham}.yaml and records, after every epoch, what the
         audit measures (drift GradCAM vs MeanDiffGradCAM, GradCAM's MSE to the SHAM, ...):
@@ -111,15 +116,66 @@ def thresholds(seeds: list[int]) -> dict:
     return out
 
 
+def figure(out: Path, epochs: int) -> dict:
+    import io
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    panels = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for regime in ("human", "sham"):
+            cli = build(regime, 0, [f"--trainer.max_epochs={epochs}"])
+            logger = TensorBoardLogger(tmp, name=regime)
+            cli.trainer.loggers = [logger]
+            audit = CAMAudit(grid_images=3)
+            cli.trainer.callbacks.append(audit)
+            cli.trainer.fit(cli.model, cli.datamodule)
+            acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "tensors": 0})
+            acc.Reload()
+            event = acc.Images("cam_audit/grid")[-1]
+            titles = acc.Tensors("cam_audit/grid_columns/text_summary")[-1].tensor_proto.string_val[0].decode()
+            panels.append((regime, event.step, Image.open(io.BytesIO(event.encoded_image_string)), titles.split(" | "),
+                           audit.last_metrics))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10.5, 3.3 * len(panels)))
+    for ax, (regime, step, image, titles, values) in zip(axes, panels):
+        ax.imshow(image)
+        width = image.size[0] / len(titles)
+        ax.set_xticks([width * (i + 0.5) for i in range(len(titles))], titles, rotation=20, fontsize=8)
+        ax.set_yticks([])
+        ax.set_title(
+            f"{regime}-target model, cam_audit/grid at step {step}: drift(MeanDiff) "
+            f"{values['drift/meandiffgradcam']:.3f}, GradCAM MSE to SHAM {values['sham_mse/gradcam']:.3f}, "
+            f"alarm {int(values['alarm'])}", fontsize=9,
+        )
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return {regime: {k: round(v, 4) for k, v in values.items()} for regime, *_, values in panels}
+
+
 def main() -> None:
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("overhead", "thresholds"))
+    parser.add_argument("mode", choices=("overhead", "thresholds", "figure"))
+    parser.add_argument("--epochs", type=int, default=8, help="figure: epochs per config")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    result = overhead(args.repeats) if args.mode == "overhead" else thresholds(args.seeds)
+    if args.mode == "overhead":
+        result = overhead(args.repeats)
+    elif args.mode == "thresholds":
+        result = thresholds(args.seeds)
+    else:
+        result = figure(args.out or ROOT / "docs" / "cam_audit_grid.png", args.epochs)
+        args.out = None
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))

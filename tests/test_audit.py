@@ -418,3 +418,17 @@ def test_synthetic_configs_audit_by_default(regime):
     cli = _cli(["--config", str(ROOT / "configs" / f"synthetic_{regime}.yaml"), "--trainer.logger=false"])
     kinds = {type(c).__name__ for c in cli.trainer.callbacks}
     assert {"CAMAudit", "ModelCheckpoint"} <= kinds
+
+
+def test_a_registered_score_family_is_logged(tmp_path):
+    from diffcam_lightning.audit import SCORE_FAMILIES, SCORE_KEYS, per_method, register_score
+
+    @register_score("peak", keys=per_method("peak"))
+    def peak(ctx):
+        return {f"peak/{m}": (x.flatten(1).amax(1), None) for m, x in ctx.maps.items()}
+
+    try:
+        (metrics,) = quiet_trainer(tmp_path, callbacks=[CAMAudit(audit_size=8, methods=FEW)]).validate(UserNet(), loaders()[1])
+    finally:
+        SCORE_FAMILIES.pop("peak"), SCORE_KEYS.pop("peak")
+    assert metrics["cam_audit/peak/gradcam"] == pytest.approx(1.0, abs=1e-3)  # min-max normalised maps

@@ -24,7 +24,7 @@ from ..cams.layers import known_layer_name, resolve_layer
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
 from .auditset import AuditSet, BatchKeys
 from .guard import audit_guard, preserved_rng
-from .metrics import SCORE_FAMILIES, AuditScores, ScoreContext, score_batch
+from .metrics import SCORE_FAMILIES, AuditScores, ScoreContext, score_batch, score_keys
 from .reference import WeightsSwap, load_reference_state
 from .render import audit_grid, tensorboard_writers
 
@@ -269,19 +269,8 @@ class CAMAudit(Callback):
         if self.reference_maps is None and self.reference is not None:
             self.reference_maps = self._reference_maps(pl_module, model)
         if self._metric is None:
-            keys = [k for fam in SCORE_FAMILIES for k in self._family_keys(fam)]
-            self._metric = AuditScores(keys)
+            self._metric = AuditScores(score_keys(self.methods, self.drift_pairs))
         self._metric = self._metric.to(pl_module.device)
-
-    def _family_keys(self, family: str) -> list[str]:
-        names = {
-            "drift": [f"drift/{v}" for v, _ in self.drift_pairs],
-            "entropy": [f"entropy/{m}" for m in self.methods],
-            "sham_mse": [f"sham_mse/{m}" for m in self.methods],
-            "susceptibility": [f"susceptibility/{m}" for m in self.methods],
-            "localisation": [f"{k}/{m}" for k in ("saliency_mse", "pointing") for m in self.methods],
-        }
-        return names.get(family, [])
 
     def _collect(self, trainer: Trainer) -> AuditSet:
         """The first ``audit_size`` samples of the dataset, or of the raw (unsharded)

@@ -34,44 +34,57 @@ class ScoreContext:
 
 
 ScoreFamily = Callable[[ScoreContext], Scores]
+# (methods, drift pairs) -> every key the family can produce (fixed up front: DDP syncs fixed-size states)
+KeysFn = Callable[[Sequence[str], Sequence[tuple[str, str]]], list[str]]
 SCORE_FAMILIES: dict[str, ScoreFamily] = {}
+SCORE_KEYS: dict[str, KeysFn] = {}
 
 
-def register_score(name: str) -> Callable[[ScoreFamily], ScoreFamily]:
-    """Add a score family (its keys are logged as ``cam_audit/<key>``)."""
+def per_method(*families: str) -> KeysFn:
+    return lambda methods, pairs: [f"{f}/{m}" for f in families for m in methods]
+
+
+def register_score(name: str, keys: KeysFn) -> Callable[[ScoreFamily], ScoreFamily]:
+    """Add a score family; ``keys(methods, drift_pairs)`` lists the keys it may return
+    (logged as ``cam_audit/<key>``; a key with no sample in an audit is not logged)."""
 
     def decorator(fn: ScoreFamily) -> ScoreFamily:
         SCORE_FAMILIES[name] = fn
+        SCORE_KEYS[name] = keys
         return fn
 
     return decorator
 
 
-@register_score("drift")
+def score_keys(methods: Sequence[str], pairs: Sequence[tuple[str, str]]) -> list[str]:
+    return [k for name in SCORE_FAMILIES for k in SCORE_KEYS[name](methods, pairs)]
+
+
+@register_score("drift", keys=lambda methods, pairs: [f"drift/{v}" for v, _ in pairs])
 def drift_scores(ctx: ScoreContext) -> Scores:
     """The paper's similarity score: MSE between a DiffGradCAM variant and its base."""
     return {f"drift/{v}": (cam_mse(ctx.maps[v], ctx.maps[b]), None) for v, b in ctx.drift_pairs}
 
 
-@register_score("entropy")
+@register_score("entropy", keys=per_method("entropy"))
 def entropy_scores(ctx: ScoreContext) -> Scores:
     """CAM entropy in nats (ln of the pixel count for a uniform map)."""
     return {f"entropy/{m}": (cam_entropy(x), None) for m, x in ctx.maps.items()}
 
 
-@register_score("sham_mse")
+@register_score("sham_mse", keys=per_method("sham_mse"))
 def sham_scores(ctx: ScoreContext) -> Scores:
     """MSE to the SHAM: the lower, the more the CAM looks like the hoax."""
     return {f"sham_mse/{m}": (cam_mse(x, ctx.sham.to(x.device)), None) for m, x in ctx.maps.items()}
 
 
-@register_score("susceptibility")
+@register_score("susceptibility", keys=per_method("susceptibility"))
 def susceptibility_scores(ctx: ScoreContext) -> Scores:
     """MSE to the same method's map at the reference model (paper: susceptibility)."""
     return {f"susceptibility/{m}": (cam_mse(x, ctx.reference[m]), None) for m, x in ctx.maps.items() if m in ctx.reference}
 
 
-@register_score("localisation")
+@register_score("localisation", keys=per_method("saliency_mse", "pointing"))
 def localisation_scores(ctx: ScoreContext) -> Scores:
     """Agreement with the batch's saliency maps: MSE on the CAM grid and the pointing game."""
     if ctx.saliency is None:
