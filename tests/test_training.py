@@ -248,3 +248,12 @@ def test_a_sham_covering_the_whole_grid_is_flagged():
     with pytest.warns(UserWarning, match=r"covers every pixel of the 4x4 CAM grid"):
         model.sham((4, 4))
     assert model.sham((8, 8)).sum() == 28  # the outer ring of an 8x8 grid: no warning needed
+
+
+def test_bf16_mixed_precision_fit_logs_finite_values():
+    L.seed_everything(0)
+    model = make_model(saliency_target="sham")
+    t = trainer(max_epochs=1, precision="bf16-mixed", limit_train_batches=2, limit_val_batches=1)
+    t.fit(model, make_data(train_size=32, val_size=16, batch_size=16))
+    assert t.callback_metrics and all(torch.isfinite(v).all() for v in t.callback_metrics.values())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
