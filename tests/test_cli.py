@@ -22,6 +22,16 @@ SMALL = ["--data.init_args.train_size=32", "--data.init_args.val_size=16", "--da
 
 
 @pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from more threads; on a shared CPU, waiting OpenMP threads
+    slow them down many times."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
 def _no_pytest_argv(monkeypatch):
     """LightningCLI would otherwise see pytest's own arguments beside ``args``."""
     monkeypatch.setattr(sys, "argv", ["diffcam"])
