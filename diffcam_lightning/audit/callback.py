@@ -41,8 +41,10 @@ DEFAULT_METHODS: tuple[str, ...] = (
 )
 
 # Defaults of the fooling alarm, measured on the embedded synthetic data (benchmarks/README.md,
-# "Audit overhead" -> "Alarm thresholds"): clean / human-target models give drift <= 0.02 and
-# GradCAM-to-SHAM MSE >= 0.25; SHAM-trained models reach drift >= 0.2 and SHAM MSE <= 0.05.
+# "Alarm thresholds"; `python benchmarks/bench_audit.py thresholds`): clean (human-target)
+# models drift <= 0.0001 after their first epoch (0.077 at init, 0.091 after one epoch in a
+# smaller setting) with GradCAM-to-SHAM MSE >= 0.43; SHAM-trained models pass drift 0.1 within
+# 1-4 epochs and end at drift 0.30-0.38, SHAM MSE 0.005-0.007.
 DEFAULT_DRIFT_THRESHOLD = 0.1
 DEFAULT_SHAM_THRESHOLD = 0.1
 
