@@ -24,12 +24,9 @@ QUIET = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_mod
 NO_TIMING = TimingSpec(enabled=False)
 
 
-def fit(tmp: Path, name: str, epochs: int, ckpt: Path | None = None, **model_args) -> Path:
+def fit(tmp: Path, name: str, epochs: int, **model_args) -> Path:
     pl.seed_everything(0)
-    if ckpt is None:
-        model = SaliencyClassifier(**TINY, **model_args)
-    else:  # fine-tune: start from the clean weights, switch the objective
-        model = SaliencyClassifier.load_from_checkpoint(ckpt, weights_only=False, **model_args)
+    model = SaliencyClassifier(**TINY, **model_args)
     data = SyntheticDataModule(image_size=48, train_size=224, val_size=28, test_size=28, batch_size=32)
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, **QUIET)
     trainer.fit(model, data)
@@ -43,7 +40,8 @@ def chain(tmp_path_factory):
     """Clean CE training, then SHAM fine-tuning from it, then the report."""
     tmp = tmp_path_factory.mktemp("chain")
     clean = fit(tmp, "clean", epochs=2, saliency_weight=0.0)
-    sham = fit(tmp, "sham", epochs=2, ckpt=clean, saliency_target="sham", saliency_weight=1.0)
+    # fine-tune as configs/synthetic_sham_finetune.yaml does: weights_file = the clean checkpoint
+    sham = fit(tmp, "sham", epochs=2, weights_file=str(clean), saliency_target="sham", saliency_weight=1.0)
     options = ReportOptions(
         models=[ArchitectureSpec(clean=ModelSource(checkpoint=str(clean)), sham=ModelSource(checkpoint=str(sham)), name="tiny")],
         output_dir=str(tmp / "report"),
@@ -78,6 +76,14 @@ def test_chain_writes_every_output(chain):
     assert [r["method"] for r in timing][:2] == ["gradcam", "gradcam++"] and "pytorch-grad-cam (ms)" in timing[0]
     latex = (out / "tables" / "table3_similarity.tex").read_text()
     assert r"\begin{tabular}" in latex and r"$\pm$" in latex
+
+
+def test_finetune_starts_from_the_clean_checkpoint(chain):
+    tmp, _, _ = chain
+    clean = load_model(ModelSource(checkpoint=str(tmp / "clean.ckpt")), 7)
+    start = SaliencyClassifier(**TINY, weights_file=str(tmp / "clean.ckpt")).model
+    for (name, a), b in zip(clean.state_dict().items(), start.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_scores_recomputed_independently(chain):

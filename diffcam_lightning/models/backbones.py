@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import timm
+import torch
 from torch import nn
+
+# prefixes under which a LightningModule may hold the timm network
+_STATE_PREFIXES = ("", "model.", "net.", "backbone.", "network.")
 
 
 def build_backbone(
@@ -36,6 +40,10 @@ def build_backbone(
         path = Path(weights_file).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"weights_file {str(path)!r} does not exist (model {model_name!r}).")
+        if path.suffix == ".ckpt":  # a Lightning checkpoint, e.g. of a clean run to fine-tune
+            model = timm.create_model(model_name, num_classes=num_classes, **kwargs)
+            model.load_state_dict(network_state_from_checkpoint(model, path, model_name))
+            return model
         overlay: dict[str, Any] = dict(file=str(path))
         file_classes = _head_classes(model_name, path)
         if file_classes is not None:  # timm keeps the file's head only when the counts agree
@@ -59,3 +67,40 @@ def _head_classes(model_name: str, path: Path) -> Optional[int]:
     state = load_state_dict(str(path), weights_only=True)
     rows = [state[f"{n}.weight"].shape[0] for n in names if f"{n}.weight" in state]
     return rows[0] if rows else None
+
+
+def _state_dict_of(checkpoint: dict, path: Path) -> dict:
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"Checkpoint {path} holds no state_dict.")
+    return state
+
+
+def _match_state(model: nn.Module, state: dict, path: Path, arch: str) -> dict:
+    """The entries of ``state`` that are ``model``'s own, under any known prefix."""
+    expected = model.state_dict()
+    best: dict = {}
+    for prefix in _STATE_PREFIXES:
+        candidate = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        candidate = {k: v for k, v in candidate.items() if k in expected}
+        if len(candidate) > len(best):
+            best = candidate
+    missing = [k for k in expected if k not in best]
+    if missing:
+        raise ValueError(
+            f"Checkpoint {path} is not a {arch} checkpoint: {len(missing)} of its {len(expected)} tensors are "
+            f"missing (e.g. {', '.join(missing[:3])}). Is it a checkpoint of another architecture?"
+        )
+    for key, value in best.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ValueError(
+                f"Checkpoint {path}: tensor {key!r} has shape {tuple(value.shape)}, but {arch} with this class count "
+                f"expects {tuple(expected[key].shape)} (does the checkpoint's class count match the data's?)."
+            )
+    return best
+
+
+def network_state_from_checkpoint(model: nn.Module, path: Path, arch: str) -> dict:
+    """``model``'s state dict out of a Lightning checkpoint (read with ``weights_only=True``)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return _match_state(model, _state_dict_of(checkpoint, path), path, arch)

@@ -11,11 +11,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..models.backbones import build_backbone
-
-# prefixes under which a LightningModule may hold the timm network
-_STATE_PREFIXES = ("", "model.", "net.", "backbone.", "network.")
-
+from ..models.backbones import build_backbone, network_state_from_checkpoint
 
 @dataclass
 class ModelSource:
@@ -73,37 +69,6 @@ def _check_head(source: "ModelSource", num_classes: int) -> None:
         )
 
 
-def _state_dict_of(checkpoint: dict, path: Path) -> dict:
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not state:
-        raise ValueError(f"Checkpoint {path} holds no state_dict.")
-    return state
-
-
-def _match_state(model: nn.Module, state: dict, path: Path, arch: str) -> dict:
-    """The entries of ``state`` that are ``model``'s own, under any known prefix."""
-    expected = model.state_dict()
-    best: dict = {}
-    for prefix in _STATE_PREFIXES:
-        candidate = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        candidate = {k: v for k, v in candidate.items() if k in expected}
-        if len(candidate) > len(best):
-            best = candidate
-    missing = [k for k in expected if k not in best]
-    if missing:
-        raise ValueError(
-            f"Checkpoint {path} is not a {arch} checkpoint: {len(missing)} of its {len(expected)} tensors are "
-            f"missing (e.g. {', '.join(missing[:3])}). Is it a checkpoint of another architecture?"
-        )
-    for key, value in best.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise ValueError(
-                f"Checkpoint {path}: tensor {key!r} has shape {tuple(value.shape)}, but {arch} with this class count "
-                f"expects {tuple(expected[key].shape)} (does the checkpoint's class count match the data's?)."
-            )
-    return best
-
-
 def checkpoint_hparams(path: Path) -> dict:
     """The hyper-parameters stored in a Lightning checkpoint (``{}`` if none)."""
     if not path.is_file():
@@ -128,8 +93,7 @@ def load_model(source: ModelSource, num_classes: int) -> nn.Module:
         if isinstance(stored_arch, str) and stored_arch.split(".")[0] != source.arch.split(".")[0]:
             raise ValueError(f"Checkpoint {path} holds a {stored_arch} model, not {source.arch}.")
         model = build_backbone(source.arch, num_classes, model_kwargs=source.model_kwargs)
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(_match_state(model, _state_dict_of(ckpt, path), path, source.arch))
+        model.load_state_dict(network_state_from_checkpoint(model, path, source.arch))
         return model.eval()
     if source.weights and not Path(source.weights).is_file():
         raise FileNotFoundError(f"Weights file not found: {source.weights}")
