@@ -3,6 +3,7 @@ hygiene (no trace left on the model), and clear errors."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -190,6 +191,14 @@ def test_method_lookup_is_case_insensitive(tiny):
     assert list(maps) == ["meandiffgradcam++", "gradcam"]
 
 
+def test_scalar_targets_broadcast(tiny):
+    model, x = tiny
+    engine = CAMEngine(model, "features")
+    expected = engine(x, targets=[2, 2, 2])["gradcam"]
+    for scalar in (2, np.int64(2), torch.tensor(2)):
+        torch.testing.assert_close(engine(x, targets=scalar)["gradcam"], expected)
+
+
 def test_default_targets_are_the_predicted_classes(tiny):
     model, x = tiny
     engine = CAMEngine(model, "features")
@@ -235,7 +244,7 @@ def test_hooks_removed_when_the_model_raises():
     engine = CAMEngine(model, "features")
     with pytest.raises(IndexError, match="boom"):  # propagated, never swallowed
         engine(torch.randn(1, 3, 8, 8))
-    assert not model.features._forward_hooks
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 @pytest.mark.parametrize("context", [torch.inference_mode, torch.no_grad])
@@ -258,13 +267,17 @@ def test_frozen_parameters(tiny):
         torch.testing.assert_close(maps[name], expected[name])
 
 
-def test_bf16_autocast_gives_finite_float32_maps(tiny):
+def test_bf16_autocast_gives_float32_maps_close_to_fp32(tiny):
     model, x = tiny
+    reference = CAMEngine(model, "features")(x, methods=METHODS)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         maps = CAMEngine(model, "features")(x, methods=METHODS)
     for name, cam in maps.items():
         assert cam.dtype == torch.float32 and torch.isfinite(cam).all(), name
-        assert cam.max() > 0.9, name
+        if name == "eigencam":
+            continue  # a principal component's sign is arbitrary: bf16 noise may flip it
+        # the forward runs in bf16 (~3 significant digits); the weighting and sums do not
+        assert (cam - reference[name]).abs().mean() < 0.05, name
 
 
 def test_create_graph_makes_maps_differentiable_wrt_parameters(tiny):

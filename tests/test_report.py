@@ -176,21 +176,41 @@ def _ddp_options(out: Path) -> ReportOptions:
 
 
 def test_ddp_spawn_two_processes_give_the_same_scores(tmp_path):
-    torch.manual_seed(0)
-    model = load_model(ModelSource("resnet10t"), 7)
-    weights = tmp_path / "r10.pth"
-    torch.save(model.state_dict(), weights)
+    weights = {}
+    for kind, seed in (("clean", 0), ("sham", 1)):
+        torch.manual_seed(seed)
+        weights[kind] = tmp_path / f"{kind}.pth"
+        torch.save(load_model(ModelSource("resnet10t"), 7).state_dict(), weights[kind])
     results = {}
-    for name, extra in (("single", dict(devices=1)), ("ddp", dict(devices=2, strategy="ddp_spawn"))):
-        options = _ddp_options(tmp_path / name)
-        options.models[0].clean = ModelSource("resnet10t", weights=str(weights))
+    # ddp first, then one process in the SAME folder: rank1's old file must not leak in
+    for name, extra in (("ddp", dict(devices=2, strategy="ddp_spawn")), ("single", dict(devices=1))):
+        options = _ddp_options(tmp_path / "out")
+        options.models[0].clean = ModelSource("resnet10t", weights=str(weights["clean"]))
+        options.models[0].sham = ModelSource("resnet10t", weights=str(weights["sham"]))
         run_report(options, {**QUIET, **extra})
-        results[name] = read_csv(tmp_path / name / "scores.csv")
-    assert len(results["ddp"]) == len(results["single"]) > 0
-    assert len(list((tmp_path / "ddp" / "scores").glob("r10.rank*.csv"))) == 2  # both ranks wrote
+        results[name] = read_csv(tmp_path / "out" / "scores.csv")
+        ranks = len(list((tmp_path / "out" / "scores").glob("r10.rank*.csv")))
+        assert ranks == extra["devices"]  # every rank wrote, stale files were removed
+    assert {r["metric"] for r in results["ddp"]} == {"similarity", "susceptibility", "correct_clean", "correct_sham"}
+    assert len(results["ddp"]) == len(results["single"]) == 7 * (2 + 6 + 11)
     for a, b in zip(results["single"], results["ddp"]):
         assert (a["sample"], a["metric"], a["method"]) == (b["sample"], b["metric"], b["method"])
         assert math.isclose(float(a["score"]), float(b["score"]), abs_tol=1e-5)
+
+
+def test_missing_samples_are_an_error(tmp_path):
+    from diffcam_lightning.report.scoring import FIELDS, merge_rank_files
+
+    (tmp_path / "a.rank0.csv").write_text(",".join(FIELDS) + "\n0,0,0,similarity,meandiffgradcam,0.1\n")
+    with pytest.raises(RuntimeError, match="1 of 2 samples have no scores.*shared by all nodes"):
+        merge_rank_files(tmp_path, "a", expected=[0, 1])
+
+
+def test_duplicate_labels_are_refused(tmp_path):
+    options = _ddp_options(tmp_path)
+    options.models = [ArchitectureSpec(clean=ModelSource("resnet10t")), ArchitectureSpec(clean=ModelSource("resnet10t"))]
+    with pytest.raises(ValueError, match="share the label 'resnet10t'.*name:"):
+        run_report(options, QUIET)
 
 
 # ------------------------------------------------------------------ bad input

@@ -9,6 +9,7 @@ logits back to ``A``: never through the rest of the network, never into ``.grad`
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, Union
 
@@ -101,7 +102,8 @@ class CAMEngine:
             logits, activations = self._forward(x, name, layer, full_graph=create_graph)
             targets = _check_targets(targets, logits, chosen)
             gradients = _batched_gradients(logits, activations, targets, chosen, create_graph)
-            with torch.set_grad_enabled(create_graph):
+            # float32 maps even under autocast: einsum/matmul would otherwise run in bf16/fp16
+            with torch.set_grad_enabled(create_graph), torch.autocast(x.device.type, enabled=False):
                 ctx = CAMContext(
                     activations=activations.float() if create_graph else activations.detach().float(),
                     gradients=gradients,
@@ -180,8 +182,8 @@ def _check_targets(targets: TargetSpec, logits: Tensor, methods: list[CAMMethod]
         raise ValueError(f"DiffGradCAM methods need at least 2 classes; the model has {classes}.")
     if targets is None:
         return logits.detach().argmax(dim=1)
-    if isinstance(targets, int):
-        targets = [targets] * batch
+    if isinstance(targets, numbers.Integral) or (isinstance(targets, Tensor) and targets.dim() == 0):
+        targets = [int(targets)] * batch
     targets = torch.as_tensor(targets, device=logits.device)
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise TypeError(f"targets must hold integer class indices; got dtype {targets.dtype}.")

@@ -32,12 +32,13 @@ def _modules(model: nn.Module) -> dict[str, nn.Module]:
 def _unknown_layer_error(model: nn.Module, name: str) -> ValueError:
     names = list(_modules(model))
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
-    top = [n for n, _ in model.named_children()]
+    known = known_layer_name(model)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    default = f" The automatic choice for this model is {known!r}." if known else ""
     return ValueError(
-        f"Target layer {name!r} is not a module of {type(model).__name__}.{hint} "
+        f"Target layer {name!r} is not a module of {type(model).__name__}.{hint}{default} "
         f"Valid names are the dotted names of model.named_modules() ({len(names)} in all); "
-        f"top level: {', '.join(top)}."
+        f"the last ones: {', '.join(names[-12:])}."
     )
 
 

@@ -118,7 +118,9 @@ def hirescam(ctx: CAMContext) -> Tensor:
 def eigencam(ctx: CAMContext) -> Tensor:
     """EigenCAM: projection of the spatially centred activations on their first
     principal component (per sample, no sign correction, as pytorch-grad-cam)."""
-    acts = torch.nan_to_num(ctx.activations.double(), nan=0.0)
+    # float64 for a stable SVD where the device has it (MPS does not)
+    precise = torch.float32 if ctx.activations.device.type == "mps" else torch.float64
+    acts = torch.nan_to_num(ctx.activations.to(precise), nan=0.0)
     b, k, h, w = acts.shape
     flat = acts.reshape(b, k, h * w).transpose(1, 2)  # [B, hw, K]
     flat = flat - flat.mean(dim=1, keepdim=True)
@@ -133,26 +135,26 @@ def scorecam(ctx: CAMContext) -> Tensor:
     (softmax over channels). Masked inputs run in batches without gradients."""
     if ctx.model is None or ctx.inputs is None or ctx.targets is None:
         raise ValueError("scorecam needs the model, the input and the targets in its context.")
-    acts = ctx.activations
-    b, k = acts.shape[:2]
+    acts = ctx.activations.detach()
+    b, k, h, w = acts.shape
+    inputs = ctx.inputs.detach()
+    flat = acts.reshape(b * k, 1, h, w)
+    owner = torch.arange(b, device=acts.device).repeat_interleave(k)  # image of each row
+    step = max(1, int(ctx.scorecam_batch_size))
+    scores = []
     with torch.no_grad():
-        up = nn.functional.interpolate(acts, size=ctx.inputs.shape[-2:], mode="bilinear", align_corners=True)
-        lo = up.amin(dim=(2, 3), keepdim=True)
-        hi = up.amax(dim=(2, 3), keepdim=True)
-        masks = (up - lo) / (hi - lo + 1e-8)  # [B, K, H, W]
-        flat_masks = masks.reshape(b * k, 1, *masks.shape[-2:])
-        owner = torch.arange(b, device=acts.device).repeat_interleave(k)  # image of each row
-        inputs = ctx.inputs.detach()
-        scores = []
-        step = max(1, int(ctx.scorecam_batch_size))
-        for start in range(0, b * k, step):
+        for start in range(0, b * k, step):  # masks built per chunk: memory ~ step, not B*K
+            up = nn.functional.interpolate(
+                flat[start : start + step], size=inputs.shape[-2:], mode="bilinear", align_corners=True
+            )
+            lo = up.amin(dim=(2, 3), keepdim=True)
+            hi = up.amax(dim=(2, 3), keepdim=True)
+            masks = (up - lo) / (hi - lo + 1e-8)
             rows = owner[start : start + step]
-            masked = flat_masks[start : start + step].to(inputs.dtype) * inputs[rows]
-            logits = _logits(ctx.model(masked))
+            logits = _logits(ctx.model(masks.to(inputs.dtype) * inputs[rows]))
             scores.append(logits.gather(1, ctx.targets[rows, None]).float().squeeze(1))
-        scores = torch.cat(scores).reshape(b, k)
-        weights = torch.softmax(scores, dim=1)
-    return weighted_sum(weights, acts.detach())
+        weights = torch.softmax(torch.cat(scores).reshape(b, k), dim=1)
+    return weighted_sum(weights, acts)
 
 
 def _logits(output) -> Tensor:

@@ -80,6 +80,12 @@ def run_report(options: ReportOptions, trainer_kwargs: Optional[dict[str, Any]] 
     """Run the report; returns the written files by name (on rank zero; ``{}`` elsewhere)."""
     if not options.models:
         raise ValueError("The report needs at least one entry under 'models'.")
+    labels = [spec.label for spec in options.models]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ValueError(
+            f"Two report models share the label {duplicates[0]!r}; give each entry a distinct 'name:'."
+        )
     methods = resolve_methods(options.methods, options.scorecam)
     out = Path(options.output_dir)
     scores_dir = out / "scores"
@@ -100,8 +106,9 @@ def run_report(options: ReportOptions, trainer_kwargs: Optional[dict[str, Any]] 
     if not trainer.is_global_zero:
         return {}
     rows = []
-    for spec, *_ in prepared:
-        rows += [{"arch": spec.label, **row} for row in merge_rank_files(scores_dir, spec.label)]
+    for spec, data, *_ in prepared:
+        merged = merge_rank_files(scores_dir, spec.label, expected=data.dataset.indices)
+        rows += [{"arch": spec.label, **row} for row in merged]
     written = {"scores": _write_scores(rows, out / "scores.csv")}
     scores = group_scores(rows)
     tables = [similarity_table(scores), accuracy_table(scores)]

@@ -110,6 +110,11 @@ class ScoreWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        if trainer.is_global_zero:  # files of an earlier run with more ranks must not leak in
+            name = getattr(pl_module, "report_name", type(pl_module).__name__)
+            for stale in self.folder.glob(f"{name}.rank*.csv"):
+                stale.unlink()
+        trainer.strategy.barrier("diffcam_report_clean")
         with open(self.path(trainer, pl_module), "w", newline="") as f:
             csv.writer(f).writerow(FIELDS)
 
@@ -118,8 +123,10 @@ class ScoreWriter(BasePredictionWriter):
             csv.writer(f).writerows(prediction)
 
 
-def merge_rank_files(folder: Path, name: str) -> list[dict[str, Any]]:
-    """All ranks' rows, each (sample, metric, method) once (DDP pads with repeats), sorted."""
+def merge_rank_files(folder: Path, name: str, expected: Optional[Sequence[int]] = None) -> list[dict[str, Any]]:
+    """All ranks' rows, each (sample, metric, method) once (DDP pads with repeats), sorted.
+    With ``expected`` sample indices, a sample without rows is an error (e.g. ranks on other
+    nodes writing to a folder rank zero cannot see)."""
     merged: dict[tuple, dict[str, Any]] = {}
     files = sorted(Path(folder).glob(f"{name}.rank*.csv"))
     if not files:
@@ -130,4 +137,12 @@ def merge_rank_files(folder: Path, name: str) -> list[dict[str, Any]]:
                 row = {**row, "sample": int(row["sample"]), "label": int(row["label"]), "target": int(row["target"])}
                 row["score"] = float(row["score"])
                 merged.setdefault((row["sample"], row["metric"], row["method"]), row)
+    if expected is not None:
+        missing = sorted(set(expected) - {sample for sample, _, _ in merged})
+        if missing:
+            raise RuntimeError(
+                f"{len(missing)} of {len(set(expected))} samples have no scores in {folder} "
+                f"(files: {', '.join(p.name for p in files)}; first missing: {missing[:5]}). "
+                "Under multi-node DDP, output_dir must be on a filesystem shared by all nodes."
+            )
     return [merged[k] for k in sorted(merged)]

@@ -56,10 +56,10 @@ def timing_table(
     was_training = model.training
     for method in tqdm(methods, desc=f"timing {arch}", leave=False):
         ours = _run_times(lambda: engine(image, targets=[target], methods=method, size="input"), runs, discard, device)
-        row = [method, f"{ours.mean():.3f} ± {ours.std():.3f}"]
+        row = [method, f"{ours.mean():.3f} ± {ours.std(ddof=1):.3f}"]
         if reference:
             theirs = _run_times(lambda: pgc.reference_cam(model, layer, image, [target], method), runs, discard, device)
-            row += [f"{theirs.mean():.3f} ± {theirs.std():.3f}", f"{theirs.mean() / ours.mean():.1f}x"]
+            row += [f"{theirs.mean():.3f} ± {theirs.std(ddof=1):.3f}", f"{theirs.mean() / ours.mean():.1f}x"]
         table.rows.append(row)
     model.train(was_training)  # pytorch-grad-cam forces eval() and never restores it
     return table
