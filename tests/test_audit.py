@@ -29,6 +29,15 @@ warnings.filterwarnings("ignore", ".*LeafSpec.*")
 FEW = ("gradcam", "meandiffgradcam", "gradcam++", "meandiffgradcam++", "eigencam")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny fits on a shared 2-core CPU: one thread avoids oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------- a user's own module and data
 class UserNet(L.LightningModule):
     """Plain nn layers, (x, y) tuple batches, no knowledge of diffcam_lightning."""

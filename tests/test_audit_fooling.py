@@ -14,6 +14,15 @@ from diffcam_lightning import CAMAudit, SaliencyClassifier, SyntheticDataModule
 EPOCHS = 3
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny fits on a shared 2-core CPU: one thread avoids oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def fit(regime: str) -> tuple[CAMAudit, dict, list[str]]:
     L.seed_everything(0)
     model = SaliencyClassifier(
