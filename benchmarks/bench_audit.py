@@ -24,7 +24,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -32,30 +31,16 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from diffcam_lightning import CAMAudit, SaliencyClassifier, SyntheticDataModule
+from diffcam_lightning import CAMAudit
 from diffcam_lightning.audit.render import audit_grid
-from diffcam_lightning.cli import DiffcamCLI
+from diffcam_lightning.cli import DiffcamCLI, config_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("drift/meandiffgradcam", "sham_mse/gradcam", "sham_mse/meandiffgradcam", "pointing/gradcam", "pointing/meandiffgradcam")
 
 
 def build(regime: str, seed: int, extra: list[str]) -> DiffcamCLI:
-    args = [
-        "--config", str(ROOT / "configs" / f"synthetic_{regime}.yaml"),
-        f"--seed_everything={seed}",
-        "--trainer.logger=false",
-        "--trainer.enable_checkpointing=false",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        "--trainer.callbacks=[]",
-        *extra,
-    ]
-    sys.argv = sys.argv[:1]
-    return DiffcamCLI(
-        SaliencyClassifier, SyntheticDataModule, subclass_mode_data=True, args=args, run=False,
-        save_config_callback=None, auto_configure_optimizers=False,
-    )
+    return config_cli(str(ROOT / "configs" / f"synthetic_{regime}.yaml"), f"--seed_everything={seed}", *extra)
 
 
 class InterleavedAudits(L.Callback):

@@ -27,6 +27,25 @@ class DiffcamCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
 
+def config_cli(config: str, *overrides: str) -> DiffcamCLI:
+    """The instantiated (not run) CLI of a config, for scripts: no logger, checkpoints,
+    progress bar, model summary or config callbacks; ``overrides`` are further CLI flags."""
+    args = [
+        "--config", str(config),
+        "--trainer.logger=false",
+        "--trainer.enable_checkpointing=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.callbacks=[]",
+        *overrides,
+    ]
+    sys.argv = sys.argv[:1]  # the CLI reads only ``args``
+    return DiffcamCLI(
+        SaliencyClassifier, LightningDataModule, subclass_mode_data=True, args=args, run=False,
+        save_config_callback=None, auto_configure_optimizers=False,
+    )
+
+
 def main(args: Optional[Sequence[str]] = None) -> None:
     """Entry point of the ``diffcam`` console script (``args=None`` reads ``sys.argv``)."""
     argv = list(args) if args is not None else sys.argv[1:]

@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-from diffcam_lightning.cli import DiffcamCLI
+from diffcam_lightning.cli import config_cli
 from diffcam_lightning.data import SyntheticDataModule, denormalize
 from diffcam_lightning.models import SaliencyClassifier
 from diffcam_lightning.saliency import cam_mse, resize_target
@@ -49,27 +48,8 @@ FIGURE_METHODS = ("gradcam", "meandiffgradcam", "eigencam")
 
 def train(regime: str, seed: int, epochs: int | None) -> tuple[SaliencyClassifier, SyntheticDataModule, float]:
     """Fit with the shipped config, exactly as ``diffcam fit --config ...`` would."""
-    args = [
-        "--config", str(ROOT / "configs" / f"synthetic_{regime}.yaml"),
-        f"--seed_everything={seed}",
-        "--trainer.logger=false",
-        "--trainer.enable_checkpointing=false",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        "--trainer.callbacks=[]",
-    ]
-    if epochs is not None:
-        args.append(f"--trainer.max_epochs={epochs}")
-    sys.argv = sys.argv[:1]  # the CLI reads only ``args``
-    cli = DiffcamCLI(
-        SaliencyClassifier,
-        SyntheticDataModule,
-        subclass_mode_data=True,
-        args=args,
-        run=False,
-        save_config_callback=None,
-        auto_configure_optimizers=False,
-    )
+    extra = [f"--trainer.max_epochs={epochs}"] if epochs is not None else []
+    cli = config_cli(str(ROOT / "configs" / f"synthetic_{regime}.yaml"), f"--seed_everything={seed}", *extra)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
     return cli.model, cli.datamodule, time.perf_counter() - start

@@ -29,13 +29,7 @@ warnings.filterwarnings("ignore", ".*LeafSpec.*")
 FEW = ("gradcam", "meandiffgradcam", "gradcam++", "meandiffgradcam++", "eigencam")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny fits on a shared 2-core CPU: one thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 # ---------------------------------------------------------------- a user's own module and data

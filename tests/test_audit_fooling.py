@@ -14,13 +14,7 @@ from diffcam_lightning import CAMAudit, SaliencyClassifier, SyntheticDataModule
 EPOCHS = 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny fits on a shared 2-core CPU: one thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def fit(regime: str) -> tuple[CAMAudit, dict, list[str]]:

@@ -21,14 +21,7 @@ SMALL = ["--data.init_args.train_size=32", "--data.init_args.val_size=16", "--da
          "--data.init_args.batch_size=8", "--data.init_args.image_size=48"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from more threads; on a shared CPU, waiting OpenMP threads
-    slow them down many times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(autouse=True)

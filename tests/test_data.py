@@ -17,14 +17,7 @@ from diffcam_lightning.data import (
 )
 from diffcam_lightning.data.synthetic import class_shape_and_colour
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from more threads; on a shared CPU, waiting OpenMP threads
-    slow them down many times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 # ---------------------------------------------------------------- synthetic

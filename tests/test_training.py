@@ -15,14 +15,7 @@ from diffcam_lightning import SaliencyClassifier, SyntheticDataModule
 from diffcam_lightning.data import SyntheticShapes, SyntheticSpec
 from diffcam_lightning.saliency import cam_mse, resize_target
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from more threads, and on a shared CPU two OpenMP threads
-    that wait for each other made these fits 20x slower (measured: 143 s vs 6 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 TINY = dict(model_name="test_resnet", model_kwargs={"output_stride": 8}, sham_entropy=3.0)  # 48 px -> 6x6 grid
