@@ -179,6 +179,7 @@ def test_output_contract(tiny):
         assert cam.shape == (3, 8, 8) and cam.dtype == torch.float32, name
         assert cam.min() >= 0 and cam.max() <= 1 and torch.isfinite(cam).all(), name
         assert not cam.requires_grad
+    assert engine.compute(x, methods="gradcam", size="input").grid == (8, 8)  # the layer's grid
     assert engine(x, methods="gradcam", size="input")["gradcam"].shape == (3, 16, 16)
     assert engine(x, methods="gradcam", size=(12, 20))["gradcam"].shape == (3, 12, 20)
     raw = engine(x, methods="gradcam", normalize=False)["gradcam"]

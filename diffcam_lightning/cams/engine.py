@@ -26,12 +26,14 @@ TargetSpec = Union[None, int, Sequence[int], Tensor]
 
 @dataclass
 class CAMResult:
-    """The maps of one call, with the logits and classes they explain."""
+    """The maps of one call, with the logits and classes they explain, the target layer
+    and its spatial grid ``(h, w)`` (the maps' size when ``size=None``)."""
 
     maps: dict[str, Tensor]
     logits: Tensor
     targets: Tensor
     layer: str
+    grid: tuple[int, int]
 
 
 class CAMEngine:
@@ -118,7 +120,8 @@ class CAMEngine:
                     maps[method.name] = postprocess(method.compute(ctx), out_size, normalize)
         if not create_graph:
             logits = logits.detach()
-        return CAMResult(maps=maps, logits=logits, targets=targets, layer=name)
+        grid = (int(activations.shape[-2]), int(activations.shape[-1]))
+        return CAMResult(maps=maps, logits=logits, targets=targets, layer=name, grid=grid)
 
     def _forward(self, x: Tensor, name: str, layer: nn.Module, full_graph: bool) -> tuple[Tensor, Tensor]:
         """Run the model once, capturing ``A``. Unless ``full_graph``, the network up to

@@ -42,7 +42,7 @@ def build_backbone(
             raise FileNotFoundError(f"weights_file {str(path)!r} does not exist (model {model_name!r}).")
         if path.suffix == ".ckpt":  # a Lightning checkpoint, e.g. of a clean run to fine-tune
             model = timm.create_model(model_name, num_classes=num_classes, **kwargs)
-            model.load_state_dict(network_state_from_checkpoint(model, path, model_name))
+            model.load_state_dict(network_state_from_checkpoint(model, read_checkpoint(path), path, model_name))
             return model
         overlay: dict[str, Any] = dict(file=str(path))
         file_classes = _head_classes(model_name, path)
@@ -100,7 +100,19 @@ def _match_state(model: nn.Module, state: dict, path: Path, arch: str) -> dict:
     return best
 
 
-def network_state_from_checkpoint(model: nn.Module, path: Path, arch: str) -> dict:
-    """``model``'s state dict out of a Lightning checkpoint (read with ``weights_only=True``)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint file read with ``torch.load(weights_only=True)``; errors name the file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"Checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors have many types
+        raise ValueError(f"Cannot read checkpoint {path}: {err}") from err
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"Checkpoint {path} is not a dict of tensors (got {type(checkpoint).__name__}).")
+    return checkpoint
+
+
+def network_state_from_checkpoint(model: nn.Module, checkpoint: dict, path: Path, arch: str) -> dict:
+    """``model``'s state dict out of a read Lightning checkpoint (``path`` for errors)."""
     return _match_state(model, _state_dict_of(checkpoint, path), path, arch)

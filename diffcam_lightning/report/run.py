@@ -130,7 +130,7 @@ def run_report(options: ReportOptions, trainer_kwargs: Optional[dict[str, Any]] 
                     options.timing.pytorch_grad_cam,
                 )
             )
-        written.update(_figures(spec, data, clean, sham, options, device, out))
+        written.update(_figures(spec, data, clean, sham, options, methods, device, out))
     for table in tables:
         for path in table.write(out / "tables"):
             written[f"{table.name}.{path.suffix[1:]}"] = path
@@ -147,26 +147,25 @@ def _write_scores(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def _figures(spec, data, clean, sham, options: ReportOptions, device, out: Path) -> dict[str, Path]:
+def _figures(spec, data, clean, sham, options: ReportOptions, methods, device, out: Path) -> dict[str, Path]:
     count = min(options.figure_samples, len(data.dataset))
     if count < 1:
         return {}
     items = [data.dataset[i] for i in range(count)]
     images = torch.stack([item["image"] for item in items]).to(device)
     labels = torch.stack([item["label"] for item in items]).to(device)
-    methods = [m for m in FIGURE_METHODS if m in resolve_methods(options.methods, options.scorecam)]
+    methods = [m for m in FIGURE_METHODS if m in methods]
     written = {}
     for kind, model in (("clean", clean), ("sham", sham)):
         if model is None or not methods:
             continue
         engine = CAMEngine(model.to(device))
         targets = labels if options.target == "label" else None
-        grid = engine(images, targets, methods[:1])[methods[0]].shape[-2:]
-        maps = engine(images, targets, methods, size="input")
-        target_maps = _target_saliency(kind, items, grid, images.shape[-2:])
+        result = engine.compute(images, targets, methods, size="input")
+        target_maps = _target_saliency(kind, items, result.grid, images.shape[-2:])
         path = out / "figures" / f"{spec.label}_{kind}.png"
         title = f"{spec.label}: {'clean' if kind == 'clean' else 'SHAM-tuned'} model"
-        written[f"figure_{spec.label}_{kind}"] = figure_grid(images, maps, target_maps, title, path, methods)
+        written[f"figure_{spec.label}_{kind}"] = figure_grid(images, result.maps, target_maps, title, path, methods)
     return written
 
 

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
 from torch import nn
 
-from ..models.backbones import build_backbone, network_state_from_checkpoint
+from ..models.backbones import build_backbone, network_state_from_checkpoint, read_checkpoint
 
 @dataclass
 class ModelSource:
@@ -43,13 +42,6 @@ class ModelSource:
                 f"A model source needs 'arch' (a timm name){'; checkpoint ' + self.checkpoint + ' does not store one' if self.checkpoint else ''}."
             )
 
-    def describe(self) -> str:
-        if self.checkpoint:
-            return f"{self.arch} from checkpoint {self.checkpoint}"
-        if self.weights:
-            return f"{self.arch} from weights file {self.weights}"
-        return f"{self.arch} ({'pretrained' if self.pretrained else 'random init'})"
-
 
 def _check_head(source: "ModelSource", num_classes: int) -> None:
     """A report on a pretrained model must not silently re-initialise its classifier."""
@@ -71,13 +63,11 @@ def _check_head(source: "ModelSource", num_classes: int) -> None:
 
 def checkpoint_hparams(path: Path) -> dict:
     """The hyper-parameters stored in a Lightning checkpoint (``{}`` if none)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors have many types
-        raise ValueError(f"Cannot read checkpoint {path}: {err}") from err
-    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    return _hparams(read_checkpoint(path))
+
+
+def _hparams(checkpoint: dict) -> dict:
+    hparams = checkpoint.get("hyper_parameters", {})
     return dict(hparams) if isinstance(hparams, dict) else {}
 
 
@@ -87,13 +77,12 @@ def load_model(source: ModelSource, num_classes: int) -> nn.Module:
         raise ValueError(f"{source.arch}: give either weights or checkpoint, not both.")
     if source.checkpoint:
         path = Path(source.checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"Checkpoint not found: {path}")
-        stored_arch = checkpoint_hparams(path).get("model_name")
+        checkpoint = read_checkpoint(path)  # read once: hyper-parameters and weights
+        stored_arch = _hparams(checkpoint).get("model_name")
         if isinstance(stored_arch, str) and stored_arch.split(".")[0] != source.arch.split(".")[0]:
             raise ValueError(f"Checkpoint {path} holds a {stored_arch} model, not {source.arch}.")
         model = build_backbone(source.arch, num_classes, model_kwargs=source.model_kwargs)
-        model.load_state_dict(network_state_from_checkpoint(model, path, source.arch))
+        model.load_state_dict(network_state_from_checkpoint(model, checkpoint, path, source.arch))
         return model.eval()
     if source.weights and not Path(source.weights).is_file():
         raise FileNotFoundError(f"Weights file not found: {source.weights}")
