@@ -14,7 +14,9 @@ from torch.nn import functional as F
 
 SizeSpec = Union[None, str, int, Sequence[int]]
 
-NORMALIZE_EPS = 1e-7
+# A map whose range is at most this many float ulps of its magnitude is constant up to
+# rounding (e.g. a constant map after bilinear resizing): it becomes all zeros.
+CONSTANT_ULPS = 8
 
 
 def resolve_size(size: SizeSpec, input_hw: tuple[int, int]) -> Optional[tuple[int, int]]:
@@ -33,11 +35,17 @@ def resolve_size(size: SizeSpec, input_hw: tuple[int, int]) -> Optional[tuple[in
     return size
 
 
-def minmax_normalize(maps: Tensor, eps: float = NORMALIZE_EPS) -> Tensor:
-    """Per-map ``(m - min) / (max - min + eps)``; a constant map becomes all zeros."""
+def minmax_normalize(maps: Tensor) -> Tensor:
+    """Per-map ``(m - min) / (max - min)``: exactly 1 at the maximum of any non-constant map,
+    whatever its scale (an additive epsilon made maps with a range of 1e-6 top out at 0.94).
+    A map constant up to rounding becomes all zeros, never NaN, also in its gradient."""
     lo = maps.amin(dim=(-2, -1), keepdim=True)
     hi = maps.amax(dim=(-2, -1), keepdim=True)
-    return (maps - lo) / (hi - lo + eps)
+    span = hi - lo
+    info = torch.finfo(span.dtype)
+    constant = span <= CONSTANT_ULPS * info.eps * torch.maximum(hi.abs(), lo.abs()).clamp(min=info.tiny)
+    scaled = (maps - lo) / torch.where(constant, torch.ones_like(span), span)
+    return torch.where(constant, torch.zeros_like(scaled), scaled)
 
 
 def resize(maps: Tensor, size: tuple[int, int]) -> Tensor:
