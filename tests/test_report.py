@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.stats import ranksums
+from scipy.stats import ranksums, wilcoxon
 
 from diffcam_lightning import CAMEngine, SaliencyClassifier, SyntheticDataModule
 from diffcam_lightning.report import ArchitectureSpec, DataSpec, ModelSource, ReportOptions, TimingSpec, run_report
@@ -128,6 +128,31 @@ def test_p_values_equal_ranksums_on_saved_scores(chain):
     assert float(other["p (tiny)"]) == pytest.approx(expected, rel=1e-3)
     means = {r["method"]: float(r["tiny"].split(" ± ")[0]) for r in suscept}
     assert min(means, key=means.get) == best
+
+
+def test_signed_rank_p_values_equal_wilcoxon_on_saved_scores(chain):
+    """Paired scores (the same images under two methods): Tables 3 and 4 carry the
+    signed-rank p-value, equal to scipy.stats.wilcoxon on scores.csv paired by sample."""
+    tmp, _, _ = chain
+    rows = read_csv(tmp / "report" / "scores.csv")
+
+    def scores(metric, method):
+        picked = sorted((int(r["sample"]), float(r["score"])) for r in rows if r["metric"] == metric and r["method"] == method)
+        return [score for _, score in picked]
+
+    (table,) = read_csv(tmp / "report" / "tables" / "table3_similarity.csv")
+    for fam in ("diffgradcam", "diffgradcam++"):
+        a, b = scores("similarity", f"mean{fam}"), scores("similarity", f"max{fam}")
+        cell = table[f"p signed-rank(mean{fam} vs max{fam})"]
+        assert float(cell) == pytest.approx(wilcoxon(a, b).pvalue, rel=1e-3)
+        assert float(table[f"p(mean{fam} vs max{fam})"]) == pytest.approx(ranksums(a, b).pvalue, rel=1e-3)
+    suscept = read_csv(tmp / "report" / "tables" / "table4_susceptibility.csv")
+    best = next(r["method"] for r in suscept if r["p signed-rank (tiny)"] == "best")
+    others = [r for r in suscept if r["p signed-rank (tiny)"] != "best"]
+    assert others
+    for other in others:
+        expected = wilcoxon(scores("susceptibility", best), scores("susceptibility", other["method"])).pvalue
+        assert float(other["p signed-rank (tiny)"]) == pytest.approx(expected, rel=1e-3)
 
 
 def write_jpeg_folder(root: Path, classes: int, per_class: int) -> Path:

@@ -1,5 +1,10 @@
 """The paper's tables from per-sample scores: similarity (Table 3), susceptibility
-(Table 4) and accuracy, with Wilcoxon rank-sum tests (``scipy.stats.ranksums``)."""
+(Table 4) and accuracy.
+
+Both tables compare scores of the same images (two methods on one model), so the proper
+test is the Wilcoxon signed-rank test on the per-image pairs (``scipy.stats.wilcoxon``);
+the paper's rank-sum p-value (``scipy.stats.ranksums``, which treats the two sides as
+independent samples) stays beside it for comparison."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from collections import defaultdict
 from typing import Iterable, Sequence
 
 import numpy as np
-from scipy.stats import ranksums
+from scipy.stats import ranksums, wilcoxon
 
 from .scoring import SIMILARITY_PAIRS
 from .tables import Table
@@ -34,6 +39,19 @@ def p_value(a: np.ndarray, b: np.ndarray) -> float:
     return float(ranksums(a, b).pvalue)
 
 
+def signed_rank_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of the pairs ``(a[i], b[i])`` (the same
+    sample, in ``group_scores``' sample order); 1.0 when every pair is equal, NaN when
+    fewer than 2 pairs."""
+    if len(a) != len(b):
+        raise ValueError(f"Signed-rank test needs paired scores of the same samples; got {len(a)} and {len(b)} scores.")
+    if len(a) < 2:
+        return math.nan
+    if np.array_equal(a, b):
+        return 1.0  # scipy's own answer, without its division-by-zero warning
+    return float(wilcoxon(a, b).pvalue)
+
+
 def format_p(p: float) -> str:
     return "n/a" if math.isnan(p) else f"{p:.3e}"
 
@@ -43,32 +61,36 @@ def _archs(scores: Scores) -> list[str]:
 
 
 def similarity_table(scores: Scores) -> Table:
-    """Mean ± std MSE of each DiffGradCAM variant to its base; p-values MeanDiff vs Max / LSE."""
+    """Mean ± std MSE of each DiffGradCAM variant to its base; p-values MeanDiff vs Max / LSE,
+    rank-sum (the paper's) and signed-rank (paired, the same images)."""
     variants = [v for v in SIMILARITY_PAIRS if any(m == v and k == "similarity" for _, k, m in scores)]
     columns = ["architecture", *variants]
     comparisons = [(f"mean{fam}", f"{k}{fam}") for fam in ("diffgradcam", "diffgradcam++") for k in ("max", "lse")]
     comparisons = [(a, b) for a, b in comparisons if a in variants and b in variants]
-    columns += [f"p({a} vs {b})" for a, b in comparisons]
+    columns += [f"{kind}({a} vs {b})" for a, b in comparisons for kind in ("p", "p signed-rank")]
     table = Table("table3_similarity", "Similarity: MSE of each DiffGradCAM variant to its base (lower = closer)", columns)
     for arch in _archs(scores):
         get = lambda m: scores.get((arch, "similarity", m))  # noqa: E731
         if all(get(v) is None for v in variants):
             continue
         row = [arch] + [mean_std(get(v)) if get(v) is not None else "-" for v in variants]
-        row += [format_p(p_value(get(a), get(b))) for a, b in comparisons]
+        for a, b in comparisons:
+            row += [format_p(p_value(get(a), get(b))), format_p(signed_rank_p(get(a), get(b)))]
         table.rows.append(row)
     return table
 
 
 def susceptibility_table(scores: Scores, methods: Sequence[str]) -> Table:
     """Mean ± std MSE between clean and SHAM-tuned maps; the best (lowest) per
-    architecture in bold, with the rank-sum p-value of best vs each other method."""
+    architecture in bold, with the rank-sum and the signed-rank p-value of best vs each
+    other method."""
     archs = [a for a in _archs(scores) if any((a, "susceptibility", m) in scores for m in methods)]
     table = Table(
         "table4_susceptibility",
         "Susceptibility: MSE between clean and SHAM-tuned maps (lower = more resistant); "
-        "p = Wilcoxon rank-sum of the best method vs this one",
-        ["method", *[f"{a}" for a in archs], *[f"p ({a})" for a in archs]],
+        "p = Wilcoxon rank-sum (the paper's test), p signed-rank = Wilcoxon signed-rank on the "
+        "same images (paired), of the best method vs this one",
+        ["method", *[f"{a}" for a in archs], *[f"{kind} ({a})" for a in archs for kind in ("p", "p signed-rank")]],
     )
     best = {}
     for arch in archs:
@@ -80,11 +102,15 @@ def susceptibility_table(scores: Scores, methods: Sequence[str]) -> Table:
             values = scores.get((arch, "susceptibility", method))
             if values is None:
                 cells.append("-")
-                ps.append("-")
+                ps += ["-", "-"]
                 continue
             text = mean_std(values)
             cells.append(f"**{text}**" if method == best[arch] else text)
-            ps.append("best" if method == best[arch] else format_p(p_value(scores[(arch, "susceptibility", best[arch])], values)))
+            if method == best[arch]:
+                ps += ["best", "best"]
+                continue
+            reference = scores[(arch, "susceptibility", best[arch])]
+            ps += [format_p(p_value(reference, values)), format_p(signed_rank_p(reference, values))]
         table.rows.append([method, *cells, *ps])
     return table
 
