@@ -4,20 +4,28 @@ A SHAM has ``k`` pixels set to 1, with ``k`` the largest count whose entropy ``l
 (nats, as a uniform distribution over ``k`` pixels) does not exceed the requested entropy.
 The 7x7 border SHAM at 3.35 nats has 28 ones (entropy ln 28 = 3.33): the 24 pixels of the
 outer ring and the 4 corners of the next ring. A pattern is a priority map: the ``k``
-pixels with the lowest priority become 1.
+pixels with the lowest priority become 1. A pattern may also register a *filler*
+``fn(h, w, k) -> 0/1 map`` when the best ``k`` pixels are not a prefix of one fixed order:
+the border's partly filled ring is chosen as a union of symmetry orbits (see
+``border_fill``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence, Union
+from typing import Callable, Iterable, Sequence, Union
 
 import torch
 from torch import Tensor
 
 Priority = Callable[[int, int], Tensor]
 
+Filler = Callable[[int, int, int], Tensor]
+Pixel = tuple[int, int]
+Symmetry = Callable[[int, int], Pixel]
+
 SHAM_PATTERNS: dict[str, Priority] = {}
+SHAM_FILLERS: dict[str, Filler] = {}  # patterns whose k pixels are chosen by a function of k
 
 PAPER_ENTROPY = 3.35
 
@@ -36,16 +44,109 @@ def _grid(h: int, w: int) -> tuple[Tensor, Tensor]:
     return torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
 
 
+def _ring(h: int, w: int) -> Tensor:
+    """Each pixel's ring index: its distance to the nearest edge."""
+    i, j = _grid(h, w)
+    return torch.minimum(torch.minimum(i, j), torch.minimum(h - 1 - i, w - 1 - j))
+
+
 @register_pattern("border")
 def border_priority(h: int, w: int) -> Tensor:
     """Concentric rings from the image edge inwards; within a ring, corners first, then
     pixels by their distance along the ring to the nearest corner (symmetric filling)."""
     i, j = _grid(h, w)
-    ring = torch.minimum(torch.minimum(i, j), torch.minimum(h - 1 - i, w - 1 - j))
+    ring = _ring(h, w)
     top, left = ring, ring
     bottom, right = h - 1 - ring, w - 1 - ring
     along = torch.maximum(torch.minimum(i - top, bottom - i), torch.minimum(j - left, right - j))
     return ring * (h + w) + along
+
+
+def _symmetries(h: int, w: int) -> list[Symmetry]:
+    """The grid's symmetries: flips and the 180 degree turn, plus the transposes and quarter
+    turns on a square grid (the square's 8)."""
+    group: list[Symmetry] = [
+        lambda i, j: (i, j), lambda i, j: (h - 1 - i, j), lambda i, j: (i, w - 1 - j), lambda i, j: (h - 1 - i, w - 1 - j)
+    ]
+    if h == w:
+        group += [lambda i, j: (j, i), lambda i, j: (w - 1 - j, h - 1 - i), lambda i, j: (j, w - 1 - i), lambda i, j: (h - 1 - j, i)]
+    return group
+
+
+def _orbits(pixels: Iterable[Pixel], group: Sequence[Symmetry]) -> list[list[Pixel]]:
+    """Partition ``pixels`` (closed under ``group``) into orbits, in order of first pixel."""
+    seen: set[Pixel] = set()
+    out = []
+    for p in sorted(pixels):
+        if p not in seen:
+            orbit = sorted({g(*p) for g in group})
+            seen.update(orbit)
+            out.append(orbit)
+    return out
+
+
+def _exact_cover(sizes: list[int], count: int) -> list[int] | None:
+    """Indices of whole orbits summing to ``count``, earliest orbits first; None if none do."""
+    reachable = [{0}]  # reachable[i]: sums of orbits i.. (built from the end)
+    for size in reversed(sizes):
+        reachable.insert(0, reachable[0] | {s + size for s in reachable[0]})
+    if count not in reachable[0]:
+        return None
+    chosen, left = [], count
+    for i, size in enumerate(sizes):
+        if size <= left and left - size in reachable[i + 1]:
+            chosen.append(i)
+            left -= size
+    return chosen
+
+
+def _most_symmetric_part(orbit: list[Pixel], count: int, h: int, w: int) -> list[Pixel]:
+    """``count`` pixels of ``orbit``: whole quarter-turn orbits (square grids), then
+    180-degree pairs, then (only for an odd count) one pixel."""
+    turns: list[Symmetry] = [lambda i, j: (i, j), lambda i, j: (h - 1 - i, w - 1 - j)]
+    subgroups = [turns + [lambda i, j: (j, w - 1 - i), lambda i, j: (h - 1 - j, i)]] if h == w else []
+    subgroups += [turns, [lambda i, j: (i, j)]]
+    left, picked = list(orbit), []
+    for group in subgroups:
+        for part in _orbits(left, group):
+            if len(part) <= count - len(picked):
+                picked += part
+        left = [p for p in orbit if p not in picked]
+    return picked
+
+
+def border_fill(h: int, w: int, k: int) -> Tensor:
+    """Whole rings from the edge inwards; the partly filled ring is a union of whole orbits
+    of the grid's symmetries (invariant under all 8 of a square) when its count allows,
+    corners and pixels near them first. Otherwise whole orbits while they fit and the most
+    symmetric part of the next: invariant under the 180 degree turn for any even
+    remainder (every count on every grid at the paper's 3.35 nats)."""
+    priority = border_priority(h, w)
+    ring = _ring(h, w)
+    target = torch.zeros(h, w)
+    left = k
+    for r in range(int(ring.max()) + 1):
+        pixels = [tuple(p) for p in (ring == r).nonzero().tolist()]
+        if len(pixels) <= left:
+            target[ring == r] = 1.0
+            left -= len(pixels)
+            continue
+        orbits = sorted(_orbits(pixels, _symmetries(h, w)), key=lambda o: (int(priority[o[0]]), o[0]))
+        cover = _exact_cover([len(o) for o in orbits], left)
+        chosen: list[Pixel] = []
+        if cover is not None:
+            chosen = [p for i in cover for p in orbits[i]]
+        else:
+            for orbit in orbits:
+                take = orbit if len(orbit) <= left - len(chosen) else _most_symmetric_part(orbit, left - len(chosen), h, w)
+                chosen += take
+        for i, j in chosen:
+            target[i, j] = 1.0
+        break
+    return target
+
+
+SHAM_FILLERS["border"] = border_fill
 
 
 @register_pattern("corner")
@@ -75,6 +176,8 @@ def sham_target(
     if pattern not in SHAM_PATTERNS:
         raise ValueError(f"Unknown SHAM pattern {pattern!r}; valid: {', '.join(SHAM_PATTERNS)}.")
     k = sham_pixel_count(h * w, entropy)
+    if pattern in SHAM_FILLERS:
+        return SHAM_FILLERS[pattern](h, w, k)
     order = torch.argsort(SHAM_PATTERNS[pattern](h, w).flatten(), stable=True)
     target = torch.zeros(h * w)
     target[order[:k]] = 1.0
