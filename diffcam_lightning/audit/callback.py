@@ -165,6 +165,7 @@ class CAMAudit(Callback):
         self._metric: Optional[AuditScores] = None
         self.last_metrics: dict[str, float] = {}
         self.alarm: bool = False
+        self._whole_grid_warned: set[tuple[int, int]] = set()
 
     # ------------------------------------------------------------------ Lightning plumbing
     @property
@@ -271,7 +272,8 @@ class CAMAudit(Callback):
         if self.reference_maps is None and self.reference is not None:
             self.reference_maps = self._reference_maps(pl_module, model)
         if self._metric is None:
-            self._metric = AuditScores(score_keys(self.methods, self.drift_pairs))
+            keys = score_keys(self.methods, self.drift_pairs, "mean")
+            self._metric = AuditScores(keys, score_keys(self.methods, self.drift_pairs, "sum"))
         self._metric = self._metric.to(pl_module.device)
 
     def _collect(self, trainer: Trainer) -> AuditSet:
@@ -350,19 +352,48 @@ class CAMAudit(Callback):
                 maps = self._engine(self._input(batch.images, model, device), self._targets(batch, device), self.methods)
                 if sham is None:
                     grid = tuple(next(iter(maps.values())).shape[-2:])
-                    sham = sham_target(grid, self.sham_entropy, self.sham_pattern).to(device)
+                    sham = self._sham(grid).to(device)
                 reference = {m: r[lo:hi].to(device) for m, r in (self.reference_maps or {}).items() if m in maps}
-                ctx = ScoreContext(maps, sham, reference, self.drift_pairs, batch.saliency, batch.has_saliency)
+                usable = None if sham.min() == sham.max() else sham  # a whole-grid SHAM is no target
+                ctx = ScoreContext(maps, usable, reference, self.drift_pairs, batch.saliency, batch.has_saliency)
                 self._metric.update(score_batch(ctx, list(SCORE_FAMILIES)))
                 if want_grid and grid_maps is None:
                     n = min(self.grid_images, hi - lo)
                     grid_maps = {
                         "images": batch.images[:n].cpu(),
                         "saliency": None if batch.saliency is None else batch.saliency[:n].cpu(),
-                        "maps": {m: v[:n].cpu() for m, v in maps.items()},
+                        "maps": {m: torch.nan_to_num(v[:n], nan=0.0).cpu() for m, v in maps.items()},
                     }
             values = {k: float(v) for k, v in self._metric.compute().items()}  # synced across ranks
         return values, grid_maps
+
+    def _sham(self, grid: tuple[int, int]) -> Tensor:
+        """The SHAM on the CAM grid; warns once per grid when it covers every pixel (after
+        min-max it is all zeros: no SHAM MSE is logged and the SHAM rule is off)."""
+        sham = sham_target(grid, self.sham_entropy, self.sham_pattern)
+        if sham.min() == sham.max() and grid not in self._whole_grid_warned:
+            self._whole_grid_warned.add(grid)
+            rank_zero_warn(
+                f"CAMAudit: the SHAM ({self.sham_entropy} nats, {int(sham.sum())} pixels) covers the whole "
+                f"{grid[0]}x{grid[1]} CAM grid, so after min-max normalisation it is no target: sham_mse is not "
+                "logged and the alarm's SHAM rule is off. Use larger images, a finer CAM layer or a lower sham_entropy."
+            )
+        return sham
+
+    def _nan_notes(self, values: dict[str, float]) -> list[str]:
+        """What the non-finite scores of this audit left out, and which alarm rules they silenced."""
+        assert self._metric is not None
+        excluded = self._metric.excluded
+        if not excluded:
+            return []
+        maps = {k.split("/", 1)[1]: int(v) for k, v in values.items() if k.startswith("nan/") and v > 0}
+        notes = [f"{n} audit image(s) gave a NaN or infinite {m} map" for m, n in maps.items()]
+        notes.append("left out of the means: " + ", ".join(f"{k} ({n})" for k, n in excluded.items()))
+        variant, base = self.alarm_pair
+        for rule, key, threshold in (("drift", f"drift/{variant}", self.drift_threshold), ("SHAM", f"sham_mse/{base}", self.sham_threshold)):
+            if threshold is not None and key in excluded and key not in values:
+                notes.append(f"the alarm's {rule} rule could not be evaluated ({key} has no finite score)")
+        return notes
 
     def _alarm(self, values: dict[str, float]) -> tuple[bool, list[str]]:
         variant, base = self.alarm_pair
@@ -377,6 +408,9 @@ class CAMAudit(Callback):
 
     def _report(self, trainer: Trainer, pl_module: LightningModule, values: dict[str, float], grid_maps) -> None:
         alarm, reasons = self._alarm(values)
+        notes = self._nan_notes(values)
+        if notes:
+            rank_zero_warn(f"CAMAudit at epoch {trainer.current_epoch}: " + "; ".join(notes) + ".")
         values = {**values, "alarm": float(alarm)}
         self.last_metrics, self.alarm = values, alarm
         for key, value in values.items():

@@ -3,7 +3,9 @@
 A *score family* is a small pure function ``fn(ctx) -> {key: (values [B], mask [B] | None)}``
 registered in ``SCORE_FAMILIES``; ``AuditScores`` (a torchmetrics ``Metric``) keeps one
 sum and one count per key, reduced with ``sum`` across DDP ranks, so each rank audits its
-share of the set and ``compute()`` returns the figures of the whole set.
+share of the set and ``compute()`` returns the figures of the whole set. A NaN (or
+infinite) score is left out of its mean and counted apart (``AuditScores.excluded``); the
+``nan`` family counts the audit images whose map of each method is not finite.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class ScoreContext:
     """Everything a score family may look at for one audit batch."""
 
     maps: dict[str, Tensor]  # method -> [B, h, w] on the CAM grid, min-max normalised
-    sham: Tensor  # [h, w]
+    sham: Optional[Tensor]  # [h, w]; None when it covers the whole grid (no target after min-max)
     reference: dict[str, Tensor] = field(default_factory=dict)  # method -> [B, h, w] at the reference model
     drift_pairs: Sequence[tuple[str, str]] = ()  # (variant, base)
     saliency: Optional[Tensor] = None  # [B, H, W]
@@ -38,26 +40,42 @@ ScoreFamily = Callable[[ScoreContext], Scores]
 KeysFn = Callable[[Sequence[str], Sequence[tuple[str, str]]], list[str]]
 SCORE_FAMILIES: dict[str, ScoreFamily] = {}
 SCORE_KEYS: dict[str, KeysFn] = {}
+SUM_FAMILIES: set[str] = set()  # families whose figure is a sum over the audit set (a count), not a mean
 
 
 def per_method(*families: str) -> KeysFn:
     return lambda methods, pairs: [f"{f}/{m}" for f in families for m in methods]
 
 
-def register_score(name: str, keys: KeysFn) -> Callable[[ScoreFamily], ScoreFamily]:
+def register_score(name: str, keys: KeysFn, reduce: str = "mean") -> Callable[[ScoreFamily], ScoreFamily]:
     """Add a score family; ``keys(methods, drift_pairs)`` lists the keys it may return
-    (logged as ``cam_audit/<key>``; a key with no sample in an audit is not logged)."""
+    (logged as ``cam_audit/<key>``; a key with no sample in an audit is not logged).
+    ``reduce="sum"`` logs the sum over the audit set (a count) instead of the mean."""
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"Score family {name!r}: reduce must be 'mean' or 'sum'; got {reduce!r}.")
 
     def decorator(fn: ScoreFamily) -> ScoreFamily:
         SCORE_FAMILIES[name] = fn
         SCORE_KEYS[name] = keys
+        if reduce == "sum":
+            SUM_FAMILIES.add(name)
+        else:
+            SUM_FAMILIES.discard(name)
         return fn
 
     return decorator
 
 
-def score_keys(methods: Sequence[str], pairs: Sequence[tuple[str, str]]) -> list[str]:
-    return [k for name in SCORE_FAMILIES for k in SCORE_KEYS[name](methods, pairs)]
+def score_keys(methods: Sequence[str], pairs: Sequence[tuple[str, str]], reduce: Optional[str] = None) -> list[str]:
+    """Every key of the registered families (only those of one ``reduce`` kind if given)."""
+    names = [n for n in SCORE_FAMILIES if reduce is None or (n in SUM_FAMILIES) == (reduce == "sum")]
+    return [k for name in names for k in SCORE_KEYS[name](methods, pairs)]
+
+
+@register_score("nan", keys=per_method("nan"), reduce="sum")
+def nan_scores(ctx: ScoreContext) -> Scores:
+    """How many audit images have a NaN or infinite map: their scores are left out of every mean."""
+    return {f"nan/{m}": ((~torch.isfinite(x)).flatten(1).any(dim=1).float(), None) for m, x in ctx.maps.items()}
 
 
 @register_score("drift", keys=lambda methods, pairs: [f"drift/{v}" for v, _ in pairs])
@@ -75,6 +93,8 @@ def entropy_scores(ctx: ScoreContext) -> Scores:
 @register_score("sham_mse", keys=per_method("sham_mse"))
 def sham_scores(ctx: ScoreContext) -> Scores:
     """MSE to the SHAM: the lower, the more the CAM looks like the hoax."""
+    if ctx.sham is None:
+        return {}
     return {f"sham_mse/{m}": (cam_mse(x, ctx.sham.to(x.device)), None) for m, x in ctx.maps.items()}
 
 
@@ -119,18 +139,24 @@ class AuditScores(Metric):
     """Means of per-sample scores for a fixed list of keys, synced across processes.
 
     ``update({key: (values [B], mask [B] or None)})``; ``compute()`` returns
-    ``{key: mean}`` for the keys that saw at least one sample (on any rank).
+    ``{key: mean}`` (``{key: sum}`` for ``sum_keys``) for the keys that saw at least one
+    finite sample (on any rank). Non-finite scores are left out of means and sums and
+    counted in ``excluded`` (``{key: count}``, set by ``compute()``), so a diverging model
+    neither lowers a mean (NaN was 0) nor hides among the finite samples.
     """
 
     full_state_update = False
 
-    def __init__(self, keys: Sequence[str], **kwargs) -> None:
+    def __init__(self, keys: Sequence[str], sum_keys: Sequence[str] = (), **kwargs) -> None:
         super().__init__(**kwargs)
-        self.score_keys = list(dict.fromkeys(keys))
+        self.score_keys = list(dict.fromkeys([*keys, *sum_keys]))
+        self.sum_keys = set(sum_keys)
         self._index = {k: i for i, k in enumerate(self.score_keys)}
         n = len(self.score_keys)
         self.add_state("total", default=torch.zeros(n, dtype=torch.float32), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros(n, dtype=torch.float32), dist_reduce_fx="sum")
+        self.add_state("nonfinite", default=torch.zeros(n, dtype=torch.float32), dist_reduce_fx="sum")
+        self.excluded: dict[str, int] = {}
 
     def update(self, scores: Scores) -> None:
         for key, (values, mask) in scores.items():
@@ -138,11 +164,18 @@ class AuditScores(Metric):
                 raise KeyError(f"AuditScores has no key {key!r}; known keys: {', '.join(self.score_keys)}.")
             values = values.detach().float().reshape(-1).to(self.total.device)
             weight = torch.ones_like(values) if mask is None else mask.reshape(-1).to(values)
+            finite = torch.isfinite(values)
             i = self._index[key]
-            self.total[i] += torch.nan_to_num(values * weight, nan=0.0).sum()
-            self.count[i] += weight.sum()
+            self.total[i] += torch.where(finite, values, torch.zeros_like(values)).mul(weight).sum()
+            self.count[i] += weight[finite].sum()
+            self.nonfinite[i] += weight[~finite].sum()
 
     def compute(self) -> dict[str, Tensor]:
         seen = self.count > 0
         means = self.total / self.count.clamp(min=1)
-        return {k: means[i].float() for k, i in self._index.items() if bool(seen[i])}
+        self.excluded = {k: int(self.nonfinite[i]) for k, i in self._index.items() if self.nonfinite[i] > 0}
+        return {
+            k: (self.total[i] if k in self.sum_keys else means[i]).float()
+            for k, i in self._index.items()
+            if bool(seen[i])
+        }
