@@ -10,12 +10,14 @@ logits back to ``A``: never through the rest of the network, never into ``.grad`
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
+from .coupling import COUPLING_POLICIES, CouplingProbe, check_policy, coupling_message, per_image_gradients
 from .layers import LayerSpec, resolve_layer
 from .methods import CAMContext, CAMMethod, _logits, get_method
 from .postprocess import SizeSpec, postprocess, resolve_size
@@ -43,15 +45,26 @@ class CAMEngine:
     create_graph=False)`` returns ``{method: Tensor[B, h, w]}`` (float32, on x's device).
     The model's train/eval mode, its parameters' ``.grad`` and its hooks are left as
     they were; the call works under ``torch.no_grad`` and ``torch.inference_mode``.
+    ``batch_coupling``: when a layer after the target mixes the batch (train-mode
+    BatchNorm), ``"exact"`` takes one VJP row per image, ``"batched"`` one shared VJP;
+    both warn once (see ``coupling.py``).
     """
 
-    def __init__(self, model: nn.Module, target_layer: LayerSpec = None, scorecam_batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: LayerSpec = None,
+        scorecam_batch_size: int = 32,
+        batch_coupling: str = "exact",
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module; got {type(model).__name__}.")
         if scorecam_batch_size < 1:
             raise ValueError(f"scorecam_batch_size must be >= 1; got {scorecam_batch_size}.")
         self.model = model
         self.scorecam_batch_size = int(scorecam_batch_size)
+        self.batch_coupling = check_policy(batch_coupling)
+        self._coupling_warned = False
         self._layer_spec = target_layer
         self._layer: Optional[tuple[str, nn.Module]] = None
         if target_layer is not None:  # fail fast on a bad name
@@ -101,9 +114,11 @@ class CAMEngine:
             if self._layer is None:
                 self._layer = resolve_layer(self.model, None, x)
             name, layer = self._layer
-            logits, activations = self._forward(x, name, layer, full_graph=create_graph)
+            with CouplingProbe(self.model, layer) as probe:
+                logits, activations = self._forward(x, name, layer, full_graph=create_graph)
+            per_image = self._per_image(probe.after if x.shape[0] > 1 else [], name)
             targets = _check_targets(targets, logits, chosen)
-            gradients = _batched_gradients(logits, activations, targets, chosen, create_graph)
+            gradients = _batched_gradients(logits, activations, targets, chosen, create_graph, per_image)
             # float32 maps even under autocast: einsum/matmul would otherwise run in bf16/fp16
             with torch.set_grad_enabled(create_graph), torch.autocast(x.device.type, enabled=False):
                 ctx = CAMContext(
@@ -155,6 +170,15 @@ class CAMEngine:
             raise ValueError(f"The model returned {logits.shape[0]} rows of logits for a batch of {x.shape[0]}.")
         return logits, captured["A"]
 
+    def _per_image(self, coupled: list[str], layer: str) -> bool:
+        """Whether this call needs one VJP row per image; warns once per engine."""
+        if not coupled:
+            return False
+        if not self._coupling_warned:
+            self._coupling_warned = True
+            warnings.warn(coupling_message(self.batch_coupling, coupled, layer, self.model), UserWarning, stacklevel=4)
+        return COUPLING_POLICIES[self.batch_coupling]
+
     def __repr__(self) -> str:
         return f"CAMEngine(model={type(self.model).__name__}, target_layer={self.target_layer!r})"
 
@@ -201,15 +225,24 @@ def _check_targets(targets: TargetSpec, logits: Tensor, methods: list[CAMMethod]
 
 
 def _batched_gradients(
-    logits: Tensor, activations: Tensor, targets: Tensor, methods: list[CAMMethod], create_graph: bool
+    logits: Tensor,
+    activations: Tensor,
+    targets: Tensor,
+    methods: list[CAMMethod],
+    create_graph: bool,
+    per_image: bool = False,
 ) -> dict[str, Tensor]:
-    """``{backprop target: dT/dA [B, K, h, w] float32}`` from one batched VJP."""
+    """``{backprop target: dT/dA [B, K, h, w] float32}`` from one batched VJP (one row
+    per image and target when ``per_image``: layers after A mix the batch)."""
     names = list(dict.fromkeys(m.backprop for m in methods if m.backprop is not None))
     if not names:
         return {}
     vectors = torch.stack([BACKPROP_TARGETS[name](logits, targets) for name in names])
     if not create_graph:
         vectors = vectors.detach()
+    if per_image:
+        grads = per_image_gradients(logits, activations, vectors, create_graph)
+        return {name: grad.float() for name, grad in zip(names, grads)}
     batched = len(names) > 1
     (grads,) = torch.autograd.grad(
         logits,

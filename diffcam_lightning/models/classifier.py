@@ -10,6 +10,14 @@ the step is exactly a plain CE step.
 The saliency target is the batch's human map (``saliency_target="human"``; samples
 without one are left out of the term and counted) or a SHAM on the CAM grid
 (``"sham"``: passive fooling, paper sec. 3.2).
+
+What the loss's maps are: in training the model is in train mode, so a BatchNorm after a
+non-final ``target_layer`` (e.g. ``layer3`` of a ResNet) uses batch statistics. The loss
+then uses exact per-image maps of that training forward (one VJP row per image, about B
+times the backward from the logits to the layer; ``CAMEngine`` warns once); the forward's
+batch statistics still couple the images, as they do for the CE term. Validation and the
+audit run in eval mode (running statistics): per-image maps by construction. With the
+default, final CAM layer nothing but pooling and the classifier follows it: no coupling.
 """
 
 from __future__ import annotations
