@@ -14,6 +14,7 @@ from torch import nn
 from diffcam_lightning import CAMEngine, SaliencyClassifier
 from diffcam_lightning.cams.coupling import CouplingProbe, per_image_gradients
 from diffcam_lightning.cams.postprocess import minmax_normalize
+from diffcam_lightning.saliency import saliency_loss
 
 torchvision = pytest.importorskip("torchvision")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -124,10 +125,27 @@ def test_saliency_classifier_loss_uses_exact_per_image_maps():
     """A non-final target layer of a BatchNorm network: in training the loss's maps are the
     per-image maps of the training forward (batch statistics), as documented."""
     L.seed_everything(0)
-    module = SaliencyClassifier(model_name="test_resnet", num_classes=7, target_layer="layer3").train()
-    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    module = SaliencyClassifier(
+        model_name="test_resnet", num_classes=7, model_kwargs={"output_stride": 8}, target_layer="layer3", saliency_target="sham"
+    ).train()
+    x, y = torch.randn(4, 3, 48, 48), torch.tensor([0, 1, 2, 3])
     expected = per_image_reference(module.model, module.model.layer3, x, y)
     with pytest.warns(UserWarning, match="after target layer 'layer3'"):
         result = module.cams(x, y, create_graph=True)
     assert (result.maps["gradcam"] - expected).abs().max() <= 1e-5
     assert result.maps["gradcam"].requires_grad
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*self.log.*")  # no Trainer attached
+        loss = module.training_step({"image": x, "label": y}, 0)
+    assert expected.shape[-2:] == (6, 6)
+    sham = module.sham((6, 6)).expand_as(expected)
+    sal, _ = saliency_loss(expected, sham, torch.ones(4, dtype=torch.bool))
+    ce = torch.nn.functional.cross_entropy(result.logits, y)
+    assert loss.item() == pytest.approx((ce + sal).item(), rel=1e-5)
+
+
+def test_saliency_classifier_batched_option():
+    module = SaliencyClassifier(model_name="test_resnet", num_classes=7, target_layer="layer3", batch_coupling="batched")
+    assert module.engine.batch_coupling == "batched" and module.hparams.batch_coupling == "batched"
+    with pytest.warns(UserWarning, match="batch_coupling='batched'"):
+        module.train().cams(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
