@@ -16,9 +16,11 @@ from diffcam_lightning.audit import AuditScores
 
 from test_audit import FEW, UserNet, quiet_trainer, tensors
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-warnings.filterwarnings("ignore", ".*does not have many workers.*")
-warnings.filterwarnings("ignore", ".*LeafSpec.*")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:.*LeafSpec"),  # Lightning's own deprecation
+    pytest.mark.filterwarnings("ignore:.*does not have many workers"),
+]
 
 
 def audit(tmp_path, model, dataset, **kw) -> CAMAudit:
@@ -42,7 +44,7 @@ def test_nan_images_are_left_out_counted_and_warned(tmp_path):
     x, y = data.tensors[0].clone(), data.tensors[1]
     x[bad] = float("nan")
     finite = audit(tmp_path, model, Subset(data, [i for i in range(16) if i not in bad])).last_metrics
-    with pytest.warns(UserWarning, match=r"2 audit image\(s\) gave a NaN or infinite gradcam map"):
+    with pytest.warns(UserWarning, match=r"2 of 16 audit images gave NaN or infinite maps \(gradcam, "):
         with_nan = audit(tmp_path, model, TensorDataset(x, y)).last_metrics
     for method in FEW:
         assert with_nan[f"nan/{method}"] == 2.0 and finite[f"nan/{method}"] == 0.0

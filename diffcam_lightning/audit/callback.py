@@ -386,8 +386,12 @@ class CAMAudit(Callback):
         excluded = self._metric.excluded
         if not excluded:
             return []
-        maps = {k.split("/", 1)[1]: int(v) for k, v in values.items() if k.startswith("nan/") and v > 0}
-        notes = [f"{n} audit image(s) gave a NaN or infinite {m} map" for m, n in maps.items()]
+        by_count: dict[int, list[str]] = {}
+        for key, value in values.items():
+            if key.startswith("nan/") and value > 0:
+                by_count.setdefault(int(value), []).append(key.split("/", 1)[1])
+        total = len(self.audit_set) if self.audit_set is not None else "?"
+        notes = [f"{n} of {total} audit images gave NaN or infinite maps ({', '.join(m)})" for n, m in by_count.items()]
         notes.append("left out of the means: " + ", ".join(f"{k} ({n})" for k, n in excluded.items()))
         variant, base = self.alarm_pair
         for rule, key, threshold in (("drift", f"drift/{variant}", self.drift_threshold), ("SHAM", f"sham_mse/{base}", self.sham_threshold)):
