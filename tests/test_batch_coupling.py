@@ -103,6 +103,7 @@ def test_no_warning_in_eval_mode_for_one_image_or_before_the_layer(resnet):
         warnings.simplefilter("error")
         CAMEngine(model, "layer3")(x[:1], targets[:1], "gradcam")  # one image: nothing to mix
         CAMEngine(model, "layer4")(x, targets, "gradcam")  # only pooling and fc follow layer4
+        CAMEngine(model, "layer3")(x, targets, "eigencam")  # no gradient to mix
         CAMEngine(model.eval(), "layer3")(x, targets, "gradcam")
 
 

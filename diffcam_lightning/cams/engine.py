@@ -116,7 +116,8 @@ class CAMEngine:
             name, layer = self._layer
             with CouplingProbe(self.model, layer) as probe:
                 logits, activations = self._forward(x, name, layer, full_graph=create_graph)
-            per_image = self._per_image(probe.after if x.shape[0] > 1 else [], name)
+            mixed = x.shape[0] > 1 and any(m.backprop is not None for m in chosen)  # gradients can mix
+            per_image = self._per_image(probe.after if mixed else [], name)
             targets = _check_targets(targets, logits, chosen)
             gradients = _batched_gradients(logits, activations, targets, chosen, create_graph, per_image)
             # float32 maps even under autocast: einsum/matmul would otherwise run in bf16/fp16
