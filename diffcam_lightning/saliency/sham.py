@@ -103,9 +103,9 @@ def _exact_cover(sizes: list[int], count: int) -> list[int] | None:
 def _most_symmetric_part(orbit: list[Pixel], count: int, h: int, w: int) -> list[Pixel]:
     """``count`` pixels of ``orbit``: whole quarter-turn orbits (square grids), then
     180-degree pairs, then (only for an odd count) one pixel."""
-    turns: list[Symmetry] = [lambda i, j: (i, j), lambda i, j: (h - 1 - i, w - 1 - j)]
-    subgroups = [turns + [lambda i, j: (j, w - 1 - i), lambda i, j: (h - 1 - j, i)]] if h == w else []
-    subgroups += [turns, [lambda i, j: (i, j)]]
+    half_turn: list[Symmetry] = [lambda i, j: (i, j), lambda i, j: (h - 1 - i, w - 1 - j)]
+    quarter_turns = half_turn + [lambda i, j: (j, w - 1 - i), lambda i, j: (h - 1 - j, i)]
+    subgroups = ([quarter_turns] if h == w else []) + [half_turn, [lambda i, j: (i, j)]]
     left, picked = list(orbit), []
     for group in subgroups:
         for part in _orbits(left, group):
@@ -138,8 +138,10 @@ def border_fill(h: int, w: int, k: int) -> Tensor:
             chosen = [p for i in cover for p in orbits[i]]
         else:
             for orbit in orbits:
-                take = orbit if len(orbit) <= left - len(chosen) else _most_symmetric_part(orbit, left - len(chosen), h, w)
-                chosen += take
+                room = left - len(chosen)
+                if room == 0:
+                    break
+                chosen += orbit if len(orbit) <= room else _most_symmetric_part(orbit, room, h, w)
         for i, j in chosen:
             target[i, j] = 1.0
         break
