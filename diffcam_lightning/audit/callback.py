@@ -394,7 +394,8 @@ class CAMAudit(Callback):
         notes = [f"{n} of {total} audit images gave NaN or infinite maps ({', '.join(m)})" for n, m in by_count.items()]
         notes.append("left out of the means: " + ", ".join(f"{k} ({n})" for k, n in excluded.items()))
         variant, base = self.alarm_pair
-        for rule, key, threshold in (("drift", f"drift/{variant}", self.drift_threshold), ("SHAM", f"sham_mse/{base}", self.sham_threshold)):
+        rules = (("drift", f"drift/{variant}", self.drift_threshold), ("SHAM", f"sham_mse/{base}", self.sham_threshold))
+        for rule, key, threshold in rules:
             if threshold is not None and key in excluded and key not in values:
                 notes.append(f"the alarm's {rule} rule could not be evaluated ({key} has no finite score)")
         return notes

@@ -66,10 +66,18 @@ def _symmetries(h: int, w: int) -> list[Symmetry]:
     """The grid's symmetries: flips and the 180 degree turn, plus the transposes and quarter
     turns on a square grid (the square's 8)."""
     group: list[Symmetry] = [
-        lambda i, j: (i, j), lambda i, j: (h - 1 - i, j), lambda i, j: (i, w - 1 - j), lambda i, j: (h - 1 - i, w - 1 - j)
+        lambda i, j: (i, j),
+        lambda i, j: (h - 1 - i, j),
+        lambda i, j: (i, w - 1 - j),
+        lambda i, j: (h - 1 - i, w - 1 - j),
     ]
     if h == w:
-        group += [lambda i, j: (j, i), lambda i, j: (w - 1 - j, h - 1 - i), lambda i, j: (j, w - 1 - i), lambda i, j: (h - 1 - j, i)]
+        group += [
+            lambda i, j: (j, i),
+            lambda i, j: (w - 1 - j, h - 1 - i),
+            lambda i, j: (j, w - 1 - i),
+            lambda i, j: (h - 1 - j, i),
+        ]
     return group
 
 
