@@ -16,6 +16,7 @@ A layer type is batch-coupled when a check registered in ``BATCH_COUPLED`` says 
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import torch
@@ -33,12 +34,18 @@ COUPLING_POLICIES: dict[str, bool] = {"exact": True, "batched": False}
 # one chunk of per-image VJP rows may hold this many bytes of gradients (rows x batch x A)
 ROW_CHUNK_BYTES = 256 * 2**20
 
+# model -> its modules of a registered type, found once per model (walking a DenseNet-121's
+# 559 modules costs ~2 ms, too much for every call); their state is checked per call
+Typed = list[tuple[str, nn.Module, CouplingCheck]]
+_TYPED_MODULES: "weakref.WeakKeyDictionary[nn.Module, Typed]" = weakref.WeakKeyDictionary()
+
 
 def register_batch_coupled(cls: type) -> Callable[[CouplingCheck], CouplingCheck]:
     """Declare ``cls`` (and subclasses) batch-coupled whenever ``check(module)`` is true."""
 
     def decorator(check: CouplingCheck) -> CouplingCheck:
         BATCH_COUPLED[cls] = check
+        _TYPED_MODULES.clear()
         return check
 
     return decorator
@@ -48,7 +55,7 @@ def register_batch_coupled(cls: type) -> Callable[[CouplingCheck], CouplingCheck
 def _batchnorm_uses_batch_statistics(module: nn.Module) -> bool:
     """BatchNorm1d/2d/3d, SyncBatchNorm, timm's BatchNormAct2d: batch statistics in train
     mode, and in eval mode too without running statistics."""
-    return module.training or module.running_mean is None
+    return module.training or not module.track_running_stats
 
 
 def check_policy(policy: str) -> str:
@@ -61,15 +68,30 @@ def is_batch_coupled(module: nn.Module) -> bool:
     return any(isinstance(module, cls) and check(module) for cls, check in BATCH_COUPLED.items())
 
 
+def typed_modules(model: nn.Module) -> Typed:
+    """The model's modules of a registered type with their check (read once per model, as
+    the engine reads its target layer once)."""
+    found = _TYPED_MODULES.get(model)
+    if found is None:
+        found = [
+            (name, module, check)
+            for name, module in model.named_modules()
+            for cls, check in BATCH_COUPLED.items()
+            if isinstance(module, cls)
+        ]
+        _TYPED_MODULES[model] = found
+    return found
+
+
 class CouplingProbe:
     """Records, during one forward, the batch-coupled modules that run after ``layer``.
 
     Only modules that are batch-coupled as they are now get a hook, so a model in eval
-    mode costs one pass over ``model.modules()``."""
+    mode costs a check of its BatchNorms' ``training`` flags."""
 
     def __init__(self, model: nn.Module, layer: nn.Module) -> None:
         self.layer = layer
-        self.candidates = [(n, m) for n, m in model.named_modules() if m is not layer and is_batch_coupled(m)]
+        self.candidates = [(n, m) for n, m, check in typed_modules(model) if m is not layer and check(m)]
         self.after: list[str] = []
         self._layer_done = False
         self._handles: list = []
