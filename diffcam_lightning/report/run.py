@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from ..cams import METHODS, CAMEngine, get_method
+from ..cams import PAPER_METHODS, CAMEngine, get_method
 from ..saliency import sham_target
 from .data import DataSpec, build_report_data
 from .figures import FIGURE_METHODS, figure_grid
@@ -62,7 +62,7 @@ class ReportOptions:
 
 
 def resolve_methods(methods: Optional[Sequence[str]], scorecam: bool) -> list[str]:
-    names = [get_method(m).name for m in (methods or METHODS)]
+    names = [get_method(m).name for m in (methods or PAPER_METHODS)]
     return [m for m in dict.fromkeys(names) if scorecam or m != "scorecam"]
 
 
