@@ -215,7 +215,9 @@ def noisy_linear_impute(
     solution = _conjugate_gradient(operator, rhs, tol, max_iter)
     filled = img * known + solution * missing
     if noise:
-        filled = filled + noise * missing * torch.randn(filled.shape, generator=generator, dtype=dtype, device=x.device)
+        device = generator.device if generator is not None else x.device
+        draw = torch.randn(filled.shape, generator=generator, dtype=dtype, device=device).to(x.device)
+        filled = filled + noise * missing * draw
     return filled.reshape(n, c, h, w).to(x.dtype)
 
 
@@ -373,6 +375,10 @@ _GROUPS: dict[str, Callable[..., dict[str, Tensor]]] = {
     "confidence": confidence,
     "relevance_mass": lambda maps, masks: {"relevance_mass": relevance_mass(maps, masks)},
     "relevance_rank": lambda maps, masks: {"relevance_rank": relevance_rank(maps, masks)},
+}
+MASK_METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "relevance_mass": relevance_mass,
+    "relevance_rank": relevance_rank,
 }
 
 
