@@ -204,14 +204,13 @@ def noisy_linear_impute(
     img = x.to(dtype).reshape(n * c, 1, h, w)
     known = keep.to(device=x.device, dtype=dtype).repeat_interleave(c, dim=0).unsqueeze(1)
     missing = 1 - known
-    kernel = torch.tensor(ROAD_KERNEL, dtype=dtype, device=x.device)[None, None]
-    weight_sum = F.conv2d(torch.ones(1, 1, h, w, dtype=dtype, device=x.device), kernel, padding=1)
+    weight_sum = neighbour_sum(torch.ones(1, 1, h, w, dtype=dtype, device=x.device))
 
     def operator(v: Tensor) -> Tensor:  # -(L v) on the missing pixels: positive semi-definite
         v = v * missing
-        return (weight_sum * v - F.conv2d(v, kernel, padding=1)) * missing
+        return (weight_sum * v - neighbour_sum(v)) * missing
 
-    rhs = F.conv2d(img * known, kernel, padding=1) * missing
+    rhs = neighbour_sum(img * known) * missing
     solution = _conjugate_gradient(operator, rhs, tol, max_iter)
     filled = img * known + solution * missing
     if noise:
@@ -219,6 +218,20 @@ def noisy_linear_impute(
         draw = torch.randn(filled.shape, generator=generator, dtype=dtype, device=device).to(x.device)
         filled = filled + noise * missing * draw
     return filled.reshape(n, c, h, w).to(x.dtype)
+
+
+def neighbour_sum(v: Tensor) -> Tensor:
+    """``sum_j ROAD_KERNEL_j * v_j`` over the 8 neighbours (zero outside the image), by
+    shifted adds: much faster than a 3x3 convolution in float64 on a CPU."""
+    padded = F.pad(v, (1, 1, 1, 1))
+    h, w = v.shape[-2:]
+    out = torch.zeros_like(v)
+    for dy in range(3):
+        for dx in range(3):
+            weight = ROAD_KERNEL[dy][dx]
+            if weight:
+                out = out + weight * padded[..., dy : dy + h, dx : dx + w]
+    return out
 
 
 def _conjugate_gradient(operator: Callable[[Tensor], Tensor], rhs: Tensor, tol: float, max_iter: int) -> Tensor:
