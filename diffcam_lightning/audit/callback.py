@@ -19,7 +19,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
-from ..cams import METHODS, CAMEngine, get_method
+from ..cams import DIFF_BASES, METHODS, CAMEngine, get_method
 from ..cams.layers import known_layer_name, resolve_layer
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
 from ..cams.metrics import check_metrics
@@ -58,7 +58,7 @@ CAM_CLASSES: dict[str, Callable[[AuditSet], Optional[Tensor]]] = {
     "prediction": lambda s: None,
 }
 
-_DIFF_BASES = {f"{agg}diff{base}": base for agg in ("mean", "max", "lse") for base in ("gradcam", "gradcam++")}
+_DIFF_BASES = DIFF_BASES  # every {mean,max,lse}diff<weighting> -> <weighting>
 
 
 def default_drift_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
