@@ -107,12 +107,14 @@ def test_road_matches_pytorch_grad_cam_without_noise(case):
     percentiles = (20, 50, 80)
     up = M.to_input_size(maps["layercam"], x.shape[-2:])
     cam_targets = [ClassifierOutputTarget(int(t)) for t in targets]
-    ours = M.road(model, x, maps["layercam"], targets, percentiles=percentiles, noise=0.0)
+    ours = M.road(model, x, maps["layercam"], targets, percentiles=percentiles, noise=0.0)  # sparse LU on a CPU
+    cg = M.road(model, x, maps["layercam"], targets, percentiles=percentiles, noise=0.0, solver="cg")
     expected = {}
     for name, order in (("road_morf", RemoveMostRelevantFirst), ("road_lerf", RemoveLeastRelevantFirst)):
         averager = AveragerAcrossThresholds(lambda p: PerturbationConfidenceMetric(order(p, NoisyLinearImputer(noise=0))), percentiles)
         expected[name] = averager(x, up.numpy(), cam_targets, model)
         np.testing.assert_allclose(ours[name].numpy(), expected[name], atol=1e-4, err_msg=name)
+        np.testing.assert_allclose(cg[name].numpy(), expected[name], atol=1e-4, err_msg=f"{name} (cg)")
     combined = (expected["road_lerf"] - expected["road_morf"]) / 2  # ROADCombined's formula
     np.testing.assert_allclose(ours["road_combined"].numpy(), combined, atol=1e-4)
 
@@ -234,3 +236,18 @@ def test_bad_input_names_the_value_and_the_choices(case):
         M.evaluate(["relevance_mass"], model, x, maps["gradcam"], targets)
     with pytest.raises(ValueError, match=r"Unknown sanity-check mode 'random'; valid: cascading, independent"):
         M.randomization_check(model, x, mode="random")
+
+
+def test_road_solvers_agree():
+    """Conjugate gradients (any device) and sparse LU (CPU) solve the same system."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 20, 20)
+    keep = torch.rand(3, 20, 20) > 0.6
+    keep[0] = True  # nothing to impute
+    keep[1, 2:15, 3:18] = False  # a large hole
+    cg = M.noisy_linear_impute(x, keep, noise=0.0, solver="cg")
+    direct = M.noisy_linear_impute(x, keep, noise=0.0, solver="direct")
+    torch.testing.assert_close(cg, direct, atol=1e-5, rtol=0)
+    torch.testing.assert_close(direct[0], x[0])
+    with pytest.raises(ValueError, match=r"Unknown ROAD solver 'lu'; valid: auto, cg, direct"):
+        M.noisy_linear_impute(x, keep, solver="lu")
