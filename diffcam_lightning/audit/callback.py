@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from ..cams import DIFF_BASES, METHODS, CAMEngine, get_method
 from ..cams.layers import known_layer_name, resolve_layer
-from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
 from ..cams.metrics import check_metrics
+from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
 from .auditset import AuditSet, BatchKeys
 from .faithfulness import faithfulness_keys, faithfulness_scores
 from .guard import audit_guard, preserved_rng
