@@ -2,16 +2,22 @@
 
 Rows per architecture (medians over ``--repeats`` after ``--warmup`` runs):
 - ``forward``: a plain ``torch.no_grad()`` forward of the batch (the physical floor);
-- ``ours: 10 gradient CAMs``: one ``CAMEngine`` call for GradCAM, GradCAM++, HiResCAM,
-  XGradCAM and the six DiffGradCAM variants (one forward, one batched VJP);
-- ``pytorch-grad-cam: 10, one at a time``: its GradCAM / GradCAM++ / HiResCAM / XGradCAM
-  classes, and GradCAM / GradCAM++ with a difference target for the DiffGradCAMs;
-- ``GradCAM alone`` for both.
+- ``ours: all gradient CAMs``: one ``CAMEngine`` call for the 28 gradient methods (7
+  weightings x 4 backprop targets: GradCAM, GradCAM++, HiResCAM, XGradCAM, LayerCAM,
+  GradCAMElementWise, EigenGradCAM, each on y_c and on the three DiffGradCAM differences;
+  one forward, one batched VJP);
+- ``pytorch-grad-cam: all, one at a time``: its class for each weighting, with a
+  difference target for the Diff variants (28 forwards and backwards);
+- ``GradCAM alone`` for both;
+- ``--layercam``: LayerCAM alone, ours vs torchcam 0.5 vs pytorch-grad-cam (all upsampled to
+  the input, as pytorch-grad-cam always does; torchcam's maps are upsampled with
+  ``F.interpolate`` after its call).
 
 Each round runs every variant once (interleaved), so load changes hit all alike.
 
     python benchmarks/bench_cams.py                       # CPU, B=4, 224 px (Inception 299)
     python benchmarks/bench_cams.py --device cuda --repeats 20
+    python benchmarks/bench_cams.py --layercam              # the LayerCAM table
 """
 
 from __future__ import annotations
@@ -53,6 +59,36 @@ def reference_run(model, layer, x, targets, methods) -> None:
         reference_cam(model, layer, x, targets, method)
 
 
+def torchcam_layercam(model, layer_name: str, x, targets) -> Callable[[], object]:
+    from torchcam.methods import LayerCAM
+
+    def run():
+        with LayerCAM(model, target_layer=layer_name) as extractor:
+            cams = extractor(class_idx=targets, scores=model(x))
+        return torch.nn.functional.interpolate(cams[0].unsqueeze(1), size=x.shape[-2:], mode="bilinear")
+
+    return run
+
+
+def bench_layercam(name: str, size: int, args, device: torch.device) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=1000).to(device).eval()
+    x = torch.randn(args.batch, 3, size, size, device=device)
+    engine = CAMEngine(model)
+    layer = dict(model.named_modules())[engine.target_layer]
+    targets = model(x).argmax(1).tolist()
+    return timed_interleaved(
+        {
+            "ours": lambda: engine(x, targets=targets, methods="layercam", size="input"),
+            "torchcam": torchcam_layercam(model, engine.target_layer, x, targets),
+            "ref": lambda: reference_run(model, layer, x, targets, ["layercam"]),
+        },
+        args.warmup,
+        args.repeats,
+        device,
+    )
+
+
 def bench_architecture(name: str, size: int, args, device: torch.device) -> dict[str, float]:
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=1000).to(device).eval()
@@ -86,12 +122,25 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--layercam", action="store_true", help="LayerCAM: ours vs torchcam vs pytorch-grad-cam")
     args = parser.parse_args()
     device = torch.device(args.device)
     label = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {label}; torch {torch.__version__}; B={args.batch}; medians of {args.repeats} runs (ms)\n")
+    if args.layercam:
+        print("| architecture | ours: LayerCAM | torchcam: LayerCAM | pytorch-grad-cam: LayerCAM | torchcam / ours | pytorch-grad-cam / ours |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name in args.archs:
+            r = bench_layercam(name, ARCHITECTURES[name], args, device)
+            print(
+                f"| {name} ({ARCHITECTURES[name]} px) | {r['ours']:.1f} | {r['torchcam']:.1f} | {r['ref']:.1f} "
+                f"| {r['torchcam'] / r['ours']:.1f}x | {r['ref'] / r['ours']:.1f}x |",
+                flush=True,
+            )
+        return
+    n = len(GRADIENT_METHODS)
     print(
-        "| architecture | no-grad forward | ours: 10 gradient CAMs | pytorch-grad-cam: 10, one at a time "
+        f"| architecture | no-grad forward | ours: {n} gradient CAMs | pytorch-grad-cam: {n}, one at a time "
         "| speed-up | ours / forward | ours: GradCAM | pytorch-grad-cam: GradCAM | speed-up |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -145,11 +145,14 @@ def test_shared_logit_term_changes_gradcam_but_no_diffgradcam():
     x = torch.randn(4, 3, 16, 16)
     targets = torch.tensor([0, 1, 2, 5])
     diff_methods = [m for m in GRADIENT_METHODS if "diff" in m]
-    clean = CAMEngine(plain, "features")(x, targets=targets, methods=["gradcam", *diff_methods])
-    hoax = CAMEngine(fooled, "features")(x, targets=targets, methods=["gradcam", *diff_methods])
+    bases = sorted({get_method(m).name for m in GRADIENT_METHODS if "diff" not in m})
+    assert len(diff_methods) == 3 * len(bases) == 21  # every weighting has its three Diff variants
+    clean = CAMEngine(plain, "features")(x, targets=targets, methods=[*bases, *diff_methods])
+    hoax = CAMEngine(fooled, "features")(x, targets=targets, methods=[*bases, *diff_methods])
     for name in diff_methods:
         torch.testing.assert_close(hoax[name], clean[name], atol=1e-5, rtol=0, msg=name)
-    assert (hoax["gradcam"] - clean["gradcam"]).abs().max() > 1e-2
+    for name in bases:  # the same weighting on y_c sees the shared term
+        assert (hoax[name] - clean[name]).abs().max() > 1e-2, name
 
 
 def test_meandiff_weights_with_linear_head_are_class_weight_minus_mean_of_others(tiny):

@@ -8,10 +8,22 @@ import timm
 import torch
 
 pytest.importorskip("pytorch_grad_cam")
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, ScoreCAM, XGradCAM  # noqa: E402
+from pytorch_grad_cam import (  # noqa: E402
+    AblationCAM,
+    EigenCAM,
+    EigenGradCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 from diffcam_lightning import CAMEngine  # noqa: E402
+from diffcam_lightning.cams.reference import reference_cam  # noqa: E402
 
 REFERENCE = {
     "gradcam": GradCAM,
@@ -19,7 +31,14 @@ REFERENCE = {
     "hirescam": HiResCAM,
     "xgradcam": XGradCAM,
     "eigencam": EigenCAM,
+    "layercam": LayerCAM,
+    "gradcamelementwise": GradCAMElementWise,
+    "eigengradcam": EigenGradCAM,
 }
+# the Diff variants of the weightings added after the paper (the paper's six are tested in
+# test_cams_engine.py against autograd of the difference target)
+NEW_DIFF = [f"{k}diff{m}" for m in ("hirescam", "xgradcam", "layercam", "gradcamelementwise", "eigengradcam")
+            for k in ("mean", "max", "lse")]
 
 # (timm name, expected CAM layer, input size): small inputs keep CPU tests fast;
 # Inception-v3 needs >= 75 px, 139 px gives a 3x3 grid at Mixed_7c.
@@ -63,3 +82,36 @@ def test_scorecam_matches_pytorch_grad_cam():
     ours = engine(x, targets=[3], methods="scorecam", size="input")["scorecam"]
     expected = reference_maps(ScoreCAM, model, model.features.norm5, x, [3])
     assert (ours - expected).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("name,layer_name,size", ARCHITECTURES, ids=[a[0] for a in ARCHITECTURES])
+def test_diff_variants_match_pytorch_grad_cam_with_a_difference_target(name, layer_name, size):
+    """Each new weighting with y_c - beta(others) equals pytorch-grad-cam's class for that
+    weighting given the same difference as its target."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    x = torch.randn(2, 3, size, size)
+    targets = [1, 7]
+    ours = CAMEngine(model)(x, targets=torch.tensor(targets), methods=NEW_DIFF, size="input")
+    layer = dict(model.named_modules())[layer_name]
+    for method in NEW_DIFF:
+        expected = torch.from_numpy(reference_cam(model, layer, x, targets, method))
+        diff = (ours[method] - expected).abs().max().item()
+        assert diff <= 1e-4, f"{name} {method}: max abs diff {diff:.2e} vs pytorch-grad-cam"
+
+
+@pytest.mark.parametrize("name,layer_name,batch", [("resnet18", "layer4", 2), ("densenet121", "features.norm5", 1)])
+def test_ablationcam_matches_pytorch_grad_cam(name, layer_name, batch):
+    """Layers with non-negative outputs (ReLU): both zero the ablated channel. One forward
+    per channel and image on each side (DenseNet-121: 1024 channels), so small batches."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    engine = CAMEngine(model, layer_name, scorecam_batch_size=256)
+    x = torch.randn(batch, 3, 64, 64)
+    targets = [3, 5][:batch]
+    ours = engine(x, targets=targets, methods="ablationcam", size="input")["ablationcam"]
+    layer = dict(model.named_modules())[layer_name]
+    with AblationCAM(model, target_layers=[layer], batch_size=256) as cam:
+        expected = torch.from_numpy(cam(x, targets=[ClassifierOutputTarget(t) for t in targets]))
+    assert (ours - expected).abs().max().item() <= 1e-4
+    assert ours.max() > 0.99

@@ -15,7 +15,7 @@ from PIL import Image
 from scipy.stats import ranksums, wilcoxon
 
 from diffcam_lightning import CAMEngine, SaliencyClassifier, SyntheticDataModule
-from diffcam_lightning.report import ArchitectureSpec, DataSpec, ModelSource, ReportOptions, TimingSpec, run_report
+from diffcam_lightning.report import ArchitectureSpec, DataSpec, FaithfulnessSpec, ModelSource, ReportOptions, TimingSpec, run_report
 from diffcam_lightning.report.cli import main as report_main
 from diffcam_lightning.report.sources import load_model
 
@@ -197,6 +197,7 @@ def _ddp_options(out: Path) -> ReportOptions:
         scorecam=False,
         figure_samples=0,
         timing=NO_TIMING,
+        faithfulness=FaithfulnessSpec(steps=4),
     )
 
 
@@ -216,8 +217,9 @@ def test_ddp_spawn_two_processes_give_the_same_scores(tmp_path):
         results[name] = read_csv(tmp_path / "out" / "scores.csv")
         ranks = len(list((tmp_path / "out" / "scores").glob("r10.rank*.csv")))
         assert ranks == extra["devices"]  # every rank wrote, stale files were removed
-    assert {r["metric"] for r in results["ddp"]} == {"similarity", "susceptibility", "correct_clean", "correct_sham"}
-    assert len(results["ddp"]) == len(results["single"]) == 7 * (2 + 6 + 11)
+    faithfulness = {f"{m}_{k}" for m in ("deletion", "insertion") for k in ("clean", "sham")}
+    assert {r["metric"] for r in results["ddp"]} == {"similarity", "susceptibility", "correct_clean", "correct_sham", *faithfulness}
+    assert len(results["ddp"]) == len(results["single"]) == 7 * (2 + 6 + 11 + 4 * 6)
     for a, b in zip(results["single"], results["ddp"]):
         assert (a["sample"], a["metric"], a["method"]) == (b["sample"], b["metric"], b["method"])
         assert math.isclose(float(a["score"]), float(b["score"]), abs_tol=1e-5)
@@ -271,3 +273,42 @@ def test_pretrained_head_class_count_mismatch(tmp_path):
     torch.save(load_model(ModelSource("resnet10t"), 5).state_dict(), tmp_path / "w.pth")
     with pytest.raises(ValueError, match=r"w\.pth has 5 classes but the data has 7"):
         load_model(ModelSource("resnet10t", weights=str(tmp_path / "w.pth")), 7)
+
+
+def test_faithfulness_table_from_the_metrics_module(chain):
+    """The report's deletion/insertion rows equal the metrics module on the same image and
+    model, and the table holds clean and SHAM-tuned means for each default method."""
+    from diffcam_lightning.cams import metrics as cam_metrics
+    from diffcam_lightning.report.data import build_report_data
+
+    tmp, options, written = chain
+    assert "table_faithfulness" in (tmp / "report" / "report.md").read_text()
+    rows = read_csv(tmp / "report" / "scores.csv")
+    data = build_report_data(options.data, "test_resnet").dataset
+    for kind, source in (("clean", options.models[0].clean), ("sham", options.models[0].sham)):
+        model = load_model(source, 7)
+        batch = [data[i] for i in range(options.data.batch_size)]  # the report's first batch, as it ran
+        x = torch.stack([item["image"] for item in batch])
+        labels = torch.stack([item["label"] for item in batch])
+        maps = CAMEngine(model)(x, targets=labels, methods="maxdiffgradcam", size="input")["maxdiffgradcam"]
+        direct = cam_metrics.deletion_insertion(model, x, maps, labels, steps=options.faithfulness.steps)
+        for i in (0, 5):
+            index = int(batch[i]["index"]) if "index" in batch[i] else i
+            for metric in ("deletion", "insertion"):
+                (row,) = [r for r in rows if int(r["sample"]) == index and r["metric"] == f"{metric}_{kind}" and r["method"] == "maxdiffgradcam"]
+                assert float(row["score"]) == pytest.approx(direct[metric][i].item(), abs=1e-5)
+    table = read_csv(tmp / "report" / "tables" / "table_faithfulness.csv")
+    assert [r["method"] for r in table] == ["gradcam", "gradcam++", "meandiffgradcam", "maxdiffgradcam", "lsediffgradcam", "eigencam"]
+    for r in table:
+        assert " ± " in r["deletion clean (lower = better)"] and " ± " in r["insertion SHAM-tuned"]
+
+
+def test_faithfulness_options_are_checked(tmp_path):
+    from diffcam_lightning.report import FaithfulnessSpec
+
+    with pytest.raises(ValueError, match=r"Unknown CAM metric 'aopc'"):
+        FaithfulnessSpec(metrics=["aopc"]).resolved(["gradcam"])
+    with pytest.raises(ValueError, match=r"need masks"):
+        FaithfulnessSpec(metrics=["relevance_mass"]).resolved(["gradcam"])
+    with pytest.raises(ValueError, match=r"\['layercam'\] are not among the report's methods"):
+        FaithfulnessSpec(methods=["layercam"]).resolved(["gradcam"])

@@ -19,10 +19,12 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
-from ..cams import METHODS, CAMEngine, get_method
+from ..cams import DIFF_BASES, METHODS, CAMEngine, get_method
 from ..cams.layers import known_layer_name, resolve_layer
+from ..cams.metrics import check_metrics
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
 from .auditset import AuditSet, BatchKeys
+from .faithfulness import faithfulness_keys, faithfulness_scores
 from .guard import audit_guard, preserved_rng
 from .metrics import SCORE_FAMILIES, AuditScores, ScoreContext, score_batch, score_keys
 from .reference import WeightsSwap, load_reference_state
@@ -56,7 +58,7 @@ CAM_CLASSES: dict[str, Callable[[AuditSet], Optional[Tensor]]] = {
     "prediction": lambda s: None,
 }
 
-_DIFF_BASES = {f"{agg}diff{base}": base for agg in ("mean", "max", "lse") for base in ("gradcam", "gradcam++")}
+_DIFF_BASES = DIFF_BASES  # every {mean,max,lse}diff<weighting> -> <weighting>
 
 
 def default_drift_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
@@ -87,6 +89,10 @@ class CAMAudit(Callback):
         audit_sanity_check, audit_fast_dev_run: also audit in those runs (off by default).
         image_key, label_key, saliency_key: the keys of dict batches.
         prefix: the namespace of the logged names.
+        metrics: opt-in faithfulness / localisation metrics of each method's maps (names of
+            ``diffcam_lightning.cams.metrics.METRICS``, e.g. ``["deletion", "insertion"]``),
+            logged as ``<prefix>/<metric>/<method>``; each costs extra no-grad forwards.
+        metric_options: keyword options of those metrics (``steps``, ``batch_size``, ...).
     """
 
     def __init__(
@@ -114,6 +120,8 @@ class CAMAudit(Callback):
         label_key: str = "label",
         saliency_key: str = "saliency",
         prefix: str = "cam_audit",
+        metrics: Sequence[str] = (),
+        metric_options: Optional[dict[str, Any]] = None,
     ) -> None:
         super().__init__()
         self.methods = [get_method(m).name for m in ([methods] if isinstance(methods, str) else methods)]
@@ -157,6 +165,8 @@ class CAMAudit(Callback):
         self.audit_fast_dev_run = bool(audit_fast_dev_run)
         self.keys = BatchKeys(image=image_key, label=label_key, saliency=saliency_key)
         self.prefix = prefix
+        self.metrics = check_metrics(metrics)
+        self.metric_options = dict(metric_options or {})
         # state (saved in checkpoints)
         self.audit_set: Optional[AuditSet] = None
         self.reference_maps: Optional[dict[str, Tensor]] = None
@@ -272,7 +282,7 @@ class CAMAudit(Callback):
         if self.reference_maps is None and self.reference is not None:
             self.reference_maps = self._reference_maps(pl_module, model)
         if self._metric is None:
-            keys = score_keys(self.methods, self.drift_pairs, "mean")
+            keys = score_keys(self.methods, self.drift_pairs, "mean") + faithfulness_keys(self.metrics, self.methods)
             self._metric = AuditScores(keys, score_keys(self.methods, self.drift_pairs, "sum"))
         self._metric = self._metric.to(pl_module.device)
 
@@ -349,7 +359,9 @@ class CAMAudit(Callback):
             for lo in range(start, stop, self.batch_size):
                 hi = min(lo + self.batch_size, stop)
                 batch = self.audit_set.slice(lo, hi).to(device)
-                maps = self._engine(self._input(batch.images, model, device), self._targets(batch, device), self.methods)
+                images = self._input(batch.images, model, device)
+                result = self._engine.compute(images, self._targets(batch, device), self.methods)
+                maps = result.maps
                 if sham is None:
                     grid = tuple(next(iter(maps.values())).shape[-2:])
                     sham = self._sham(grid).to(device)
@@ -357,6 +369,11 @@ class CAMAudit(Callback):
                 usable = None if sham.min() == sham.max() else sham  # a whole-grid SHAM is no target
                 ctx = ScoreContext(maps, usable, reference, self.drift_pairs, batch.saliency, batch.has_saliency)
                 self._metric.update(score_batch(ctx, list(SCORE_FAMILIES)))
+                if self.metrics:
+                    self._metric.update(faithfulness_scores(
+                        model, images, maps, result.targets, self.metrics, batch.saliency, batch.has_saliency,
+                        self.metric_options,
+                    ))
                 if want_grid and grid_maps is None:
                     n = min(self.grid_images, hi - lo)
                     grid_maps = {

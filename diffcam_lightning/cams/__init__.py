@@ -2,7 +2,18 @@
 
 from .engine import CAMEngine, CAMResult
 from .layers import KNOWN_LAYERS, resolve_layer
-from .methods import GRADIENT_METHODS, METHODS, CAMContext, CAMMethod, get_method, register_method, weighted_sum
+from .methods import (
+    DIFF_BASES,
+    GRADIENT_METHODS,
+    METHODS,
+    PAPER_METHODS,
+    CAMContext,
+    CAMMethod,
+    get_method,
+    methods_table,
+    register_method,
+    weighted_sum,
+)
 from .postprocess import minmax_normalize
 from .targets import BACKPROP_TARGETS, beta, register_target
 
@@ -12,11 +23,14 @@ __all__ = [
     "CAMEngine",
     "CAMMethod",
     "CAMResult",
+    "DIFF_BASES",
     "GRADIENT_METHODS",
     "KNOWN_LAYERS",
     "METHODS",
+    "PAPER_METHODS",
     "beta",
     "get_method",
+    "methods_table",
     "minmax_normalize",
     "register_method",
     "register_target",

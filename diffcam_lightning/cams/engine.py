@@ -129,6 +129,7 @@ class CAMEngine:
                     inputs=x,
                     targets=targets,
                     scorecam_batch_size=self.scorecam_batch_size,
+                    layer=layer,
                 )
                 maps = {}
                 for method in chosen:

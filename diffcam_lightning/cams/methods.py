@@ -26,6 +26,7 @@ class CAMContext:
     targets: Optional[Tensor] = None
     scorecam_batch_size: int = 32
     backprop: Optional[str] = None
+    layer: Optional[nn.Module] = None  # the target layer (AblationCAM replaces its output)
 
     @property
     def grad(self) -> Tensor:
@@ -115,12 +116,36 @@ def hirescam(ctx: CAMContext) -> Tensor:
     return (ctx.grad * ctx.activations).sum(dim=1)
 
 
+def layercam(ctx: CAMContext) -> Tensor:
+    """LayerCAM (Jiang et al. 2021): activations weighted by the positive part of the
+    gradient at each position, summed over channels."""
+    return (ctx.grad.clamp(min=0) * ctx.activations).sum(dim=1)
+
+
+def gradcam_elementwise(ctx: CAMContext) -> Tensor:
+    """GradCAMElementWise (pytorch-grad-cam): ReLU of gradient x activation before the
+    channel sum, so negative evidence in one channel cannot cancel another's."""
+    return (ctx.grad * ctx.activations).clamp(min=0).sum(dim=1)
+
+
+def eigengradcam(ctx: CAMContext) -> Tensor:
+    """EigenGradCAM: first principal component of gradient x activation (class-aware
+    EigenCAM, no sign correction, as pytorch-grad-cam)."""
+    return first_component(ctx.grad * ctx.activations)
+
+
 def eigencam(ctx: CAMContext) -> Tensor:
     """EigenCAM: projection of the spatially centred activations on their first
     principal component (per sample, no sign correction, as pytorch-grad-cam)."""
+    return first_component(ctx.activations)
+
+
+def first_component(features: Tensor) -> Tensor:
+    """Per sample, the ``[h*w, K]`` features centred over space and projected on their
+    first right singular vector: ``[B, h, w]``."""
     # float64 for a stable SVD where the device has it (MPS does not)
-    precise = torch.float32 if ctx.activations.device.type == "mps" else torch.float64
-    acts = torch.nan_to_num(ctx.activations.to(precise), nan=0.0)
+    precise = torch.float32 if features.device.type == "mps" else torch.float64
+    acts = torch.nan_to_num(features.to(precise), nan=0.0)
     b, k, h, w = acts.shape
     flat = acts.reshape(b, k, h * w).transpose(1, 2)  # [B, hw, K]
     flat = flat - flat.mean(dim=1, keepdim=True)
@@ -160,6 +185,46 @@ def scorecam(ctx: CAMContext) -> Tensor:
     return weighted_sum(weights, acts)
 
 
+def ablationcam(ctx: CAMContext) -> Tensor:
+    """AblationCAM (Desai & Ramaswamy 2020): the weight of channel k is the relative drop
+    of the target logit when channel k of the target layer's output is set to zero,
+    ``(y_c - y_c^k) / y_c``. All (image, channel) ablations run as batched no-grad
+    forwards; the target layer's output is replaced by a forward hook (as pytorch-grad-cam,
+    which zeroes a channel when the layer's minimum is 0; for layers with negative outputs
+    it substitutes ``min - 1e7`` instead, a choice this implementation does not copy)."""
+    if ctx.model is None or ctx.inputs is None or ctx.targets is None or ctx.layer is None:
+        raise ValueError("ablationcam needs the model, its target layer, the input and the targets in its context.")
+    acts = ctx.activations.detach()
+    b, k = acts.shape[:2]
+    inputs = ctx.inputs.detach()
+    rows = torch.arange(b * k, device=acts.device)
+    owner, channel = rows // k, rows % k
+    step = max(1, int(ctx.scorecam_batch_size))
+    chunk: dict[str, Tensor] = {}
+
+    def ablate(module: nn.Module, args, output: Tensor) -> Tensor:
+        ablated = acts[chunk["owner"]].to(output.dtype).clone()
+        ablated[torch.arange(len(ablated), device=acts.device), chunk["channel"]] = 0
+        return ablated
+
+    scores = []
+    with torch.no_grad():
+        original = _logits(ctx.model(inputs)).gather(1, ctx.targets[:, None]).float().squeeze(1)
+    handle = ctx.layer.register_forward_hook(ablate)
+    try:
+        with torch.no_grad():
+            for start in range(0, b * k, step):
+                chunk["owner"], chunk["channel"] = owner[start : start + step], channel[start : start + step]
+                logits = _logits(ctx.model(inputs[chunk["owner"]]))
+                scores.append(logits.gather(1, ctx.targets[chunk["owner"], None]).float().squeeze(1))
+    finally:
+        handle.remove()
+    ablated = torch.cat(scores).reshape(b, k)
+    base = original[:, None]
+    weights = (base - ablated) / torch.where(base.abs() > 1e-12, base, torch.full_like(base, 1e-12))
+    return weighted_sum(weights, acts)
+
+
 def _logits(output) -> Tensor:
     """The logits of a model's output (a tensor, or the first element of a tuple)."""
     if isinstance(output, (tuple, list)):
@@ -172,21 +237,51 @@ def _logits(output) -> Tensor:
 
 # ---------------------------------------------------------------- registry
 
-_FAMILIES = {
+# The gradient family: weighting x backprop target. Every weighting is registered once
+# with the class logit y_c (its plain name) and once with each DiffGradCAM difference
+# Delta_c = y_c - beta(others) (``{mean,max,lse}diff<name>``: the paper's meandiffgradcam,
+# and so on); the target is independent of the weighting.
+GRADIENT_WEIGHTINGS: dict[str, MapFunction] = {
     "gradcam": _channel_cam(gradcam_weights),
     "gradcam++": _channel_cam(gradcam_plusplus_weights),
+    "hirescam": hirescam,
+    "xgradcam": _channel_cam(xgradcam_weights),
+    "layercam": layercam,
+    "gradcamelementwise": gradcam_elementwise,
+    "eigengradcam": eigengradcam,
 }
-_DIFF_PREFIX = {"meandiff": "mean", "maxdiff": "max", "lsediff": "lse"}
+DIFF_TARGETS: dict[str, str] = {"meandiff": "mean", "maxdiff": "max", "lsediff": "lse"}
+GRADIENT_FREE: dict[str, MapFunction] = {"eigencam": eigencam, "scorecam": scorecam, "ablationcam": ablationcam}
 
-register_method("gradcam", backprop="logit")(_FAMILIES["gradcam"])
-register_method("gradcam++", backprop="logit")(_FAMILIES["gradcam++"])
-register_method("hirescam", backprop="logit")(hirescam)
-register_method("xgradcam", backprop="logit")(_channel_cam(xgradcam_weights))
-register_method("eigencam")(eigencam)
-register_method("scorecam")(scorecam)
+# Registration order: the paper's twelve first (their order in METHODS is relied on), then the rest.
+_PAPER_ORDER = ("gradcam", "gradcam++", "hirescam", "xgradcam", "eigencam", "scorecam")
+for _name in _PAPER_ORDER:
+    if _name in GRADIENT_WEIGHTINGS:
+        register_method(_name, backprop="logit")(GRADIENT_WEIGHTINGS[_name])
+    else:
+        register_method(_name)(GRADIENT_FREE[_name])
 for _family in ("gradcam", "gradcam++"):
-    for _prefix, _target in _DIFF_PREFIX.items():
-        register_method(f"{_prefix}{_family}", backprop=_target)(_FAMILIES[_family])
+    for _prefix, _target in DIFF_TARGETS.items():
+        register_method(f"{_prefix}{_family}", backprop=_target)(GRADIENT_WEIGHTINGS[_family])
+for _family, _fn in GRADIENT_WEIGHTINGS.items():
+    if _family not in _PAPER_ORDER:
+        register_method(_family, backprop="logit")(_fn)
+register_method("ablationcam")(ablationcam)
+for _family, _fn in GRADIENT_WEIGHTINGS.items():
+    if _family not in ("gradcam", "gradcam++"):
+        for _prefix, _target in DIFF_TARGETS.items():
+            register_method(f"{_prefix}{_family}", backprop=_target)(_fn)
+
+DIFF_BASES: dict[str, str] = {f"{p}{f}": f for f in GRADIENT_WEIGHTINGS for p in DIFF_TARGETS}
+"""Each DiffGradCAM-style variant -> the method with the same weighting on ``y_c``."""
 
 METHODS: tuple[str, ...] = available_methods()
 GRADIENT_METHODS: tuple[str, ...] = tuple(m for m in METHODS if _REGISTRY[m].backprop is not None)
+PAPER_METHODS: tuple[str, ...] = METHODS[:12]
+
+
+def methods_table() -> str:
+    """The gradient family as a Markdown table: weighting (rows) x backprop target (columns)."""
+    head = "| weighting | y_c | y_c - mean(others) | y_c - max(others) | y_c - lse(others) |\n|---|---|---|---|---|\n"
+    rows = [f"| {f} | `{f}` | " + " | ".join(f"`{p}{f}`" for p in DIFF_TARGETS) + " |" for f in GRADIENT_WEIGHTINGS]
+    return head + "\n".join(rows) + "\n"

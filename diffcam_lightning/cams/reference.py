@@ -12,15 +12,21 @@ from torch import Tensor, nn
 from .targets import beta
 
 # our method name -> (pytorch-grad-cam class name, DiffGradCAM baseline or None for y_c)
+_CLASSES = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "gradcamelementwise": "GradCAMElementWise",
+    "eigengradcam": "EigenGradCAM",
+}
 REFERENCE_METHODS: dict[str, tuple[str, Optional[str]]] = {
-    "gradcam": ("GradCAM", None),
-    "gradcam++": ("GradCAMPlusPlus", None),
-    "hirescam": ("HiResCAM", None),
-    "xgradcam": ("XGradCAM", None),
+    **{name: (cls, None) for name, cls in _CLASSES.items()},
     "eigencam": ("EigenCAM", None),
     "scorecam": ("ScoreCAM", None),
-    **{f"{k}diffgradcam": ("GradCAM", k) for k in ("mean", "max", "lse")},
-    **{f"{k}diffgradcam++": ("GradCAMPlusPlus", k) for k in ("mean", "max", "lse")},
+    "ablationcam": ("AblationCAM", None),
+    **{f"{k}diff{name}": (cls, k) for name, cls in _CLASSES.items() for k in ("mean", "max", "lse")},
 }
 
 

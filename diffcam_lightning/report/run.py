@@ -12,9 +12,10 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from ..cams import METHODS, CAMEngine, get_method
+from ..cams import PAPER_METHODS, CAMEngine, get_method
 from ..saliency import sham_target
 from .data import DataSpec, build_report_data
+from .faithfulness import FaithfulnessSpec, faithfulness_table
 from .figures import FIGURE_METHODS, figure_grid
 from .scoring import FIELDS, ScoreWriter, ScoringModule, merge_rank_files
 from .sources import ModelSource, load_model
@@ -59,10 +60,11 @@ class ReportOptions:
     scorecam_batch_size: int = 32
     figure_samples: int = 4
     timing: TimingSpec = field(default_factory=TimingSpec)
+    faithfulness: FaithfulnessSpec = field(default_factory=FaithfulnessSpec)
 
 
 def resolve_methods(methods: Optional[Sequence[str]], scorecam: bool) -> list[str]:
-    names = [get_method(m).name for m in (methods or METHODS)]
+    names = [get_method(m).name for m in (methods or PAPER_METHODS)]
     return [m for m in dict.fromkeys(names) if scorecam or m != "scorecam"]
 
 
@@ -97,7 +99,9 @@ def run_report(options: ReportOptions, trainer_kwargs: Optional[dict[str, Any]] 
     for spec in options.models:
         data = build_report_data(options.data, spec.clean.arch)
         clean, sham = _load_pair(spec, data.num_classes)
-        module = ScoringModule(clean, sham, methods, options.target, options.cam_size, options.scorecam_batch_size)
+        module = ScoringModule(
+            clean, sham, methods, options.target, options.cam_size, options.scorecam_batch_size, options.faithfulness
+        )
         module.report_name = spec.label
         loader = DataLoader(data.dataset, batch_size=options.data.batch_size, num_workers=options.data.num_workers)
         trainer.predict(module, loader, return_predictions=False)
@@ -114,6 +118,9 @@ def run_report(options: ReportOptions, trainer_kwargs: Optional[dict[str, Any]] 
     tables = [similarity_table(scores), accuracy_table(scores)]
     if any(spec.sham is not None for spec, *_ in prepared):
         tables.insert(1, susceptibility_table(scores, methods))
+    faith_metrics, faith_methods = options.faithfulness.resolved(methods)
+    if faith_metrics:
+        tables.insert(len(tables) - 1, faithfulness_table(scores, faith_metrics, faith_methods))
     device = trainer.strategy.root_device
     for spec, data, clean, sham in prepared:
         first = data.dataset[0]

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from ..cams import CAMEngine
 from ..saliency import cam_mse
+from .faithfulness import FaithfulnessSpec, faithfulness_scores, row_metric
 
 # DiffGradCAM variant -> the base it is compared with (paper Table 3)
 SIMILARITY_PAIRS: dict[str, str] = {
@@ -59,6 +60,7 @@ class ScoringModule(pl.LightningModule):
         target: str = "label",
         cam_size: Optional[str] = "input",
         scorecam_batch_size: int = 32,
+        faithfulness: Optional[FaithfulnessSpec] = None,
     ) -> None:
         super().__init__()
         if target not in ("label", "prediction"):
@@ -66,6 +68,8 @@ class ScoringModule(pl.LightningModule):
         self.clean, self.sham = clean.eval(), sham.eval() if sham is not None else None
         self.methods = list(methods)
         self.target, self.cam_size = target, cam_size
+        self.faithfulness = faithfulness or FaithfulnessSpec(enabled=False)
+        self.faith_metrics, self.faith_methods = self.faithfulness.resolved(self.methods)
         self.engines = {"clean": CAMEngine(self.clean, scorecam_batch_size=scorecam_batch_size)}
         if self.sham is not None:
             self.engines["sham"] = CAMEngine(self.sham, scorecam_batch_size=scorecam_batch_size)
@@ -85,6 +89,13 @@ class ScoringModule(pl.LightningModule):
             for method in self.methods:
                 score = cam_mse(clean.maps[method], sham.maps[method])
                 rows += self._rows(index, labels, clean.targets, "susceptibility", method, score)
+        if self.faith_metrics:
+            results = {"clean": clean, **({"sham": sham} if "sham" in self.engines else {})}
+            for kind, result in results.items():
+                model = self.clean if kind == "clean" else self.sham
+                values = faithfulness_scores(model, x, result.maps, clean.targets, self.faith_metrics, self.faith_methods, self.faithfulness)
+                for (metric, method), score in values.items():
+                    rows += self._rows(index, labels, clean.targets, row_metric(metric, kind), method, score)
         return rows
 
     @staticmethod

@@ -1,0 +1,101 @@
+"""The report's faithfulness table: perturbation metrics (deletion / insertion AUC by
+default) of the same maps on the clean and the SHAM-tuned model.
+
+The paper (sec. 5.2) argues that insertion-deletion is unfit under passive fooling: it
+judges a map's sensitivity to pixel perturbations, while a SHAM-tuned model keeps its
+predictions and moves only its explanations. The table measures both sides: if the metric
+saw the fooling, the SHAM-tuned GradCAM (drawn to the border) would score clearly worse than
+the clean one, and the DiffGradCAMs (which resist the fooling) would not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+from torch import Tensor, nn
+
+from ..cams import metrics as cam_metrics
+from .tables import Table
+
+DEFAULT_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "meandiffgradcam", "maxdiffgradcam", "lsediffgradcam", "eigencam")
+KINDS = {"clean": "clean", "sham": "SHAM-tuned"}
+
+
+@dataclass
+class FaithfulnessSpec:
+    """Which metrics (names of ``cams.metrics.METRICS`` that need no masks) of which
+    methods; ``steps`` and ``batch_size`` go to the perturbation metrics."""
+
+    enabled: bool = True
+    metrics: list[str] = field(default_factory=lambda: ["deletion", "insertion"])
+    methods: Optional[list[str]] = None
+    steps: int = 20
+    batch_size: int = 64
+
+    def resolved(self, report_methods: Sequence[str]) -> tuple[list[str], list[str]]:
+        """(metrics, methods) to score; methods default to those of DEFAULT_METHODS in the report."""
+        if not self.enabled:
+            return [], []
+        metrics = cam_metrics.check_metrics(self.metrics)
+        masked = [m for m in metrics if cam_metrics.METRICS[m].needs_masks]
+        if masked:
+            raise ValueError(f"faithfulness metrics {masked} need masks; use ones without: "
+                             f"{', '.join(n for n, s in cam_metrics.METRICS.items() if not s.needs_masks)}.")
+        methods = list(self.methods) if self.methods is not None else [m for m in DEFAULT_METHODS if m in report_methods]
+        missing = [m for m in methods if m not in report_methods]
+        if missing:
+            raise ValueError(f"faithfulness methods {missing} are not among the report's methods {list(report_methods)}.")
+        return metrics, methods
+
+
+def row_metric(metric: str, kind: str) -> str:
+    """The ``metric`` column of a per-sample score row, e.g. ``deletion_clean``."""
+    return f"{metric}_{kind}"
+
+
+def faithfulness_scores(
+    model: nn.Module, x: Tensor, maps: dict[str, Tensor], targets: Tensor, metrics: Sequence[str],
+    methods: Sequence[str], spec: FaithfulnessSpec,
+) -> dict[tuple[str, str], Tensor]:
+    """``{(metric, method): [B]}`` for one batch of one model."""
+    out = {}
+    for method in methods:
+        values = cam_metrics.evaluate(
+            metrics, model, x, maps[method], targets, steps=spec.steps, batch_size=spec.batch_size, progress=False
+        )
+        out.update({(metric, method): v for metric, v in values.items()})
+    return out
+
+
+def faithfulness_table(scores: dict[tuple[str, str, str], np.ndarray], metrics: Sequence[str], methods: Sequence[str]) -> Table:
+    """Mean ± std of each metric per (architecture, method), clean vs SHAM-tuned, with the
+    Wilcoxon signed-rank p-value of the paired difference (same images)."""
+    from scipy.stats import wilcoxon
+
+    from .stats import format_p, mean_std
+
+    columns = ["architecture", "method"]
+    for metric in metrics:
+        better = cam_metrics.METRICS[metric].better
+        columns += [f"{metric} clean ({better} = better)", f"{metric} SHAM-tuned", f"p ({metric})"]
+    table = Table(
+        "table_faithfulness",
+        "Faithfulness of the maps on the clean and the SHAM-tuned model (mean ± std over images; "
+        "p = Wilcoxon signed-rank, clean vs SHAM-tuned, same images)",
+        columns,
+    )
+    archs = list(dict.fromkeys(arch for arch, metric, _ in scores if metric in {row_metric(m, "clean") for m in metrics}))
+    for arch in archs:
+        for method in methods:
+            row = [arch, method]
+            for metric in metrics:
+                clean = scores.get((arch, row_metric(metric, "clean"), method))
+                sham = scores.get((arch, row_metric(metric, "sham"), method))
+                row.append(mean_std(clean) if clean is not None else "-")
+                row.append(mean_std(sham) if sham is not None else "-")
+                paired = clean is not None and sham is not None and len(clean) == len(sham) > 1 and np.any(clean != sham)
+                row.append(format_p(float(wilcoxon(clean, sham).pvalue)) if paired else "n/a")
+            table.rows.append(row)
+    return table

@@ -1,0 +1,53 @@
+"""CAMAudit(metrics=...): opt-in faithfulness and localisation metrics, logged per method,
+equal to the metrics module on the same audit images and maps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_audit import UserNet, loaders, quiet_trainer
+
+from diffcam_lightning import CAMAudit, CAMEngine
+from diffcam_lightning.cams import metrics as M
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),  # see conftest.py
+    pytest.mark.filterwarnings("ignore:.*LeafSpec.*"),  # lightning's own deprecation
+]
+
+METHODS = ("gradcam", "layercam", "meandifflayercam")
+
+
+def test_opt_in_metrics_are_logged_per_method_and_equal_the_metrics_module(tmp_path):
+    torch.manual_seed(0)
+    model = UserNet()
+    _, val = loaders(saliency=True)
+    audit = CAMAudit(
+        audit_size=8, methods=METHODS, log_images=False, batch_size=4,
+        metrics=["deletion", "insertion", "average_drop", "road_combined", "relevance_mass"],
+        metric_options={"steps": 4, "percentiles": (30, 70)},
+    )
+    (logged,) = quiet_trainer(tmp_path, callbacks=[audit]).validate(model, val)
+    for metric in ("deletion", "insertion", "average_drop", "road_combined", "relevance_mass"):
+        for method in METHODS:
+            assert f"cam_audit/{metric}/{method}" in logged, (metric, method)
+    # the same numbers from the metrics module on the audit set
+    images, labels = audit.audit_set.images, audit.audit_set.labels
+    model.eval()
+    maps = CAMEngine(model, "features")(images, targets=labels, methods=METHODS)
+    for method in METHODS:
+        direct = M.deletion_insertion(model, images, maps[method], labels, steps=4)
+        assert abs(logged[f"cam_audit/deletion/{method}"] - direct["deletion"].mean().item()) < 1e-5
+        assert abs(logged[f"cam_audit/insertion/{method}"] - direct["insertion"].mean().item()) < 1e-5
+        mass = M.relevance_mass(maps[method], audit.audit_set.saliency)
+        assert abs(logged[f"cam_audit/relevance_mass/{method}"] - mass.mean().item()) < 1e-5
+
+
+def test_metrics_are_off_by_default_and_bad_names_fail_early(tmp_path):
+    torch.manual_seed(0)
+    (logged,) = quiet_trainer(tmp_path, callbacks=[CAMAudit(audit_size=8, methods=METHODS, log_images=False)]).validate(
+        UserNet(), loaders()[1]
+    )
+    assert not any(k.startswith(("cam_audit/deletion", "cam_audit/insertion")) for k in logged)
+    with pytest.raises(ValueError, match=r"Unknown CAM metric 'auc'; valid: deletion, insertion"):
+        CAMAudit(metrics=["auc"])
