@@ -152,7 +152,7 @@ def first_component(features: Tensor) -> Tensor:
     _, _, vh = torch.linalg.svd(flat, full_matrices=False)
     projection = flat @ vh[:, 0, :].unsqueeze(-1)  # [B, hw, 1]
     # the SVD needs finite input; an image with non-finite activations gets a NaN map, not zeros
-    broken = ~torch.isfinite(ctx.activations).flatten(1).all(dim=1)
+    broken = ~torch.isfinite(features).flatten(1).all(dim=1)
     projection = projection.masked_fill(broken.view(b, 1, 1), float("nan"))
     return projection.reshape(b, h, w).float()
 
