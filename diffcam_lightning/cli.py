@@ -3,6 +3,7 @@
     diffcam fit --config configs/synthetic_sham.yaml
     diffcam validate|test|predict --config ... --ckpt_path path/to.ckpt
     diffcam report --config configs/report_synthetic.yaml   (see diffcam_lightning.report)
+    diffcam explain --model timm:resnet50 --pretrained --images photos/   (see diffcam_lightning.explain)
 
 The DataModule is chosen in the config (``data.class_path``; subclass mode), and its
 ``num_classes`` is linked to ``model.num_classes`` after it is built. Unknown keys are
@@ -53,6 +54,11 @@ def main(args: Optional[Sequence[str]] = None) -> None:
         from .report.cli import main as report_main
 
         report_main(argv[1:])
+        return
+    if argv[:1] == ["explain"]:
+        from .explain.cli import main as explain_main
+
+        explain_main(argv[1:])
         return
     DiffcamCLI(
         SaliencyClassifier,
