@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 from lightning.pytorch import Trainer
 
 from .inputs import ExplainInputError
@@ -29,7 +29,7 @@ def build_parser() -> ArgumentParser:
                    help="A SaliencyClassifier checkpoint (.ckpt), timm:NAME (or a bare timm name), torchvision:NAME, or a class path package.module.Name.")
     p.add_argument("--images", required=True, type=str, nargs="+", help="Image files, folders (recursive) or CSV manifests (image[,label]).")
     p.add_argument("--output_dir", type=str, default="explain")
-    p.add_argument("--pretrained", type=bool, default=False, help="The source's pretrained weights (timm/torchvision hub, or a factory's own).")
+    p.add_argument("--pretrained", action=ActionYesNo, default=False, help="The source's pretrained weights (timm/torchvision hub, or a factory's own).")
     p.add_argument("--weights", type=Optional[str], default=None, help="A local weights file for the model.")
     p.add_argument("--methods", type=str, nargs="+", default=list(DEFAULT_METHODS), help="CAM methods (diffcam_lightning.METHODS).")
     p.add_argument("--target", type=str, default="predicted",
@@ -43,7 +43,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--interpolation", type=Optional[str], default=None)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--num_workers", type=int, default=0)
-    p.add_argument("--skip_unreadable", type=bool, default=False, help="Skip undecodable images and list them in skipped.csv (default: stop).")
+    p.add_argument("--skip_unreadable", action=ActionYesNo, default=False, help="Skip undecodable images and list them in skipped.csv (default: stop).")
     p.add_class_arguments(Trainer, "trainer", instantiate=False, skip=_TRAINER_SKIP)
     return p
 
