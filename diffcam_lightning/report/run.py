@@ -30,7 +30,6 @@ class ArchitectureSpec:
     clean: ModelSource
     sham: Optional[ModelSource] = None
     name: Optional[str] = None
-    target_layer: Optional[str] = None  # CAM layer of both models (None: automatic)
 
     @property
     def label(self) -> str:
@@ -98,9 +97,7 @@ def run_report(options: ReportOptions, trainer_kwargs: Optional[dict[str, Any]] 
     for spec in options.models:
         data = build_report_data(options.data, spec.clean.arch)
         clean, sham = _load_pair(spec, data.num_classes)
-        module = ScoringModule(
-            clean, sham, methods, options.target, options.cam_size, options.scorecam_batch_size, spec.target_layer
-        )
+        module = ScoringModule(clean, sham, methods, options.target, options.cam_size, options.scorecam_batch_size)
         module.report_name = spec.label
         loader = DataLoader(data.dataset, batch_size=options.data.batch_size, num_workers=options.data.num_workers)
         trainer.predict(module, loader, return_predictions=False)
@@ -131,7 +128,6 @@ def run_report(options: ReportOptions, trainer_kwargs: Optional[dict[str, Any]] 
                     options.timing.runs,
                     options.timing.discard,
                     options.timing.pytorch_grad_cam,
-                    spec.target_layer,
                 )
             )
         written.update(_figures(spec, data, clean, sham, options, methods, device, out))
@@ -163,7 +159,7 @@ def _figures(spec, data, clean, sham, options: ReportOptions, methods, device, o
     for kind, model in (("clean", clean), ("sham", sham)):
         if model is None or not methods:
             continue
-        engine = CAMEngine(model.to(device), spec.target_layer)
+        engine = CAMEngine(model.to(device))
         targets = labels if options.target == "label" else None
         result = engine.compute(images, targets, methods, size="input")
         target_maps = _target_saliency(kind, items, result.grid, images.shape[-2:])

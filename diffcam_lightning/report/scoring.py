@@ -59,7 +59,6 @@ class ScoringModule(pl.LightningModule):
         target: str = "label",
         cam_size: Optional[str] = "input",
         scorecam_batch_size: int = 32,
-        target_layer: Optional[str] = None,
     ) -> None:
         super().__init__()
         if target not in ("label", "prediction"):
@@ -67,9 +66,9 @@ class ScoringModule(pl.LightningModule):
         self.clean, self.sham = clean.eval(), sham.eval() if sham is not None else None
         self.methods = list(methods)
         self.target, self.cam_size = target, cam_size
-        self.engines = {"clean": CAMEngine(self.clean, target_layer, scorecam_batch_size=scorecam_batch_size)}
+        self.engines = {"clean": CAMEngine(self.clean, scorecam_batch_size=scorecam_batch_size)}
         if self.sham is not None:
-            self.engines["sham"] = CAMEngine(self.sham, target_layer, scorecam_batch_size=scorecam_batch_size)
+            self.engines["sham"] = CAMEngine(self.sham, scorecam_batch_size=scorecam_batch_size)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[tuple]:
         x, labels, index = batch["image"], batch["label"], batch["index"]
