@@ -22,10 +22,17 @@ from .models import SaliencyClassifier
 
 
 class DiffcamCLI(LightningCLI):
-    """LightningCLI with ``data.num_classes -> model.num_classes``."""
+    """LightningCLI with ``data.num_classes -> model.num_classes`` and, when the DataModule
+    has them, ``data.classes -> model.class_names`` (stored in checkpoints)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data", "model.class_names", compute_fn=_class_names, apply_on="instantiate")
+
+
+def _class_names(data: LightningDataModule) -> Optional[list[str]]:
+    names = getattr(data, "classes", None)
+    return [str(n) for n in names] if names is not None else None
 
 
 def config_cli(config: str, *overrides: str) -> DiffcamCLI:

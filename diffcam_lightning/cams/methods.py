@@ -14,6 +14,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from .outputs import _logits  # re-exported: the logits of any model output live in outputs.py
+
 
 @dataclass
 class CAMContext:
@@ -155,16 +157,6 @@ def scorecam(ctx: CAMContext) -> Tensor:
             scores.append(logits.gather(1, ctx.targets[rows, None]).float().squeeze(1))
         weights = torch.softmax(torch.cat(scores).reshape(b, k), dim=1)
     return weighted_sum(weights, acts)
-
-
-def _logits(output) -> Tensor:
-    """The logits of a model's output (a tensor, or the first element of a tuple)."""
-    if isinstance(output, (tuple, list)):
-        output = output[0]
-    if not isinstance(output, Tensor) or output.dim() != 2:
-        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-        raise ValueError(f"The model must return logits [B, C] (or a tuple starting with them); got {shape}.")
-    return output
 
 
 # ---------------------------------------------------------------- registry
