@@ -75,9 +75,9 @@ def fit_config(out: Path, weights: Path, epochs: int, optimizer: str) -> dict:
 
 
 def report_config(out: Path, weights: Path, name: str, sham: Optional[str]) -> dict:
-    model = {"name": "efficientnet_lite0", "target_layer": CAM_LAYER, "clean": {"arch": ARCH, "weights": str(weights)}}
-    if sham:
-        model["sham"] = {"arch": ARCH, "checkpoint": str(out / f"sham_finetune_{sham}" / "version_0" / "checkpoints" / "last.ckpt")}
+    model = {"name": "efficientnet_lite0", "clean": {"arch": ARCH, "weights": str(weights), "target_layer": CAM_LAYER}}
+    if sham:  # the checkpoint states its CAM layer (bn2) and SHAM
+        model["sham"] = {"checkpoint": str(out / f"sham_finetune_{sham}" / "version_0" / "checkpoints" / "last.ckpt")}
     return {
         "report": {
             "output_dir": str(out / name), "models": [model],

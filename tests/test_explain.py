@@ -83,6 +83,26 @@ def test_manifest_labels_top_k_and_class_names(tmp_path, photo_dir):
     assert {r["class"] for r in read_csv(tmp_path / "fixed" / "predictions.csv")} == {"282"}
 
 
+def test_checkpoint_explains_with_its_training_class_names_and_layer(tmp_path, photo_dir):
+    import lightning.pytorch as L
+
+    from diffcam_lightning import SaliencyClassifier
+    from diffcam_lightning.data import SyntheticDataModule
+
+    dm = SyntheticDataModule(image_size=64, train_size=16, val_size=16, test_size=16, batch_size=16, num_classes=4, preset="few")
+    model = SaliencyClassifier(num_classes=dm.num_classes, class_names=dm.classes, target_layer="layer3", sham_entropy=1.0)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path), limit_train_batches=1, limit_val_batches=0)  # fmt: skip
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    explain(tmp_path / "out", "--model", str(tmp_path / "run.ckpt"), "--images", str(photo_dir), "--image_size", "64",
+            "--methods", "gradcam")  # fmt: skip
+    rows = read_csv(tmp_path / "out" / "predictions.csv")
+    assert len(rows) == 3 and all(r["class_name"] == dm.classes[int(r["class"])] for r in rows)
+    assert "CAM layer `layer3`" in (tmp_path / "out" / "report.md").read_text()
+    assert np.load(tmp_path / "out" / rows[0]["maps"])["gradcam"].shape == (1, 4, 4)  # layer3 (layer4 is 2x2 at 64 px)
+
+
 def test_corrupt_image_names_the_file_or_is_skipped_and_listed(tmp_path, photo_dir, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -103,8 +123,8 @@ def test_corrupt_image_names_the_file_or_is_skipped_and_listed(tmp_path, photo_d
     [
         ("timm:resnet_5000", "Unknown timm model 'resnet_5000'"),
         ("torchvision:resnet_5000", "Unknown torchvision model 'resnet_5000'"),
-        ("missing/last.ckpt", "missing/last.ckpt does not exist"),
-        ("no.such.module.Net", "Cannot import 'no.such.module.Net'"),
+        ("missing/last.ckpt", "Checkpoint not found: 'missing/last.ckpt'"),
+        ("no.such.module.Net", "for model source 'no.such.module.Net'"),
     ],
 )
 def test_bad_model_is_one_clear_error(tmp_path, photo_dir, capsys, model, message):

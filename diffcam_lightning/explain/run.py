@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from ..cams import get_method
 from ..data.transforms import PairedTransform
-from ._model_adapter import load_model
+from ..models.sources import load_model
 from .classes import TargetChoice, class_index, class_names_for
 from .inputs import ExplainDataset, ExplainInputError, ImageItem, collect_images
 from .module import PREDICTION_FIELDS, SKIPPED_FIELDS, ExplainModule, ExplainWriter
