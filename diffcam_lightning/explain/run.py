@@ -111,8 +111,8 @@ def _merge(out: Path, kind: str, fields) -> Path:
     for part in sorted((out / ".parts").glob(f"{kind}.rank*.csv")):
         with open(part, newline="") as f:
             rows += list(csv.DictReader(f))
-    if kind == "predictions":
-        rows.sort(key=lambda r: (r["png"], int(r["rank"])))
+    if kind == "predictions":  # each image once, whatever a distributed sampler repeated
+        rows = sorted({(r["png"], int(r["rank"])): r for r in rows}.values(), key=lambda r: (r["png"], int(r["rank"])))
     path = out / f"{kind}.csv"
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(fields))
