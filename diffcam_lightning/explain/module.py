@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
-from torch import Tensor, nn
+from torch import nn
 
 from ..cams import CAMEngine
 from ..cams.postprocess import postprocess
