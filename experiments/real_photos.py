@@ -134,9 +134,37 @@ def figure(out: Path, path: Path, scale: float = 0.6) -> Path:
     return path
 
 
+def drift(out: Path) -> None:
+    """On each SHAM-tuned model: GradCAM vs MeanDiffGradCAM on the held-out views, and the
+    size of the mean classifier row S/C (the shared logit term MeanDiff cancels)."""
+    import csv
+
+    from PIL import Image
+
+    from diffcam_lightning import CAMEngine, cam_mse
+    from diffcam_lightning.models.sources import load_model
+
+    transform = PairedTransform(timm_data_config(ARCH))
+    rows = list(csv.DictReader(open(out / "views" / "views.csv")))
+    x = torch.stack([transform(Image.open(out / "views" / r["image"]).convert("RGB"), None)[0] for r in rows])
+    y = torch.tensor([int(r["label"]) for r in rows])
+    models = {"clean": efficientnet_lite0()}
+    for name in OPTIMIZERS:
+        models[name] = load_model(str(out / f"sham_finetune_{name}" / "version_0" / "checkpoints" / "last.ckpt")).model
+    for name, model in models.items():
+        engine = CAMEngine(model.eval(), CAM_LAYER)
+        scores = torch.cat([
+            cam_mse(*engine(x[i : i + 12], y[i : i + 12], ["gradcam", "meandiffgradcam"], size="input").values())
+            for i in range(0, len(x), 12)
+        ])  # fmt: skip
+        w = model.classifier.weight
+        shared = (w.mean(0).norm() / w.norm(dim=1).mean()).item()
+        print(f"{name:6s} GradCAM vs MeanDiffGradCAM: mean {scores.mean():.2e}, max {scores.max():.2e}; |S/C| / mean |W_c| = {shared:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["prepare", "figure"])
+    parser.add_argument("step", choices=["prepare", "figure", "drift"])
     parser.add_argument("--figure", default="docs/real_photos_efficientnet_lite0.png")
     parser.add_argument("--output_dir", default="runs/real_photos")
     parser.add_argument("--views_per_photo", type=int, default=4, help="held-out views per photo (RQ2/RQ3 set)")
@@ -144,6 +172,9 @@ def main() -> None:
     parser.add_argument("--sgd_epochs", type=int, default=6, help="SHAM fine-tuning epochs, SGD (the paper's optimiser)")
     parser.add_argument("--adam_epochs", type=int, default=12, help="SHAM fine-tuning epochs, Adam")
     args = parser.parse_args()
+    if args.step == "drift":
+        drift(Path(args.output_dir))
+        return
     if args.step == "figure":
         figure(Path(args.output_dir), Path(args.figure))
         return
