@@ -31,6 +31,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..cams import GRADIENT_METHODS, CAMEngine, get_method
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, cam_entropy, saliency_loss, saliency_mse, sham_target
+from .attention import disable_fused_attention
 from .sources import CHECKPOINT_KEY, load_model
 
 Batch = Union[dict[str, Tensor], tuple, list]
@@ -149,6 +150,8 @@ class SaliencyClassifier(LightningModule):
         self.model = load_model(
             source, num_classes, pretrained=pretrained, weights=weights_file, model_kwargs=model_kwargs
         ).model
+        if saliency_weight > 0:
+            disable_fused_attention(self.model)  # the CAM loss needs attention's double backward
         self.engine = CAMEngine(self.model, target_layer)
         self.saliency_method = method
         self.optimizer_factory = optimizer
