@@ -133,12 +133,23 @@ def test_channels_last_is_detected_and_equals_the_explicit_conversion():
         torch.testing.assert_close(auto.maps[method], explicit[method])
 
 
+class Unstated(ChannelsLast):
+    """Its CAM layer (a parameter-free activation) states nothing about its layout."""
+
+    def __init__(self) -> None:
+        super().__init__(width=9)
+        self.act = nn.GELU()
+
+    def forward(self, x):
+        return self.head(self.act(self.stage(self.conv(x).permute(0, 2, 3, 1))).mean(dim=(1, 2)))
+
+
 def test_an_ambiguous_layout_names_the_option():
-    model = ChannelsLast(width=9).eval()  # 9 channels on a 9x9 grid: [B, 9, 9, 9]
-    with pytest.raises(ValueError, match=r"'stage'.*9 channels fit both.*layout='nchw' or layout='nhwc'"):
-        CAMEngine(model, "stage")(torch.randn(1, 3, 9, 9))
-    maps = CAMEngine(model, "stage", layout="nhwc")(torch.randn(1, 3, 9, 9))
-    assert maps["gradcam"].shape == (1, 9, 9)
+    model = Unstated().eval()  # 9 channels on a 9x9 grid: [B, 9, 9, 9]
+    with pytest.raises(ValueError, match=r"'act'.*9 channels fit both.*layout='nchw' or layout='nhwc'"):
+        CAMEngine(model, "act")(torch.randn(1, 3, 9, 9))
+    assert CAMEngine(model, "act", layout="nhwc").compute(torch.randn(1, 3, 9, 9)).layout == "nhwc"
+    assert CAMEngine(model, "stage").compute(torch.randn(1, 3, 9, 9)).layout == "nhwc"  # its Linear says so
 
 
 def test_a_layout_that_does_not_fit_the_tensor_names_the_value_and_the_choices():

@@ -57,6 +57,7 @@ class LayoutHints:
     """What a model states about a layer, gathered once per engine."""
 
     widths: tuple[int, ...] = ()  # channel counts the layer may have, strongest first
+    own: Optional[str] = None  # the layout the layer's last module implies (a conv: nchw; a linear: nhwc)
     prefix: Optional[int] = None  # timm num_prefix_tokens
     patch: Optional[tuple[int, int]] = None  # the patch embedding's patch size
 
@@ -68,12 +69,13 @@ def model_hints(model: nn.Module, layer_name: str, layer: nn.Module) -> LayoutHi
     for info in getattr(model, "feature_info", None) or []:
         if isinstance(info, dict) and info.get("module") == layer_name and isinstance(info.get("num_chs"), int):
             widths.append(info["num_chs"])
-    for width in (_head_in_width(model), _own_width(layer)):
+    own_width, own = _own_width(layer)
+    for width in (_head_in_width(model), own_width):
         if width is not None:
             widths.append(width)
     prefix = getattr(model, "num_prefix_tokens", None)
     return LayoutHints(
-        widths=tuple(widths), prefix=prefix if isinstance(prefix, int) else None, patch=_patch_size(model)
+        widths=tuple(widths), own=own, prefix=prefix if isinstance(prefix, int) else None, patch=_patch_size(model)
     )
 
 
@@ -116,6 +118,8 @@ def _detect(shape: tuple[int, ...], hints: LayoutHints, input_hw: tuple[int, int
         )
     for width in hints.widths:
         first, last = shape[1] == width, shape[3] == width
+        if first and last and hints.own is not None:
+            return Layout(hints.own)  # a convolution's output is NCHW, a linear's channels-last
         if first and last:
             raise ValueError(
                 f"Target layer {layer!r} outputs {shape}: {width} channels fit both [B, K, h, w] and [B, h, w, K]; "
@@ -172,23 +176,27 @@ def _head_in_width(model: nn.Module) -> Optional[int]:
     return linears[-1].in_features if linears else None
 
 
+# module type -> (its output width, the layout it implies)
 _WIDTH = {
-    nn.Conv2d: lambda m: m.out_channels,
-    nn.BatchNorm2d: lambda m: m.num_features,
-    nn.GroupNorm: lambda m: m.num_channels,
-    nn.LayerNorm: lambda m: m.normalized_shape[-1],
-    nn.Linear: lambda m: m.out_features,
+    nn.Conv2d: lambda m: (m.out_channels, "nchw"),
+    nn.BatchNorm2d: lambda m: (m.num_features, "nchw"),
+    nn.GroupNorm: lambda m: (m.num_channels, "nchw"),
+    nn.LayerNorm: lambda m: (m.normalized_shape[-1], "nhwc"),
+    nn.Linear: lambda m: (m.out_features, "nhwc"),
 }
 
 
-def _own_width(layer: nn.Module) -> Optional[int]:
-    """The width of the layer's last (registered) convolution, norm or linear."""
-    width = None
+def _own_width(layer: nn.Module) -> tuple[Optional[int], Optional[str]]:
+    """The width of the layer's last (registered) convolution, norm or linear, and the
+    layout that module implies (``None, None`` when it has none)."""
+    found: tuple[Optional[int], Optional[str]] = (None, None)
     for module in layer.modules():
         for kind, read in _WIDTH.items():
             if isinstance(module, kind):
-                width = read(module)
-    return width
+                width, layout = read(module)
+                channels_first = type(module).__name__.endswith("2d")  # timm's LayerNorm2d, BatchNormAct2d
+                found = (width, "nchw" if channels_first else layout)
+    return found
 
 
 def _patch_size(model: nn.Module) -> Optional[tuple[int, int]]:
