@@ -194,3 +194,83 @@ def test_an_unbatchable_backward_falls_back_to_one_pass_per_target_and_says_so_o
         engine(x, methods=NINE)  # said once
     for method in NINE:
         torch.testing.assert_close(maps[method], expected[method], msg=method)
+
+
+def _hf_vit(num_labels: int = 4):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=num_labels,
+    )
+    torch.manual_seed(0)
+    return transformers.ViTForImageClassification(config)
+
+
+def test_a_hugging_face_image_classifier_through_the_engine():
+    model = _hf_vit().eval()
+    x = torch.randn(2, 3, 32, 32)
+    result = CAMEngine(model).compute(x, methods=NINE)
+    assert result.layer.endswith("layers.1.layernorm_before") or result.layer.endswith("layer.1.layernorm_before")
+    assert result.layout == "tokens (1 prefix, 4x4 grid)" and result.grid == (4, 4)
+    expected = model(pixel_values=x).logits
+    torch.testing.assert_close(result.logits, expected)
+    for method in NINE:
+        assert torch.isfinite(result.maps[method]).all() and result.maps[method].amax() > 0.99, method
+
+
+def test_a_token_model_without_a_known_layer_is_refused_not_read_at_its_patch_embedding():
+    model = _hf_vit().eval()
+    model.__class__ = type("MyViT", (type(model),), {})  # an unknown family: no known layer
+    with pytest.raises(ValueError, match=r"works on tokens after its last spatial map.*patch_embeddings.*target_layer"):
+        CAMEngine(model)(torch.randn(1, 3, 32, 32))
+
+
+def test_a_hugging_face_classifier_fits_one_epoch_with_a_cam_loss(tmp_path):
+    import lightning as L
+
+    from diffcam_lightning import SaliencyClassifier, SyntheticDataModule
+
+    dm = SyntheticDataModule(image_size=32, train_size=32, val_size=16, test_size=16, batch_size=16, num_classes=4,
+                             preset="few")
+    module = SaliencyClassifier(network=_hf_vit(dm.num_classes), num_classes=dm.num_classes, sham_entropy=2.0,
+                                saliency_target="sham")
+    before = [p.detach().clone() for p in module.model.vit.layers.parameters()] if hasattr(module.model.vit, "layers") \
+        else [p.detach().clone() for p in module.model.vit.encoder.parameters()]
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(module, dm)
+    after = module.model.vit.layers.parameters() if hasattr(module.model.vit, "layers") else module.model.vit.encoder.parameters()
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["train/saliency_mse"]) and torch.isfinite(metrics["val/loss"])
+
+
+class LogitsObjectViT(nn.Module):
+    """Stand-in for a Hugging Face classifier where transformers is not installed: a token
+    model (timm ViT, 2 blocks) whose forward returns an object with ``.logits``."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=num_classes)
+
+    def forward(self, x):
+        return type("ImageClassifierOutput", (), {"logits": self.vit(x)})()
+
+
+def test_a_logits_object_token_model_fits_one_epoch_with_a_cam_loss(tmp_path):
+    import lightning as L
+
+    from diffcam_lightning import SaliencyClassifier, SyntheticDataModule
+
+    dm = SyntheticDataModule(image_size=32, train_size=32, val_size=16, test_size=16, batch_size=16, num_classes=4,
+                             preset="few")
+    torch.manual_seed(0)
+    module = SaliencyClassifier(network=LogitsObjectViT(dm.num_classes), num_classes=dm.num_classes, sham_entropy=2.0,
+                                saliency_target="sham", target_layer="vit.blocks.1.norm1")
+    before = [p.detach().clone() for p in module.model.vit.blocks.parameters()]
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(module, dm)
+    assert any(not torch.equal(a, b) for a, b in zip(module.model.vit.blocks.parameters(), before))
+    assert module.engine.compute(torch.randn(1, 3, 32, 32)).layout == "tokens (1 prefix, 4x4 grid)"
+    assert torch.isfinite(trainer.callback_metrics["train/saliency_mse"])

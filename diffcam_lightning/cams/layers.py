@@ -34,9 +34,9 @@ KNOWN_LAYERS: dict[str, tuple[str, ...]] = {
     # layer is the last block's first norm (as pytorch-grad-cam's documentation uses)
     "VisionTransformer": ("blocks.-1.norm1",),
     "VisionTransformerDistilled": ("blocks.-1.norm1",),
-    "ViTForImageClassification": ("vit.encoder.layer.-1.layernorm_before",),
-    "DeiTForImageClassification": ("deit.encoder.layer.-1.layernorm_before",),
-    "DeiTForImageClassificationWithTeacher": ("deit.encoder.layer.-1.layernorm_before",),
+    "ViTForImageClassification": ("vit.encoder.layer.-1.layernorm_before", "vit.layers.-1.layernorm_before"),
+    "DeiTForImageClassification": ("deit.encoder.layer.-1.layernorm_before", "deit.layers.-1.layernorm_before"),
+    "DeiTForImageClassificationWithTeacher": ("deit.encoder.layer.-1.layernorm_before", "deit.layers.-1.layernorm_before"),
 }
 
 POOLING = (
@@ -141,11 +141,12 @@ def known_layer_name(model: nn.Module) -> Optional[str]:
     return None
 
 
-def trace_layers(model: nn.Module, x: Tensor) -> tuple[list[str], dict[str, int]]:
+def trace_layers(model: nn.Module, x: Tensor) -> tuple[list[str], dict[str, int], list[str]]:
     """One hooked eval-mode forward of ``x[:1]``: the modules whose last output is a spatial
     ``[B, K, h, w]`` map (h*w > 1) that is no pooling layer's output, in execution order,
-    and every module's call count."""
+    every module's call count, and the modules with token outputs ``[B, N, C]`` in order."""
     order: dict[str, None] = {}
+    tokens: dict[str, None] = {}
     calls: dict[str, int] = {}
     pooled: set[int] = set()
     handles = []
@@ -154,6 +155,9 @@ def trace_layers(model: nn.Module, x: Tensor) -> tuple[list[str], dict[str, int]
         def hook(module, inputs, output):
             calls[name] = calls.get(name, 0) + 1
             order.pop(name, None)
+            tokens.pop(name, None)
+            if isinstance(output, Tensor) and output.dim() == 3 and output.shape[1] > 1:
+                tokens[name] = None
             if is_pooling(module) and isinstance(output, Tensor):
                 pooled.add(id(output))
             elif isinstance(output, Tensor) and output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
@@ -175,17 +179,27 @@ def trace_layers(model: nn.Module, x: Tensor) -> tuple[list[str], dict[str, int]
     finally:
         for handle in handles:
             handle.remove()
-    return list(order), calls
+    return list(order), calls, list(tokens)
 
 
 def last_spatial_layer_name(model: nn.Module, x: Tensor) -> str:
-    """The last module (in execution order) called once whose output is a spatial map."""
-    order, calls = trace_layers(model, x)
+    """The last module (in execution order) called once whose output is a spatial map.
+    A model that goes on with tokens after it (a patch embedding, then a transformer) is
+    refused: its last spatial map is no CAM layer."""
+    order, calls, tokens = trace_layers(model, x)
     once = [name for name in order if calls[name] == 1]
     if not once:
         raise ValueError(
             f"No module of {type(model).__name__} called once per forward outputs a [B, K, h, w] feature map "
             f"with h*w > 1 for an input of shape {tuple(x.shape)}; pass target_layer explicitly."
+        )
+    later = [name for name in tokens if calls[name] == 1 and not name.startswith(once[-1] + ".")]
+    executed = list(calls)
+    if later and executed.index(later[-1]) > executed.index(once[-1]):
+        raise ValueError(
+            f"{type(model).__name__} works on tokens after its last spatial map {once[-1]!r} (e.g. {later[-1]!r} "
+            "outputs [B, N, C]): pass target_layer (a token layer, e.g. the last block's first norm) and, if "
+            "needed, layout='tokens:P'."
         )
     return once[-1]
 
@@ -194,7 +208,7 @@ def reused_layer_error(model: nn.Module, name: str, count: int, x: Tensor) -> Va
     """The error for a target layer called ``count`` > 1 times in one forward pass."""
     try:
         suggestion = f" A layer called once: {last_spatial_layer_name(model, x)!r}."
-    except ValueError:
+    except ValueError:  # no single suggestion
         suggestion = ""
     return ValueError(
         f"Target layer {name!r} was called {count} times in one forward pass (a module shared by several "

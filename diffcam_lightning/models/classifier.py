@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..cams import GRADIENT_METHODS, CAMEngine, get_method
+from ..cams.outputs import logits_of
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, cam_entropy, saliency_loss, saliency_mse, sham_target
 from .attention import disable_fused_attention
 from .sources import CHECKPOINT_KEY, load_model
@@ -163,7 +164,8 @@ class SaliencyClassifier(LightningModule):
 
     # ------------------------------------------------------------------ helpers
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
+        """The logits, whatever form the network returns them in (tuple, dict, ``.logits``)."""
+        return logits_of(self.model(x))
 
     def sham(self, grid: tuple[int, int]) -> Tensor:
         """The SHAM on a CAM grid ``(h, w)`` (cached)."""
@@ -195,7 +197,7 @@ class SaliencyClassifier(LightningModule):
             result = self.cams(x, y, create_graph=train)
             logits, cam = result.logits, result.maps[self.saliency_method]
         else:  # exactly a plain CE step
-            logits, cam = self.model(x), None
+            logits, cam = self(x), None
         ce = F.cross_entropy(logits, y)
         loss = hp.ce_weight * ce
         logs = {"ce": ce.detach()}
