@@ -274,3 +274,7 @@ def test_a_logits_object_token_model_fits_one_epoch_with_a_cam_loss(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(module.model.vit.blocks.parameters(), before))
     assert module.engine.compute(torch.randn(1, 3, 32, 32)).layout == "tokens (1 prefix, 4x4 grid)"
     assert torch.isfinite(trainer.callback_metrics["train/saliency_mse"])
+    path = tmp_path / "vit.ckpt"
+    trainer.save_checkpoint(path)
+    stored = torch.load(path, weights_only=True)["diffcam"]
+    assert (stored["target_layer"], stored["layout"]) == ("vit.blocks.1.norm1", "tokens:1")

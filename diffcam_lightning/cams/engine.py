@@ -76,6 +76,7 @@ class CAMEngine:
         self._width = classifier_width(model)
         self._hints: Optional[LayoutHints] = None
         self._warned_unbatched = False
+        self.last_layout: Optional[Layout] = None  # the layout of the latest call
         self._layer_spec = target_layer
         self._layer: Optional[tuple[str, nn.Module]] = None
         if target_layer is not None:  # fail fast on a bad name
@@ -126,7 +127,7 @@ class CAMEngine:
                 self._layer = resolve_layer(self.model, None, x)
             name, layer = self._layer
             logits, raw = self._forward(x, name, layer, full_graph=create_graph)
-            layout = self._layout(name, layer, raw, x)
+            layout = self.last_layout = self._layout(name, layer, raw, x)
             targets = _check_targets(targets, logits, chosen)
             gradients = self._gradients(logits, raw, targets, chosen, create_graph)
             activations, gradients = _to_nchw(layout, name, raw, gradients)

@@ -46,6 +46,13 @@ class Layout:
             return t[:, self.prefix :, :].reshape(t.shape[0], h, w, t.shape[2]).permute(0, 3, 1, 2)
         return t
 
+    @property
+    def spec(self) -> Optional[str]:
+        """The explicit ``layout=`` value that gives this layout again (``None`` for a callable)."""
+        if self.transform is not None:
+            return None
+        return f"tokens:{self.prefix}" if self.name == "tokens" else self.name
+
     def __str__(self) -> str:
         if self.name == "tokens":
             return f"tokens ({self.prefix} prefix, {self.grid[0]}x{self.grid[1]} grid)"

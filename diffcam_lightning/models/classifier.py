@@ -102,6 +102,8 @@ class SaliencyClassifier(LightningModule):
             ``class_path``/``init_args`` in a config).
         class_names: the classes' names, stored in checkpoints (linked from ``data.classes``).
         target_layer: dotted CAM layer name; ``None`` picks it automatically.
+        layout: the CAM layer's layout (``nchw``, ``nhwc``, ``tokens``, ``tokens:P``; ``None`` = detected).
+        output_key: where the logits are in the network's output, if not found by itself.
         saliency_target: ``human`` (the batch's maps) or ``sham``.
         saliency_method: the CAM the loss shapes: any gradient method of ``METHODS``.
         cam_class: explain the true ``label`` (default) or the ``prediction``.
@@ -121,6 +123,8 @@ class SaliencyClassifier(LightningModule):
         network: Optional[nn.Module] = None,
         class_names: Optional[list[str]] = None,
         target_layer: Optional[str] = None,
+        layout: Optional[str] = None,
+        output_key: Optional[Union[int, str]] = None,
         saliency_target: str = "human",
         saliency_method: str = "gradcam",
         cam_class: str = "label",
@@ -153,7 +157,8 @@ class SaliencyClassifier(LightningModule):
         ).model
         if saliency_weight > 0:
             disable_fused_attention(self.model)  # the CAM loss needs attention's double backward
-        self.engine = CAMEngine(self.model, target_layer)
+        self.engine = CAMEngine(self.model, target_layer, layout=layout, output_key=output_key)
+        self._output_key = output_key
         self.saliency_method = method
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -165,7 +170,7 @@ class SaliencyClassifier(LightningModule):
     # ------------------------------------------------------------------ helpers
     def forward(self, x: Tensor) -> Tensor:
         """The logits, whatever form the network returns them in (tuple, dict, ``.logits``)."""
-        return logits_of(self.model(x))
+        return logits_of(self.model(x), key=self._output_key)
 
     def sham(self, grid: tuple[int, int]) -> Tensor:
         """The SHAM on a CAM grid ``(h, w)`` (cached)."""
@@ -249,6 +254,7 @@ class SaliencyClassifier(LightningModule):
         checkpoint[CHECKPOINT_KEY] = {
             "class_names": self.hparams.get("class_names"),
             "target_layer": self.engine.target_layer,
+            "layout": self.engine.last_layout.spec if self.engine.last_layout else self.hparams.get("layout"),
             "initial_weights": initial,
         }
 
