@@ -3,10 +3,11 @@
 Accepted outputs: a ``[B, C]`` tensor, a tuple/list whose first element is the logits, a
 dict with ``"logits"``, or an object with a ``.logits`` attribute (Hugging Face
 ``ImageClassifierOutput``). Where the classifier's width is known (timm's
-``num_classes``, a Hugging Face ``config.num_labels``, the last ``nn.Linear``), a "logits"
-tensor of another width is refused: a ``(pooled_features [B, 512], logits)`` tuple must
-never be read as 512 classes. ``output_key`` picks the logits explicitly: an index into a
-tuple/list, or a key/attribute name.
+``num_classes``, a Hugging Face ``config.num_labels``, the last ``nn.Linear``), the first
+element of a tuple/list of another width is refused: a ``(pooled_features [B, 512],
+logits)`` tuple must never be read as 512 classes. (A plain tensor, a ``"logits"`` entry
+and ``.logits`` are the logits by definition.) ``output_key`` picks the logits
+explicitly: an index into a tuple/list, or a key/attribute name.
 """
 
 from __future__ import annotations
@@ -73,10 +74,13 @@ def logits_of(output: Any, width: Optional[int] = None, key: OutputKey = None) -
             "a tuple/list starting with the logits, a dict with 'logits' or an object with .logits; "
             "otherwise set output_key (an index or a key) to pick them."
         )
-    if key is None and width is not None and logits.shape[1] != width:  # an explicit pick is trusted
+    if key is None and isinstance(output, (tuple, list)) and width is not None and logits.shape[1] != width:
+        fits = [i for i, o in enumerate(output) if isinstance(o, Tensor) and o.dim() == 2 and o.shape[1] == width]
+        hint = f" Element {fits[0]} has {width} columns: set output_key={fits[0]}." if fits else ""
         raise ValueError(
-            f"The model's output ({_describe(output)}) gives {logits.shape[1]} values per image where logits were "
-            f"expected, but its classifier has {width} classes. Set output_key (an index or a key) to the logits."
+            f"The model's output ({_describe(output)}) starts with {logits.shape[1]} values per image, but its "
+            f"classifier has {width} classes: the first element is not the logits.{hint} "
+            "Set output_key (an index or a key) to pick the logits."
         )
     return logits
 

@@ -30,7 +30,9 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..cams import GRADIENT_METHODS, CAMEngine, get_method
+from ..cams.outputs import logits_of
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, cam_entropy, saliency_loss, saliency_mse, sham_target
+from .attention import disable_fused_attention
 from .sources import CHECKPOINT_KEY, load_model
 
 Batch = Union[dict[str, Tensor], tuple, list]
@@ -100,6 +102,8 @@ class SaliencyClassifier(LightningModule):
             ``class_path``/``init_args`` in a config).
         class_names: the classes' names, stored in checkpoints (linked from ``data.classes``).
         target_layer: dotted CAM layer name; ``None`` picks it automatically.
+        layout: the CAM layer's layout (``nchw``, ``nhwc``, ``tokens``, ``tokens:P``; ``None`` = detected).
+        output_key: where the logits are in the network's output, if not found by itself.
         saliency_target: ``human`` (the batch's maps) or ``sham``.
         saliency_method: the CAM the loss shapes: any gradient method of ``METHODS``.
         cam_class: explain the true ``label`` (default) or the ``prediction``.
@@ -119,6 +123,8 @@ class SaliencyClassifier(LightningModule):
         network: Optional[nn.Module] = None,
         class_names: Optional[list[str]] = None,
         target_layer: Optional[str] = None,
+        layout: Optional[str] = None,
+        output_key: Optional[Union[int, str]] = None,
         saliency_target: str = "human",
         saliency_method: str = "gradcam",
         cam_class: str = "label",
@@ -149,7 +155,10 @@ class SaliencyClassifier(LightningModule):
         self.model = load_model(
             source, num_classes, pretrained=pretrained, weights=weights_file, model_kwargs=model_kwargs
         ).model
-        self.engine = CAMEngine(self.model, target_layer)
+        if saliency_weight > 0:
+            disable_fused_attention(self.model)  # the CAM loss needs attention's double backward
+        self.engine = CAMEngine(self.model, target_layer, layout=layout, output_key=output_key)
+        self._output_key = output_key
         self.saliency_method = method
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -160,7 +169,8 @@ class SaliencyClassifier(LightningModule):
 
     # ------------------------------------------------------------------ helpers
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
+        """The logits, whatever form the network returns them in (tuple, dict, ``.logits``)."""
+        return logits_of(self.model(x), key=self._output_key)
 
     def sham(self, grid: tuple[int, int]) -> Tensor:
         """The SHAM on a CAM grid ``(h, w)`` (cached)."""
@@ -192,7 +202,7 @@ class SaliencyClassifier(LightningModule):
             result = self.cams(x, y, create_graph=train)
             logits, cam = result.logits, result.maps[self.saliency_method]
         else:  # exactly a plain CE step
-            logits, cam = self.model(x), None
+            logits, cam = self(x), None
         ce = F.cross_entropy(logits, y)
         loss = hp.ce_weight * ce
         logs = {"ce": ce.detach()}
@@ -244,6 +254,7 @@ class SaliencyClassifier(LightningModule):
         checkpoint[CHECKPOINT_KEY] = {
             "class_names": self.hparams.get("class_names"),
             "target_layer": self.engine.target_layer,
+            "layout": self.engine.last_layout.spec if self.engine.last_layout else self.hparams.get("layout"),
             "initial_weights": initial,
         }
 

@@ -78,7 +78,7 @@ def _load_pair(spec: ArchitectureSpec, num_classes: int) -> tuple[ResolvedModel,
 
 def _engine_options(model: Optional[ResolvedModel]) -> dict[str, Any]:
     """What a model states for its CAMs (the layer it was trained at)."""
-    return {} if model is None else {"target_layer": model.target_layer}
+    return {} if model is None else {"target_layer": model.target_layer, "layout": model.layout}
 
 
 def run_report(options: ReportOptions, trainer_kwargs: Optional[dict[str, Any]] = None) -> dict[str, Path]:
