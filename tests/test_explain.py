@@ -64,6 +64,19 @@ def test_explain_writes_every_output(tmp_path, photo_dir, model):
     assert not (tmp_path / "skipped.csv").exists() and not (tmp_path / ".parts").exists()
 
 
+def test_token_model_maps_are_on_its_patch_grid(tmp_path, photo_dir, capsys):
+    explain(tmp_path, "--model", "timm:test_vit", "--images", str(photo_dir / "chelsea.jpg"), "--methods", "gradcam", "eigencam")
+    (row,) = read_csv(tmp_path / "predictions.csv")
+    maps = np.load(tmp_path / row["maps"])
+    assert maps["gradcam"].shape == maps["eigencam"].shape == (1, 10, 10)  # 160 px / 16 px patches, CLS token dropped
+    explain(tmp_path / "explicit", "--model", "timm:test_vit", "--images", str(photo_dir / "chelsea.jpg"), "--methods", "gradcam",
+            "--layout", "tokens:1")  # fmt: skip
+    assert np.load(tmp_path / "explicit" / row["maps"])["gradcam"].shape == (1, 10, 10)
+    with pytest.raises(SystemExit):  # a layout that does not fit the tensor: one clear error
+        explain(tmp_path / "bad", "--model", "timm:test_vit", "--images", str(photo_dir / "chelsea.jpg"), "--layout", "nchw")
+    assert "layout" in capsys.readouterr().err
+
+
 def test_manifest_labels_top_k_and_class_names(tmp_path, photo_dir):
     manifest = photo_dir / "labels.csv"
     manifest.write_text("image,label\nchelsea.jpg,285\ncoffee.jpg,espresso\n")

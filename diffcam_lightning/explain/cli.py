@@ -36,6 +36,8 @@ def build_parser() -> ArgumentParser:
                    help="Class to explain: predicted, label (the manifest's), or a class index or name for every image.")
     p.add_argument("--top_k", type=int, default=1, help="With --target predicted: explain the top k classes.")
     p.add_argument("--target_layer", type=Optional[str], default=None, help="CAM layer (dotted name); automatic by default.")
+    p.add_argument("--layout", type=Optional[str], default=None,
+                   help="Layout of the CAM layer's output (see CAMEngine); automatic, or the checkpoint's, by default.")
     p.add_argument("--image_size", type=Optional[int], default=None, help="Input size (default: the model's timm data config).")
     p.add_argument("--crop_pct", type=Optional[float], default=None)
     p.add_argument("--mean", type=Optional[list[float]], default=None)

@@ -44,11 +44,12 @@ class ExplainModule(pl.LightningModule):
         items: Sequence[ImageItem],
         labels: Sequence[int],
         target_layer: Optional[str] = None,
+        layout: Optional[str] = None,
         skip_unreadable: bool = False,
     ) -> None:
         super().__init__()
         self.model = model.eval()
-        self.engine = CAMEngine(self.model, target_layer)
+        self.engine = CAMEngine(self.model, target_layer, layout=layout)
         self.methods, self.choice = list(methods), choice
         self.paths = [str(item.path) for item in items]
         self.labels = torch.tensor(list(labels), dtype=torch.long)

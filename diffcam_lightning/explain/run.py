@@ -36,6 +36,7 @@ class ExplainOptions:
     target: str = "predicted"
     top_k: int = 1
     target_layer: Optional[str] = None
+    layout: Optional[str] = None
     image_size: Optional[int] = None
     crop_pct: Optional[float] = None
     mean: Optional[list[float]] = None
@@ -84,7 +85,8 @@ def run_explain(options: ExplainOptions, trainer_kwargs: Optional[dict[str, Any]
     config = data_config(loaded.model, options)
     dataset = ExplainDataset(items, PairedTransform(config), tuple(config["input_size"][1:]))
     module = ExplainModule(
-        loaded.model, methods, choice, items, labels, options.target_layer or loaded.target_layer, options.skip_unreadable
+        loaded.model, methods, choice, items, labels, options.target_layer or loaded.target_layer,
+        options.layout or loaded.layout, options.skip_unreadable,
     )
     out = Path(options.output_dir)
     shutil.rmtree(out / ".parts", ignore_errors=True)
