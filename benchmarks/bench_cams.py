@@ -16,6 +16,10 @@ Rows per architecture (medians over ``--repeats`` after ``--warmup`` runs):
 Each round runs every variant once (interleaved), so load changes hit all alike.
 
     python benchmarks/bench_cams.py                       # CPU, B=4, 224 px (Inception 299)
+    python benchmarks/bench_cams.py --archs deit_small_patch16_224 swin_tiny_patch4_window7_224
+
+Token and channels-last models (DeiT-S, Swin-T) run pytorch-grad-cam with the
+``reshape_transform`` its documentation gives, at the same layer our engine picks.
     python benchmarks/bench_cams.py --device cuda --repeats 20
     python benchmarks/bench_cams.py --layercam              # the LayerCAM table
 """
@@ -33,7 +37,25 @@ from diffcam_lightning import CAMEngine
 from diffcam_lightning.cams import GRADIENT_METHODS
 from diffcam_lightning.cams.reference import reference_cam
 
-ARCHITECTURES = {"densenet121": 224, "resnet50": 224, "inception_v3": 299, "convnext_tiny": 224}
+ARCHITECTURES = {
+    "densenet121": 224,
+    "resnet50": 224,
+    "inception_v3": 299,
+    "convnext_tiny": 224,
+    "deit_small_patch16_224": 224,
+    "swin_tiny_patch4_window7_224": 224,
+}
+
+
+def reshape_transform(result) -> Callable | None:
+    """pytorch-grad-cam's documented reshape_transform for the engine's layout (None for NCHW)."""
+    if result.layout == "nhwc":
+        return lambda t: t.transpose(2, 3).transpose(1, 2)
+    if result.layout.startswith("tokens"):
+        prefix = int(result.layout.split("(")[1].split()[0])
+        h, w = result.grid
+        return lambda t: t[:, prefix:, :].reshape(t.size(0), h, w, t.size(2)).transpose(2, 3).transpose(1, 2)
+    return None
 
 def timed_interleaved(fns: dict[str, Callable[[], object]], warmup: int, repeats: int, device) -> dict[str, float]:
     """Median wall time (ms) of each function; one round runs every function once, so
@@ -54,9 +76,9 @@ def timed_interleaved(fns: dict[str, Callable[[], object]], warmup: int, repeats
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def reference_run(model, layer, x, targets, methods) -> None:
+def reference_run(model, layer, x, targets, methods, transform=None) -> None:
     for method in methods:
-        reference_cam(model, layer, x, targets, method)
+        reference_cam(model, layer, x, targets, method, transform)
 
 
 def torchcam_layercam(model, layer_name: str, x, targets) -> Callable[[], object]:
@@ -94,25 +116,28 @@ def bench_architecture(name: str, size: int, args, device: torch.device) -> dict
     model = timm.create_model(name, pretrained=False, num_classes=1000).to(device).eval()
     x = torch.randn(args.batch, 3, size, size, device=device)
     engine = CAMEngine(model)
+    transform = reshape_transform(engine.compute(x[:1]))
     layer = dict(model.named_modules())[engine.target_layer]
-    targets = model(x).argmax(1).tolist()
+    with torch.no_grad():
+        targets = model(x).argmax(1).tolist()
 
     def forward():
         with torch.no_grad():
             model(x)
 
-    return timed_interleaved(
+    times = timed_interleaved(
         {
             "forward": forward,
             "ours_all": lambda: engine(x, targets=targets, methods=GRADIENT_METHODS, size="input"),
             "ours_gradcam": lambda: engine(x, targets=targets, methods="gradcam", size="input"),
-            "ref_all": lambda: reference_run(model, layer, x, targets, GRADIENT_METHODS),
-            "ref_gradcam": lambda: reference_run(model, layer, x, targets, ["gradcam"]),
+            "ref_all": lambda: reference_run(model, layer, x, targets, GRADIENT_METHODS, transform),
+            "ref_gradcam": lambda: reference_run(model, layer, x, targets, ["gradcam"], transform),
         },
         args.warmup,
         args.repeats,
         device,
     )
+    return {**times, "layer": engine.target_layer}
 
 
 def main() -> None:
@@ -147,7 +172,7 @@ def main() -> None:
     for name in args.archs:
         r = bench_architecture(name, ARCHITECTURES[name], args, device)
         print(
-            f"| {name} ({ARCHITECTURES[name]} px) | {r['forward']:.1f} | {r['ours_all']:.1f} | {r['ref_all']:.1f} "
+            f"| {name} ({ARCHITECTURES[name]} px, {r['layer']}) | {r['forward']:.1f} | {r['ours_all']:.1f} | {r['ref_all']:.1f} "
             f"| {r['ref_all'] / r['ours_all']:.1f}x | {r['ours_all'] / r['forward']:.2f}x "
             f"| {r['ours_gradcam']:.1f} | {r['ref_gradcam']:.1f} | {r['ref_gradcam'] / r['ours_gradcam']:.1f}x |",
             flush=True,

@@ -3,6 +3,7 @@
     diffcam fit --config configs/synthetic_sham.yaml
     diffcam validate|test|predict --config ... --ckpt_path path/to.ckpt
     diffcam report --config configs/report_synthetic.yaml   (see diffcam_lightning.report)
+    diffcam explain --model timm:resnet50 --pretrained --images photos/   (see diffcam_lightning.explain)
 
 The DataModule is chosen in the config (``data.class_path``; subclass mode), and its
 ``num_classes`` is linked to ``model.num_classes`` after it is built. Unknown keys are
@@ -21,10 +22,17 @@ from .models import SaliencyClassifier
 
 
 class DiffcamCLI(LightningCLI):
-    """LightningCLI with ``data.num_classes -> model.num_classes``."""
+    """LightningCLI with ``data.num_classes -> model.num_classes`` and, when the DataModule
+    has them, ``data.classes -> model.class_names`` (stored in checkpoints)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data", "model.class_names", compute_fn=_class_names, apply_on="instantiate")
+
+
+def _class_names(data: LightningDataModule) -> Optional[list[str]]:
+    names = getattr(data, "classes", None)
+    return [str(n) for n in names] if names is not None else None
 
 
 def config_cli(config: str, *overrides: str) -> DiffcamCLI:
@@ -53,6 +61,11 @@ def main(args: Optional[Sequence[str]] = None) -> None:
         from .report.cli import main as report_main
 
         report_main(argv[1:])
+        return
+    if argv[:1] == ["explain"]:
+        from .explain.cli import main as explain_main
+
+        explain_main(argv[1:])
         return
     DiffcamCLI(
         SaliencyClassifier,

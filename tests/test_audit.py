@@ -303,8 +303,9 @@ def test_model_attr_and_dict_batches(tmp_path):
 
     with pytest.raises(AttributeError, match="'classifier'.*features, drop, head, net"):
         quiet_trainer(tmp_path, callbacks=[CAMAudit(model="classifier")]).validate(DictOutputNet(), val)
-    with pytest.raises(ValueError, match="logits"):
-        quiet_trainer(tmp_path, callbacks=[CAMAudit(audit_size=4, methods=FEW)]).validate(DictOutputNet(), val)
+    # a dict with "logits" is read as the logits (issue 10), so the module itself can be audited too
+    (direct,) = quiet_trainer(tmp_path, callbacks=[CAMAudit(audit_size=4, methods=FEW)]).validate(DictOutputNet(), val)
+    assert "cam_audit/pointing/gradcam" in direct
 
 
 def test_audit_guard_restores_modes_and_rng_and_leaves_no_hooks_or_grads(tmp_path):

@@ -93,3 +93,25 @@ def test_fit_then_test_validate_predict_from_the_checkpoint(monkeypatch, tmp_pat
     assert model.hparams.saliency_target == "sham"
     for command in ("validate", "test", "predict"):
         main([command, "--config", SHAM, "--ckpt_path", str(ckpts[0]), *QUIET, *SMALL])  # a new log version each
+
+
+@pytest.mark.parametrize(
+    "network",
+    [
+        ["--model.model_name=torchvision:resnet18", "--model.model_kwargs=null"],
+        ["--model.network=tests.test_sources.TinyNet", "--model.network.init_args.num_classes=7", "--model.model_kwargs=null"],
+    ],
+    ids=["torchvision", "class_path"],
+)
+def test_fit_with_a_torchvision_or_class_path_network(monkeypatch, tmp_path, network):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", SHAM, "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+          "--trainer.limit_val_batches=1", "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.default_root_dir=out",
+          "--model.sham_entropy=1.0", *network, *QUIET, *SMALL])
+    ckpt = sorted(tmp_path.rglob("*.ckpt"))[-1]
+    from diffcam_lightning.data import SyntheticDataModule
+    from diffcam_lightning.models.sources import load_model
+
+    loaded = load_model(str(ckpt))
+    assert type(loaded.model).__name__ == ("ResNet" if "torchvision" in network[0] else "TinyNet")
+    assert loaded.num_classes == 7 and loaded.class_names == SyntheticDataModule(preset="few").classes

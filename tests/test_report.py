@@ -312,3 +312,43 @@ def test_faithfulness_options_are_checked(tmp_path):
         FaithfulnessSpec(metrics=["relevance_mass"]).resolved(["gradcam"])
     with pytest.raises(ValueError, match=r"\['layercam'\] are not among the report's methods"):
         FaithfulnessSpec(methods=["layercam"]).resolved(["gradcam"])
+
+
+# ------------------------------------------------------------------ what a checkpoint states (issue 11, item 3)
+
+
+def test_a_checkpoint_trained_at_a_non_default_layer_is_scored_at_that_layer(tmp_path):
+    ckpt = fit(tmp_path, "l3", epochs=1, target_layer="layer3", saliency_target="sham", sham_entropy=2.5,
+               sham_pattern="corner")
+    options = ReportOptions(
+        models=[ArchitectureSpec(clean=ModelSource(checkpoint=str(ckpt)), name="l3")],
+        output_dir=str(tmp_path / "report"),
+        data=DataSpec(samples_per_class=1, image_size=48, batch_size=8),
+        methods=["gradcam", "meandiffgradcam", "maxdiffgradcam"],
+        scorecam=False,
+        figure_samples=0,
+        timing=NO_TIMING,
+    )
+    run_report(options, QUIET)
+    rows = read_csv(tmp_path / "report" / "scores.csv")
+    model = load_model(options.models[0].clean, 7)
+    from diffcam_lightning.report.data import build_report_data
+    from diffcam_lightning.saliency import cam_mse
+
+    item = build_report_data(options.data, "test_resnet").dataset[2]  # sample 0's layer-3 maps are all zero
+    x, label = item["image"][None], int(item["label"])
+
+    def similarity(layer):
+        maps = CAMEngine(model, layer)(x, targets=[label], methods=("gradcam", "maxdiffgradcam"), size="input")
+        return float(cam_mse(maps["maxdiffgradcam"], maps["gradcam"]))
+
+    (row,) = [r for r in rows if int(r["sample"]) == 2 and r["method"] == "maxdiffgradcam"]
+    assert float(row["score"]) > 1e-3 and float(row["score"]) == pytest.approx(similarity("layer3"), abs=1e-6)
+    assert abs(similarity("layer3") - similarity("layer4")) > 1e-3  # the layer matters for this score
+
+    from diffcam_lightning.report.sources import resolve
+
+    stated = resolve(ModelSource(checkpoint=str(ckpt)), 7)
+    assert (stated.target_layer, stated.sham_entropy, stated.sham_pattern) == ("layer3", 2.5, "corner")
+    overridden = resolve(ModelSource(checkpoint=str(ckpt), target_layer="layer4", sham_pattern="border"), 7)
+    assert (overridden.target_layer, overridden.sham_entropy, overridden.sham_pattern) == ("layer4", 2.5, "border")

@@ -5,6 +5,9 @@ call. All gradient methods share one ``torch.autograd.grad(logits, A, V,
 is_grads_batched=True)`` where ``V [T, B, C]`` holds one row per distinct backprop
 target (``y_c`` and the three DiffGradCAM differences). Gradients flow only from the
 logits back to ``A``: never through the rest of the network, never into ``.grad``.
+``A`` and its gradients are then turned into ``[B, K, h, w]`` by the layer's layout
+(:mod:`.layouts`), once, before any method runs. Where a graph cannot be batched (a
+``torch.compile``d model), the VJP falls back to one pass per target, with one warning.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from .coupling import COUPLING_POLICIES, CouplingProbe, check_policy, coupling_message, per_image_gradients
-from .layers import LayerSpec, resolve_layer
-from .methods import CAMContext, CAMMethod, _logits, get_method
+from .layers import LayerSpec, resolve_layer, reused_layer_error
+from .layouts import Layout, LayoutHints, LayoutSpec, model_hints, resolve_layout
+from .methods import CAMContext, CAMMethod, get_method
+from .outputs import OutputKey, classifier_width, logits_of
 from .postprocess import SizeSpec, postprocess, resolve_size
 from .targets import BACKPROP_TARGETS
 
@@ -28,18 +33,24 @@ TargetSpec = Union[None, int, Sequence[int], Tensor]
 
 @dataclass
 class CAMResult:
-    """The maps of one call, with the logits and classes they explain, the target layer
-    and its spatial grid ``(h, w)`` (the maps' size when ``size=None``)."""
+    """The maps of one call, with the logits and classes they explain, the target layer,
+    its spatial grid ``(h, w)`` (the maps' size when ``size=None``) and its layout."""
 
     maps: dict[str, Tensor]
     logits: Tensor
     targets: Tensor
     layer: str
     grid: tuple[int, int]
+    layout: str = "nchw"
 
 
 class CAMEngine:
     """Computes CAMs of ``model`` at ``target_layer`` (dotted name, module or ``None``).
+
+    ``layout``: the layer output's layout (``None`` = detected; ``"nchw"``, ``"nhwc"``,
+    ``"tokens"``, ``"tokens:P"`` or a callable ``A -> [B, K, h, w]``, see :mod:`.layouts`).
+    ``output_key``: where the logits are in the model's output when it is not a tensor, a
+    tuple starting with them, a dict with ``"logits"`` or an object with ``.logits``.
 
     ``engine(x, targets=None, methods=("gradcam",), size=None, normalize=True,
     create_graph=False)`` returns ``{method: Tensor[B, h, w]}`` (float32, on x's device).
@@ -56,6 +67,8 @@ class CAMEngine:
         target_layer: LayerSpec = None,
         scorecam_batch_size: int = 32,
         batch_coupling: str = "exact",
+        layout: LayoutSpec = None,
+        output_key: OutputKey = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module; got {type(model).__name__}.")
@@ -65,6 +78,12 @@ class CAMEngine:
         self.scorecam_batch_size = int(scorecam_batch_size)
         self.batch_coupling = check_policy(batch_coupling)
         self._coupling_warned = False
+        self.layout = layout
+        self.output_key = output_key
+        self._width = classifier_width(model)
+        self._hints: Optional[LayoutHints] = None
+        self._warned_unbatched = False
+        self.last_layout: Optional[Layout] = None  # the layout of the latest call
         self._layer_spec = target_layer
         self._layer: Optional[tuple[str, nn.Module]] = None
         if target_layer is not None:  # fail fast on a bad name
@@ -115,21 +134,25 @@ class CAMEngine:
                 self._layer = resolve_layer(self.model, None, x)
             name, layer = self._layer
             with CouplingProbe(self.model, layer) as probe:
-                logits, activations = self._forward(x, name, layer, full_graph=create_graph)
+                logits, raw = self._forward(x, name, layer, full_graph=create_graph)
+            layout = self.last_layout = self._layout(name, layer, raw, x)
             mixed = x.shape[0] > 1 and any(m.backprop is not None for m in chosen)  # gradients can mix
             per_image = self._per_image(probe.after if mixed else [], name)
             targets = _check_targets(targets, logits, chosen)
-            gradients = _batched_gradients(logits, activations, targets, chosen, create_graph, per_image)
+            gradients = self._gradients(logits, raw, targets, chosen, create_graph, per_image)
+            activations, gradients = _to_nchw(layout, name, raw, gradients)
             # float32 maps even under autocast: einsum/matmul would otherwise run in bf16/fp16
             with torch.set_grad_enabled(create_graph), torch.autocast(x.device.type, enabled=False):
                 ctx = CAMContext(
                     activations=activations.float() if create_graph else activations.detach().float(),
                     gradients=gradients,
-                    model=self.model,
+                    model=self.model if self.output_key is None else _LogitsOf(self.model, self.output_key),
                     inputs=x,
                     targets=targets,
                     scorecam_batch_size=self.scorecam_batch_size,
                     layer=layer,
+                    layout=layout,
+                    raw_activations=raw.detach(),
                 )
                 maps = {}
                 for method in chosen:
@@ -138,20 +161,52 @@ class CAMEngine:
         if not create_graph:
             logits = logits.detach()
         grid = (int(activations.shape[-2]), int(activations.shape[-1]))
-        return CAMResult(maps=maps, logits=logits, targets=targets, layer=name, grid=grid)
+        return CAMResult(maps=maps, logits=logits, targets=targets, layer=name, grid=grid, layout=str(layout))
+
+    def _layout(self, name: str, layer: nn.Module, raw: Tensor, x: Tensor) -> Layout:
+        if self._hints is None:
+            self._hints = model_hints(self.model, name, layer)
+        return resolve_layout(self.layout, raw, self._hints, (int(x.shape[-2]), int(x.shape[-1])), name)
+
+    def _gradients(
+        self,
+        logits: Tensor,
+        activations: Tensor,
+        targets: Tensor,
+        methods: list[CAMMethod],
+        create_graph: bool,
+        per_image: bool = False,
+    ) -> dict[str, Tensor]:
+        """The batched VJP; one VJP per target (per image and target with ``per_image``)
+        where the graph cannot be batched."""
+        try:
+            return _batched_gradients(logits, activations, targets, methods, create_graph, per_image)
+        except RuntimeError as err:
+            if "Batching rule not implemented" not in str(err) and "vmap" not in str(err):
+                raise
+            if not self._warned_unbatched:
+                self._warned_unbatched = True
+                warnings.warn(
+                    f"CAMEngine: this model's graph cannot be batched ({str(err).splitlines()[0]}), as with "
+                    "torch.compile; gradients now take one backward pass per target (same maps, more time).",
+                    stacklevel=3,
+                )
+            return _batched_gradients(logits, activations, targets, methods, create_graph, per_image, batched=False)
 
     def _forward(self, x: Tensor, name: str, layer: nn.Module, full_graph: bool) -> tuple[Tensor, Tensor]:
         """Run the model once, capturing ``A``. Unless ``full_graph``, the network up to
         the target layer runs without autograd and only the head (A -> logits) records a
         graph: the cost of a plain no-grad forward plus a tiny head."""
         captured: dict[str, Tensor] = {}
+        calls = [0]
 
         def hook(module: nn.Module, inputs, output):
-            if not isinstance(output, Tensor) or output.dim() != 4:
+            calls[0] += 1
+            if not isinstance(output, Tensor) or output.dim() not in (3, 4):
                 shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
                 raise ValueError(
-                    f"Target layer {name!r} outputs {shape}; a CAM needs a [B, K, h, w] feature map. "
-                    "Pick a convolutional layer (for ViT-like models reshape tokens first)."
+                    f"Target layer {name!r} outputs {shape}; a CAM needs a feature map [B, K, h, w], "
+                    "[B, h, w, K] or tokens [B, N, K]. Pick another target_layer."
                 )
             if not full_graph:
                 torch.set_grad_enabled(True)  # record the head only; restored by no_grad's exit
@@ -163,11 +218,13 @@ class CAMEngine:
         handle = layer.register_forward_hook(hook)
         try:
             with torch.set_grad_enabled(full_graph):
-                logits = _logits(self.model(x))
+                logits = logits_of(self.model(x), self._width, self.output_key)
         finally:
             handle.remove()
         if "A" not in captured:
             raise RuntimeError(f"Target layer {name!r} was not called during the model's forward pass.")
+        if calls[0] > 1:
+            raise reused_layer_error(self.model, name, calls[0], x)
         if logits.shape[0] != x.shape[0]:
             raise ValueError(f"The model returned {logits.shape[0]} rows of logits for a batch of {x.shape[0]}.")
         return logits, captured["A"]
@@ -233,27 +290,60 @@ def _batched_gradients(
     methods: list[CAMMethod],
     create_graph: bool,
     per_image: bool = False,
+    batched: bool = True,
 ) -> dict[str, Tensor]:
-    """``{backprop target: dT/dA [B, K, h, w] float32}`` from one batched VJP (one row
-    per image and target when ``per_image``: layers after A mix the batch)."""
+    """``{backprop target: dT/dA float32}`` (A's own layout) from one batched VJP, one row
+    per image and target when ``per_image`` (layers after A mix the batch), or one VJP per
+    target with ``batched=False``."""
     names = list(dict.fromkeys(m.backprop for m in methods if m.backprop is not None))
     if not names:
         return {}
     vectors = torch.stack([BACKPROP_TARGETS[name](logits, targets) for name in names])
     if not create_graph:
         vectors = vectors.detach()
-    if per_image:
+    if per_image and batched:
         grads = per_image_gradients(logits, activations, vectors, create_graph)
-        return {name: grad.float() for name, grad in zip(names, grads)}
-    batched = len(names) > 1
-    (grads,) = torch.autograd.grad(
-        logits,
-        activations,
-        grad_outputs=vectors if batched else vectors[0],
-        is_grads_batched=batched,
-        create_graph=create_graph,
-        retain_graph=create_graph,
-    )
-    if not batched:
-        grads = grads.unsqueeze(0)
+    elif per_image:  # one image row at a time: exact where nothing can be batched
+        eye = torch.eye(logits.shape[0], dtype=vectors.dtype, device=vectors.device)
+        grads = [
+            torch.stack([
+                torch.autograd.grad(logits, activations, grad_outputs=v * eye[b, :, None], retain_graph=True,
+                                    create_graph=create_graph)[0][b]
+                for b in range(logits.shape[0])
+            ])
+            for v in vectors
+        ]
+    elif batched and len(names) > 1:
+        # retain_graph: a graph that fails to batch stays usable for the per-target fallback
+        (grads,) = torch.autograd.grad(
+            logits, activations, grad_outputs=vectors, is_grads_batched=True, create_graph=create_graph, retain_graph=True
+        )
+    else:
+        grads = [
+            torch.autograd.grad(
+                logits, activations, grad_outputs=v, create_graph=create_graph,
+                retain_graph=create_graph or i < len(names) - 1,
+            )[0]
+            for i, v in enumerate(vectors)
+        ]
     return {name: grad.float() for name, grad in zip(names, grads)}
+
+
+def _to_nchw(layout: Layout, layer: str, raw: Tensor, gradients: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Activations and gradients in ``[B, K, h, w]``: the one place where layouts apply."""
+    activations = layout.convert(raw)
+    if not isinstance(activations, Tensor) or activations.dim() != 4 or activations.shape[0] != raw.shape[0]:
+        shape = tuple(activations.shape) if isinstance(activations, Tensor) else type(activations).__name__
+        raise ValueError(f"layout {layout} turned target layer {layer!r}'s output {tuple(raw.shape)} into {shape}, not [B, K, h, w].")
+    return activations, {name: layout.convert(grad) for name, grad in gradients.items()}
+
+
+class _LogitsOf(nn.Module):
+    """The model with its output reduced to the logits (for methods that run it again)."""
+
+    def __init__(self, model: nn.Module, key: OutputKey) -> None:
+        super().__init__()
+        self.model, self.key = model, key
+
+    def forward(self, x: Tensor) -> Tensor:
+        return logits_of(self.model(x), key=self.key)

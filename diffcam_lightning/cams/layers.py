@@ -1,8 +1,12 @@
 """Target-layer resolution: a dotted name, an ``nn.Module``, or ``None`` = automatic.
 
-Automatic resolution, in order: the families we ship (by model class name), timm's
-``feature_info[-1]["module"]``, then the last module whose output is ``[B, K, h, w]``
-with ``h * w > 1`` in one hooked forward pass.
+Automatic resolution, in order: the families we know (by model class name: timm's,
+torchvision's and Hugging Face's), timm's ``feature_info[-1]["module"]``, then the last
+module whose output is ``[B, K, h, w]`` with ``h * w > 1`` in one hooked forward pass.
+The choice is the last feature map before global pooling (a family's head convolution
+included), the same layer for one architecture from timm or torchvision. Pooling layers
+are never picked automatically (a ``Sequential`` ending in one gives its last other
+child), nor is a module called more than once per forward (its hook fires at every call).
 """
 
 from __future__ import annotations
@@ -13,14 +17,34 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-# model class name -> candidate layer names, first existing one wins
+# model class name -> candidate layer names, first existing one wins; "-1" = the last child
 KNOWN_LAYERS: dict[str, tuple[str, ...]] = {
     "DenseNet": ("features.norm5",),
-    "ResNet": ("layer4",),
+    "ResNet": ("layer4",),  # timm and torchvision ResNet / ResNeXt / Wide-ResNet
     "Inception3": ("Mixed_7c",),
     "InceptionV3": ("Mixed_7c",),
-    "ConvNeXt": ("stages.3", "features.7"),
+    "ConvNeXt": ("stages.-1", "features.-1"),
+    "VGG": ("features",),  # torchvision; its trailing MaxPool is skipped
+    "MobileNetV2": ("features",),
+    "MobileNetV3": ("features",),  # timm's conv_head acts on pooled features: feature_info applies
+    "EfficientNet": ("bn2", "features"),  # timm: after conv_head (+ bn2); torchvision: features ends with it
+    "RegNet": ("trunk_output", "final_conv"),
+    "SqueezeNet": ("features",),
+    # CLS-token ViTs: the last block's patch tokens get no gradient from the CLS head, so the
+    # layer is the last block's first norm (as pytorch-grad-cam's documentation uses)
+    "VisionTransformer": ("blocks.-1.norm1",),
+    "VisionTransformerDistilled": ("blocks.-1.norm1",),
+    "ViTForImageClassification": ("vit.encoder.layer.-1.layernorm_before", "vit.layers.-1.layernorm_before"),
+    "DeiTForImageClassification": ("deit.encoder.layer.-1.layernorm_before", "deit.layers.-1.layernorm_before"),
+    "DeiTForImageClassificationWithTeacher": ("deit.encoder.layer.-1.layernorm_before", "deit.layers.-1.layernorm_before"),
 }
+
+POOLING = (
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._MaxPoolNd,
+)
 
 LayerSpec = Union[str, nn.Module, None]
 
@@ -42,8 +66,15 @@ def _unknown_layer_error(model: nn.Module, name: str) -> ValueError:
     )
 
 
+def _compiled_prefix(model: nn.Module) -> str:
+    """``"_orig_mod."`` for a ``torch.compile``d model, whose modules live under it."""
+    return "_orig_mod." if isinstance(getattr(model, "_orig_mod", None), nn.Module) else ""
+
+
 def layer_by_name(model: nn.Module, name: str) -> nn.Module:
     modules = _modules(model)
+    if name not in modules and _compiled_prefix(model) + name in modules:
+        name = _compiled_prefix(model) + name  # names of the uncompiled model work too
     if name not in modules:
         raise _unknown_layer_error(model, name)
     return modules[name]
@@ -59,12 +90,49 @@ def layer_name(model: nn.Module, layer: nn.Module) -> str:
     )
 
 
+def is_pooling(module: nn.Module) -> bool:
+    """torch pooling layers and pooling wrappers such as timm's ``SelectAdaptivePool2d``."""
+    return isinstance(module, POOLING) or "Pool" in type(module).__name__
+
+
+def _expand_last(model: nn.Module, candidate: str) -> Optional[str]:
+    """``"blocks.-1.norm1"`` -> ``"blocks.11.norm1"``; ``None`` if a part does not exist."""
+    module, parts = model, []
+    for part in candidate.split("."):
+        if part == "-1":
+            children = list(module.named_children())
+            if not children:
+                return None
+            part = children[-1][0]
+        module = getattr(module, part, None) if not part.isdigit() else dict(module.named_children()).get(part)
+        if not isinstance(module, nn.Module):
+            return None
+        parts.append(part)
+    return ".".join(parts)
+
+
+def _skip_trailing_pooling(model: nn.Module, name: str) -> str:
+    """A ``Sequential`` that ends in pooling (VGG's ``features``) gives its last other child."""
+    module = model.get_submodule(name)
+    while isinstance(module, nn.Sequential) and len(module) and is_pooling(module[-1]):
+        keep = [n for n, child in module.named_children() if not is_pooling(child)]
+        if not keep:
+            break
+        name, module = f"{name}.{keep[-1]}", module.get_submodule(keep[-1])
+    return name
+
+
 def known_layer_name(model: nn.Module) -> Optional[str]:
     """The CAM layer of a known family or of a timm model, without running it."""
+    prefix = _compiled_prefix(model)
+    if prefix:
+        inner = known_layer_name(model._orig_mod)
+        return prefix + inner if inner else None
     modules = _modules(model)
     for candidate in KNOWN_LAYERS.get(type(model).__name__, ()):
-        if candidate in modules:
-            return candidate
+        name = _expand_last(model, candidate)
+        if name in modules:
+            return _skip_trailing_pooling(model, name)
     feature_info = getattr(model, "feature_info", None)
     if isinstance(feature_info, list) and feature_info and isinstance(feature_info[-1], dict):
         candidate = feature_info[-1].get("module")
@@ -73,15 +141,28 @@ def known_layer_name(model: nn.Module) -> Optional[str]:
     return None
 
 
-def last_spatial_layer_name(model: nn.Module, x: Tensor) -> str:
-    """The last module (in execution order) whose output is ``[B, K, h, w]`` with h*w > 1."""
-    order: list[str] = []
+def trace_layers(model: nn.Module, x: Tensor) -> tuple[list[str], dict[str, int], list[str]]:
+    """One hooked eval-mode forward of ``x[:1]``: the modules whose last output is a spatial
+    ``[B, K, h, w]`` map (h*w > 1) that is no pooling layer's output, in execution order,
+    every module's call count, and the modules with token outputs ``[B, N, C]`` in order."""
+    order: dict[str, None] = {}
+    tokens: dict[str, None] = {}
+    calls: dict[str, int] = {}
+    pooled: set[int] = set()
     handles = []
 
     def make_hook(name: str):
         def hook(module, inputs, output):
-            if isinstance(output, Tensor) and output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
-                order.append(name)
+            calls[name] = calls.get(name, 0) + 1
+            order.pop(name, None)
+            tokens.pop(name, None)
+            if isinstance(output, Tensor) and output.dim() == 3 and output.shape[1] > 1:
+                tokens[name] = None
+            if is_pooling(module) and isinstance(output, Tensor):
+                pooled.add(id(output))
+            elif isinstance(output, Tensor) and output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
+                if id(output) not in pooled:
+                    order[name] = None
 
         return hook
 
@@ -98,12 +179,42 @@ def last_spatial_layer_name(model: nn.Module, x: Tensor) -> str:
     finally:
         for handle in handles:
             handle.remove()
-    if not order:
+    return list(order), calls, list(tokens)
+
+
+def last_spatial_layer_name(model: nn.Module, x: Tensor) -> str:
+    """The last module (in execution order) called once whose output is a spatial map.
+    A model that goes on with tokens after it (a patch embedding, then a transformer) is
+    refused: its last spatial map is no CAM layer."""
+    order, calls, tokens = trace_layers(model, x)
+    once = [name for name in order if calls[name] == 1]
+    if not once:
         raise ValueError(
-            f"No module of {type(model).__name__} outputs a [B, K, h, w] feature map with h*w > 1 "
-            f"for an input of shape {tuple(x.shape)}; pass target_layer explicitly."
+            f"No module of {type(model).__name__} called once per forward outputs a [B, K, h, w] feature map "
+            f"with h*w > 1 for an input of shape {tuple(x.shape)}; pass target_layer explicitly."
         )
-    return order[-1]
+    later = [name for name in tokens if calls[name] == 1 and not name.startswith(once[-1] + ".")]
+    executed = list(calls)
+    if later and executed.index(later[-1]) > executed.index(once[-1]):
+        raise ValueError(
+            f"{type(model).__name__} works on tokens after its last spatial map {once[-1]!r} (e.g. {later[-1]!r} "
+            "outputs [B, N, C]): pass target_layer (a token layer, e.g. the last block's first norm) and, if "
+            "needed, layout='tokens:P'."
+        )
+    return once[-1]
+
+
+def reused_layer_error(model: nn.Module, name: str, count: int, x: Tensor) -> ValueError:
+    """The error for a target layer called ``count`` > 1 times in one forward pass."""
+    try:
+        suggestion = f" A layer called once: {last_spatial_layer_name(model, x)!r}."
+    except ValueError:  # no single suggestion
+        suggestion = ""
+    return ValueError(
+        f"Target layer {name!r} was called {count} times in one forward pass (a module shared by several "
+        f"places, e.g. one activation module reused): its CAM would mix the calls.{suggestion} "
+        "Pass a target_layer that is called once."
+    )
 
 
 def resolve_layer(model: nn.Module, spec: LayerSpec, x: Optional[Tensor] = None) -> tuple[str, nn.Module]:
@@ -111,7 +222,8 @@ def resolve_layer(model: nn.Module, spec: LayerSpec, x: Optional[Tensor] = None)
     if isinstance(spec, nn.Module):
         return layer_name(model, spec), spec
     if isinstance(spec, str):
-        return spec, layer_by_name(model, spec)
+        layer = layer_by_name(model, spec)
+        return layer_name(model, layer), layer
     if spec is not None:
         raise TypeError(f"target_layer must be a dotted name, an nn.Module or None; got {type(spec).__name__}.")
     name = known_layer_name(model)

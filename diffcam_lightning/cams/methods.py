@@ -9,10 +9,12 @@ Lookup is case-insensitive: ``get_method("MeanDiffGradCAM++")`` works.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
+
+from .outputs import _logits  # re-exported: the logits of any model output live in outputs.py
 
 
 @dataclass
@@ -27,6 +29,8 @@ class CAMContext:
     scorecam_batch_size: int = 32
     backprop: Optional[str] = None
     layer: Optional[nn.Module] = None  # the target layer (AblationCAM replaces its output)
+    layout: Optional[Any] = None  # the layer's resolved Layout (AblationCAM ablates in the layer's own layout)
+    raw_activations: Optional[Tensor] = None  # the layer's output before the layout conversion
 
     @property
     def grad(self) -> Tensor:
@@ -202,10 +206,15 @@ def ablationcam(ctx: CAMContext) -> Tensor:
     step = max(1, int(ctx.scorecam_batch_size))
     chunk: dict[str, Tensor] = {}
 
+    channel_dim = 1 if ctx.layout is None else ctx.layout.channel_dim
+    if channel_dim is None:
+        raise ValueError("ablationcam needs a named layout ('nchw', 'nhwc' or 'tokens'), not a layout callable.")
+    raw = (ctx.raw_activations if ctx.raw_activations is not None else acts).detach()
+
     def ablate(module: nn.Module, args, output: Tensor) -> Tensor:
-        ablated = acts[chunk["owner"]].to(output.dtype).clone()
+        ablated = raw[chunk["owner"]].to(output.dtype).clone().movedim(channel_dim, 1)
         ablated[torch.arange(len(ablated), device=acts.device), chunk["channel"]] = 0
-        return ablated
+        return ablated.movedim(1, channel_dim)
 
     scores = []
     with torch.no_grad():
@@ -223,16 +232,6 @@ def ablationcam(ctx: CAMContext) -> Tensor:
     base = original[:, None]
     weights = (base - ablated) / torch.where(base.abs() > 1e-12, base, torch.full_like(base, 1e-12))
     return weighted_sum(weights, acts)
-
-
-def _logits(output) -> Tensor:
-    """The logits of a model's output (a tensor, or the first element of a tuple)."""
-    if isinstance(output, (tuple, list)):
-        output = output[0]
-    if not isinstance(output, Tensor) or output.dim() != 2:
-        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-        raise ValueError(f"The model must return logits [B, C] (or a tuple starting with them); got {shape}.")
-    return output
 
 
 # ---------------------------------------------------------------- registry

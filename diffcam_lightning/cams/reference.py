@@ -4,7 +4,7 @@ run-time table; needs ``pip install grad-cam``."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -49,8 +49,16 @@ class DiffTarget:
         return output[self.category] - beta(output[None], target, self.kind)[0]
 
 
-def reference_cam(model: nn.Module, layer: nn.Module, x: Tensor, targets: Sequence[int], method: str):
-    """One method through pytorch-grad-cam: a numpy array ``[B, H, W]`` at input size.
+def reference_cam(
+    model: nn.Module,
+    layer: nn.Module,
+    x: Tensor,
+    targets: Sequence[int],
+    method: str,
+    reshape_transform: Optional[Callable[[Tensor], Tensor]] = None,
+):
+    """One method through pytorch-grad-cam: a numpy array ``[B, H, W]`` at input size
+    (``reshape_transform``: its option for token / channels-last layers).
 
     Note that pytorch-grad-cam calls ``model.eval()`` and never restores the mode.
     """
@@ -61,5 +69,5 @@ def reference_cam(model: nn.Module, layer: nn.Module, x: Tensor, targets: Sequen
         raise ValueError(f"No pytorch-grad-cam reference for {method!r}; valid: {', '.join(REFERENCE_METHODS)}.")
     class_name, kind = REFERENCE_METHODS[method]
     cam_targets = [ClassifierOutputTarget(int(t)) if kind is None else DiffTarget(t, kind) for t in targets]
-    with getattr(pytorch_grad_cam, class_name)(model, target_layers=[layer]) as cam:
+    with getattr(pytorch_grad_cam, class_name)(model, target_layers=[layer], reshape_transform=reshape_transform) as cam:
         return cam(x, targets=cam_targets)

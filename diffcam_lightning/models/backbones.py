@@ -22,7 +22,7 @@ _STATE_PREFIXES = ("", "model.", "net.", "backbone.", "network.")
 
 def build_backbone(
     model_name: str,
-    num_classes: int,
+    num_classes: Optional[int],
     pretrained: bool = False,
     weights_file: Optional[str] = None,
     model_kwargs: Optional[dict[str, Any]] = None,
@@ -33,25 +33,26 @@ def build_backbone(
         close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ValueError(f"Unknown timm model {model_name!r}.{hint} See timm.list_models().")
-    if num_classes < 2:
+    if num_classes is not None and num_classes < 2:
         raise ValueError(f"num_classes must be >= 2 (DiffGradCAM needs other classes); got {num_classes}.")
     kwargs = dict(model_kwargs or {})
+    if num_classes is not None:  # None keeps the model's (or the weights file's) own head
+        kwargs["num_classes"] = num_classes
     if weights_file:
         path = Path(weights_file).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"weights_file {str(path)!r} does not exist (model {model_name!r}).")
         if path.suffix == ".ckpt":  # a Lightning checkpoint, e.g. of a clean run to fine-tune
-            model = timm.create_model(model_name, num_classes=num_classes, **kwargs)
+            model = timm.create_model(model_name, **kwargs)
             model.load_state_dict(network_state_from_checkpoint(model, read_checkpoint(path), path, model_name))
             return model
         overlay: dict[str, Any] = dict(file=str(path))
         file_classes = _head_classes(model_name, path)
         if file_classes is not None:  # timm keeps the file's head only when the counts agree
             overlay["num_classes"] = file_classes
-        return timm.create_model(
-            model_name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay, **kwargs
-        )
-    return timm.create_model(model_name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+            kwargs.setdefault("num_classes", file_classes)
+        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    return timm.create_model(model_name, pretrained=pretrained, **kwargs)
 
 
 def _head_classes(model_name: str, path: Path) -> Optional[int]:

@@ -1,4 +1,9 @@
-"""``SaliencyClassifier``: joint cross-entropy + CAM saliency loss on any timm model.
+"""``SaliencyClassifier``: joint cross-entropy + CAM saliency loss on any network.
+
+The network comes from the one resolver of model sources (:mod:`.sources`): a timm or
+torchvision name, a class path, or an ``nn.Module``. Initial weights (``pretrained``,
+``weights_file``) are loaded here, where training starts; a saved checkpoint records
+that they are already in its state dict, so it loads without them.
 
 One forward pass serves both terms: ``CAMEngine.compute(..., create_graph=True)`` returns
 the logits (for CE) and the CAM, which stays differentiable because the gradient to the
@@ -31,13 +36,15 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..cams import GRADIENT_METHODS, CAMEngine, get_method
+from ..cams.outputs import logits_of
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, cam_entropy, saliency_loss, saliency_mse, sham_target
-from .backbones import build_backbone
+from .attention import disable_fused_attention
+from .sources import CHECKPOINT_KEY, load_model
 
 Batch = Union[dict[str, Tensor], tuple, list]
 
@@ -96,12 +103,18 @@ class SaliencyClassifier(LightningModule):
     """Image classifier trained with CE + MSE between its CAM and a target saliency map.
 
     Args:
-        model_name: any timm model name (``timm.list_models()``).
+        model_name: a model source: a timm name, ``torchvision:NAME``, or a class/factory
+            path ``package.module.Name`` (see :func:`~diffcam_lightning.models.sources.load_model`).
         num_classes: linked from ``data.num_classes`` by the ``diffcam`` CLI.
-        pretrained: load timm's pretrained weights (needs the hub or its cache).
-        weights_file: a local weights file (state dict / safetensors) loaded through timm.
-        model_kwargs: extra ``timm.create_model`` arguments (e.g. ``output_stride: 8``).
+        pretrained: load the source's pretrained weights (needs the hub or its cache).
+        weights_file: a local weights file (state dict, safetensors or a Lightning checkpoint).
+        model_kwargs: extra arguments of the network's constructor (e.g. ``output_stride: 8``).
+        network: an ``nn.Module`` to train instead of ``model_name`` (an instance in Python,
+            ``class_path``/``init_args`` in a config).
+        class_names: the classes' names, stored in checkpoints (linked from ``data.classes``).
         target_layer: dotted CAM layer name; ``None`` picks it automatically.
+        layout: the CAM layer's layout (``nchw``, ``nhwc``, ``tokens``, ``tokens:P``; ``None`` = detected).
+        output_key: where the logits are in the network's output, if not found by itself.
         saliency_target: ``human`` (the batch's maps) or ``sham``.
         saliency_method: the CAM the loss shapes: any gradient method of ``METHODS``.
         cam_class: explain the true ``label`` (default) or the ``prediction``.
@@ -120,7 +133,11 @@ class SaliencyClassifier(LightningModule):
         pretrained: bool = False,
         weights_file: Optional[str] = None,
         model_kwargs: Optional[dict[str, Any]] = None,
+        network: Optional[nn.Module] = None,
+        class_names: Optional[list[str]] = None,
         target_layer: Optional[str] = None,
+        layout: Optional[str] = None,
+        output_key: Optional[Union[int, str]] = None,
         saliency_target: str = "human",
         saliency_method: str = "gradcam",
         cam_class: str = "label",
@@ -144,9 +161,20 @@ class SaliencyClassifier(LightningModule):
             )
         if ce_weight < 0 or saliency_weight < 0:
             raise ValueError(f"ce_weight and saliency_weight must be >= 0; got {ce_weight}, {saliency_weight}.")
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.model = build_backbone(model_name, num_classes, pretrained, weights_file, model_kwargs)
-        self.engine = CAMEngine(self.model, target_layer, batch_coupling=batch_coupling)
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}.")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "network"])
+        source = network if network is not None else model_name
+        self._network_class = f"{type(network).__module__}.{type(network).__qualname__}" if network is not None else None
+        self.model = load_model(
+            source, num_classes, pretrained=pretrained, weights=weights_file, model_kwargs=model_kwargs
+        ).model
+        if saliency_weight > 0:
+            disable_fused_attention(self.model)  # the CAM loss needs attention's double backward
+        self.engine = CAMEngine(
+            self.model, target_layer, layout=layout, output_key=output_key, batch_coupling=batch_coupling
+        )
+        self._output_key = output_key
         self.saliency_method = method
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -157,7 +185,8 @@ class SaliencyClassifier(LightningModule):
 
     # ------------------------------------------------------------------ helpers
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
+        """The logits, whatever form the network returns them in (tuple, dict, ``.logits``)."""
+        return logits_of(self.model(x), key=self._output_key)
 
     def sham(self, grid: tuple[int, int]) -> Tensor:
         """The SHAM on a CAM grid ``(h, w)`` (cached)."""
@@ -189,7 +218,7 @@ class SaliencyClassifier(LightningModule):
             result = self.cams(x, y, create_graph=train)
             logits, cam = result.logits, result.maps[self.saliency_method]
         else:  # exactly a plain CE step
-            logits, cam = self.model(x), None
+            logits, cam = self(x), None
         ce = F.cross_entropy(logits, y)
         loss = hp.ce_weight * ce
         logs = {"ce": ce.detach()}
@@ -228,6 +257,22 @@ class SaliencyClassifier(LightningModule):
         result = self.engine.compute(x, targets=None, methods=(self.saliency_method,))
         probs = result.logits.softmax(dim=1)
         return {"pred": probs.argmax(dim=1), "probs": probs, "cam": result.maps[self.saliency_method]}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Make the checkpoint self-contained: the initial weights are in its state dict,
+        so loading it must not read the weights file or the hub again."""
+        hparams = dict(checkpoint.get("hyper_parameters", {}))
+        initial = hparams.get("weights_file") or ("pretrained" if hparams.get("pretrained") else None)
+        hparams.update(weights_file=None, pretrained=False)
+        if self._network_class:  # rebuilt by class path with no arguments, or pass network= on load
+            hparams.update(model_name=self._network_class, model_kwargs=None)
+        checkpoint["hyper_parameters"] = hparams
+        checkpoint[CHECKPOINT_KEY] = {
+            "class_names": self.hparams.get("class_names"),
+            "target_layer": self.engine.target_layer,
+            "layout": self.engine.last_layout.spec if self.engine.last_layout else self.hparams.get("layout"),
+            "initial_weights": initial,
+        }
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

@@ -30,7 +30,9 @@ SOURCES = ("synthetic", "folder", "csv")
 class DataSpec:
     """``source``: synthetic | folder (``root/<class>/<image>``) | csv (``root`` = the
     manifest, columns ``image,label[,saliency]``). ``image_size`` overrides the model's
-    timm input size (and sets the synthetic images' size)."""
+    timm input size (and sets the synthetic images' size). ``label_classes``: for a csv
+    whose integer labels are the model's own class indices, the model's class count (e.g.
+    1000 for an ImageNet model), so a few classes present still give the full head."""
 
     source: str = "synthetic"
     root: Optional[str] = None
@@ -41,6 +43,7 @@ class DataSpec:
     seed: int = 0
     batch_size: int = 16
     num_workers: int = 0
+    label_classes: Optional[int] = None
 
 
 @dataclass
@@ -58,6 +61,13 @@ def _first_per_class(labels: list[int], per_class: int) -> list[int]:
             taken[label] += 1
             chosen.append(index)
     return chosen
+
+
+def _index_classes(classes: list[str], count: int, root: str) -> list[str]:
+    """``0..count-1`` for a manifest whose labels are class indices below ``count``."""
+    if not all(c.isdigit() and int(c) < count for c in classes):
+        raise ValueError(f"data.label_classes={count} needs integer labels 0..{count - 1} in {root}; found {classes[:5]}.")
+    return [str(i) for i in range(count)]
 
 
 def build_report_data(spec: DataSpec, arch: str) -> ReportData:
@@ -79,6 +89,8 @@ def build_report_data(spec: DataSpec, arch: str) -> ReportData:
         samples = scan_folder(Path(spec.root), classes, Path(spec.saliency_root) if spec.saliency_root else None)
     else:
         classes = manifest_classes(read_manifest(Path(spec.root)))
+        if spec.label_classes:
+            classes = _index_classes(classes, spec.label_classes, spec.root)
         samples = manifest_samples(Path(spec.root), classes)
     labels = [s.label for s in samples]
     dataset = SaliencyImageDataset(samples, classes, transform)

@@ -18,7 +18,7 @@ from .data import DataSpec, build_report_data
 from .faithfulness import FaithfulnessSpec, faithfulness_table
 from .figures import FIGURE_METHODS, figure_grid
 from .scoring import FIELDS, ScoreWriter, ScoringModule, merge_rank_files
-from .sources import ModelSource, load_model
+from .sources import ModelSource, ResolvedModel, resolve, timm_name
 from .stats import accuracy_table, group_scores, similarity_table, susceptibility_table
 from .tables import Table
 from .timing import timing_table
@@ -68,14 +68,19 @@ def resolve_methods(methods: Optional[Sequence[str]], scorecam: bool) -> list[st
     return [m for m in dict.fromkeys(names) if scorecam or m != "scorecam"]
 
 
-def _load_pair(spec: ArchitectureSpec, num_classes: int):
-    clean = load_model(spec.clean, num_classes)
+def _load_pair(spec: ArchitectureSpec, num_classes: int) -> tuple[ResolvedModel, Optional[ResolvedModel]]:
+    clean = resolve(spec.clean, num_classes)
     sham = None
     if spec.sham is not None:
         if spec.sham.arch.split(".")[0] != spec.clean.arch.split(".")[0]:
             raise ValueError(f"{spec.label}: the SHAM-tuned model is a {spec.sham.arch}, the clean one a {spec.clean.arch}.")
-        sham = load_model(spec.sham, num_classes)
+        sham = resolve(spec.sham, num_classes)
     return clean, sham
+
+
+def _engine_options(model: Optional[ResolvedModel]) -> dict[str, Any]:
+    """What a model states for its CAMs (the layer it was trained at)."""
+    return {} if model is None else {"target_layer": model.target_layer, "layout": model.layout}
 
 
 def run_report(options: ReportOptions, trainer_kwargs: Optional[dict[str, Any]] = None) -> dict[str, Path]:
@@ -97,10 +102,12 @@ def run_report(options: ReportOptions, trainer_kwargs: Optional[dict[str, Any]] 
     )
     prepared = []
     for spec in options.models:
-        data = build_report_data(options.data, spec.clean.arch)
+        data = build_report_data(options.data, timm_name(spec.clean.arch))
         clean, sham = _load_pair(spec, data.num_classes)
         module = ScoringModule(
-            clean, sham, methods, options.target, options.cam_size, options.scorecam_batch_size, options.faithfulness
+            clean.model, sham.model if sham else None, methods, options.target, options.cam_size,
+            options.scorecam_batch_size, faithfulness=options.faithfulness,
+            engine_options={"clean": _engine_options(clean), "sham": _engine_options(sham)},
         )
         module.report_name = spec.label
         loader = DataLoader(data.dataset, batch_size=options.data.batch_size, num_workers=options.data.num_workers)
@@ -128,13 +135,14 @@ def run_report(options: ReportOptions, trainer_kwargs: Optional[dict[str, Any]] 
             tables.append(
                 timing_table(
                     spec.label,
-                    clean.to(device),
+                    clean.model.to(device),
                     first["image"][None].to(device),
                     int(first["label"]),
                     options.timing.methods or methods,
                     options.timing.runs,
                     options.timing.discard,
                     options.timing.pytorch_grad_cam,
+                    target_layer=clean.target_layer,
                 )
             )
         written.update(_figures(spec, data, clean, sham, options, methods, device, out))
@@ -154,7 +162,9 @@ def _write_scores(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def _figures(spec, data, clean, sham, options: ReportOptions, methods, device, out: Path) -> dict[str, Path]:
+def _figures(
+    spec, data, clean: ResolvedModel, sham: Optional[ResolvedModel], options: ReportOptions, methods, device, out: Path
+) -> dict[str, Path]:
     count = min(options.figure_samples, len(data.dataset))
     if count < 1:
         return {}
@@ -166,21 +176,22 @@ def _figures(spec, data, clean, sham, options: ReportOptions, methods, device, o
     for kind, model in (("clean", clean), ("sham", sham)):
         if model is None or not methods:
             continue
-        engine = CAMEngine(model.to(device))
+        engine = CAMEngine(model.model.to(device), **_engine_options(model))
         targets = labels if options.target == "label" else None
         result = engine.compute(images, targets, methods, size="input")
-        target_maps = _target_saliency(kind, items, result.grid, images.shape[-2:])
+        target_maps = _target_saliency(kind, items, result.grid, images.shape[-2:], model)
         path = out / "figures" / f"{spec.label}_{kind}.png"
         title = f"{spec.label}: {'clean' if kind == 'clean' else 'SHAM-tuned'} model"
         written[f"figure_{spec.label}_{kind}"] = figure_grid(images, result.maps, target_maps, title, path, methods)
     return written
 
 
-def _target_saliency(kind: str, items: list[dict], grid, size) -> Optional[torch.Tensor]:
-    """The SHAM on the CAM grid for a SHAM-tuned model; the human maps (if every shown
-    sample has one) for a clean model; otherwise omitted, as the paper does for ImageNet."""
+def _target_saliency(kind: str, items: list[dict], grid, size, model: ResolvedModel) -> Optional[torch.Tensor]:
+    """The SHAM the model was tuned with (its checkpoint's entropy and pattern) on the CAM
+    grid for a SHAM-tuned model; the human maps (if every shown sample has one) for a clean
+    model; otherwise omitted, as the paper does for ImageNet."""
     if kind == "sham":
-        sham = sham_target(tuple(grid))[None, None]
+        sham = sham_target(tuple(grid), model.sham_entropy, model.sham_pattern)[None, None].float()
         return torch.nn.functional.interpolate(sham, size=tuple(size), mode="nearest")[0].expand(len(items), -1, -1)
     if all(bool(item.get("has_saliency", False)) for item in items):
         return torch.stack([item["saliency"] for item in items])

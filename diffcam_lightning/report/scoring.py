@@ -61,7 +61,10 @@ class ScoringModule(pl.LightningModule):
         cam_size: Optional[str] = "input",
         scorecam_batch_size: int = 32,
         faithfulness: Optional[FaithfulnessSpec] = None,
+        engine_options: Optional[dict[str, dict[str, Any]]] = None,
     ) -> None:
+        """``engine_options``: ``{"clean"|"sham": CAMEngine keyword arguments}`` such as the
+        ``target_layer`` a checkpoint was trained at."""
         super().__init__()
         if target not in ("label", "prediction"):
             raise ValueError(f"target must be 'label' or 'prediction'; got {target!r}.")
@@ -70,9 +73,12 @@ class ScoringModule(pl.LightningModule):
         self.target, self.cam_size = target, cam_size
         self.faithfulness = faithfulness or FaithfulnessSpec(enabled=False)
         self.faith_metrics, self.faith_methods = self.faithfulness.resolved(self.methods)
-        self.engines = {"clean": CAMEngine(self.clean, scorecam_batch_size=scorecam_batch_size)}
-        if self.sham is not None:
-            self.engines["sham"] = CAMEngine(self.sham, scorecam_batch_size=scorecam_batch_size)
+        options = engine_options or {}
+        self.engines = {
+            kind: CAMEngine(model, scorecam_batch_size=scorecam_batch_size, **options.get(kind, {}))
+            for kind, model in (("clean", self.clean), ("sham", self.sham))
+            if model is not None
+        }
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[tuple]:
         x, labels, index = batch["image"], batch["label"], batch["index"]

@@ -1,6 +1,11 @@
-"""Where a report's models come from: timm (random or ``pretrained``), a local weights
-file, or a ``SaliencyClassifier`` checkpoint. Checkpoints are read with
-``torch.load(weights_only=True)``; a wrong file is an error naming it."""
+"""Where a report's models come from: every kind of the one resolver of model sources
+(:func:`diffcam_lightning.models.sources.load_model`: timm, torchvision, a class path,
+a ``SaliencyClassifier`` checkpoint) with ``pretrained`` or a local weights file.
+
+A checkpoint states the CAM layer it was trained at, its SHAM and its layout; the report
+uses them unless the model source overrides them, so a fine-tune at ``layer3`` is scored
+at ``layer3``. A pretrained model keeps its own classifier: a class count that differs
+from the data's is an error, never a silently re-initialised head."""
 
 from __future__ import annotations
 
@@ -10,19 +15,21 @@ from typing import Optional
 
 from torch import nn
 
-from ..models.backbones import build_backbone, network_state_from_checkpoint, read_checkpoint
+from ..models.backbones import read_checkpoint
+from ..models.sources import LoadedModel, checkpoint_hparams, source_kind
+from ..models.sources import load_model as resolve_source
+from ..saliency import PAPER_ENTROPY
+
 
 @dataclass
 class ModelSource:
-    """One model. ``arch`` is a timm name; at most one of ``weights`` / ``checkpoint``.
+    """One model: ``arch`` is any model source (a timm name, ``torchvision:NAME``, a class
+    path ``package.module.Name``, or a checkpoint path); ``checkpoint`` a
+    ``SaliencyClassifier`` checkpoint (``arch`` is then read from it).
 
-    - neither, ``pretrained=False``: random init (tests, synthetic runs);
-    - ``pretrained=True``: timm's hub weights;
-    - ``weights``: a local timm weights file (``.pth``/``.safetensors``), loaded through
-      ``pretrained_cfg_overlay=dict(file=...)`` (the classifier is re-initialised when the
-      class count differs);
-    - ``checkpoint``: a Lightning checkpoint of a ``SaliencyClassifier`` (or any module
-      holding the timm network's state dict).
+    - ``pretrained=True``: the source's pretrained weights; ``weights``: a local file;
+    - ``target_layer``, ``layout``, ``sham_entropy``, ``sham_pattern``: override what the
+      checkpoint states (``None`` = the checkpoint's, else automatic / the paper's SHAM).
     """
 
     arch: Optional[str] = None
@@ -30,62 +37,96 @@ class ModelSource:
     weights: Optional[str] = None
     checkpoint: Optional[str] = None
     model_kwargs: Optional[dict] = None
+    target_layer: Optional[str] = None
+    layout: Optional[str] = None
+    sham_entropy: Optional[float] = None
+    sham_pattern: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.checkpoint and not self.arch:
-            hparams = checkpoint_hparams(Path(self.checkpoint))
+            hparams = checkpoint_hparams(read_checkpoint(Path(self.checkpoint)))
             self.arch = hparams.get("model_name")
-            if self.model_kwargs is None and isinstance(hparams.get("model_kwargs"), dict):
-                self.model_kwargs = hparams["model_kwargs"]
         if not self.arch:
             raise ValueError(
-                f"A model source needs 'arch' (a timm name){'; checkpoint ' + self.checkpoint + ' does not store one' if self.checkpoint else ''}."
+                "A model source needs 'arch' (a timm or torchvision name, a class path or a checkpoint)"
+                f"{'; checkpoint ' + self.checkpoint + ' does not store one' if self.checkpoint else ''}."
             )
 
 
-def _check_head(source: "ModelSource", num_classes: int) -> None:
-    """A report on a pretrained model must not silently re-initialise its classifier."""
-    import timm
+@dataclass
+class ResolvedModel:
+    """A report model in eval mode, with the CAM layer, layout and SHAM to use."""
 
-    from ..models.backbones import _head_classes
+    model: nn.Module
+    target_layer: Optional[str]
+    layout: Optional[str]
+    sham_entropy: float
+    sham_pattern: str
 
-    if source.weights:
-        classes, where = _head_classes(source.arch, Path(source.weights)), f"weights file {source.weights}"
-    else:
-        cfg = timm.get_pretrained_cfg(source.arch)
-        classes, where = (cfg.num_classes if cfg is not None else None), f"pretrained {source.arch}"
-    if classes is not None and classes != num_classes:
-        raise ValueError(
-            f"The {where} has {classes} classes but the data has {num_classes}; "
-            "a report needs the model's own classifier (use data with the model's classes)."
+
+def timm_name(arch: str) -> Optional[str]:
+    """The timm name of a timm source (for its data config), else ``None``."""
+    try:
+        kind, name = source_kind(arch)
+    except (ValueError, FileNotFoundError):
+        return None
+    return name if kind == "timm" else None
+
+
+def resolve(source: ModelSource, num_classes: int) -> ResolvedModel:
+    """Build ``source`` for data with ``num_classes`` classes, in eval mode."""
+    if source.weights and source.checkpoint:
+        raise ValueError(f"{source.arch}: give either weights or checkpoint, not both.")
+    if source.checkpoint and not _states_network(source.checkpoint):  # a bare state dict: weights of arch
+        loaded = resolve_source(source.arch, num_classes, weights=source.checkpoint, model_kwargs=source.model_kwargs)
+    elif source.checkpoint:
+        loaded = resolve_source(source.checkpoint, model_kwargs=source.model_kwargs)
+        stored = loaded.hparams.get("model_name")
+        if isinstance(stored, str) and _base(stored) != _base(source.arch):
+            raise ValueError(f"Checkpoint {source.checkpoint} holds a {stored} model, not {source.arch}.")
+        _check_classes(loaded, num_classes, f"Checkpoint {source.checkpoint}")
+    elif source.weights or source.pretrained:
+        if source.weights and not Path(source.weights).expanduser().is_file():
+            raise FileNotFoundError(f"Weights file not found: {source.weights}")
+        loaded = resolve_source(
+            source.arch, None, pretrained=source.pretrained, weights=source.weights, model_kwargs=source.model_kwargs
         )
-
-
-def checkpoint_hparams(path: Path) -> dict:
-    """The hyper-parameters stored in a Lightning checkpoint (``{}`` if none)."""
-    return _hparams(read_checkpoint(path))
-
-
-def _hparams(checkpoint: dict) -> dict:
-    hparams = checkpoint.get("hyper_parameters", {})
-    return dict(hparams) if isinstance(hparams, dict) else {}
+        where = f"weights file {source.weights}" if source.weights else f"pretrained {source.arch}"
+        _check_classes(loaded, num_classes, f"The {where}")
+    else:
+        loaded = resolve_source(source.arch, num_classes, model_kwargs=source.model_kwargs)
+    hparams = loaded.hparams
+    return ResolvedModel(
+        model=loaded.model.eval(),
+        target_layer=source.target_layer or loaded.target_layer,
+        layout=source.layout or loaded.layout,
+        sham_entropy=float(_first(source.sham_entropy, hparams.get("sham_entropy"), PAPER_ENTROPY)),
+        sham_pattern=str(_first(source.sham_pattern, hparams.get("sham_pattern"), "border")),
+    )
 
 
 def load_model(source: ModelSource, num_classes: int) -> nn.Module:
-    """Build ``source`` for ``num_classes`` classes, in eval mode, on the CPU."""
-    if source.weights and source.checkpoint:
-        raise ValueError(f"{source.arch}: give either weights or checkpoint, not both.")
-    if source.checkpoint:
-        path = Path(source.checkpoint)
-        checkpoint = read_checkpoint(path)  # read once: hyper-parameters and weights
-        stored_arch = _hparams(checkpoint).get("model_name")
-        if isinstance(stored_arch, str) and stored_arch.split(".")[0] != source.arch.split(".")[0]:
-            raise ValueError(f"Checkpoint {path} holds a {stored_arch} model, not {source.arch}.")
-        model = build_backbone(source.arch, num_classes, model_kwargs=source.model_kwargs)
-        model.load_state_dict(network_state_from_checkpoint(model, checkpoint, path, source.arch))
-        return model.eval()
-    if source.weights and not Path(source.weights).is_file():
-        raise FileNotFoundError(f"Weights file not found: {source.weights}")
-    if source.weights or source.pretrained:
-        _check_head(source, num_classes)
-    return build_backbone(source.arch, num_classes, source.pretrained, source.weights, source.model_kwargs).eval()
+    """The network of ``source`` for ``num_classes`` classes, in eval mode."""
+    return resolve(source, num_classes).model
+
+
+def _check_classes(loaded: LoadedModel, num_classes: int, where: str) -> None:
+    """A report needs the model's own classifier: refuse a class count that differs."""
+    if loaded.num_classes and loaded.num_classes != num_classes:
+        raise ValueError(
+            f"{where} has {loaded.num_classes} classes but the data has {num_classes}; "
+            "a report needs the model's own classifier (use data with the model's classes; "
+            "does the checkpoint's class count match the data's?)."
+        )
+
+
+def _states_network(checkpoint: str) -> bool:
+    return isinstance(checkpoint_hparams(read_checkpoint(Path(checkpoint))).get("model_name"), str)
+
+
+def _base(arch: str) -> str:
+    return arch.split(":")[-1].split(".")[0]
+
+
+def _first(*values):
+    return next(v for v in values if v is not None)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,12 +38,13 @@ def timing_table(
     runs: int = 110,
     discard: int = 10,
     with_reference: bool = True,
+    target_layer: Optional[str] = None,
 ) -> Table:
     """Time each method alone on one image (``[1, 3, H, W]``, on the model's device)."""
     if runs <= discard:
         raise ValueError(f"timing runs ({runs}) must exceed the discarded warm-up runs ({discard}).")
     device = image.device
-    engine = CAMEngine(model)
+    engine = CAMEngine(model, target_layer)
     engine(image, targets=[target], methods="gradcam")  # resolve the layer before timing
     layer = dict(model.named_modules())[engine.target_layer]
     reference = with_reference and pgc.available()

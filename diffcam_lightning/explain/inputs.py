@@ -1,0 +1,92 @@
+"""The images a user hands to ``diffcam explain``: files, folders (recursive) and CSV
+manifests (a header with ``image`` and optionally ``label``; paths relative to the
+manifest). An image that cannot be decoded is reported by the dataset (``ok=False``),
+so the predict loop can stop with its name or skip and list it, never silently."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class ExplainInputError(ValueError):
+    """Bad ``--images`` input: a missing path, an empty folder, a malformed manifest, an
+    unreadable image."""
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    path: Path
+    label: Optional[str] = None  # the manifest's label cell (class index or name), if any
+
+
+def _manifest_items(path: Path) -> list[ImageItem]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        if "image" not in columns:
+            raise ExplainInputError(f"Manifest {path} has no 'image' column; it has {columns or 'no header'}.")
+        items = []
+        for n, row in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            if not row.get("image"):
+                raise ExplainInputError(f"Empty 'image' cell in row {n} of {path}.")
+            image = path.parent / row["image"]
+            if not image.is_file():
+                raise ExplainInputError(f"Image {image} (row {n} of {path}) does not exist.")
+            items.append(ImageItem(image, row.get("label") or None))
+    if not items:
+        raise ExplainInputError(f"Manifest {path} has no rows.")
+    return items
+
+
+def collect_images(paths: Sequence[str]) -> list[ImageItem]:
+    """Expand files, folders (recursively, sorted) and ``.csv`` manifests, in the order given."""
+    if not paths:
+        raise ExplainInputError("No images given (--images PATH [PATH ...]).")
+    items: list[ImageItem] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise ExplainInputError(f"Folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+            items += [ImageItem(p) for p in found]
+        elif path.suffix.lower() == ".csv" and path.is_file():
+            items += _manifest_items(path)
+        elif path.is_file():
+            items.append(ImageItem(path))
+        else:
+            raise ExplainInputError(f"{path} does not exist (expected an image, a folder or a .csv manifest).")
+    return items
+
+
+class ExplainDataset(Dataset):
+    """``{"image": Tensor[3, H, W], "index", "ok", "error"}``; an undecodable image gives
+    ``ok=False`` with the reason and a zero image of the same size."""
+
+    def __init__(self, items: Sequence[ImageItem], transform: Callable[[Image.Image, None], tuple[Tensor, None]], size: tuple[int, int]):
+        self.items, self.transform, self.size = list(items), transform, size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.items[index].path
+        try:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")  # decodes the whole file
+        except Exception as err:  # noqa: BLE001 - any decoder failure is reported with the file
+            error = f"{type(err).__name__}: {err}"
+            return {"image": torch.zeros(3, *self.size), "index": torch.tensor(index), "ok": torch.tensor(False), "error": error}
+        tensor = self.transform(rgb, None)[0]
+        return {"image": tensor, "index": torch.tensor(index), "ok": torch.tensor(True), "error": ""}

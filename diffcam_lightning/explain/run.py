@@ -1,0 +1,144 @@
+"""``run_explain``: resolve the model, the images and the classes; run the explain loop in
+a Lightning ``Trainer.predict``; then (rank zero) merge the tables and write the page."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..cams import get_method
+from ..data.transforms import PairedTransform
+from ..models.sources import load_model
+from .classes import TargetChoice, class_index, class_names_for
+from .inputs import ExplainDataset, ExplainInputError, ImageItem, collect_images
+from .module import PREDICTION_FIELDS, SKIPPED_FIELDS, ExplainModule, ExplainWriter
+
+DEFAULT_METHODS = ("gradcam", "gradcam++", "eigencam", "meandiffgradcam", "meandiffgradcam++")
+
+
+@dataclass
+class ExplainOptions:
+    """What to explain and how (``diffcam explain --help`` documents each)."""
+
+    model: str
+    images: list[str]
+    output_dir: str = "explain"
+    pretrained: bool = False
+    weights: Optional[str] = None
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    target: str = "predicted"
+    top_k: int = 1
+    target_layer: Optional[str] = None
+    layout: Optional[str] = None
+    image_size: Optional[int] = None
+    crop_pct: Optional[float] = None
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    interpolation: Optional[str] = None
+    batch_size: int = 8
+    num_workers: int = 0
+    skip_unreadable: bool = False
+
+
+def data_config(model: nn.Module, options: ExplainOptions) -> dict[str, Any]:
+    """The model's timm data config (timm's defaults for non-timm models), with overrides."""
+    from timm.data import resolve_model_data_config
+
+    config = dict(resolve_model_data_config(model))
+    if options.image_size:
+        config["input_size"] = (3, int(options.image_size), int(options.image_size))
+    for key in ("crop_pct", "mean", "std", "interpolation"):
+        value = getattr(options, key)
+        if value is not None:
+            config[key] = tuple(value) if isinstance(value, list) else value
+    return config
+
+
+def _labels(items: list[ImageItem], names: list[str], target: str) -> list[int]:
+    """The manifest labels as class indices (-1 where none); ``--target label`` needs all."""
+    labels = []
+    for item in items:
+        if item.label is None:
+            if target == "label":
+                raise ExplainInputError(f"--target label: image {item.path} has no label (give a CSV manifest with a 'label' column).")
+            labels.append(-1)
+        else:
+            labels.append(class_index(item.label, names, where=f"label of {item.path}"))
+    return labels
+
+
+def run_explain(options: ExplainOptions, trainer_kwargs: Optional[dict[str, Any]] = None) -> dict[str, Path]:
+    """Explain ``options.images``; returns the written files by name (``{}`` off rank zero)."""
+    methods = [get_method(m).name for m in options.methods]
+    items = collect_images(options.images)
+    loaded = load_model(options.model, pretrained=options.pretrained, weights=options.weights)
+    names = class_names_for(loaded.num_classes, loaded.class_names)
+    choice = TargetChoice.parse(options.target, options.top_k, names)
+    labels = _labels(items, names, options.target)
+    config = data_config(loaded.model, options)
+    dataset = ExplainDataset(items, PairedTransform(config), tuple(config["input_size"][1:]))
+    module = ExplainModule(
+        loaded.model, methods, choice, items, labels, options.target_layer or loaded.target_layer,
+        options.layout or loaded.layout, options.skip_unreadable,
+    )
+    out = Path(options.output_dir)
+    shutil.rmtree(out / ".parts", ignore_errors=True)
+    writer = ExplainWriter(out, items, names, config["mean"], config["std"])
+    trainer = pl.Trainer(**{"logger": False, "enable_checkpointing": False, **(trainer_kwargs or {})}, callbacks=[writer])
+    loader = DataLoader(dataset, batch_size=options.batch_size, num_workers=options.num_workers)
+    trainer.predict(module, loader, return_predictions=False)
+    trainer.strategy.barrier()
+    if not trainer.is_global_zero:
+        return {}
+    written = {"predictions": _merge(out, "predictions", PREDICTION_FIELDS)}
+    skipped = _merge(out, "skipped", SKIPPED_FIELDS)
+    if skipped.stat().st_size > len(",".join(SKIPPED_FIELDS)) + 2:
+        written["skipped"] = skipped
+    else:
+        skipped.unlink()
+    shutil.rmtree(out / ".parts", ignore_errors=True)
+    written["report"] = _write_page(out, written, module.engine.target_layer, loaded.source, methods, config)
+    return written
+
+
+def _merge(out: Path, kind: str, fields) -> Path:
+    rows = []
+    for part in sorted((out / ".parts").glob(f"{kind}.rank*.csv")):
+        with open(part, newline="") as f:
+            rows += list(csv.DictReader(f))
+    if kind == "predictions":  # each image once, whatever a distributed sampler repeated
+        rows = sorted({(r["png"], int(r["rank"])): r for r in rows}.values(), key=lambda r: (r["png"], int(r["rank"])))
+    path = out / f"{kind}.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(fields))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _write_page(out: Path, written: dict[str, Path], layer: Optional[str], source: str, methods, config) -> Path:
+    with open(written["predictions"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    size = "x".join(str(s) for s in config["input_size"][1:])
+    parts = [
+        "# diffcam explain\n",
+        f"Model `{source}`, CAM layer `{layer}`, input {size} px, methods {', '.join(methods)}. "
+        f"{len({r['png'] for r in rows})} images; raw maps in `maps/` (see the README), the table in "
+        "[predictions.csv](predictions.csv)" + (", unreadable files in [skipped.csv](skipped.csv)." if "skipped" in written else ".") + "\n",
+    ]
+    shown = set()
+    for row in rows:
+        if row["png"] in shown:
+            continue
+        shown.add(row["png"])
+        parts.append(f"**{row['image']}**: {row['class_name']} ({float(row['probability']):.2f})\n\n![{row['image']}]({row['png']})\n")
+    path = out / "report.md"
+    path.write_text("\n".join(parts))
+    return path
