@@ -22,11 +22,13 @@ from torch import Tensor, nn
 from ..cams import METHODS, CAMEngine, get_method
 from ..cams.layers import known_layer_name, resolve_layer
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
+from .alarm import AlarmRule, build_rules, evaluate
 from .auditset import AuditSet, BatchKeys
 from .guard import audit_guard, preserved_rng
 from .metrics import SCORE_FAMILIES, AuditScores, ScoreContext, score_batch, score_keys
 from .reference import WeightsSwap, load_reference_state
 from .render import audit_grid, tensorboard_writers
+from .signals import AuditMaps, set_signals
 
 DEFAULT_METHODS: tuple[str, ...] = (
     "gradcam",
@@ -78,9 +80,11 @@ class CAMAudit(Callback):
         sham_entropy, sham_pattern: the SHAM the maps are compared with (paper: 3.35, border).
         reference: ``"start"`` (the model when fitting starts), a checkpoint path, or ``None``.
         log_images: log image grids to TensorBoard; ``grid_images`` rows of them.
-        drift_threshold, sham_threshold: the fooling alarm fires when the drift of
-            ``alarm_pair`` exceeds ``drift_threshold`` or the SHAM MSE of ``alarm_pair[1]``
+        drift_threshold, sham_threshold: the paper's two alarm rules: the drift of
+            ``alarm_pair`` exceeds ``drift_threshold``, or the SHAM MSE of ``alarm_pair[1]``
             falls below ``sham_threshold`` (``None`` disables a rule).
+        alarm_rules: ``{rule: threshold}`` for the other rules of ``audit.alarm.ALARM_RULES``
+            (e.g. ``dependence``, which needs no knowledge of the attack); ``None`` disables one.
         cam_class: explain the true ``label`` (default) or the ``prediction``.
         dataset: a map-style dataset to take the audit set from instead of the val data.
         batch_size: audit images per engine call.
@@ -105,6 +109,7 @@ class CAMAudit(Callback):
         drift_threshold: Optional[float] = DEFAULT_DRIFT_THRESHOLD,
         sham_threshold: Optional[float] = DEFAULT_SHAM_THRESHOLD,
         alarm_pair: Sequence[str] = ("meandiffgradcam", "gradcam"),
+        alarm_rules: Optional[dict[str, Optional[float]]] = None,
         cam_class: str = "label",
         dataset: Optional[Any] = None,
         batch_size: int = 32,
@@ -150,6 +155,7 @@ class CAMAudit(Callback):
         self.grid_images = int(grid_images)
         self.drift_threshold = drift_threshold
         self.sham_threshold = sham_threshold
+        self.rules: list[AlarmRule] = build_rules(alarm_rules, self.alarm_pair, drift_threshold, sham_threshold)
         self.cam_class = cam_class
         self.dataset = dataset
         self.batch_size = int(batch_size)
@@ -163,6 +169,7 @@ class CAMAudit(Callback):
         # runtime (rebuilt in each process)
         self._engine: Optional[CAMEngine] = None
         self._metric: Optional[AuditScores] = None
+        self._maps: Optional[AuditMaps] = None
         self.last_metrics: dict[str, float] = {}
         self.alarm: bool = False
 
@@ -273,6 +280,7 @@ class CAMAudit(Callback):
         if self._metric is None:
             self._metric = AuditScores(score_keys(self.methods, self.drift_pairs))
         self._metric = self._metric.to(pl_module.device)
+        self._maps = (self._maps or AuditMaps(self.methods)).to(pl_module.device)
 
     def _collect(self, trainer: Trainer) -> AuditSet:
         """The first ``audit_size`` samples of the dataset, or of the raw (unsharded)
@@ -344,6 +352,7 @@ class CAMAudit(Callback):
         want_grid = self.log_images and self.grid_images > 0 and trainer.is_global_zero
         with audit_guard(model, device):
             self._metric.reset()
+            self._maps.reset()
             for lo in range(start, stop, self.batch_size):
                 hi = min(lo + self.batch_size, stop)
                 batch = self.audit_set.slice(lo, hi).to(device)
@@ -354,6 +363,7 @@ class CAMAudit(Callback):
                 reference = {m: r[lo:hi].to(device) for m, r in (self.reference_maps or {}).items() if m in maps}
                 ctx = ScoreContext(maps, sham, reference, self.drift_pairs, batch.saliency, batch.has_saliency)
                 self._metric.update(score_batch(ctx, list(SCORE_FAMILIES)))
+                self._maps.update(maps)
                 if want_grid and grid_maps is None:
                     n = min(self.grid_images, hi - lo)
                     grid_maps = {
@@ -362,22 +372,14 @@ class CAMAudit(Callback):
                         "maps": {m: v[:n].cpu() for m, v in maps.items()},
                     }
             values = {k: float(v) for k, v in self._metric.compute().items()}  # synced across ranks
+            values.update(set_signals(self._maps.compute(), self.methods))
         return values, grid_maps
 
-    def _alarm(self, values: dict[str, float]) -> tuple[bool, list[str]]:
-        variant, base = self.alarm_pair
-        reasons = []
-        drift = values.get(f"drift/{variant}")
-        if self.drift_threshold is not None and drift is not None and drift > self.drift_threshold:
-            reasons.append(f"{base} drifts from {variant} (MSE {drift:.4f} > {self.drift_threshold})")
-        sham = values.get(f"sham_mse/{base}")
-        if self.sham_threshold is not None and sham is not None and sham < self.sham_threshold:
-            reasons.append(f"{base} aligns with the SHAM (MSE {sham:.4f} < {self.sham_threshold})")
-        return bool(reasons), reasons
-
     def _report(self, trainer: Trainer, pl_module: LightningModule, values: dict[str, float], grid_maps) -> None:
-        alarm, reasons = self._alarm(values)
-        values = {**values, "alarm": float(alarm)}
+        firings = evaluate(values, self.rules)
+        alarm, reasons = bool(firings), [f.message() for f in firings]
+        rules = {f"alarm/{r.name}": float(any(f.rule == r.name for f in firings)) for r in self.rules}
+        values = {**values, **rules, "alarm": float(alarm)}
         self.last_metrics, self.alarm = values, alarm
         for key, value in values.items():
             pl_module.log(
@@ -387,7 +389,8 @@ class CAMAudit(Callback):
         if alarm:
             rank_zero_warn(
                 f"CAMAudit fooling alarm at epoch {trainer.current_epoch} (step {trainer.global_step}): "
-                + "; ".join(reasons) + ". GradCAM may be passively fooled; trust the DiffGradCAM maps."
+                + "; ".join(reasons) + ". The audited CAMs may be passively fooled (README: "
+                "'What the audit can and cannot detect')."
             )
         if grid_maps is not None and trainer.is_global_zero:
             writers = tensorboard_writers(trainer.loggers)

@@ -17,6 +17,8 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from ..cams.postprocess import minmax_normalize
 from ..saliency import cam_mse
@@ -47,6 +49,32 @@ SET_SIGNALS = {"spread": spread, "dependence": dependence}
 def set_signals(maps: dict[str, Tensor], methods: Sequence[str]) -> dict[str, float]:
     """``{"<signal>/<method>": value}`` for every set-level signal and method in ``maps``."""
     return {f"{name}/{m}": float(fn(maps[m])) for name, fn in SET_SIGNALS.items() for m in methods if m in maps}
+
+
+class AuditMaps(Metric):
+    """The audit set's maps of each method, gathered from every DDP rank (``cat``), for the
+    set-level signals (a spread over images needs all images at once)."""
+
+    full_state_update = False
+
+    def __init__(self, methods: Sequence[str], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.methods = list(methods)
+        for i in range(len(self.methods)):
+            self.add_state(f"maps_{i}", default=[], dist_reduce_fx="cat")
+
+    def update(self, maps: dict[str, Tensor]) -> None:
+        for i, m in enumerate(self.methods):
+            if m in maps:
+                getattr(self, f"maps_{i}").append(maps[m].detach().float())
+
+    def compute(self) -> dict[str, Tensor]:
+        out = {}
+        for i, m in enumerate(self.methods):
+            parts = getattr(self, f"maps_{i}")
+            if isinstance(parts, Tensor) or parts:
+                out[m] = dim_zero_cat(parts)
+        return out
 
 
 def _disagreement_keys(methods: Sequence[str], pairs) -> list[str]:
