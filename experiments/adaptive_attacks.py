@@ -18,8 +18,8 @@ model at fit start, drift, deletion faithfulness). Rows go to ``runs.jsonl`` as 
 ``diffcam_lightning.audit.alarm`` on the logged rows and writes ``adaptive_attacks.csv``,
 ``adaptive_attacks.md`` and ``adaptive_attacks.png``.
 
-    OMP_NUM_THREADS=1 python experiments/adaptive_attacks.py --worker 0 --workers 2 &
-    OMP_NUM_THREADS=1 python experiments/adaptive_attacks.py --worker 1 --workers 2 &
+    OMP_NUM_THREADS=1 python experiments/adaptive_attacks.py --worker 0 &   # workers share the
+    OMP_NUM_THREADS=1 python experiments/adaptive_attacks.py --worker 1 &   # plan (claims/)
     python experiments/adaptive_attacks.py --summarise
 """
 
@@ -82,13 +82,26 @@ def control_run(control: str, seed: int) -> Run:
 
 
 def plan(seeds: int, control_seeds: int) -> list[Run]:
-    """Runs in priority order: every attacked method with two patterns first (the cut the
-    issue allows), then the controls, then the other two patterns."""
+    """Runs in priority order, seed by seed: the controls, every attacked method with two
+    patterns (the cut the issue allows); then the other two patterns."""
     first, rest = PATTERNS[1::-1], PATTERNS[2:]  # corner, border | patch, random
-    runs = [attack_run(m, p, s) for s in range(seeds) for p in first for m in ATTACKED]
-    runs += [control_run(c, s) for s in range(control_seeds) for c in CONTROLS]
+    runs: list[Run] = []
+    for s in range(max(seeds, control_seeds)):
+        runs += [control_run(c, s) for c in CONTROLS] if s < control_seeds else []
+        runs += [attack_run(m, p, s) for p in first for m in ATTACKED] if s < seeds else []
     runs += [attack_run(m, p, s) for s in range(seeds) for p in rest for m in ATTACKED]
     return runs
+
+
+def claim(out: Path, run: Run) -> bool:
+    """Atomically take a run (a file per run name), so parallel workers never repeat one."""
+    path = out / "claims" / (run.name.replace("/", "__") + ".claim")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.open("x").close()
+    except FileExistsError:
+        return False
+    return True
 
 
 class Recorder(Callback):
@@ -159,11 +172,11 @@ class Recorder(Callback):
             f.write(json.dumps(row) + "\n")
 
 
-def train(run: Run, epochs: int, val_size: int, audit_size: int, sink: Path) -> float:
+def train(run: Run, epochs: int, train_size: int, val_size: int, audit_size: int, sink: Path) -> float:
     cli = config_cli(
         str(ROOT / "configs" / f"{run.config}.yaml"),
         f"--seed_everything={run.seed}", f"--trainer.max_epochs={epochs}",
-        f"--data.init_args.val_size={val_size}", "--trainer.num_sanity_val_steps=0", *run.flags,
+        f"--data.init_args.train_size={train_size}", f"--data.init_args.val_size={val_size}", "--trainer.num_sanity_val_steps=0", *run.flags,
     )
     cli.trainer.callbacks.append(Recorder(run, audit_size, sink))
     start = time.perf_counter()
@@ -183,13 +196,13 @@ def done_runs(sink: Path, epochs: int) -> set[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=7)
     parser.add_argument("--seeds", type=int, default=2, help="seeds per attack")
     parser.add_argument("--control-seeds", type=int, default=3)
-    parser.add_argument("--val-size", type=int, default=128)
+    parser.add_argument("--train-size", type=int, default=700)
+    parser.add_argument("--val-size", type=int, default=64)
     parser.add_argument("--audit-size", type=int, default=64)
     parser.add_argument("--worker", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--only", default=None, help="run only the runs whose name contains this")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
     parser.add_argument("--summarise", action="store_true", help="write the table and figure from runs.jsonl")
@@ -204,12 +217,12 @@ def main() -> None:
     sink = args.out / f"runs.{args.worker}.jsonl"
     finished = set().union(*(done_runs(p, args.epochs) for p in args.out.glob("runs.*.jsonl")))
     runs = [r for r in plan(args.seeds, args.control_seeds) if args.only is None or args.only in r.name]
-    for run in runs[args.worker :: args.workers]:
-        if run.name in finished:
+    for run in runs:
+        if run.name in finished or not claim(args.out, run):
             continue
         rows_before = len(sink.read_text().splitlines()) if sink.exists() else 0
         try:
-            seconds = train(run, args.epochs, args.val_size, args.audit_size, sink)
+            seconds = train(run, args.epochs, args.train_size, args.val_size, args.audit_size, sink)
         except Exception as err:  # one failed run must not stop the study: say so and go on
             print(f"{run.name}: FAILED: {type(err).__name__}: {err}", flush=True)
             continue

@@ -1,0 +1,221 @@
+"""Tables and figure of the adaptive-attack study, from the rows ``adaptive_attacks.py`` logged.
+
+The alarm is re-evaluated on the logged per-epoch signals with the rules CAMAudit uses
+(``diffcam_lightning.audit.alarm``, default thresholds), so the table shows the final
+alarm without re-training. Definitions:
+
+- *clean value* of a method: its pointing game on the audit images at the last epoch of the
+  CE-only few-class controls (the same model and data without the attack), mean over seeds;
+- *fooling visible*: the first epoch at which every attacked method points at the object
+  less than half as often as its clean value;
+- *alarm*: the first epoch at which any rule fires; *goal met*: the alarm fired by the last
+  epoch and at most 2 epochs after the fooling became visible (or fired although the fooling
+  never became visible); no control fires after its first epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import statistics
+from pathlib import Path
+from typing import Optional
+
+from diffcam_lightning.audit.alarm import ALARM_RULES, build_rules, evaluate
+
+LAG = 2
+GRADIENT = ("gradcam", "gradcam++", "meandiffgradcam", "maxdiffgradcam", "lsediffgradcam",
+            "meandiffgradcam++", "maxdiffgradcam++", "lsediffgradcam++")
+
+
+def load(out: Path) -> dict[str, list[dict]]:
+    """``{run: rows by epoch}`` for complete runs (a run restarted after a kill keeps its last rows)."""
+    by_run: dict[str, dict[int, dict]] = {}
+    for path in sorted(out.glob("runs.*.jsonl")):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            by_run.setdefault(row["run"], {})[row["epoch"]] = row
+    runs = {name: [rows[e] for e in sorted(rows)] for name, rows in by_run.items()}
+    epochs = max((len(r) for r in runs.values()), default=0)
+    return {name: rows for name, rows in runs.items() if len(rows) == epochs and sorted(r["epoch"] for r in rows) == list(range(epochs))}
+
+
+def attacked_methods(row: dict) -> list[str]:
+    """``gradcam+meandiffgradcam`` -> both; ``gradcam++`` stays one name."""
+    return re.split(r"\+(?=[a-z])", row["attacked"])
+
+
+def clean_pointing(runs: dict[str, list[dict]]) -> dict[str, float]:
+    finals = [rows[-1] for name, rows in runs.items() if name.startswith("control/ce/")]
+    return {m: statistics.mean(r[f"pointing/{m}"] for r in finals) for m in GRADIENT} if finals else {}
+
+
+def first(rows: list[dict], test) -> Optional[int]:
+    return next((r["epoch"] for r in rows if test(r)), None)
+
+
+def run_summary(name: str, rows: list[dict], clean: dict[str, float], rules) -> dict:
+    last = rows[-1]
+    fired = [evaluate(r, rules) for r in rows]
+    out = {"run": name, "kind": last["kind"], "attacked": last["attacked"] or "", "pattern": last["pattern"],
+           "seed": last["seed"], "epochs": len(rows), "acc": last["acc"]}
+    out["alarm_epoch"] = next((r["epoch"] for r, f in zip(rows, fired) if f), None)
+    for rule in rules:
+        out[f"first_{rule.name}"] = next((r["epoch"] for r, f in zip(rows, fired) if any(x.rule == rule.name for x in f)), None)
+    out["false_alarm_epochs"] = [r["epoch"] for r, f in zip(rows, fired) if f and r["epoch"] >= 1] if last["kind"] == "control" else []
+    if last["kind"] == "attack":
+        methods = attacked_methods(last)
+        out["pointing_start"] = statistics.mean(rows[0][f"pointing/{m}"] for m in methods)
+        out["pointing_end"] = statistics.mean(last[f"pointing/{m}"] for m in methods)
+        out["attack_mse_end"] = statistics.mean(last[f"attack_mse/{m}"] for m in methods)
+        out["visible_epoch"] = first(rows, lambda r: all(r[f"pointing/{m}"] < clean[m] / 2 for m in methods)) if clean else None
+        a, v = out["alarm_epoch"], out["visible_epoch"]
+        out["lag"] = None if a is None or v is None else a - v
+        out["goal"] = a is not None and (v is None or a <= v + LAG)
+    else:
+        out["goal"] = not out["false_alarm_epochs"]
+    out["fired_rules"] = sorted({x.rule for f in fired for x in f})
+    return out
+
+
+def evasions(summary: dict, rules) -> str:
+    """Rules that never fired on an attacked run (they were evaded)."""
+    return ", ".join(r.name for r in rules if summary.get(f"first_{r.name}") is None)
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "never"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    if isinstance(v, list):
+        return ", ".join(map(str, v)) or "-"
+    return str(v)
+
+
+def markdown(summaries: list[dict], rules, clean: dict[str, float]) -> str:
+    attacks = [s for s in summaries if s["kind"] == "attack"]
+    controls = [s for s in summaries if s["kind"] == "control"]
+    names = [r.name for r in rules]
+    lines = [
+        f"Alarm rules: {', '.join(f'{r.name} ({r.signal} {'<' if r.below else '>'} {r.threshold})' for r in rules)}.",
+        "Clean pointing (CE-only controls, last epoch): " + ", ".join(f"{m} {v:.2f}" for m, v in clean.items()) + ".",
+        "",
+        f"**Attacks: goal met in {sum(s['goal'] for s in attacks)} of {len(attacks)} runs** "
+        f"(alarm by the last epoch and <= {LAG} epochs after the fooling became visible).",
+        "",
+        "| attacked | pattern | seed | acc | pointing start -> end | MSE to attack mask | fooling visible | alarm | "
+        + " | ".join(f"first {n}" for n in names) + " | evades | goal |",
+        "|" + "---|" * (11 + len(names)),
+    ]
+    for s in sorted(attacks, key=lambda s: (s["attacked"], s["pattern"], s["seed"])):
+        lines.append(
+            f"| {s['attacked']} | {s['pattern']} | {s['seed']} | {s['acc']:.2f} | {s['pointing_start']:.2f} -> {s['pointing_end']:.2f} "
+            f"| {s['attack_mse_end']:.3f} | {fmt(s['visible_epoch'])} | {fmt(s['alarm_epoch'])} | "
+            + " | ".join(fmt(s[f"first_{n}"]) for n in names) + f" | {evasions(s, rules) or '-'} | {'yes' if s['goal'] else '**no**'} |"
+        )
+    false = sum(len(s["false_alarm_epochs"]) for s in controls)
+    epochs = sum(s["epochs"] - 1 for s in controls)
+    lines += [
+        "",
+        f"**Clean controls: {false} false alarms in {epochs} run-epochs after the first ({len(controls)} runs).**",
+        "",
+        "| control | seed | acc | alarm epochs (after the first) | " + " | ".join(f"first {n}" for n in names) + " |",
+        "|" + "---|" * (4 + len(names)),
+    ]
+    for s in sorted(controls, key=lambda s: s["run"]):
+        lines.append(
+            f"| {s['run'].split('/')[1]} | {s['seed']} | {s['acc']:.2f} | {fmt(s['false_alarm_epochs'])} | "
+            + " | ".join(fmt(s[f"first_{n}"]) for n in names) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def signal_margins(runs: dict[str, list[dict]], summaries: list[dict]) -> str:
+    """Where the thresholds come from: each candidate signal (min over gradient CAMs) on the
+    clean controls after their first epoch, and on the attacks at the epoch fooling became
+    visible (or the last epoch)."""
+    candidates = {
+        "dependence (min)": lambda r: min(r[f"dependence/{m}"] for m in GRADIENT),
+        "spread (min)": lambda r: min(r[f"spread/{m}"] for m in GRADIENT),
+        "deletion (min)": lambda r: min(r[f"deletion/{m}"] for m in GRADIENT),
+        "disagreement with EigenCAM (min)": lambda r: min(r[f"disagreement/{m}"] for m in GRADIENT),
+        "drift meandiff (max)": lambda r: r["drift/meandiffgradcam"],
+        "max pairwise drift": lambda r: r["max_pair_drift"],
+        "border SHAM MSE gradcam": lambda r: r["sham_mse/gradcam"],
+        "susceptibility (max)": lambda r: max(r[f"susceptibility/{m}"] for m in GRADIENT),
+    }
+    by = {s["run"]: s for s in summaries}
+    lines = ["| signal | clean controls, epochs >= 1: min / max | attacks at visible fooling (or last epoch): min / median / max |", "|---|---|---|"]
+    for label, fn in candidates.items():
+        clean = [fn(r) for name, rows in runs.items() if rows[0]["kind"] == "control" for r in rows[1:]]
+        hit = []
+        for name, rows in runs.items():
+            if rows[0]["kind"] != "attack":
+                continue
+            v = by[name]["visible_epoch"]
+            hit.append(fn(rows[v if v is not None else -1]))
+        if clean and hit:
+            lines.append(f"| {label} | {min(clean):.4f} / {max(clean):.4f} | {min(hit):.4f} / {statistics.median(hit):.4f} / {max(hit):.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(summaries: list[dict], epochs: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attacks = [s for s in summaries if s["kind"] == "attack"]
+    methods = sorted({s["attacked"] for s in attacks})
+    markers = {"border": "s", "corner": "^", "patch": "o", "random": "x"}
+    never = epochs  # plotted at the edge, labelled "never"
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    for i, s in enumerate(attacks):
+        v = never if s["visible_epoch"] is None else s["visible_epoch"]
+        a = never if s["alarm_epoch"] is None else s["alarm_epoch"]
+        jitter = 0.08 * ((i % 5) - 2)
+        ax.scatter(v + jitter, a + jitter, marker=markers[s["pattern"]], color=f"C{methods.index(s['attacked'])}", s=45)
+    ticks = list(range(epochs + 1))
+    ax.plot([0, never], [0, never], "k:", lw=1, label="alarm = fooling visible")
+    ax.plot([0, never - LAG], [LAG, never], "r--", lw=1, label=f"{LAG} epochs late (goal limit)")
+    for m in methods:
+        ax.scatter([], [], color=f"C{methods.index(m)}", label=m)
+    for p, mk in markers.items():
+        ax.scatter([], [], marker=mk, color="grey", label=p)
+    ax.set_xticks(ticks, [*map(str, ticks[:-1]), "never"])
+    ax.set_yticks(ticks, [*map(str, ticks[:-1]), "never"])
+    ax.set_xlabel("epoch the attacked CAM's fooling became visible (pointing < half clean)")
+    ax.set_ylabel("epoch CAMAudit's alarm first fired")
+    ax.set_title("Adaptive attacks on the synthetic preset")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_csv(runs: dict[str, list[dict]], rules, path: Path) -> None:
+    rows = []
+    for name, epochs in runs.items():
+        for r in epochs:
+            fired = evaluate(r, rules)
+            rows.append({**r, "alarm": int(bool(fired)), "rules_fired": " ".join(sorted({f.rule for f in fired}))})
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def summarise(out: Path) -> None:
+    runs = load(out)
+    rules = build_rules(None, ("meandiffgradcam", "gradcam"), ALARM_RULES["drift"].threshold, ALARM_RULES["sham"].threshold)
+    clean = clean_pointing(runs)
+    summaries = [run_summary(name, rows, clean, rules) for name, rows in sorted(runs.items())]
+    epochs = max((len(r) for r in runs.values()), default=0)
+    text = markdown(summaries, rules, clean) + "\nCandidate signals (how the thresholds were chosen):\n\n" + signal_margins(runs, summaries)
+    (out / "adaptive_attacks.md").write_text(text)
+    write_csv(runs, rules, out / "adaptive_attacks.csv")
+    figure(summaries, epochs, out / "adaptive_attacks.png")
+    print(text)
