@@ -50,6 +50,7 @@ CONTROLS = ("human", "ce", "ce_many", "human_lr5x")
 METHODS = tuple(DEFAULT_METHODS)
 GRADIENT = tuple(m for m in METHODS if m != GRADIENT_FREE)
 DELETE_FRACTION = 0.2
+DELETION_METHODS = ("gradcam", "meandiffgradcam")  # a forward each per epoch: the two the paper compares
 
 
 @dataclass
@@ -82,13 +83,16 @@ def control_run(control: str, seed: int) -> Run:
 
 
 def plan(seeds: int, control_seeds: int) -> list[Run]:
-    """Runs in priority order, seed by seed: the controls, every attacked method with two
-    patterns (the cut the issue allows); then the other two patterns."""
+    """Runs in priority order: the first seed of the controls and of every attacked method
+    with two patterns (corner, border: the cut the issue allows), the other control seeds
+    between them; then the other attack seeds, then the other two patterns."""
     first, rest = PATTERNS[1::-1], PATTERNS[2:]  # corner, border | patch, random
-    runs: list[Run] = []
-    for s in range(max(seeds, control_seeds)):
-        runs += [control_run(c, s) for c in CONTROLS] if s < control_seeds else []
-        runs += [attack_run(m, p, s) for p in first for m in ATTACKED] if s < seeds else []
+    runs = [control_run(c, 0) for c in CONTROLS]
+    runs += [attack_run(m, first[0], 0) for m in ATTACKED]
+    runs += [control_run(c, s) for s in range(1, control_seeds, 2) for c in CONTROLS]
+    runs += [attack_run(m, first[1], 0) for m in ATTACKED]
+    runs += [control_run(c, s) for s in range(2, control_seeds, 2) for c in CONTROLS]
+    runs += [attack_run(m, p, s) for s in range(1, seeds) for p in first for m in ATTACKED]
     runs += [attack_run(m, p, s) for s in range(seeds) for p in rest for m in ATTACKED]
     return runs
 
@@ -112,6 +116,7 @@ class Recorder(Callback):
         self.audit: Optional[AuditSet] = None
         self.reference: dict[str, torch.Tensor] = {}
         self.pairs = default_drift_pairs(METHODS)
+        self.started = time.time()  # tells a restarted run's rows from a killed attempt's
 
     def on_train_start(self, trainer, pl_module) -> None:
         with preserved_rng():
@@ -131,7 +136,7 @@ class Recorder(Callback):
         with audit_guard(pl_module, pl_module.device), torch.no_grad():
             p0 = pl_module(x).softmax(1).gather(1, y[:, None]).squeeze(1)
             out = {}
-            for m in METHODS:
+            for m in DELETION_METHODS:
                 up = F.interpolate(maps[m].unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False)
                 flat = up.flatten(1)
                 k = int(DELETE_FRACTION * flat.shape[1])
@@ -150,7 +155,7 @@ class Recorder(Callback):
         border = sham_target(grid, 3.35, "border")
         masks = self.audit.saliency
         row: dict = {"run": self.run.name, "kind": self.run.kind, "attacked": self.run.attacked,
-                     "pattern": self.run.pattern, "seed": self.run.seed, "epoch": trainer.current_epoch,
+                     "pattern": self.run.pattern, "seed": self.run.seed, "epoch": trainer.current_epoch, "started": self.started,
                      "acc": float(trainer.callback_metrics["val/acc"])}
         for m in METHODS:
             row[f"pointing/{m}"] = float(pointing_game(maps[m], masks).mean())
@@ -187,16 +192,16 @@ def train(run: Run, epochs: int, train_size: int, val_size: int, audit_size: int
 def done_runs(sink: Path, epochs: int) -> set[str]:
     if not sink.exists():
         return set()
-    counts: dict[str, int] = {}
+    seen: dict[str, set[int]] = {}
     for line in sink.read_text().splitlines():
         row = json.loads(line)
-        counts[row["run"]] = counts.get(row["run"], 0) + 1
-    return {r for r, n in counts.items() if n >= epochs}
+        seen.setdefault(row["run"], set()).add(row["epoch"])
+    return {r for r, e in seen.items() if len(e) >= epochs}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=7)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seeds", type=int, default=2, help="seeds per attack")
     parser.add_argument("--control-seeds", type=int, default=3)
     parser.add_argument("--train-size", type=int, default=700)

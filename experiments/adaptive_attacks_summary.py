@@ -6,11 +6,13 @@ alarm without re-training. Definitions:
 
 - *clean value* of a method: its pointing game on the audit images at the last epoch of the
   CE-only few-class controls (the same model and data without the attack), mean over seeds;
-- *fooling visible*: the first epoch at which every attacked method points at the object
-  less than half as often as its clean value;
-- *alarm*: the first epoch at which any rule fires; *goal met*: the alarm fired by the last
-  epoch and at most 2 epochs after the fooling became visible (or fired although the fooling
-  never became visible); no control fires after its first epoch.
+- *fooling visible*: the first epoch after the first (epoch index >= 1: during the first
+  epoch an untrained model points nowhere, fooled or not) at which every attacked method
+  points at the object less than half as often as its clean value;
+- *alarm*: the first epoch after the first at which any rule fires (the goal, like the
+  issue, does not count the first epoch for clean runs either); *goal met*: the alarm fired
+  by the last epoch and at most 2 epochs after the fooling became visible (or fired although
+  the fooling never became visible); no control fires after its first epoch.
 """
 
 from __future__ import annotations
@@ -25,20 +27,26 @@ from typing import Optional
 from diffcam_lightning.audit.alarm import ALARM_RULES, build_rules, evaluate
 
 LAG = 2
+MIN_EPOCHS = 6  # runs with fewer epochs were cut short (killed) and are left out
 GRADIENT = ("gradcam", "gradcam++", "meandiffgradcam", "maxdiffgradcam", "lsediffgradcam",
             "meandiffgradcam++", "maxdiffgradcam++", "lsediffgradcam++")
 
 
 def load(out: Path) -> dict[str, list[dict]]:
-    """``{run: rows by epoch}`` for complete runs (a run restarted after a kill keeps its last rows)."""
+    """``{run: rows by epoch}`` for complete runs, cut to the shortest complete run's epochs
+    (a run restarted after a kill keeps its last rows)."""
+    rows = [json.loads(line) for path in sorted(out.glob("runs.*.jsonl")) for line in path.read_text().splitlines()]
+    latest: dict[str, float] = {}
+    for row in rows:
+        latest[row["run"]] = max(latest.get(row["run"], 0.0), row.get("started", 0.0))
     by_run: dict[str, dict[int, dict]] = {}
-    for path in sorted(out.glob("runs.*.jsonl")):
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
+    for row in rows:
+        if row.get("started", 0.0) == latest[row["run"]]:
             by_run.setdefault(row["run"], {})[row["epoch"]] = row
     runs = {name: [rows[e] for e in sorted(rows)] for name, rows in by_run.items()}
-    epochs = max((len(r) for r in runs.values()), default=0)
-    return {name: rows for name, rows in runs.items() if len(rows) == epochs and sorted(r["epoch"] for r in rows) == list(range(epochs))}
+    complete = {n: r for n, r in runs.items() if [x["epoch"] for x in r] == list(range(len(r))) and len(r) >= MIN_EPOCHS}
+    epochs = min((len(r) for r in complete.values()), default=0)
+    return {name: rows[:epochs] for name, rows in complete.items()}
 
 
 def attacked_methods(row: dict) -> list[str]:
@@ -60,16 +68,19 @@ def run_summary(name: str, rows: list[dict], clean: dict[str, float], rules) -> 
     fired = [evaluate(r, rules) for r in rows]
     out = {"run": name, "kind": last["kind"], "attacked": last["attacked"] or "", "pattern": last["pattern"],
            "seed": last["seed"], "epochs": len(rows), "acc": last["acc"]}
-    out["alarm_epoch"] = next((r["epoch"] for r, f in zip(rows, fired) if f), None)
+    out["alarm_epoch"] = next((r["epoch"] for r, f in zip(rows, fired) if f and r["epoch"] >= 1), None)
     for rule in rules:
-        out[f"first_{rule.name}"] = next((r["epoch"] for r, f in zip(rows, fired) if any(x.rule == rule.name for x in f)), None)
+        out[f"first_{rule.name}"] = next(
+            (r["epoch"] for r, f in zip(rows, fired) if r["epoch"] >= 1 and any(x.rule == rule.name for x in f)), None
+        )
     out["false_alarm_epochs"] = [r["epoch"] for r, f in zip(rows, fired) if f and r["epoch"] >= 1] if last["kind"] == "control" else []
     if last["kind"] == "attack":
         methods = attacked_methods(last)
         out["pointing_start"] = statistics.mean(rows[0][f"pointing/{m}"] for m in methods)
         out["pointing_end"] = statistics.mean(last[f"pointing/{m}"] for m in methods)
         out["attack_mse_end"] = statistics.mean(last[f"attack_mse/{m}"] for m in methods)
-        out["visible_epoch"] = first(rows, lambda r: all(r[f"pointing/{m}"] < clean[m] / 2 for m in methods)) if clean else None
+        visible = lambda r: r["epoch"] >= 1 and all(r[f"pointing/{m}"] < clean[m] / 2 for m in methods)  # noqa: E731
+        out["visible_epoch"] = first(rows, visible) if clean else None
         a, v = out["alarm_epoch"], out["visible_epoch"]
         out["lag"] = None if a is None or v is None else a - v
         out["goal"] = a is not None and (v is None or a <= v + LAG)
@@ -99,7 +110,7 @@ def markdown(summaries: list[dict], rules, clean: dict[str, float]) -> str:
     controls = [s for s in summaries if s["kind"] == "control"]
     names = [r.name for r in rules]
     lines = [
-        f"Alarm rules: {', '.join(f'{r.name} ({r.signal} {'<' if r.below else '>'} {r.threshold})' for r in rules)}.",
+        "Alarm rules: " + ", ".join(f"{r.name} ({r.signal} {'<' if r.below else '>'} {r.threshold})" for r in rules) + ".",
         "Clean pointing (CE-only controls, last epoch): " + ", ".join(f"{m} {v:.2f}" for m, v in clean.items()) + ".",
         "",
         f"**Attacks: goal met in {sum(s['goal'] for s in attacks)} of {len(attacks)} runs** "
@@ -139,7 +150,7 @@ def signal_margins(runs: dict[str, list[dict]], summaries: list[dict]) -> str:
     candidates = {
         "dependence (min)": lambda r: min(r[f"dependence/{m}"] for m in GRADIENT),
         "spread (min)": lambda r: min(r[f"spread/{m}"] for m in GRADIENT),
-        "deletion (min)": lambda r: min(r[f"deletion/{m}"] for m in GRADIENT),
+        "deletion gradcam / meandiff (min)": lambda r: min(r[f"deletion/{m}"] for m in ("gradcam", "meandiffgradcam")),
         "disagreement with EigenCAM (min)": lambda r: min(r[f"disagreement/{m}"] for m in GRADIENT),
         "drift meandiff (max)": lambda r: r["drift/meandiffgradcam"],
         "max pairwise drift": lambda r: r["max_pair_drift"],

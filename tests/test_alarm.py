@@ -97,3 +97,47 @@ def test_camaudit_takes_rule_thresholds():
     assert {r.name: r.threshold for r in audit.rules} == {"dependence": 0.3, "drift": 0.1}
     with pytest.raises(ValueError, match="alarm rule"):
         CAMAudit(alarm_rules={"nope": 1.0})
+
+
+def _fit(regime: str, epochs: int = 6) -> tuple[CAMAudit, list[str]]:
+    """A tiny model (48 px, 6x6 CAM grid, 320 images): an adaptive attack on MeanDiffGradCAM
+    with the corner SHAM, or honest human-target training of the same model."""
+    import warnings
+
+    import lightning as L
+
+    from diffcam_lightning import SaliencyClassifier, SyntheticDataModule
+
+    L.seed_everything(0)
+    attack = dict(saliency_target="sham", saliency_method="meandiffgradcam", sham_pattern="corner")
+    model = SaliencyClassifier(
+        model_name="test_resnet", model_kwargs={"output_stride": 8},
+        optimizer=lambda params: torch.optim.Adam(params, lr=0.005),
+        **(attack if regime == "attack" else dict(saliency_target="human")),
+    )
+    data = SyntheticDataModule(image_size=48, train_size=320, val_size=64, test_size=32, batch_size=32)
+    audit = CAMAudit(log_images=False)  # the defaults: border SHAM, every rule
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1, callbacks=[audit],
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, data)
+    return audit, [str(w.message) for w in caught if "fooling alarm" in str(w.message)]
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("regime", ["attack", "human"])
+def test_alarm_catches_an_adaptive_attack_on_meandiffgradcam_and_spares_an_honest_model(regime):
+    audit, alarms = _fit(regime)
+    values = audit.last_metrics
+    assert {"dependence/gradcam", "spread/gradcam", "disagreement/gradcam", "alarm/dependence"} <= set(values)
+    if regime == "attack":
+        assert alarms and audit.alarm, values
+        assert "rule 'dependence' on " in alarms[-1]
+        # the paper's rules are blind to it: GradCAM and MeanDiff move together, away from the border
+        assert values["alarm/drift"] == 0.0 and values["alarm/sham"] == 0.0
+    else:
+        assert not alarms and not audit.alarm, values
+        assert min(v for k, v in values.items() if k.startswith("dependence/") and k != "dependence/eigencam") > 0.7

@@ -49,7 +49,7 @@ class Firing:
 
 
 # Defaults measured on the embedded synthetic data (experiments/results/adaptive_attacks.md).
-DEFAULT_DEPENDENCE_THRESHOLD = 0.5
+DEFAULT_DEPENDENCE_THRESHOLD = 0.7
 ALARM_RULES: dict[str, AlarmRule] = {}
 
 
