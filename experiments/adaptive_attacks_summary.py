@@ -149,6 +149,7 @@ def signal_margins(runs: dict[str, list[dict]], summaries: list[dict]) -> str:
     visible (or the last epoch)."""
     candidates = {
         "dependence (min)": lambda r: min(r[f"dependence/{m}"] for m in GRADIENT),
+        "pointing game (min)": lambda r: min(r[f"pointing/{m}"] for m in GRADIENT),
         "spread (min)": lambda r: min(r[f"spread/{m}"] for m in GRADIENT),
         "deletion gradcam / meandiff (min)": lambda r: min(r[f"deletion/{m}"] for m in ("gradcam", "meandiffgradcam")),
         "disagreement with EigenCAM (min)": lambda r: min(r[f"disagreement/{m}"] for m in GRADIENT),
@@ -169,6 +170,25 @@ def signal_margins(runs: dict[str, list[dict]], summaries: list[dict]) -> str:
             hit.append(fn(rows[v if v is not None else -1]))
         if clean and hit:
             lines.append(f"| {label} | {min(clean):.4f} / {max(clean):.4f} | {min(hit):.4f} / {statistics.median(hit):.4f} / {max(hit):.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+SWEEP = (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
+
+
+def threshold_sweep(runs: dict[str, list[dict]], clean: dict[str, float]) -> str:
+    """The goal under each ``dependence`` threshold (the paper's two rules kept at 0.1 / 0.1)."""
+    lines = ["| dependence threshold | attacks: goal met | attacks: alarm never | worst lag (epochs) | false alarms (control epochs >= 1) |", "|---|---|---|---|---|"]
+    for t in SWEEP:
+        rules = build_rules({"dependence": t}, ("meandiffgradcam", "gradcam"), 0.1, 0.1)
+        sums = [run_summary(n, r, clean, rules) for n, r in sorted(runs.items())]
+        attacks = [s for s in sums if s["kind"] == "attack"]
+        lags = [s["lag"] for s in attacks if s["lag"] is not None]
+        false = sum(len(s["false_alarm_epochs"]) for s in sums if s["kind"] == "control")
+        lines.append(
+            f"| {t} | {sum(s['goal'] for s in attacks)} / {len(attacks)} | {sum(s['alarm_epoch'] is None for s in attacks)} "
+            f"| {max(lags) if lags else '-'} | {false} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -225,7 +245,11 @@ def summarise(out: Path) -> None:
     clean = clean_pointing(runs)
     summaries = [run_summary(name, rows, clean, rules) for name, rows in sorted(runs.items())]
     epochs = max((len(r) for r in runs.values()), default=0)
-    text = markdown(summaries, rules, clean) + "\nCandidate signals (how the thresholds were chosen):\n\n" + signal_margins(runs, summaries)
+    text = (
+        markdown(summaries, rules, clean)
+        + "\nCandidate signals (how the thresholds were chosen):\n\n" + signal_margins(runs, summaries)
+        + "\nThe dependence threshold swept on the same rows:\n\n" + threshold_sweep(runs, clean)
+    )
     (out / "adaptive_attacks.md").write_text(text)
     write_csv(runs, rules, out / "adaptive_attacks.csv")
     figure(summaries, epochs, out / "adaptive_attacks.png")
