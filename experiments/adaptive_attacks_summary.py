@@ -174,19 +174,23 @@ def signal_margins(runs: dict[str, list[dict]], summaries: list[dict]) -> str:
 
 
 SWEEP = (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
+DRIFT_SWEEP = (0.1, 0.075, 0.05, 0.04, 0.03)
 
 
 def threshold_sweep(runs: dict[str, list[dict]], clean: dict[str, float]) -> str:
-    """The goal under each ``dependence`` threshold (the paper's two rules kept at 0.1 / 0.1)."""
-    lines = ["| dependence threshold | attacks: goal met | attacks: alarm never | worst lag (epochs) | false alarms (control epochs >= 1) |", "|---|---|---|---|---|"]
-    for t in SWEEP:
-        rules = build_rules({"dependence": t}, ("meandiffgradcam", "gradcam"), 0.1, 0.1)
+    """The goal under each ``dependence`` threshold (``drift`` at its default), then under
+    each ``drift`` threshold (``dependence`` at its default); ``sham`` at its default."""
+    lines = ["| dependence / drift threshold | attacks: goal met | attacks: alarm never | worst lag (epochs) | false alarms (control epochs >= 1) |", "|---|---|---|---|---|"]
+    dep, drift, sham = (ALARM_RULES[n].threshold for n in ("dependence", "drift", "sham"))
+    grid = [(t, drift) for t in SWEEP] + [(dep, d) for d in DRIFT_SWEEP if d != drift]
+    for t, d in grid:
+        rules = build_rules({"dependence": t}, ("meandiffgradcam", "gradcam"), d, sham)
         sums = [run_summary(n, r, clean, rules) for n, r in sorted(runs.items())]
         attacks = [s for s in sums if s["kind"] == "attack"]
         lags = [s["lag"] for s in attacks if s["lag"] is not None]
         false = sum(len(s["false_alarm_epochs"]) for s in sums if s["kind"] == "control")
         lines.append(
-            f"| {t} | {sum(s['goal'] for s in attacks)} / {len(attacks)} | {sum(s['alarm_epoch'] is None for s in attacks)} "
+            f"| {t} / {d} | {sum(s['goal'] for s in attacks)} / {len(attacks)} | {sum(s['alarm_epoch'] is None for s in attacks)} "
             f"| {max(lags) if lags else '-'} | {false} |"
         )
     return "\n".join(lines) + "\n"

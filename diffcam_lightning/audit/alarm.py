@@ -48,8 +48,11 @@ class Firing:
         return f"rule {self.rule!r} on {self.method}: {self.meaning} ({self.value:.4f} {side} {self.threshold})"
 
 
-# Defaults measured on the embedded synthetic data (experiments/results/adaptive_attacks.md).
+# Defaults measured on the embedded synthetic data: dependence in experiments/results/adaptive_attacks.md,
+# drift and sham in benchmarks/README.md ("Alarm thresholds"); CAMAudit's drift_threshold/sham_threshold.
 DEFAULT_DEPENDENCE_THRESHOLD = 0.7
+DEFAULT_DRIFT_THRESHOLD = 0.1
+DEFAULT_SHAM_THRESHOLD = 0.1
 ALARM_RULES: dict[str, AlarmRule] = {}
 
 
@@ -63,8 +66,8 @@ register_rule(AlarmRule(
     "dependence", "dependence", DEFAULT_DEPENDENCE_THRESHOLD, below=True,
     meaning="the maps hardly change between images (share of per-image variance)",
 ))
-register_rule(AlarmRule("drift", "drift", 0.1, below=False, meaning="drift between DiffGradCAM and its base"))
-register_rule(AlarmRule("sham", "sham_mse", 0.1, below=True, meaning="MSE to the border SHAM"))
+register_rule(AlarmRule("drift", "drift", DEFAULT_DRIFT_THRESHOLD, below=False, meaning="drift between DiffGradCAM and its base"))
+register_rule(AlarmRule("sham", "sham_mse", DEFAULT_SHAM_THRESHOLD, below=True, meaning="MSE to the border SHAM"))
 
 
 def build_rules(

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..cams import METHODS, CAMEngine, get_method
 from ..cams.layers import known_layer_name, resolve_layer
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
-from .alarm import AlarmRule, build_rules, evaluate
+from .alarm import DEFAULT_DRIFT_THRESHOLD, DEFAULT_SHAM_THRESHOLD, AlarmRule, build_rules, evaluate
 from .auditset import AuditSet, BatchKeys
 from .guard import audit_guard, preserved_rng
 from .metrics import SCORE_FAMILIES, AuditScores, ScoreContext, score_batch, score_keys
@@ -47,8 +47,7 @@ DEFAULT_METHODS: tuple[str, ...] = (
 # models drift <= 0.0001 after their first epoch (0.077 at init, 0.091 after one epoch in a
 # smaller setting) with GradCAM-to-SHAM MSE >= 0.43; SHAM-trained models pass drift 0.1 within
 # 1-4 epochs and end at drift 0.30-0.38, SHAM MSE 0.005-0.007.
-DEFAULT_DRIFT_THRESHOLD = 0.1
-DEFAULT_SHAM_THRESHOLD = 0.1
+# (defined beside the other rules in alarm.py: DEFAULT_DRIFT_THRESHOLD = DEFAULT_SHAM_THRESHOLD = 0.1)
 
 ModelSpec = Union[None, str, Callable[[LightningModule], nn.Module]]
 
