@@ -21,6 +21,7 @@ import csv
 import json
 import re
 import statistics
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -177,21 +178,32 @@ SWEEP = (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
 DRIFT_SWEEP = (0.1, 0.075, 0.05, 0.04, 0.03)
 
 
+PLAIN = ("gradcam", "meandiffgradcam", "maxdiffgradcam", "lsediffgradcam")  # no ++ variants
+
+
 def threshold_sweep(runs: dict[str, list[dict]], clean: dict[str, float]) -> str:
     """The goal under each ``dependence`` threshold (``drift`` at its default), then under
-    each ``drift`` threshold (``dependence`` at its default); ``sham`` at its default."""
-    lines = ["| dependence / drift threshold | attacks: goal met | attacks: alarm never | worst lag (epochs) | false alarms (control epochs >= 1) |", "|---|---|---|---|---|"]
+    each ``drift`` threshold (``dependence`` at its default); ``sham`` at its default. The
+    dependence rule judges every gradient CAM (``all``) or only the four without ``++``."""
+    lines = [
+        "| dependence on / threshold / drift threshold | attacks: goal met | attacks: alarm never | worst lag (epochs) "
+        "| false alarms (control epochs >= 1) | control epochs 0 with an alarm |",
+        "|---|---|---|---|---|---|",
+    ]
+    default = ALARM_RULES["dependence"]
     dep, drift, sham = (ALARM_RULES[n].threshold for n in ("dependence", "drift", "sham"))
-    grid = [(t, drift) for t in SWEEP] + [(dep, d) for d in DRIFT_SWEEP if d != drift]
-    for t, d in grid:
-        rules = build_rules({"dependence": t}, ("meandiffgradcam", "gradcam"), d, sham)
+    grid = [(scope, t, drift) for scope in (None, PLAIN) for t in SWEEP] + [(default.methods, dep, d) for d in DRIFT_SWEEP if d != drift]
+    for scope, t, d in grid:
+        rules = [replace(r, methods=scope) if r.name == "dependence" else r
+                 for r in build_rules({"dependence": t}, ("meandiffgradcam", "gradcam"), d, sham)]
         sums = [run_summary(n, r, clean, rules) for n, r in sorted(runs.items())]
         attacks = [s for s in sums if s["kind"] == "attack"]
         lags = [s["lag"] for s in attacks if s["lag"] is not None]
         false = sum(len(s["false_alarm_epochs"]) for s in sums if s["kind"] == "control")
+        first = sum(bool(evaluate(rows[0], rules)) for rows in runs.values() if rows[0]["kind"] == "control")
         lines.append(
-            f"| {t} / {d} | {sum(s['goal'] for s in attacks)} / {len(attacks)} | {sum(s['alarm_epoch'] is None for s in attacks)} "
-            f"| {max(lags) if lags else '-'} | {false} |"
+            f"| {'all' if scope is None else 'no ++'} / {t} / {d} | {sum(s['goal'] for s in attacks)} / {len(attacks)} | {sum(s['alarm_epoch'] is None for s in attacks)} "
+            f"| {max(lags) if lags else '-'} | {false} | {first} |"
         )
     return "\n".join(lines) + "\n"
 

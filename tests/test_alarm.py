@@ -94,7 +94,7 @@ def test_rules_fire_by_name_method_and_value():
 
 def test_camaudit_takes_rule_thresholds():
     audit = CAMAudit(alarm_rules={"dependence": 0.3}, sham_threshold=None)
-    assert {r.name: r.threshold for r in audit.rules} == {"dependence": 0.3, "drift": 0.1}
+    assert {r.name: r.threshold for r in audit.rules} == {"dependence": 0.3, "drift": ALARM_RULES["drift"].threshold}
     with pytest.raises(ValueError, match="alarm rule"):
         CAMAudit(alarm_rules={"nope": 1.0})
 

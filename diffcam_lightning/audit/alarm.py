@@ -50,7 +50,7 @@ class Firing:
 
 # Defaults measured on the embedded synthetic data: dependence in experiments/results/adaptive_attacks.md,
 # drift and sham in benchmarks/README.md ("Alarm thresholds"); CAMAudit's drift_threshold/sham_threshold.
-DEFAULT_DEPENDENCE_THRESHOLD = 0.7
+DEFAULT_DEPENDENCE_THRESHOLD = 0.55
 DEFAULT_DRIFT_THRESHOLD = 0.1
 DEFAULT_SHAM_THRESHOLD = 0.1
 ALARM_RULES: dict[str, AlarmRule] = {}
