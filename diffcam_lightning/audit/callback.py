@@ -374,11 +374,19 @@ class CAMAudit(Callback):
             values.update(set_signals(self._maps.compute(), self.methods))
         return values, grid_maps
 
-    def _report(self, trainer: Trainer, pl_module: LightningModule, values: dict[str, float], grid_maps) -> None:
+    def _alarm(self, values: dict[str, float]) -> tuple[bool, list[str]]:
+        """Whether any rule fired, and a message per (rule, method) that did (``alarm.py``)."""
         firings = evaluate(values, self.rules)
-        alarm, reasons = bool(firings), [f.message() for f in firings]
-        rules = {f"alarm/{r.name}": float(any(f.rule == r.name for f in firings)) for r in self.rules}
-        values = {**values, **rules, "alarm": float(alarm)}
+        return bool(firings), [f.message() for f in firings]
+
+    def _rule_flags(self, values: dict[str, float]) -> dict[str, float]:
+        """``alarm/<rule>``: 1.0 for each rule that fired on any method, else 0.0."""
+        fired = {f.rule for f in evaluate(values, self.rules)}
+        return {f"alarm/{r.name}": float(r.name in fired) for r in self.rules}
+
+    def _report(self, trainer: Trainer, pl_module: LightningModule, values: dict[str, float], grid_maps) -> None:
+        alarm, reasons = self._alarm(values)
+        values = {**values, **self._rule_flags(values), "alarm": float(alarm)}
         self.last_metrics, self.alarm = values, alarm
         for key, value in values.items():
             pl_module.log(
