@@ -11,8 +11,9 @@ alarm without re-training. Definitions:
   points at the object less than half as often as its clean value;
 - *alarm*: the first epoch after the first at which any rule fires (the goal, like the
   issue, does not count the first epoch for clean runs either); *goal met*: the alarm fired
-  by the last epoch and at most 2 epochs after the fooling became visible (or fired although
-  the fooling never became visible); no control fires after its first epoch.
+  by the last epoch and at most 2 epochs after the fooling became visible. A run whose
+  fooling never became visible is *not fooled* (nothing to detect: the goal does not apply;
+  the table says whether the alarm stayed silent); no control fires after its first epoch.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def run_summary(name: str, rows: list[dict], clean: dict[str, float], rules) -> 
         out["visible_epoch"] = first(rows, visible) if clean else None
         a, v = out["alarm_epoch"], out["visible_epoch"]
         out["lag"] = None if a is None or v is None else a - v
-        out["goal"] = a is not None and (v is None or a <= v + LAG)
+        out["goal"] = None if v is None else (a is not None and a <= v + LAG)
     else:
         out["goal"] = not out["false_alarm_epochs"]
     out["fired_rules"] = sorted({x.rule for f in fired for x in f})
@@ -94,6 +95,9 @@ def run_summary(name: str, rows: list[dict], clean: dict[str, float], rules) -> 
 def evasions(summary: dict, rules) -> str:
     """Rules that never fired on an attacked run (they were evaded)."""
     return ", ".join(r.name for r in rules if summary.get(f"first_{r.name}") is None)
+
+
+GOAL = {True: "yes", False: "**no**", None: "n/a (not fooled)"}
 
 
 def fmt(v) -> str:
@@ -109,13 +113,17 @@ def fmt(v) -> str:
 def markdown(summaries: list[dict], rules, clean: dict[str, float]) -> str:
     attacks = [s for s in summaries if s["kind"] == "attack"]
     controls = [s for s in summaries if s["kind"] == "control"]
+    fooled = [s for s in attacks if s["goal"] is not None]
+    unfooled = [s for s in attacks if s["goal"] is None]
     names = [r.name for r in rules]
     lines = [
         "Alarm rules: " + ", ".join(f"{r.name} ({r.signal} {'<' if r.below else '>'} {r.threshold})" for r in rules) + ".",
         "Clean pointing (CE-only controls, last epoch): " + ", ".join(f"{m} {v:.2f}" for m, v in clean.items()) + ".",
         "",
-        f"**Attacks: goal met in {sum(s['goal'] for s in attacks)} of {len(attacks)} runs** "
-        f"(alarm by the last epoch and <= {LAG} epochs after the fooling became visible).",
+        f"**Attacks: goal met in {sum(s['goal'] for s in fooled)} of the {len(fooled)} runs whose fooling became visible** "
+        f"(alarm by the last epoch and <= {LAG} epochs after it). {len(unfooled)} runs were not fooled within "
+        f"{max((s['epochs'] for s in attacks), default=0)} epochs; the alarm stayed silent on "
+        f"{sum(s['alarm_epoch'] is None for s in unfooled)} of them.",
         "",
         "| attacked | pattern | seed | acc | pointing start -> end | MSE to attack mask | fooling visible | alarm | "
         + " | ".join(f"first {n}" for n in names) + " | evades | goal |",
@@ -125,7 +133,7 @@ def markdown(summaries: list[dict], rules, clean: dict[str, float]) -> str:
         lines.append(
             f"| {s['attacked']} | {s['pattern']} | {s['seed']} | {s['acc']:.2f} | {s['pointing_start']:.2f} -> {s['pointing_end']:.2f} "
             f"| {s['attack_mse_end']:.3f} | {fmt(s['visible_epoch'])} | {fmt(s['alarm_epoch'])} | "
-            + " | ".join(fmt(s[f"first_{n}"]) for n in names) + f" | {evasions(s, rules) or '-'} | {'yes' if s['goal'] else '**no**'} |"
+            + " | ".join(fmt(s[f"first_{n}"]) for n in names) + f" | {evasions(s, rules) or '-'} | {GOAL[s['goal']]} |"
         )
     false = sum(len(s["false_alarm_epochs"]) for s in controls)
     epochs = sum(s["epochs"] - 1 for s in controls)
@@ -186,7 +194,7 @@ def threshold_sweep(runs: dict[str, list[dict]], clean: dict[str, float]) -> str
     each ``drift`` threshold (``dependence`` at its default); ``sham`` at its default. The
     dependence rule judges every gradient CAM (``all``) or only the four without ``++``."""
     lines = [
-        "| dependence on / threshold / drift threshold | attacks: goal met | attacks: alarm never | worst lag (epochs) "
+        "| dependence on / threshold / drift threshold | fooled attacks: goal met | attacks: alarm never | worst lag (epochs) "
         "| false alarms (control epochs >= 1) | control epochs 0 with an alarm |",
         "|---|---|---|---|---|---|",
     ]
@@ -201,8 +209,9 @@ def threshold_sweep(runs: dict[str, list[dict]], clean: dict[str, float]) -> str
         lags = [s["lag"] for s in attacks if s["lag"] is not None]
         false = sum(len(s["false_alarm_epochs"]) for s in sums if s["kind"] == "control")
         first = sum(bool(evaluate(rows[0], rules)) for rows in runs.values() if rows[0]["kind"] == "control")
+        fooled = [s for s in attacks if s["goal"] is not None]
         lines.append(
-            f"| {'all' if scope is None else 'no ++'} / {t} / {d} | {sum(s['goal'] for s in attacks)} / {len(attacks)} | {sum(s['alarm_epoch'] is None for s in attacks)} "
+            f"| {'all' if scope is None else 'no ++'} / {t} / {d} | {sum(s['goal'] for s in fooled)} / {len(fooled)} | {sum(s['alarm_epoch'] is None for s in attacks)} "
             f"| {max(lags) if lags else '-'} | {false} | {first} |"
         )
     return "\n".join(lines) + "\n"
