@@ -75,7 +75,8 @@ def run_summary(name: str, rows: list[dict], clean: dict[str, float], rules) -> 
         out[f"first_{rule.name}"] = next(
             (r["epoch"] for r, f in zip(rows, fired) if r["epoch"] >= 1 and any(x.rule == rule.name for x in f)), None
         )
-    out["false_alarm_epochs"] = [r["epoch"] for r, f in zip(rows, fired) if f and r["epoch"] >= 1] if last["kind"] == "control" else []
+    control = last["kind"] == "control"
+    out["false_alarm_epochs"] = [r["epoch"] for r, f in zip(rows, fired) if f and r["epoch"] >= 1] if control else []
     if last["kind"] == "attack":
         methods = attacked_methods(last)
         out["pointing_start"] = statistics.mean(rows[0][f"pointing/{m}"] for m in methods)
@@ -168,7 +169,10 @@ def signal_margins(runs: dict[str, list[dict]], summaries: list[dict]) -> str:
         "susceptibility (max)": lambda r: max(r[f"susceptibility/{m}"] for m in GRADIENT),
     }
     by = {s["run"]: s for s in summaries}
-    lines = ["| signal | clean controls, epochs >= 1: min / max | attacks at visible fooling (or last epoch): min / median / max |", "|---|---|---|"]
+    lines = [
+        "| signal | clean controls, epochs >= 1: min / max | attacks at visible fooling (or last epoch): min / median / max |",
+        "|---|---|---|",
+    ]
     for label, fn in candidates.items():
         clean = [fn(r) for name, rows in runs.items() if rows[0]["kind"] == "control" for r in rows[1:]]
         hit = []
@@ -178,7 +182,8 @@ def signal_margins(runs: dict[str, list[dict]], summaries: list[dict]) -> str:
             v = by[name]["visible_epoch"]
             hit.append(fn(rows[v if v is not None else -1]))
         if clean and hit:
-            lines.append(f"| {label} | {min(clean):.4f} / {max(clean):.4f} | {min(hit):.4f} / {statistics.median(hit):.4f} / {max(hit):.4f} |")
+            spread = f"{min(hit):.4f} / {statistics.median(hit):.4f} / {max(hit):.4f}"
+            lines.append(f"| {label} | {min(clean):.4f} / {max(clean):.4f} | {spread} |")
     return "\n".join(lines) + "\n"
 
 
@@ -200,7 +205,8 @@ def threshold_sweep(runs: dict[str, list[dict]], clean: dict[str, float]) -> str
     ]
     default = ALARM_RULES["dependence"]
     dep, drift, sham = (ALARM_RULES[n].threshold for n in ("dependence", "drift", "sham"))
-    grid = [(scope, t, drift) for scope in (None, PLAIN) for t in SWEEP] + [(default.methods, dep, d) for d in DRIFT_SWEEP if d != drift]
+    grid = [(scope, t, drift) for scope in (None, PLAIN) for t in SWEEP]
+    grid += [(default.methods, dep, d) for d in DRIFT_SWEEP if d != drift]
     for scope, t, d in grid:
         rules = [replace(r, methods=scope) if r.name == "dependence" else r
                  for r in build_rules({"dependence": t}, ("meandiffgradcam", "gradcam"), d, sham)]
@@ -211,7 +217,8 @@ def threshold_sweep(runs: dict[str, list[dict]], clean: dict[str, float]) -> str
         first = sum(bool(evaluate(rows[0], rules)) for rows in runs.values() if rows[0]["kind"] == "control")
         fooled = [s for s in attacks if s["goal"] is not None]
         lines.append(
-            f"| {'all' if scope is None else 'no ++'} / {t} / {d} | {sum(s['goal'] for s in fooled)} / {len(fooled)} | {sum(s['alarm_epoch'] is None for s in attacks)} "
+            f"| {'all' if scope is None else 'no ++'} / {t} / {d} | {sum(s['goal'] for s in fooled)} / {len(fooled)} "
+            f"| {sum(s['alarm_epoch'] is None for s in attacks)} "
             f"| {max(lags) if lags else '-'} | {false} | {first} |"
         )
     return "\n".join(lines) + "\n"

@@ -40,7 +40,10 @@ def test_patch_is_one_block_off_centre():
 
 
 def test_random_pattern_is_identical_across_processes_and_leaves_the_global_rng_alone():
-    code = "from diffcam_lightning.saliency import sham_target; print(sham_target((14, 14), 3.35, 'random').flatten().int().tolist())"
+    code = (
+        "from diffcam_lightning.saliency import sham_target; "
+        "print(sham_target((14, 14), 3.35, 'random').flatten().int().tolist())"
+    )
     here = sham_target((14, 14), 3.35, "random").flatten().int().tolist()
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert other == str(here)

@@ -66,7 +66,9 @@ register_rule(AlarmRule(
     "dependence", "dependence", DEFAULT_DEPENDENCE_THRESHOLD, below=True,
     meaning="the maps hardly change between images (share of per-image variance)",
 ))
-register_rule(AlarmRule("drift", "drift", DEFAULT_DRIFT_THRESHOLD, below=False, meaning="drift between DiffGradCAM and its base"))
+register_rule(AlarmRule(
+    "drift", "drift", DEFAULT_DRIFT_THRESHOLD, below=False, meaning="drift between DiffGradCAM and its base",
+))
 register_rule(AlarmRule("sham", "sham_mse", DEFAULT_SHAM_THRESHOLD, below=True, meaning="MSE to the border SHAM"))
 
 
