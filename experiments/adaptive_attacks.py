@@ -13,8 +13,12 @@ After every validation epoch a recorder audits the first ``--audit-size`` valida
 (the same images CAMAudit takes) and logs, per audited method: pointing game and MSE against
 the true object masks, MSE against the attack mask and the border SHAM, and every candidate
 alarm signal (spread, dependence, disagreement with EigenCAM, susceptibility against the
-model at fit start, drift, deletion faithfulness). Rows go to ``runs.jsonl`` as they come
-(a restarted study skips finished runs). ``--summarise`` re-evaluates the alarm of
+model at fit start, drift, deletion faithfulness of GradCAM and MeanDiffGradCAM). Rows go
+to ``runs.<worker>.jsonl`` as they come (a restarted study skips finished runs; the rows of
+a killed attempt are told apart by ``started``). Defaults: 700 training and 64 validation
+images, 6 epochs. The plan runs the controls and the corner/border attacks of seed 0 first;
+a run is skipped while ``claims/<run>.claim`` exists (how the shipped results left out
+``patch`` and ``random`` for seed 1). ``--summarise`` re-evaluates the alarm of
 ``diffcam_lightning.audit.alarm`` on the logged rows and writes ``adaptive_attacks.csv``,
 ``adaptive_attacks.md`` and ``adaptive_attacks.png``.
 
