@@ -23,12 +23,14 @@ from ..cams import DIFF_BASES, METHODS, CAMEngine, get_method
 from ..cams.layers import known_layer_name, resolve_layer
 from ..cams.metrics import check_metrics
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
+from .alarm import DEFAULT_DRIFT_THRESHOLD, DEFAULT_SHAM_THRESHOLD, AlarmRule, build_rules, evaluate
 from .auditset import AuditSet, BatchKeys
 from .faithfulness import faithfulness_keys, faithfulness_scores
 from .guard import audit_guard, preserved_rng
 from .metrics import SCORE_FAMILIES, AuditScores, ScoreContext, score_batch, score_keys
 from .reference import WeightsSwap, load_reference_state
 from .render import audit_grid, tensorboard_writers
+from .signals import AuditMaps, set_signals
 
 DEFAULT_METHODS: tuple[str, ...] = (
     "gradcam",
@@ -47,8 +49,7 @@ DEFAULT_METHODS: tuple[str, ...] = (
 # models drift <= 0.0001 after their first epoch (0.077 at init, 0.091 after one epoch in a
 # smaller setting) with GradCAM-to-SHAM MSE >= 0.43; SHAM-trained models pass drift 0.1 within
 # 1-4 epochs and end at drift 0.30-0.38, SHAM MSE 0.005-0.007.
-DEFAULT_DRIFT_THRESHOLD = 0.1
-DEFAULT_SHAM_THRESHOLD = 0.1
+# (defined beside the other rules in alarm.py: DEFAULT_DRIFT_THRESHOLD = DEFAULT_SHAM_THRESHOLD = 0.1)
 
 ModelSpec = Union[None, str, Callable[[LightningModule], nn.Module]]
 
@@ -80,9 +81,11 @@ class CAMAudit(Callback):
         sham_entropy, sham_pattern: the SHAM the maps are compared with (paper: 3.35, border).
         reference: ``"start"`` (the model when fitting starts), a checkpoint path, or ``None``.
         log_images: log image grids to TensorBoard; ``grid_images`` rows of them.
-        drift_threshold, sham_threshold: the fooling alarm fires when the drift of
-            ``alarm_pair`` exceeds ``drift_threshold`` or the SHAM MSE of ``alarm_pair[1]``
+        drift_threshold, sham_threshold: the paper's two alarm rules: the drift of
+            ``alarm_pair`` exceeds ``drift_threshold``, or the SHAM MSE of ``alarm_pair[1]``
             falls below ``sham_threshold`` (``None`` disables a rule).
+        alarm_rules: ``{rule: threshold}`` for the other rules of ``audit.alarm.ALARM_RULES``
+            (e.g. ``dependence``, which needs no knowledge of the attack); ``None`` disables one.
         cam_class: explain the true ``label`` (default) or the ``prediction``.
         dataset: a map-style dataset to take the audit set from instead of the val data.
         batch_size: audit images per engine call.
@@ -111,6 +114,7 @@ class CAMAudit(Callback):
         drift_threshold: Optional[float] = DEFAULT_DRIFT_THRESHOLD,
         sham_threshold: Optional[float] = DEFAULT_SHAM_THRESHOLD,
         alarm_pair: Sequence[str] = ("meandiffgradcam", "gradcam"),
+        alarm_rules: Optional[dict[str, Optional[float]]] = None,
         cam_class: str = "label",
         dataset: Optional[Any] = None,
         batch_size: int = 32,
@@ -158,6 +162,7 @@ class CAMAudit(Callback):
         self.grid_images = int(grid_images)
         self.drift_threshold = drift_threshold
         self.sham_threshold = sham_threshold
+        self.rules: list[AlarmRule] = build_rules(alarm_rules, self.alarm_pair, drift_threshold, sham_threshold)
         self.cam_class = cam_class
         self.dataset = dataset
         self.batch_size = int(batch_size)
@@ -173,6 +178,7 @@ class CAMAudit(Callback):
         # runtime (rebuilt in each process)
         self._engine: Optional[CAMEngine] = None
         self._metric: Optional[AuditScores] = None
+        self._maps: Optional[AuditMaps] = None
         self.last_metrics: dict[str, float] = {}
         self.alarm: bool = False
         self._whole_grid_warned: set[tuple[int, int]] = set()
@@ -285,6 +291,7 @@ class CAMAudit(Callback):
             keys = score_keys(self.methods, self.drift_pairs, "mean") + faithfulness_keys(self.metrics, self.methods)
             self._metric = AuditScores(keys, score_keys(self.methods, self.drift_pairs, "sum"))
         self._metric = self._metric.to(pl_module.device)
+        self._maps = (self._maps or AuditMaps(self.methods)).to(pl_module.device)
 
     def _collect(self, trainer: Trainer) -> AuditSet:
         """The first ``audit_size`` samples of the dataset, or of the raw (unsharded)
@@ -356,6 +363,7 @@ class CAMAudit(Callback):
         want_grid = self.log_images and self.grid_images > 0 and trainer.is_global_zero
         with audit_guard(model, device):
             self._metric.reset()
+            self._maps.reset()
             for lo in range(start, stop, self.batch_size):
                 hi = min(lo + self.batch_size, stop)
                 batch = self.audit_set.slice(lo, hi).to(device)
@@ -374,6 +382,7 @@ class CAMAudit(Callback):
                         model, images, maps, result.targets, self.metrics, batch.saliency, batch.has_saliency,
                         self.metric_options,
                     ))
+                self._maps.update(maps)
                 if want_grid and grid_maps is None:
                     n = min(self.grid_images, hi - lo)
                     grid_maps = {
@@ -382,6 +391,7 @@ class CAMAudit(Callback):
                         "maps": {m: torch.nan_to_num(v[:n], nan=0.0).cpu() for m, v in maps.items()},
                     }
             values = {k: float(v) for k, v in self._metric.compute().items()}  # synced across ranks
+            values.update(set_signals(self._maps.compute(), self.methods))
         return values, grid_maps
 
     def _sham(self, grid: tuple[int, int]) -> Tensor:
@@ -410,30 +420,28 @@ class CAMAudit(Callback):
         total = len(self.audit_set) if self.audit_set is not None else "?"
         notes = [f"{n} of {total} audit images gave NaN or infinite maps ({', '.join(m)})" for n, m in by_count.items()]
         notes.append("left out of the means: " + ", ".join(f"{k} ({n})" for k, n in excluded.items()))
-        variant, base = self.alarm_pair
-        rules = (("drift", f"drift/{variant}", self.drift_threshold), ("SHAM", f"sham_mse/{base}", self.sham_threshold))
-        for rule, key, threshold in rules:
-            if threshold is not None and key in excluded and key not in values:
-                notes.append(f"the alarm's {rule} rule could not be evaluated ({key} has no finite score)")
+        for rule in self.rules:
+            prefix = f"{rule.signal}/"
+            if any(k.startswith(prefix) for k in excluded) and not any(k.startswith(prefix) for k in values):
+                notes.append(f"the alarm's {rule.name} rule could not be evaluated (no finite {rule.signal} score)")
         return notes
 
     def _alarm(self, values: dict[str, float]) -> tuple[bool, list[str]]:
-        variant, base = self.alarm_pair
-        reasons = []
-        drift = values.get(f"drift/{variant}")
-        if self.drift_threshold is not None and drift is not None and drift > self.drift_threshold:
-            reasons.append(f"{base} drifts from {variant} (MSE {drift:.4f} > {self.drift_threshold})")
-        sham = values.get(f"sham_mse/{base}")
-        if self.sham_threshold is not None and sham is not None and sham < self.sham_threshold:
-            reasons.append(f"{base} aligns with the SHAM (MSE {sham:.4f} < {self.sham_threshold})")
-        return bool(reasons), reasons
+        """Whether any rule fired, and a message per (rule, method) that did (``alarm.py``)."""
+        firings = evaluate(values, self.rules)
+        return bool(firings), [f.message() for f in firings]
+
+    def _rule_flags(self, values: dict[str, float]) -> dict[str, float]:
+        """``alarm/<rule>``: 1.0 for each rule that fired on any method, else 0.0."""
+        fired = {f.rule for f in evaluate(values, self.rules)}
+        return {f"alarm/{r.name}": float(r.name in fired) for r in self.rules}
 
     def _report(self, trainer: Trainer, pl_module: LightningModule, values: dict[str, float], grid_maps) -> None:
         alarm, reasons = self._alarm(values)
         notes = self._nan_notes(values)
         if notes:
             rank_zero_warn(f"CAMAudit at epoch {trainer.current_epoch}: " + "; ".join(notes) + ".")
-        values = {**values, "alarm": float(alarm)}
+        values = {**values, **self._rule_flags(values), "alarm": float(alarm)}
         self.last_metrics, self.alarm = values, alarm
         for key, value in values.items():
             pl_module.log(
@@ -443,7 +451,8 @@ class CAMAudit(Callback):
         if alarm:
             rank_zero_warn(
                 f"CAMAudit fooling alarm at epoch {trainer.current_epoch} (step {trainer.global_step}): "
-                + "; ".join(reasons) + ". GradCAM may be passively fooled; trust the DiffGradCAM maps."
+                + "; ".join(reasons) + ". The audited CAMs may be passively fooled (README: "
+                "'What the audit can and cannot detect')."
             )
         if grid_maps is not None and trainer.is_global_zero:
             writers = tensorboard_writers(trainer.loggers)

@@ -30,7 +30,7 @@ default, final CAM layer nothing but pooling and the classifier follows it: no c
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from lightning.pytorch import LightningModule
@@ -116,7 +116,9 @@ class SaliencyClassifier(LightningModule):
         layout: the CAM layer's layout (``nchw``, ``nhwc``, ``tokens``, ``tokens:P``; ``None`` = detected).
         output_key: where the logits are in the network's output, if not found by itself.
         saliency_target: ``human`` (the batch's maps) or ``sham``.
-        saliency_method: the CAM the loss shapes: any gradient method of ``METHODS``.
+        saliency_method: the CAM the loss shapes: any gradient method of ``METHODS``, or a
+            list of them (the saliency term is then the mean of each method's MSE to the
+            target, all from the one forward and one batched VJP: a joint attack).
         cam_class: explain the true ``label`` (default) or the ``prediction``.
         sham_entropy, sham_pattern: the SHAM (nats; ``border``, ``corner``, ...).
         ce_weight, saliency_weight: the joint loss ``ce_weight*CE + saliency_weight*MSE``.
@@ -139,7 +141,7 @@ class SaliencyClassifier(LightningModule):
         layout: Optional[str] = None,
         output_key: Optional[Union[int, str]] = None,
         saliency_target: str = "human",
-        saliency_method: str = "gradcam",
+        saliency_method: Union[str, list[str]] = "gradcam",
         cam_class: str = "label",
         sham_entropy: float = PAPER_ENTROPY,
         sham_pattern: str = "border",
@@ -153,12 +155,7 @@ class SaliencyClassifier(LightningModule):
         _check_choice("saliency_target", saliency_target, SALIENCY_TARGETS)
         _check_choice("cam_class", cam_class, CAM_CLASSES)
         _check_choice("sham_pattern", sham_pattern, SHAM_PATTERNS)
-        method = get_method(saliency_method).name
-        if method not in GRADIENT_METHODS:
-            raise ValueError(
-                f"saliency_method {saliency_method!r} has no gradient to train through; "
-                f"valid: {', '.join(GRADIENT_METHODS)}."
-            )
+        methods = _saliency_methods(saliency_method)
         if ce_weight < 0 or saliency_weight < 0:
             raise ValueError(f"ce_weight and saliency_weight must be >= 0; got {ce_weight}, {saliency_weight}.")
         if class_names is not None and len(class_names) != num_classes:
@@ -175,7 +172,8 @@ class SaliencyClassifier(LightningModule):
             self.model, target_layer, layout=layout, output_key=output_key, batch_coupling=batch_coupling
         )
         self._output_key = output_key
-        self.saliency_method = method
+        self.saliency_methods = methods
+        self.saliency_method = methods[0]  # the map ``predict_step`` returns
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.acc = torch.nn.ModuleDict(
@@ -203,9 +201,9 @@ class SaliencyClassifier(LightningModule):
         return self._shams[key]
 
     def cams(self, x: Tensor, labels: Optional[Tensor] = None, create_graph: bool = False):
-        """One forward: ``CAMResult`` with the saliency method's maps and the logits."""
+        """One forward: ``CAMResult`` with the saliency methods' maps and the logits."""
         targets = CAM_CLASSES[self.hparams.cam_class](labels) if labels is not None else None
-        return self.engine.compute(x, targets=targets, methods=(self.saliency_method,), create_graph=create_graph)
+        return self.engine.compute(x, targets=targets, methods=self.saliency_methods, create_graph=create_graph)
 
     # ------------------------------------------------------------------ steps
     def _step(self, batch: Batch, stage: str) -> Tensor:
@@ -216,21 +214,22 @@ class SaliencyClassifier(LightningModule):
         use_cam = not train or hp.saliency_weight > 0
         if use_cam:
             result = self.cams(x, y, create_graph=train)
-            logits, cam = result.logits, result.maps[self.saliency_method]
+            logits, cams = result.logits, [result.maps[m] for m in self.saliency_methods]
         else:  # exactly a plain CE step
-            logits, cam = self(x), None
+            logits, cams = self(x), []
         ce = F.cross_entropy(logits, y)
         loss = hp.ce_weight * ce
         logs = {"ce": ce.detach()}
-        if cam is not None:
-            grid = tuple(cam.shape[-2:])
+        if cams:
+            grid = tuple(cams[0].shape[-2:])
             target, mask = SALIENCY_TARGETS[hp.saliency_target](self, batch, grid)
-            sal, count = saliency_loss(cam, target, mask)
+            terms = [saliency_loss(cam, target, mask) for cam in cams]
+            sal, count = torch.stack([t for t, _ in terms]).mean(), terms[0][1]
             loss = loss + hp.saliency_weight * sal  # val/test report the same joint objective
             logs["saliency_mse"] = sal.detach()
             logs["saliency_missing"] = torch.tensor(float(x.shape[0] - count), device=x.device)
-            logs["cam_entropy"] = cam_entropy(cam.detach()).mean()
-            logs["sham_mse"] = saliency_mse(cam.detach(), self.sham(grid)).mean()
+            logs["cam_entropy"] = torch.stack([cam_entropy(c.detach()).mean() for c in cams]).mean()
+            logs["sham_mse"] = torch.stack([saliency_mse(c.detach(), self.sham(grid)).mean() for c in cams]).mean()
         logs["loss"] = loss.detach()
         self.acc[f"{stage}_acc"](logits.detach().argmax(dim=1), y)
         batch_size = x.shape[0]
@@ -288,6 +287,19 @@ class SaliencyClassifier(LightningModule):
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def _saliency_methods(saliency_method: Union[str, Sequence[str]]) -> tuple[str, ...]:
+    """Canonical names of the trained method(s), each with a gradient to train through."""
+    names = [saliency_method] if isinstance(saliency_method, str) else list(saliency_method)
+    if not names:
+        raise ValueError(f"saliency_method is an empty list; give one or more of: {', '.join(GRADIENT_METHODS)}.")
+    for name in names:
+        if get_method(name).name not in GRADIENT_METHODS:
+            raise ValueError(
+                f"saliency_method {name!r} has no gradient to train through; valid: {', '.join(GRADIENT_METHODS)}."
+            )
+    return tuple(dict.fromkeys(get_method(n).name for n in names))
 
 
 def _check_choice(key: str, value: str, choices: dict) -> None:

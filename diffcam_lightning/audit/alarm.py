@@ -1,0 +1,110 @@
+"""CAMAudit's fooling alarm: named rules over logged signals, thresholds from measured runs.
+
+A rule reads one signal family (``<signal>/<method>`` among the audit's values) and fires
+when the value of any method it covers crosses its threshold. The rules that do not need
+to know the attack (``dependence``) look at every audited gradient CAM; the paper's rules
+(``drift``, ``sham``) look at the ``alarm_pair`` only, since they encode one attack: on
+GradCAM, towards the border SHAM. Thresholds are measured, not chosen: see
+``experiments/adaptive_attacks.py`` and the README, "What the audit can and cannot detect".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Mapping, Optional, Sequence
+
+from ..cams import GRADIENT_METHODS
+
+
+@dataclass(frozen=True)
+class AlarmRule:
+    """Fires when ``<signal>/<method>`` is below (``below=True``) or above ``threshold``
+    for any of ``methods`` (``None``: every audited gradient method)."""
+
+    name: str
+    signal: str
+    threshold: float
+    below: bool
+    methods: Optional[tuple[str, ...]] = None
+    meaning: str = ""
+
+    def crossed(self, value: float) -> bool:
+        return value < self.threshold if self.below else value > self.threshold
+
+
+@dataclass(frozen=True)
+class Firing:
+    """One rule that fired, on one method, with the value that crossed the threshold."""
+
+    rule: str
+    method: str
+    value: float
+    threshold: float
+    below: bool
+    meaning: str
+
+    def message(self) -> str:
+        side = "<" if self.below else ">"
+        return f"rule {self.rule!r} on {self.method}: {self.meaning} ({self.value:.4f} {side} {self.threshold})"
+
+
+# Defaults measured on the embedded synthetic data: dependence in experiments/results/adaptive_attacks.md,
+# drift and sham in benchmarks/README.md ("Alarm thresholds"); CAMAudit's drift_threshold/sham_threshold.
+DEFAULT_DEPENDENCE_THRESHOLD = 0.55
+DEFAULT_DRIFT_THRESHOLD = 0.1
+DEFAULT_SHAM_THRESHOLD = 0.1
+ALARM_RULES: dict[str, AlarmRule] = {}
+
+
+def register_rule(rule: AlarmRule) -> AlarmRule:
+    """Add a default rule (``CAMAudit(alarm_rules={name: threshold or None})`` tunes or disables it)."""
+    ALARM_RULES[rule.name] = rule
+    return rule
+
+
+register_rule(AlarmRule(
+    "dependence", "dependence", DEFAULT_DEPENDENCE_THRESHOLD, below=True,
+    meaning="the maps hardly change between images (share of per-image variance)",
+))
+register_rule(AlarmRule(
+    "drift", "drift", DEFAULT_DRIFT_THRESHOLD, below=False, meaning="drift between DiffGradCAM and its base",
+))
+register_rule(AlarmRule("sham", "sham_mse", DEFAULT_SHAM_THRESHOLD, below=True, meaning="MSE to the border SHAM"))
+
+
+def build_rules(
+    overrides: Optional[Mapping[str, Optional[float]]],
+    alarm_pair: Sequence[str],
+    drift_threshold: Optional[float],
+    sham_threshold: Optional[float],
+) -> list[AlarmRule]:
+    """The active rules: defaults, with the paper's two rules on ``alarm_pair`` at the given
+    thresholds, then ``overrides`` (``{rule: threshold}``; ``None`` disables the rule)."""
+    variant, base = alarm_pair
+    thresholds: dict[str, Optional[float]] = {name: rule.threshold for name, rule in ALARM_RULES.items()}
+    thresholds.update(drift=drift_threshold, sham=sham_threshold)
+    for name, value in (overrides or {}).items():
+        if name not in ALARM_RULES:
+            raise ValueError(f"Unknown CAMAudit alarm rule {name!r}; valid: {', '.join(ALARM_RULES)}.")
+        thresholds[name] = value
+    scopes = {"drift": (variant,), "sham": (base,)}
+    return [
+        replace(rule, threshold=float(thresholds[name]), methods=scopes.get(name, rule.methods))
+        for name, rule in ALARM_RULES.items()
+        if thresholds[name] is not None
+    ]
+
+
+def evaluate(values: Mapping[str, float], rules: Sequence[AlarmRule]) -> list[Firing]:
+    """Every (rule, method) whose logged value crosses the rule's threshold."""
+    fired = []
+    for rule in rules:
+        prefix = f"{rule.signal}/"
+        for key, value in values.items():
+            if not key.startswith(prefix):
+                continue
+            method = key[len(prefix):]
+            covered = method in GRADIENT_METHODS if rule.methods is None else method in rule.methods
+            if covered and rule.crossed(float(value)):
+                fired.append(Firing(rule.name, method, float(value), rule.threshold, rule.below, rule.meaning))
+    return fired
