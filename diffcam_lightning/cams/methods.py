@@ -1,7 +1,7 @@
 """The CAM methods: small pure functions registered by name.
 
 A method maps a :class:`CAMContext` (activations ``A [B, K, h, w]``, the gradient of its
-backprop target ``g``, and for ScoreCAM the model and input) to a raw map ``[B, h, w]``.
+backprop target ``g``, and for ScoreCAM (``scorecam.py``) the model and input) to a raw map ``[B, h, w]``.
 The engine applies ReLU, resizing and normalisation afterwards, identically for all.
 Lookup is case-insensitive: ``get_method("MeanDiffGradCAM++")`` works.
 """
@@ -129,34 +129,6 @@ def eigencam(ctx: CAMContext) -> Tensor:
     return projection.reshape(b, h, w).float()
 
 
-def scorecam(ctx: CAMContext) -> Tensor:
-    """ScoreCAM: each channel, upsampled (align_corners=True) and min-max normalised,
-    masks the input; the target logit of each masked input weights the channel
-    (softmax over channels). Masked inputs run in batches without gradients."""
-    if ctx.model is None or ctx.inputs is None or ctx.targets is None:
-        raise ValueError("scorecam needs the model, the input and the targets in its context.")
-    acts = ctx.activations.detach()
-    b, k, h, w = acts.shape
-    inputs = ctx.inputs.detach()
-    flat = acts.reshape(b * k, 1, h, w)
-    owner = torch.arange(b, device=acts.device).repeat_interleave(k)  # image of each row
-    step = max(1, int(ctx.scorecam_batch_size))
-    scores = []
-    with torch.no_grad():
-        for start in range(0, b * k, step):  # masks built per chunk: memory ~ step, not B*K
-            up = nn.functional.interpolate(
-                flat[start : start + step], size=inputs.shape[-2:], mode="bilinear", align_corners=True
-            )
-            lo = up.amin(dim=(2, 3), keepdim=True)
-            hi = up.amax(dim=(2, 3), keepdim=True)
-            masks = (up - lo) / (hi - lo + 1e-8)
-            rows = owner[start : start + step]
-            logits = _logits(ctx.model(masks.to(inputs.dtype) * inputs[rows]))
-            scores.append(logits.gather(1, ctx.targets[rows, None]).float().squeeze(1))
-        weights = torch.softmax(torch.cat(scores).reshape(b, k), dim=1)
-    return weighted_sum(weights, acts)
-
-
 def _logits(output) -> Tensor:
     """The logits of a model's output (a tensor, or the first element of a tuple)."""
     if isinstance(output, (tuple, list)):
@@ -180,7 +152,7 @@ register_method("gradcam++", backprop="logit")(_FAMILIES["gradcam++"])
 register_method("hirescam", backprop="logit")(hirescam)
 register_method("xgradcam", backprop="logit")(_channel_cam(xgradcam_weights))
 register_method("eigencam")(eigencam)
-register_method("scorecam")(scorecam)
+from . import scorecam as _scorecam  # noqa: E402,F401  (its own module; registered here, in METHODS order)
 for _family in ("gradcam", "gradcam++"):
     for _prefix, _target in _DIFF_PREFIX.items():
         register_method(f"{_prefix}{_family}", backprop=_target)(_FAMILIES[_family])

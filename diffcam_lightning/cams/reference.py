@@ -43,8 +43,12 @@ class DiffTarget:
         return output[self.category] - beta(output[None], target, self.kind)[0]
 
 
-def reference_cam(model: nn.Module, layer: nn.Module, x: Tensor, targets: Sequence[int], method: str):
+def reference_cam(
+    model: nn.Module, layer: nn.Module, x: Tensor, targets: Sequence[int], method: str, scorecam_batch_size: int = 32
+):
     """One method through pytorch-grad-cam: a numpy array ``[B, H, W]`` at input size.
+    ScoreCAM runs its masked inputs in batches of ``scorecam_batch_size`` (its default is
+    16; ours is 32: comparisons use the same size).
 
     Note that pytorch-grad-cam calls ``model.eval()`` and never restores the mode.
     """
@@ -56,4 +60,5 @@ def reference_cam(model: nn.Module, layer: nn.Module, x: Tensor, targets: Sequen
     class_name, kind = REFERENCE_METHODS[method]
     cam_targets = [ClassifierOutputTarget(int(t)) if kind is None else DiffTarget(t, kind) for t in targets]
     with getattr(pytorch_grad_cam, class_name)(model, target_layers=[layer]) as cam:
+        cam.batch_size = scorecam_batch_size  # read by its ScoreCAM only
         return cam(x, targets=cam_targets)

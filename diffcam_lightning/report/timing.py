@@ -58,7 +58,10 @@ def timing_table(
         ours = _run_times(lambda: engine(image, targets=[target], methods=method, size="input"), runs, discard, device)
         row = [method, f"{ours.mean():.3f} ± {ours.std(ddof=1):.3f}"]
         if reference:
-            theirs = _run_times(lambda: pgc.reference_cam(model, layer, image, [target], method), runs, discard, device)
+            theirs = _run_times(
+                lambda: pgc.reference_cam(model, layer, image, [target], method, engine.scorecam_batch_size),
+                runs, discard, device,
+            )
             row += [f"{theirs.mean():.3f} ± {theirs.std(ddof=1):.3f}", f"{theirs.mean() / ours.mean():.1f}x"]
         table.rows.append(row)
     model.train(was_training)  # pytorch-grad-cam forces eval() and never restores it
