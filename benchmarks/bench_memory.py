@@ -54,17 +54,19 @@ def main() -> None:
     targets = [1, 2, 3, 4]
     cam_targets = [ClassifierOutputTarget(t) for t in targets]
     engine = CAMEngine(model, "layer4")
-    reused = GradCAM(model, target_layers=[model.layer4])
-    leaked: list = []
+    reused: list = []  # created when its run starts: its hooks would also fire on the others' forwards
+
+    def reused_object():
+        if not reused:
+            reused.append(GradCAM(model, target_layers=[model.layer4]))
+        return reused[0](x, targets=cam_targets)
 
     def with_block():
         with GradCAM(model, target_layers=[model.layer4]) as cam:
             return cam(x, targets=cam_targets)
 
-    def new_object():
-        cam = GradCAM(model, target_layers=[model.layer4])
-        leaked.append(None)  # nothing kept by us: only the hooks it leaves on the model
-        return cam(x, targets=cam_targets)
+    def new_object():  # nothing kept by us: only the hooks each object leaves on the model
+        return GradCAM(model, target_layers=[model.layer4])(x, targets=cam_targets)
 
     runs = {
         "ours: CAMEngine, GradCAM": lambda: engine(x, targets=targets, methods="gradcam", size="input"),
@@ -72,15 +74,17 @@ def main() -> None:
             x, targets=targets, methods=[m for m in __import__("diffcam_lightning").METHODS if m != "scorecam"], size="input"
         ),
         "pytorch-grad-cam: `with GradCAM(...)` per call": with_block,
-        "pytorch-grad-cam: one GradCAM object reused": lambda: reused(x, targets=cam_targets),
+        "pytorch-grad-cam: one GradCAM object reused": reused_object,
         "pytorch-grad-cam: new GradCAM per call, no `with`": new_object,
     }
     print("resnet18 (random init, 10 classes), B=4, 64 px, CPU 1 thread; RSS in MB after 20 warm-up calls, "
           "then after every 50 calls (growth = last - first)\n")
     print("| run | RSS after warm-up | after 50 / 100 / 150 / 200 calls | growth |")
     print("|---|---:|---|---:|")
-    for name, fn in runs.items():
+    for name, fn in runs.items():  # in this order: the last run leaves hooks behind
         points = series(fn, 200, 20)
+        if reused:
+            reused.pop().release()
         print(f"| {name} | {points[0]:.1f} | {' / '.join(f'{p:.1f}' for p in points[1:])} | {points[-1] - points[0]:+.1f} |",
               flush=True)
     hooks = len(model.layer4._forward_hooks)
