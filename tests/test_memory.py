@@ -2,7 +2,9 @@
 memory flat after warm-up (pytorch-grad-cam's most reported problem is memory that grows
 every epoch). The bound was measured (benchmarks/README.md, "Memory"): after warm-up the
 growth was at most 0.1 MB over 200 calls and 1 MB over epochs 5-20 here; the bound is
-8 MB, and keeping each call's maps alive (a real leak, checked below) grows far past it."""
+8 MB: a leak of 40 KB a call would cross it. (In a fresh process, keeping each call's maps
+alive grew RSS by 70 MB over 100 calls; inside a long test session the allocator reuses
+memory freed by earlier tests, so that check is in the benchmark, not here.)"""
 
 from __future__ import annotations
 
@@ -43,14 +45,12 @@ def small_cnn() -> nn.Module:
     ).eval()
 
 
-def engine_calls(engine: CAMEngine, x: torch.Tensor, calls: int, keep: list | None = None) -> None:
+def engine_calls(engine: CAMEngine, x: torch.Tensor, calls: int) -> None:
     methods = [m for m in METHODS if m != "scorecam"]
     for i in range(calls):
         maps = engine(x, targets=torch.arange(x.shape[0]) % 10, methods=methods, size="input")
         if i % 50 == 0:  # ScoreCAM too, less often (it runs 64 masked forwards per image)
             maps.update(engine(x[:1], methods="scorecam"))
-        if keep is not None:
-            keep.append(maps)
 
 
 def test_200_engine_calls_hold_memory_flat():
@@ -62,10 +62,6 @@ def test_200_engine_calls_hold_memory_flat():
     growth = rss_mb() - before
     assert growth <= BOUND_MB, f"RSS grew {growth:.1f} MB over 200 calls (bound {BOUND_MB} MB)"
 
-    kept: list = []  # the measurement sees a real leak: every call's maps kept alive
-    before = rss_mb()
-    engine_calls(engine, torch.randn(4, 3, 32, 32), 100, keep=kept)
-    assert rss_mb() - before > 2 * BOUND_MB  # 11 maps x [4, 32, 32] float32 = 180 KB a call
 
 
 class RSSPerEpoch(L.Callback):
