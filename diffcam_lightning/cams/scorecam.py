@@ -57,8 +57,7 @@ def _plan(inputs: Tensor, targets: Tensor) -> _Plan:
         image_of.append(match)
     asked: list[list[int]] = [[] for _ in distinct]
     column: list[int] = []
-    for row, image in enumerate(image_of):
-        cls = int(targets[row])
+    for cls, image in zip(targets.tolist(), image_of):  # one device sync, not one per row
         if cls not in asked[image]:
             asked[image].append(cls)
         column.append(asked[image].index(cls))
