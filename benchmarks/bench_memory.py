@@ -84,7 +84,7 @@ def main() -> None:
     for name, fn in runs.items():  # in this order: the last run leaves hooks behind
         points = series(fn, 200, 20)
         if reused:
-            reused.pop().release()
+            reused.pop().activations_and_grads.release()  # removes its hooks
         print(f"| {name} | {points[0]:.1f} | {' / '.join(f'{p:.1f}' for p in points[1:])} | {points[-1] - points[0]:+.1f} |",
               flush=True)
     hooks = len(model.layer4._forward_hooks)
