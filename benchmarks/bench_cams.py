@@ -15,6 +15,10 @@ Rows per architecture (medians over ``--repeats`` after ``--warmup`` runs):
 
 Each round runs every variant once (interleaved), so load changes hit all alike.
 
+``--scorecam`` times ScoreCAM instead: ours against pytorch-grad-cam's ``ScoreCAM`` at the
+same batch size of masked inputs, with the share of constant channels and the max map
+difference (the maps must agree to 1e-5).
+
     python benchmarks/bench_cams.py                       # CPU, B=4, 224 px (Inception 299)
     python benchmarks/bench_cams.py --archs deit_small_patch16_224 swin_tiny_patch4_window7_224
 
@@ -22,6 +26,7 @@ Token and channels-last models (DeiT-S, Swin-T) run pytorch-grad-cam with the
 ``reshape_transform`` its documentation gives, at the same layer our engine picks.
     python benchmarks/bench_cams.py --device cuda --repeats 20
     python benchmarks/bench_cams.py --layercam              # the LayerCAM table
+    python benchmarks/bench_cams.py --scorecam --archs resnet18 --batch 2 --size 128
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ ARCHITECTURES = {
     "convnext_tiny": 224,
     "deit_small_patch16_224": 224,
     "swin_tiny_patch4_window7_224": 224,
+    "resnet18": 224,
 }
 
 
@@ -140,18 +146,67 @@ def bench_architecture(name: str, size: int, args, device: torch.device) -> dict
     return {**times, "layer": engine.target_layer}
 
 
+def bench_scorecam(name: str, size: int, args, device: torch.device) -> dict[str, float]:
+    """ScoreCAM, ours vs pytorch-grad-cam, same model, input, targets and batch size."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=1000).to(device).eval()
+    x = torch.randn(args.batch, 3, size, size, device=device)
+    engine = CAMEngine(model, scorecam_batch_size=args.scorecam_batch)
+    layer = dict(model.named_modules())[engine.target_layer]
+    with torch.no_grad():
+        targets = model(x).argmax(1).tolist()
+    acts = {}
+    handle = layer.register_forward_hook(lambda m, i, o: acts.setdefault("A", o))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    constant = (acts["A"].amax(dim=(2, 3)) == acts["A"].amin(dim=(2, 3))).float().mean().item()
+
+    def ours():
+        return engine(x, targets=targets, methods="scorecam", size="input")["scorecam"].cpu()
+
+    def theirs():
+        return torch.from_numpy(reference_cam(model, layer, x, targets, "scorecam", args.scorecam_batch))
+
+    diff = (ours() - theirs()).abs().max().item()
+    times = timed_interleaved({"ours": ours, "ref": theirs}, args.warmup, args.repeats, device)
+    return {**times, "constant": constant, "diff": diff}
+
+
+def main_scorecam(args, device: torch.device) -> None:
+    print(
+        "| architecture | constant channels | ours: ScoreCAM (ms) | pytorch-grad-cam: ScoreCAM (ms) | speed-up "
+        "| max map diff |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in args.archs:
+        size = args.size or ARCHITECTURES[name]
+        r = bench_scorecam(name, size, args, device)
+        print(
+            f"| {name} ({size} px) | {100 * r['constant']:.1f} % | {r['ours']:.0f} | {r['ref']:.0f} "
+            f"| {r['ref'] / r['ours']:.2f}x | {r['diff']:.1e} |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archs", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES))
+    parser.add_argument("--archs", nargs="+", default=list(ARCHITECTURES)[:4], choices=list(ARCHITECTURES))
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--layercam", action="store_true", help="LayerCAM: ours vs torchcam vs pytorch-grad-cam")
+    parser.add_argument("--scorecam", action="store_true", help="time ScoreCAM (ours vs pytorch-grad-cam) instead")
+    parser.add_argument("--scorecam-batch", type=int, default=32, help="masked inputs per forward, both libraries")
+    parser.add_argument("--size", type=int, default=None, help="input size (default: per architecture)")
     args = parser.parse_args()
     device = torch.device(args.device)
     label = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {label}; torch {torch.__version__}; B={args.batch}; medians of {args.repeats} runs (ms)\n")
+    if args.scorecam:
+        main_scorecam(args, device)
+        return
     if args.layercam:
         print("| architecture | ours: LayerCAM | torchcam: LayerCAM | pytorch-grad-cam: LayerCAM | torchcam / ours | pytorch-grad-cam / ours |")
         print("|---|---:|---:|---:|---:|---:|")

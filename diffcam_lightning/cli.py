@@ -7,7 +7,9 @@
 
 The DataModule is chosen in the config (``data.class_path``; subclass mode), and its
 ``num_classes`` is linked to ``model.num_classes`` after it is built. Unknown keys are
-refused by LightningCLI's parser, which names them.
+refused by LightningCLI's parser, which names them. Errors in the user's input (a data
+folder, a method, a checkpoint) end as one ``error: ...`` line with exit code 2
+(``DIFFCAM_TRACEBACK=1`` shows the traceback); see ``errors.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ from typing import Optional, Sequence
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from .errors import short_errors
 from .models import SaliencyClassifier
+from .models.checkpoints import check_checkpoint_fits, check_hyperparameters_fit, read_lightning_checkpoint
+
+# ``--ckpt_path`` values Lightning resolves itself rather than reading a file
+_CKPT_ALIASES = {"last", "best", "hpc", "registry"}
 
 
 class DiffcamCLI(LightningCLI):
@@ -28,6 +35,30 @@ class DiffcamCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data", "model.class_names", compute_fn=_class_names, apply_on="instantiate")
+
+
+    def _ckpt_file(self) -> Optional[str]:
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not path or str(path) in _CKPT_ALIASES or str(path).startswith("registry:"):
+            return None
+        return str(path)
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads ``--ckpt_path``'s hyperparameters right after parsing; a text
+        file there ends in ``KeyError: 101``. Check the file first (``models/checkpoints.py``)."""
+        path = self._ckpt_file()
+        if path is not None:
+            check_hyperparameters_fit(path, read_lightning_checkpoint(path), self.model_class)
+        super()._parse_ckpt_path()
+
+    def _check_ckpt_path(self) -> None:
+        """A checkpoint of another model is named as such before Lightning loads it."""
+        path = self._ckpt_file()
+        if path is not None:
+            check_checkpoint_fits(path, self.model)
+
+    before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 
 
 def _class_names(data: LightningDataModule) -> Optional[list[str]]:
@@ -57,23 +88,27 @@ def config_cli(config: str, *overrides: str) -> DiffcamCLI:
 def main(args: Optional[Sequence[str]] = None) -> None:
     """Entry point of the ``diffcam`` console script (``args=None`` reads ``sys.argv``)."""
     argv = list(args) if args is not None else sys.argv[1:]
-    if argv[:1] == ["report"]:
-        from .report.cli import main as report_main
+    with short_errors():  # around the whole dispatch: every subcommand's input errors are short
+        if argv[:1] == ["report"]:
+            from .report.cli import main as report_main
 
-        report_main(argv[1:])
-        return
-    if argv[:1] == ["explain"]:
-        from .explain.cli import main as explain_main
+        if argv[:1] == ["report"]:
+            from .report.cli import main as report_main
 
-        explain_main(argv[1:])
-        return
-    DiffcamCLI(
-        SaliencyClassifier,
-        LightningDataModule,
-        subclass_mode_data=True,
-        args=list(args) if args is not None else None,
-        auto_configure_optimizers=False,
-    )
+            report_main(argv[1:])
+            return
+        if argv[:1] == ["explain"]:
+            from .explain.cli import main as explain_main
+
+            explain_main(argv[1:])
+            return
+        DiffcamCLI(
+            SaliencyClassifier,
+            LightningDataModule,
+            subclass_mode_data=True,
+            args=list(args) if args is not None else None,
+            auto_configure_optimizers=False,
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

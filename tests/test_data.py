@@ -202,7 +202,8 @@ def test_folder_with_human_saliency_trains_end_to_end_with_a_logger(folder, tmp_
     model = SaliencyClassifier("test_resnet", num_classes=dm.num_classes, saliency_target="human")
     t = L.Trainer(max_epochs=1, accelerator="cpu", logger=CSVLogger(tmp_path / "logs"), enable_progress_bar=False,
                   enable_checkpointing=False, enable_model_summary=False)
-    t.fit(model, dm)
+    with pytest.warns(UserWarning, match="SHAM .* covers every pixel of the 2x2 CAM grid"):  # 48 px: a 2x2 grid
+        t.fit(model, dm)
     assert torch.isfinite(t.callback_metrics["train/loss"]) and torch.isfinite(t.callback_metrics["val/saliency_mse"])
     train_missing, val_missing = dm.datasets["train"].missing_saliency, dm.datasets["val"].missing_saliency
     assert train_missing + val_missing == 2  # images 2 of each class have no map

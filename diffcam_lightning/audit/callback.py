@@ -4,7 +4,7 @@ On a fixed audit set it computes, with one ``CAMEngine`` call per audit batch fo
 methods, the drift of each DiffGradCAM variant from its base, CAM entropy, MSE to a SHAM,
 susceptibility against a reference model, localisation against saliency maps (when the
 data has them) and a fooling alarm; scalars go through ``pl_module.log`` under
-``cam_audit/``, image grids to every TensorBoard logger. It never changes training: see
+``cam_audit/``, image grids to every logger (``sinks.py``). It never changes training: see
 ``guard.py``.
 """
 
@@ -29,8 +29,9 @@ from .faithfulness import faithfulness_keys, faithfulness_scores
 from .guard import audit_guard, preserved_rng
 from .metrics import SCORE_FAMILIES, AuditScores, ScoreContext, score_batch, score_keys
 from .reference import WeightsSwap, load_reference_state
-from .render import audit_grid, tensorboard_writers
+from .render import audit_grid
 from .signals import AuditMaps, set_signals
+from .sinks import AuditPicture, publish
 
 DEFAULT_METHODS: tuple[str, ...] = (
     "gradcam",
@@ -80,7 +81,7 @@ class CAMAudit(Callback):
         drift_pairs: ``(variant, base)`` pairs; ``None`` = each DiffGradCAM with its base.
         sham_entropy, sham_pattern: the SHAM the maps are compared with (paper: 3.35, border).
         reference: ``"start"`` (the model when fitting starts), a checkpoint path, or ``None``.
-        log_images: log image grids to TensorBoard; ``grid_images`` rows of them.
+        log_images: log image grids to every logger (PNG files without an image API); ``grid_images`` rows.
         drift_threshold, sham_threshold: the paper's two alarm rules: the drift of
             ``alarm_pair`` exceeds ``drift_threshold``, or the SHAM MSE of ``alarm_pair[1]``
             falls below ``sham_threshold`` (``None`` disables a rule).
@@ -455,10 +456,7 @@ class CAMAudit(Callback):
                 "'What the audit can and cannot detect')."
             )
         if grid_maps is not None and trainer.is_global_zero:
-            writers = tensorboard_writers(trainer.loggers)
-            if writers:
-                grid, titles = audit_grid(grid_maps["images"], grid_maps["maps"], grid_maps["saliency"])
-                for writer in writers:
-                    writer.add_image(f"{self.prefix}/grid", grid, trainer.global_step)
-                    writer.add_text(f"{self.prefix}/grid_columns", " | ".join(titles), trainer.global_step)
+            grid, titles = audit_grid(grid_maps["images"], grid_maps["maps"], grid_maps["saliency"])
+            picture = AuditPicture(grid, titles, self.prefix, trainer.current_epoch, trainer.global_step)
+            publish(picture, trainer.loggers, trainer.default_root_dir)  # not trainer.log_dir: it broadcasts
 

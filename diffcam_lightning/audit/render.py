@@ -1,7 +1,7 @@
 """Image grids of the audit: each row an input image and its CAMs overlaid with a colormap.
 
 Rendering uses matplotlib's colormaps (no figure, no GUI backend) and
-``torchvision.utils.make_grid``; the grid goes to every ``TensorBoardLogger`` of the trainer.
+``torchvision.utils.make_grid``; ``sinks.py`` sends the grid to the trainer's loggers.
 """
 
 from __future__ import annotations
@@ -71,10 +71,3 @@ def audit_grid(
     tiles = torch.stack(columns, dim=1).flatten(0, 1)  # row-major: image, then its columns
     grid = make_grid(tiles, nrow=len(columns), padding=padding, pad_value=1.0)
     return grid.clamp(0, 1), titles
-
-
-def tensorboard_writers(loggers: Sequence) -> list:
-    """The ``SummaryWriter`` of every TensorBoard logger (Lightning's or a subclass)."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    return [lg.experiment for lg in loggers if isinstance(lg, TensorBoardLogger)]

@@ -1,7 +1,7 @@
 """The CAM methods: small pure functions registered by name.
 
 A method maps a :class:`CAMContext` (activations ``A [B, K, h, w]``, the gradient of its
-backprop target ``g``, and for ScoreCAM the model and input) to a raw map ``[B, h, w]``.
+backprop target ``g``, and for ScoreCAM (``scorecam.py``) the model and input) to a raw map ``[B, h, w]``.
 The engine applies ReLU, resizing and normalisation afterwards, identically for all.
 Lookup is case-insensitive: ``get_method("MeanDiffGradCAM++")`` works.
 """
@@ -161,34 +161,6 @@ def first_component(features: Tensor) -> Tensor:
     return projection.reshape(b, h, w).float()
 
 
-def scorecam(ctx: CAMContext) -> Tensor:
-    """ScoreCAM: each channel, upsampled (align_corners=True) and min-max normalised,
-    masks the input; the target logit of each masked input weights the channel
-    (softmax over channels). Masked inputs run in batches without gradients."""
-    if ctx.model is None or ctx.inputs is None or ctx.targets is None:
-        raise ValueError("scorecam needs the model, the input and the targets in its context.")
-    acts = ctx.activations.detach()
-    b, k, h, w = acts.shape
-    inputs = ctx.inputs.detach()
-    flat = acts.reshape(b * k, 1, h, w)
-    owner = torch.arange(b, device=acts.device).repeat_interleave(k)  # image of each row
-    step = max(1, int(ctx.scorecam_batch_size))
-    scores = []
-    with torch.no_grad():
-        for start in range(0, b * k, step):  # masks built per chunk: memory ~ step, not B*K
-            up = nn.functional.interpolate(
-                flat[start : start + step], size=inputs.shape[-2:], mode="bilinear", align_corners=True
-            )
-            lo = up.amin(dim=(2, 3), keepdim=True)
-            hi = up.amax(dim=(2, 3), keepdim=True)
-            masks = (up - lo) / (hi - lo + 1e-8)
-            rows = owner[start : start + step]
-            logits = _logits(ctx.model(masks.to(inputs.dtype) * inputs[rows]))
-            scores.append(logits.gather(1, ctx.targets[rows, None]).float().squeeze(1))
-        weights = torch.softmax(torch.cat(scores).reshape(b, k), dim=1)
-    return weighted_sum(weights, acts)
-
-
 def ablationcam(ctx: CAMContext) -> Tensor:
     """AblationCAM (Desai & Ramaswamy 2020): the weight of channel k is the relative drop
     of the target logit when channel k of the target layer's output is set to zero,
@@ -250,6 +222,8 @@ GRADIENT_WEIGHTINGS: dict[str, MapFunction] = {
     "eigengradcam": eigengradcam,
 }
 DIFF_TARGETS: dict[str, str] = {"meandiff": "mean", "maxdiff": "max", "lsediff": "lse"}
+from .scorecam import scorecam  # noqa: E402  (its own module, built on the names above)
+
 GRADIENT_FREE: dict[str, MapFunction] = {"eigencam": eigencam, "scorecam": scorecam, "ablationcam": ablationcam}
 
 # Registration order: the paper's twelve first (their order in METHODS is relied on), then the rest.

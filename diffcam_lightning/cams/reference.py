@@ -56,9 +56,12 @@ def reference_cam(
     targets: Sequence[int],
     method: str,
     reshape_transform: Optional[Callable[[Tensor], Tensor]] = None,
+    scorecam_batch_size: int = 32,
 ):
     """One method through pytorch-grad-cam: a numpy array ``[B, H, W]`` at input size
-    (``reshape_transform``: its option for token / channels-last layers).
+    (``reshape_transform``: its option for token / channels-last layers). ScoreCAM runs
+    its masked inputs in batches of ``scorecam_batch_size`` (its default is 16; ours is
+    32: comparisons use the same size).
 
     Note that pytorch-grad-cam calls ``model.eval()`` and never restores the mode.
     """
@@ -70,4 +73,5 @@ def reference_cam(
     class_name, kind = REFERENCE_METHODS[method]
     cam_targets = [ClassifierOutputTarget(int(t)) if kind is None else DiffTarget(t, kind) for t in targets]
     with getattr(pytorch_grad_cam, class_name)(model, target_layers=[layer], reshape_transform=reshape_transform) as cam:
+        cam.batch_size = scorecam_batch_size  # read by its ScoreCAM only
         return cam(x, targets=cam_targets)

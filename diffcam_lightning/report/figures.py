@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -22,11 +23,12 @@ TITLES = {
 }
 
 
-def display_image(image: Tensor) -> Tensor:
-    """A normalised ``[3, H, W]`` tensor as ``[H, W, 3]`` in [0, 1] (per-image min-max)."""
+def display_image(image: Tensor) -> np.ndarray:
+    """A normalised ``[3, H, W]`` tensor as an ``[H, W, 3]`` array in [0, 1] (per-image
+    min-max). matplotlib gets numpy arrays: a tensor makes numpy 2 warn on every imshow."""
     image = image.detach().float().cpu()
     image = (image - image.min()) / (image.max() - image.min() + 1e-7)
-    return image.permute(1, 2, 0)
+    return image.permute(1, 2, 0).numpy()
 
 
 def figure_grid(
@@ -53,7 +55,7 @@ def figure_grid(
                 overlay = overlay.detach().float().cpu()
                 if overlay.shape != shown.shape[:2]:
                     overlay = torch.nn.functional.interpolate(overlay[None, None], size=shown.shape[:2], mode="nearest")[0, 0]
-                ax.imshow(overlay, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                ax.imshow(overlay.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:

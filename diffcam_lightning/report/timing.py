@@ -1,5 +1,6 @@
 """Table 1: milliseconds per CAM per image, the paper's protocol (110 runs, the first
-10 discarded), for our engine and, side by side, pytorch-grad-cam when installed."""
+10 discarded), for our engine and, side by side and interleaved run by run, pytorch-grad-cam
+when installed (ScoreCAM at the same batch size of masked inputs)."""
 
 from __future__ import annotations
 
@@ -16,17 +17,20 @@ from ..cams import reference as pgc
 from .tables import Table
 
 
-def _run_times(fn: Callable[[], object], runs: int, discard: int, device: torch.device) -> np.ndarray:
-    times = []
+def _run_times(fns: Sequence[Callable[[], object]], runs: int, discard: int, device: torch.device) -> list[np.ndarray]:
+    """ms per run of each function, interleaved run by run (ours, then pytorch-grad-cam):
+    a load change on a shared machine hits both alike."""
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return np.asarray(times[discard:])
+        for fn, out in zip(fns, times):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            out.append((time.perf_counter() - start) * 1e3)
+    return [np.asarray(t[discard:]) for t in times]
 
 
 def timing_table(
@@ -56,11 +60,13 @@ def timing_table(
     )
     was_training = model.training
     for method in tqdm(methods, desc=f"timing {arch}", leave=False):
-        ours = _run_times(lambda: engine(image, targets=[target], methods=method, size="input"), runs, discard, device)
-        row = [method, f"{ours.mean():.3f} ± {ours.std(ddof=1):.3f}"]
+        fns = [lambda: engine(image, targets=[target], methods=method, size="input")]
         if reference:
-            theirs = _run_times(lambda: pgc.reference_cam(model, layer, image, [target], method), runs, discard, device)
-            row += [f"{theirs.mean():.3f} ± {theirs.std(ddof=1):.3f}", f"{theirs.mean() / ours.mean():.1f}x"]
+            fns.append(lambda: pgc.reference_cam(model, layer, image, [target], method, engine.scorecam_batch_size))
+        ours, *theirs = _run_times(fns, runs, discard, device)
+        row = [method, f"{ours.mean():.3f} ± {ours.std(ddof=1):.3f}"]
+        for other in theirs:
+            row += [f"{other.mean():.3f} ± {other.std(ddof=1):.3f}", f"{other.mean() / ours.mean():.2f}x"]
         table.rows.append(row)
     model.train(was_training)  # pytorch-grad-cam forces eval() and never restores it
     return table

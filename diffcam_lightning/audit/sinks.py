@@ -1,0 +1,119 @@
+"""Where the audit's picture goes: one writer per Lightning logger type, looked up by the
+logger's class (subclasses included). Lightning loggers share no image API, so each
+writer speaks its logger's own: TensorBoard ``add_image``, MLflow ``log_image`` (an
+artifact), W&B ``log_image``. Any other logger (CSV, a user's own), or none at all, gets
+PNG files under its log folder, so a picture is never dropped without a word.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class AuditPicture:
+    """One audit grid: ``grid [3, H, W]`` in [0, 1], its column titles, the metric
+    prefix it is filed under (``"cam_audit"``), and when it was made."""
+
+    grid: Tensor
+    titles: Sequence[str]
+    prefix: str
+    epoch: int
+    step: int
+
+    @property
+    def file_name(self) -> str:
+        return f"epoch={self.epoch}-step={self.step}.png"
+
+    @property
+    def caption(self) -> str:
+        return " | ".join(self.titles)
+
+    def to_uint8(self) -> np.ndarray:
+        """``[H, W, 3]`` uint8, what image files and the MLflow/W&B APIs take."""
+        array = (self.grid.detach().float().clamp(0, 1) * 255).round().byte()
+        return array.permute(1, 2, 0).cpu().numpy()
+
+
+GridWriter = Callable[[Logger, AuditPicture], None]
+_WRITERS: dict[type, GridWriter] = {}
+
+
+def register_grid_writer(logger_type: type) -> Callable[[GridWriter], GridWriter]:
+    """Register ``fn(logger, picture)`` for ``logger_type`` and its subclasses."""
+
+    def decorator(fn: GridWriter) -> GridWriter:
+        _WRITERS[logger_type] = fn
+        return fn
+
+    return decorator
+
+
+def grid_writer(logger: Logger) -> GridWriter:
+    """The writer of the nearest registered class in the logger's MRO; PNG files otherwise."""
+    for cls in type(logger).__mro__:
+        if cls in _WRITERS:
+            return _WRITERS[cls]
+    return write_png_for_logger
+
+
+def publish(picture: AuditPicture, loggers: Sequence[Logger], default_dir: Union[str, Path]) -> None:
+    """Send the picture to every logger; with no logger, PNG files under ``default_dir``."""
+    if not loggers:
+        write_png(Path(default_dir), picture)
+    for logger in loggers:
+        grid_writer(logger)(logger, picture)
+
+
+@register_grid_writer(TensorBoardLogger)
+def write_tensorboard(logger: TensorBoardLogger, picture: AuditPicture) -> None:
+    writer = logger.experiment
+    writer.add_image(f"{picture.prefix}/grid", picture.grid, picture.step)
+    writer.add_text(f"{picture.prefix}/grid_columns", picture.caption, picture.step)
+
+
+@register_grid_writer(MLFlowLogger)
+def write_mlflow(logger: MLFlowLogger, picture: AuditPicture) -> None:
+    """An artifact per audit: ``<prefix>/epoch=N-step=M.png`` in the run's artifacts."""
+    client, run_id = logger.experiment, logger.run_id
+    client.log_image(run_id, picture.to_uint8(), artifact_file=f"{picture.prefix}/{picture.file_name}")
+    client.log_text(run_id, picture.caption, f"{picture.prefix}/columns.txt")
+
+
+@register_grid_writer(WandbLogger)
+def write_wandb(logger: WandbLogger, picture: AuditPicture) -> None:
+    logger.log_image(f"{picture.prefix}/grid", [picture.to_uint8()], step=picture.step, caption=[picture.caption])
+
+
+def write_png_for_logger(logger: Logger, picture: AuditPicture) -> None:
+    """A logger without an image API: PNG files beside its own files (its ``log_dir``)."""
+    folder = _logger_dir(logger)
+    if folder is not None:
+        write_png(folder, picture)
+
+
+def write_png(folder: Path, picture: AuditPicture) -> Path:
+    """``folder/<prefix>/epoch=N-step=M.png``; the column titles ride in the PNG's text chunk."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    path = Path(folder) / picture.prefix / picture.file_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngInfo()
+    info.add_text("columns", picture.caption)
+    Image.fromarray(picture.to_uint8()).save(path, pnginfo=info)
+    return path
+
+
+def _logger_dir(logger: Logger) -> Optional[Path]:
+    for attribute in ("log_dir", "save_dir"):
+        folder = getattr(logger, attribute, None)
+        if folder:
+            return Path(folder)
+    return None

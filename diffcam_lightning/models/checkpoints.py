@@ -1,0 +1,84 @@
+"""Checking a ``--ckpt_path`` before Lightning loads it: a file that is not a Lightning
+checkpoint, or one of another model, is named as such (Lightning itself ends in
+``KeyError: 101`` for a text file, or a long ``load_state_dict`` error for the wrong model)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Union
+
+from torch import nn
+
+from ..errors import CheckpointError
+
+_LIGHTNING_KEYS = ("state_dict", "pytorch-lightning_version")
+
+
+def read_lightning_checkpoint(path: Union[str, Path]) -> dict:
+    """The checkpoint dict (``torch.load(weights_only=True)``), or a ``CheckpointError``."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {str(path)!r} does not exist or is not a file.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # unpickling errors come in many types
+        raise CheckpointError(
+            f"{str(path)!r} is not a PyTorch Lightning checkpoint (torch.load cannot read it: "
+            f"{type(err).__name__}). Pass a .ckpt file written by a diffcam fit."
+        ) from err
+    missing = [k for k in _LIGHTNING_KEYS if not (isinstance(checkpoint, dict) and k in checkpoint)]
+    if missing:
+        found = ", ".join(map(repr, list(checkpoint)[:5])) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(
+            f"{str(path)!r} is not a PyTorch Lightning checkpoint: no {' or '.join(map(repr, missing))} "
+            f"(found {found}). A plain weights file goes in model.weights_file, not --ckpt_path."
+        )
+    return checkpoint
+
+
+def check_hyperparameters_fit(path: Union[str, Path], checkpoint: dict, model_class: type) -> None:
+    """Refuse a checkpoint whose saved hyperparameters ``model_class`` does not take (the
+    checkpoint of another LightningModule), before LightningCLI applies them as defaults."""
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    if "_class_path" in hparams:  # LightningCLI in subclass mode records the class itself
+        saved = str(hparams["_class_path"])
+        ours = f"{model_class.__module__}.{model_class.__qualname__}"
+        if saved.rsplit(".", 1)[-1] != model_class.__name__:
+            raise CheckpointError(f"Checkpoint {str(path)!r} is of another model: {saved}, not {ours}.")
+        return
+    accepted = set(inspect.signature(model_class.__init__).parameters) - {"self"}
+    foreign = sorted(k for k in hparams if not k.startswith("_") and k not in accepted)
+    if foreign:
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} is of another model: its hyperparameters {', '.join(foreign[:4])} are not "
+            f"{model_class.__name__}'s (it takes {', '.join(sorted(accepted))})."
+        )
+
+
+def check_checkpoint_fits(path: Union[str, Path], model: nn.Module) -> None:
+    """Refuse a Lightning checkpoint whose weights are not ``model``'s (other architecture,
+    other class count), naming the first differing tensors."""
+    state = read_lightning_checkpoint(path)["state_dict"]
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if not (missing or unexpected or shapes):
+        return
+    what = type(model).__name__
+    arch = getattr(getattr(model, "hparams", {}), "get", lambda *_: None)("model_name")
+    if arch:
+        what += f"({arch})"
+    details = []
+    if missing or unexpected:
+        details.append(
+            f"{len(missing)} of the model's {len(expected)} tensors are missing from it (e.g. {', '.join(missing[:2]) or '-'}) "
+            f"and {len(unexpected)} of its tensors are not the model's (e.g. {', '.join(unexpected[:2]) or '-'})"
+        )
+    if shapes:
+        key = shapes[0]
+        details.append(f"tensor {key!r} has shape {tuple(state[key].shape)}, the model expects {tuple(expected[key].shape)}")
+    raise CheckpointError(f"Checkpoint {str(path)!r} is of another model than this {what}: {'; '.join(details)}.")
