@@ -63,6 +63,7 @@ def reshape_transform(result) -> Callable | None:
         return lambda t: t[:, prefix:, :].reshape(t.size(0), h, w, t.size(2)).transpose(2, 3).transpose(1, 2)
     return None
 
+
 def timed_interleaved(fns: dict[str, Callable[[], object]], warmup: int, repeats: int, device) -> dict[str, float]:
     """Median wall time (ms) of each function; one round runs every function once, so
     a load change on a shared machine hits all of them alike."""
@@ -166,7 +167,7 @@ def bench_scorecam(name: str, size: int, args, device: torch.device) -> dict[str
         return engine(x, targets=targets, methods="scorecam", size="input")["scorecam"].cpu()
 
     def theirs():
-        return torch.from_numpy(reference_cam(model, layer, x, targets, "scorecam", args.scorecam_batch))
+        return torch.from_numpy(reference_cam(model, layer, x, targets, "scorecam", scorecam_batch_size=args.scorecam_batch))
 
     diff = (ours() - theirs()).abs().max().item()
     times = timed_interleaved({"ours": ours, "ref": theirs}, args.warmup, args.repeats, device)

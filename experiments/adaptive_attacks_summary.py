@@ -128,7 +128,7 @@ def markdown(summaries: list[dict], rules, clean: dict[str, float]) -> str:
         "",
         "| attacked | pattern | seed | acc | pointing start -> end | MSE to attack mask | fooling visible | alarm | "
         + " | ".join(f"first {n}" for n in names) + " | evades | goal |",
-        "|" + "---|" * (11 + len(names)),
+        "|" + "---|" * (10 + len(names)),
     ]
     for s in sorted(attacks, key=lambda s: (s["attacked"], s["pattern"], s["seed"])):
         lines.append(

@@ -317,6 +317,7 @@ def test_faithfulness_options_are_checked(tmp_path):
 # ------------------------------------------------------------------ what a checkpoint states (issue 11, item 3)
 
 
+@pytest.mark.filterwarnings("ignore:CAMEngine.*mix the images of a batch")  # training at layer3 of a BatchNorm net warns by design
 def test_a_checkpoint_trained_at_a_non_default_layer_is_scored_at_that_layer(tmp_path):
     ckpt = fit(tmp_path, "l3", epochs=1, target_layer="layer3", saliency_target="sham", sham_entropy=2.5,
                sham_pattern="corner")

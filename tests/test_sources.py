@@ -102,6 +102,7 @@ def _fit(tmp_path, **model_kw) -> str:
     return str(path)
 
 
+@pytest.mark.filterwarnings("ignore:CAMEngine.*mix the images of a batch")  # training at layer3 of a BatchNorm net warns by design
 def test_checkpoint_from_a_weights_file_loads_elsewhere_after_the_file_is_deleted(tmp_path, monkeypatch):
     weights = tmp_path / "start.pth"
     torch.save(load_model("resnet10t", 4).model.state_dict(), weights)

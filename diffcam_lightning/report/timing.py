@@ -62,7 +62,7 @@ def timing_table(
     for method in tqdm(methods, desc=f"timing {arch}", leave=False):
         fns = [lambda: engine(image, targets=[target], methods=method, size="input")]
         if reference:
-            fns.append(lambda: pgc.reference_cam(model, layer, image, [target], method, engine.scorecam_batch_size))
+            fns.append(lambda: pgc.reference_cam(model, layer, image, [target], method, scorecam_batch_size=engine.scorecam_batch_size))
         ours, *theirs = _run_times(fns, runs, discard, device)
         row = [method, f"{ours.mean():.3f} ± {ours.std(ddof=1):.3f}"]
         for other in theirs:
