@@ -53,8 +53,8 @@ def test_explain_writes_every_output(tmp_path, photo_dir, model):
     for row in rows:
         assert row["class"] == row["predicted"] and 0 < float(row["probability"]) <= 1
         assert row["class_name"] == names[int(row["class"])]  # a 1000-class model: ImageNet names
-        png = Image.open(tmp_path / row["png"])
-        assert png.size[0] == 64 * (1 + len(DEFAULT_METHODS)) and png.size[1] > 64  # view + 5 overlays, titled
+        with Image.open(tmp_path / row["png"]) as png:
+            assert png.size[0] == 64 * (1 + len(DEFAULT_METHODS)) and png.size[1] > 64  # view + 5 overlays, titled
         assert row["png"] in page
         maps = np.load(tmp_path / row["maps"])
         assert maps["classes"].tolist() == [int(row["class"])]
@@ -120,7 +120,8 @@ def test_checkpoint_explains_with_its_training_class_names_and_layer(tmp_path, p
 def test_corrupt_image_names_the_file_or_is_skipped_and_listed(tmp_path, photo_dir, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
-    Image.open(photo_dir / "chelsea.jpg").save(folder / "chelsea.jpg")
+    with Image.open(photo_dir / "chelsea.jpg") as photo:
+        photo.save(folder / "chelsea.jpg")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff this is not a jpeg")
     with pytest.raises(SystemExit) as exit_info:
         explain(tmp_path / "strict", "--model", "timm:test_resnet", "--images", str(folder), "--image_size", "64")

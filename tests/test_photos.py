@@ -30,7 +30,8 @@ def test_views_manifest_feeds_a_1000_class_report(tmp_path):
     with open(manifest, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["label"] for r in rows] == ["282", "282", "967", "967"]
-    assert Image.open(tmp_path / rows[1]["image"]).size != load_photo("chelsea").size  # a crop, rescaled
+    with Image.open(tmp_path / rows[1]["image"]) as view:
+        assert view.size != load_photo("chelsea").size  # a crop, rescaled
     spec = DataSpec(source="csv", root=str(manifest), samples_per_class=10, label_classes=1000)
     data = build_report_data(spec, "tf_efficientnet_lite0")
     assert data.num_classes == 1000 and len(data.dataset) == 4 and int(data.dataset[2]["label"]) == 967

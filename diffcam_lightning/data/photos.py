@@ -42,8 +42,8 @@ def _sklearn(filename: str) -> Callable[[], np.ndarray]:
 def _grace_hopper() -> np.ndarray:
     from matplotlib import cbook
 
-    with cbook.get_sample_data("grace_hopper.jpg") as f:
-        return np.asarray(Image.open(f).convert("RGB"))
+    with cbook.get_sample_data("grace_hopper.jpg") as f, Image.open(f) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 # name -> loader of an HxW or HxWx3 uint8 array
