@@ -32,10 +32,11 @@ class DiffcamCLI(LightningCLI):
     """LightningCLI with ``data.num_classes -> model.num_classes`` and, when the DataModule
     has them, ``data.classes -> model.class_names`` (stored in checkpoints)."""
 
+    _checkpoint: Optional[dict] = None  # the --ckpt_path file, read once before Lightning loads it
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data", "model.class_names", compute_fn=_class_names, apply_on="instantiate")
-
 
     def _ckpt_file(self) -> Optional[str]:
         subcommand = self.config.get("subcommand")
@@ -49,14 +50,16 @@ class DiffcamCLI(LightningCLI):
         file there ends in ``KeyError: 101``. Check the file first (``models/checkpoints.py``)."""
         path = self._ckpt_file()
         if path is not None:
-            check_hyperparameters_fit(path, read_lightning_checkpoint(path), self.model_class)
+            self._checkpoint = read_lightning_checkpoint(path)  # read once, checked twice
+            check_hyperparameters_fit(path, self._checkpoint, self.model_class)
         super()._parse_ckpt_path()
 
     def _check_ckpt_path(self) -> None:
         """A checkpoint of another model is named as such before Lightning loads it."""
         path = self._ckpt_file()
         if path is not None:
-            check_checkpoint_fits(path, self.model)
+            checkpoint, self._checkpoint = self._checkpoint, None  # not kept for the whole run
+            check_checkpoint_fits(path, self.model, checkpoint)
 
     before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from torch import nn
 
@@ -58,10 +58,10 @@ def check_hyperparameters_fit(path: Union[str, Path], checkpoint: dict, model_cl
         )
 
 
-def check_checkpoint_fits(path: Union[str, Path], model: nn.Module) -> None:
+def check_checkpoint_fits(path: Union[str, Path], model: nn.Module, checkpoint: Optional[dict] = None) -> None:
     """Refuse a Lightning checkpoint whose weights are not ``model``'s (other architecture,
-    other class count), naming the first differing tensors."""
-    state = read_lightning_checkpoint(path)["state_dict"]
+    other class count), naming the first differing tensors (``checkpoint``: the file already read)."""
+    state = (checkpoint if checkpoint is not None else read_lightning_checkpoint(path))["state_dict"]
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

@@ -207,7 +207,18 @@ def _from_checkpoint(
 ) -> LoadedModel:
     if pretrained or weights:
         raise ValueError(f"Checkpoint {path} carries its own weights: pretrained / weights do not apply.")
-    checkpoint = read_checkpoint(path)
+    return model_from_checkpoint(read_checkpoint(path), path, num_classes, kwargs, source)
+
+
+def model_from_checkpoint(
+    checkpoint: dict,
+    path: Path,
+    num_classes: Optional[int] = None,
+    kwargs: Optional[dict] = None,
+    source: Optional[str] = None,
+) -> LoadedModel:
+    """The network of a ``SaliencyClassifier`` checkpoint already read (``path`` for errors),
+    for callers that look into the file first and should read it only once."""
     hparams = checkpoint_hparams(checkpoint)
     network = hparams.get("model_name")
     if not isinstance(network, str) or not network:
@@ -225,7 +236,7 @@ def _from_checkpoint(
     names = meta.get("class_names", hparams.get("class_names"))
     return LoadedModel(
         model=built.model,
-        source=source,
+        source=source or str(path),
         num_classes=built.num_classes,
         class_names=[str(n) for n in names] if names else None,
         target_layer=meta.get("target_layer") or hparams.get("target_layer"),

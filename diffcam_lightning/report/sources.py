@@ -16,7 +16,7 @@ from typing import Optional
 from torch import nn
 
 from ..models.backbones import read_checkpoint
-from ..models.sources import LoadedModel, checkpoint_hparams, source_kind
+from ..models.sources import LoadedModel, checkpoint_hparams, model_from_checkpoint, source_kind
 from ..models.sources import load_model as resolve_source
 from ..saliency import PAPER_ENTROPY
 
@@ -77,10 +77,11 @@ def resolve(source: ModelSource, num_classes: int) -> ResolvedModel:
     """Build ``source`` for data with ``num_classes`` classes, in eval mode."""
     if source.weights and source.checkpoint:
         raise ValueError(f"{source.arch}: give either weights or checkpoint, not both.")
-    if source.checkpoint and not _states_network(source.checkpoint):  # a bare state dict: weights of arch
+    checkpoint = read_checkpoint(Path(source.checkpoint)) if source.checkpoint else None  # read once
+    if checkpoint is not None and not _states_network(checkpoint):  # a bare state dict: weights of arch
         loaded = resolve_source(source.arch, num_classes, weights=source.checkpoint, model_kwargs=source.model_kwargs)
-    elif source.checkpoint:
-        loaded = resolve_source(source.checkpoint, model_kwargs=source.model_kwargs)
+    elif checkpoint is not None:
+        loaded = model_from_checkpoint(checkpoint, Path(source.checkpoint), None, source.model_kwargs, source.checkpoint)
         stored = loaded.hparams.get("model_name")
         if isinstance(stored, str) and _base(stored) != _base(source.arch):
             raise ValueError(f"Checkpoint {source.checkpoint} holds a {stored} model, not {source.arch}.")
@@ -120,8 +121,8 @@ def _check_classes(loaded: LoadedModel, num_classes: int, where: str) -> None:
         )
 
 
-def _states_network(checkpoint: str) -> bool:
-    return isinstance(checkpoint_hparams(read_checkpoint(Path(checkpoint))).get("model_name"), str)
+def _states_network(checkpoint: dict) -> bool:
+    return isinstance(checkpoint_hparams(checkpoint).get("model_name"), str)
 
 
 def _base(arch: str) -> str:
