@@ -160,7 +160,7 @@ def _torchvision(name: str, num_classes: Optional[int], pretrained: bool, weight
         file_width = state.get(f"{head}.weight").shape[0] if head and f"{head}.weight" in state else None
         if file_width is not None and file_width != classifier_width(model):
             replace_head(model, file_width)
-        model.load_state_dict(_match_state(model, state, Path(weights), f"torchvision:{name}"))
+        load_weights(model, weights, f"torchvision:{name}", state)
     if num_classes is not None and classifier_width(model) != num_classes:
         replace_head(model, num_classes)  # as timm does: a new classifier for another class count
     return model
@@ -183,8 +183,7 @@ def _class_path(path: str, num_classes: Optional[int], pretrained: bool, weights
     if not isinstance(model, nn.Module):
         raise TypeError(f"{path} returned a {type(model).__name__}, not an nn.Module.")
     if weights:
-        state = read_weights(Path(weights), path)
-        model.load_state_dict(_match_state(model, state, Path(weights), path))
+        load_weights(model, weights, path)
     return model
 
 
@@ -195,7 +194,7 @@ def _from_instance(
         raise ValueError("An nn.Module instance is used as it is: pretrained and model_kwargs do not apply.")
     name = f"{type(model).__module__}.{type(model).__qualname__}"
     if weights:
-        model.load_state_dict(_match_state(model, read_weights(Path(weights), name), Path(weights), name))
+        load_weights(model, weights, name)
     width = classifier_width(model)
     if num_classes is not None and width is not None and width != num_classes:
         raise ValueError(f"The given {type(model).__name__} has {width} classes, not {num_classes}.")
@@ -286,6 +285,14 @@ def read_weights(path: Path, arch: str) -> dict:
 
         return load_file(str(path))
     return _state_dict_of(read_checkpoint(path), path)
+
+
+def load_weights(model: nn.Module, weights: str, arch: str, state: Optional[dict] = None) -> None:
+    """Load a local weights file into ``model`` (``state``: the file already read), every
+    tensor checked by name and shape; errors name the file and ``arch``."""
+    if state is None:
+        state = read_weights(Path(weights), arch)
+    model.load_state_dict(_match_state(model, state, Path(weights), arch))
 
 
 def head_name(model: nn.Module) -> Optional[str]:
