@@ -60,12 +60,10 @@ CAM_CLASSES: dict[str, Callable[[AuditSet], Optional[Tensor]]] = {
     "prediction": lambda s: None,
 }
 
-_DIFF_BASES = DIFF_BASES  # every {mean,max,lse}diff<weighting> -> <weighting>
-
 
 def default_drift_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
     """Each DiffGradCAM variant in ``methods`` paired with its base, when the base is there."""
-    return [(m, _DIFF_BASES[m]) for m in methods if m in _DIFF_BASES and _DIFF_BASES[m] in methods]
+    return [(m, DIFF_BASES[m]) for m in methods if m in DIFF_BASES and DIFF_BASES[m] in methods]
 
 
 class CAMAudit(Callback):
@@ -427,22 +425,20 @@ class CAMAudit(Callback):
                 notes.append(f"the alarm's {rule.name} rule could not be evaluated (no finite {rule.signal} score)")
         return notes
 
-    def _alarm(self, values: dict[str, float]) -> tuple[bool, list[str]]:
-        """Whether any rule fired, and a message per (rule, method) that did (``alarm.py``)."""
+    def _alarm(self, values: dict[str, float]) -> tuple[dict[str, float], list[str]]:
+        """``alarm/<rule>`` flags (1.0 for each rule that fired on any method) and a message
+        per (rule, method) that fired (``alarm.py``), from one evaluation of the rules."""
         firings = evaluate(values, self.rules)
-        return bool(firings), [f.message() for f in firings]
-
-    def _rule_flags(self, values: dict[str, float]) -> dict[str, float]:
-        """``alarm/<rule>``: 1.0 for each rule that fired on any method, else 0.0."""
-        fired = {f.rule for f in evaluate(values, self.rules)}
-        return {f"alarm/{r.name}": float(r.name in fired) for r in self.rules}
+        fired = {f.rule for f in firings}
+        return {f"alarm/{r.name}": float(r.name in fired) for r in self.rules}, [f.message() for f in firings]
 
     def _report(self, trainer: Trainer, pl_module: LightningModule, values: dict[str, float], grid_maps) -> None:
-        alarm, reasons = self._alarm(values)
+        flags, reasons = self._alarm(values)
+        alarm = bool(reasons)
         notes = self._nan_notes(values)
         if notes:
             rank_zero_warn(f"CAMAudit at epoch {trainer.current_epoch}: " + "; ".join(notes) + ".")
-        values = {**values, **self._rule_flags(values), "alarm": float(alarm)}
+        values = {**values, **flags, "alarm": float(alarm)}
         self.last_metrics, self.alarm = values, alarm
         for key, value in values.items():
             pl_module.log(
