@@ -40,7 +40,7 @@ def dependence(maps: Tensor) -> Tensor:
     total = (m - m.mean()).pow(2).mean()
     if float(total) <= 0.0:
         return torch.zeros((), device=m.device)
-    return (m - m.mean(dim=0, keepdim=True)).pow(2).mean() / total
+    return spread(m) / total  # m is already min-max: spread's normalisation leaves it as it is
 
 
 SET_SIGNALS = {"spread": spread, "dependence": dependence}
