@@ -213,3 +213,18 @@ def test_explain_with_the_real_network_names_the_cat(tmp_path, photo_dir):
             "--methods", "gradcam", "meandiffgradcam")  # fmt: skip
     rows = {Path(r["image"]).stem: r for r in read_csv(tmp_path / "predictions.csv")}
     assert int(rows["chelsea"]["class"]) in CAT_CLASSES and rows["coffee"]["class_name"] == "espresso"
+
+
+def test_an_image_without_a_row_on_rank_zero_is_an_error_not_a_silent_gap(tmp_path):
+    """Ranks on another node write where rank zero cannot read: the merge must notice."""
+    from diffcam_lightning.explain.inputs import ImageItem
+    from diffcam_lightning.explain.run import _check_complete
+
+    items = [ImageItem(tmp_path / "a.png"), ImageItem(tmp_path / "b.png"), ImageItem(tmp_path / "c.png")]
+    predictions, skipped = tmp_path / "predictions.csv", tmp_path / "skipped.csv"
+    predictions.write_text(f"image,rank\n{items[0].path},1\n")
+    skipped.write_text(f"image,error\n{items[2].path},broken\n")
+    with pytest.raises(RuntimeError, match=r"1 of 3 images have no row .*b\.png"):
+        _check_complete(items, (predictions, skipped), tmp_path)
+    skipped.write_text(f"image,error\n{items[1].path},broken\n{items[2].path},broken\n")
+    _check_complete(items, (predictions, skipped), tmp_path)  # every image accounted for

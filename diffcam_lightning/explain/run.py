@@ -99,6 +99,7 @@ def run_explain(options: ExplainOptions, trainer_kwargs: Optional[dict[str, Any]
         return {}
     written = {"predictions": _merge(out, "predictions", PREDICTION_FIELDS)}
     skipped = _merge(out, "skipped", SKIPPED_FIELDS)
+    _check_complete(items, (written["predictions"], skipped), out)
     if skipped.stat().st_size > len(",".join(SKIPPED_FIELDS)) + 2:
         written["skipped"] = skipped
     else:
@@ -121,6 +122,21 @@ def _merge(out: Path, kind: str, fields) -> Path:
         w.writeheader()
         w.writerows(rows)
     return path
+
+
+def _check_complete(items: list[ImageItem], tables, out: Path) -> None:
+    """Every image has a row (predicted or skipped): a rank whose files rank zero cannot
+    see (another node's disk) must not silently drop its images, as in the report."""
+    seen = set()
+    for table in tables:
+        with open(table, newline="") as f:
+            seen.update(row["image"] for row in csv.DictReader(f))
+    missing = [str(item.path) for item in items if str(item.path) not in seen]
+    if missing:
+        raise RuntimeError(
+            f"{len(missing)} of {len(items)} images have no row in {out} (first missing: {missing[:3]}). "
+            "Under multi-node DDP, output_dir must be on a filesystem shared by all nodes."
+        )
 
 
 def _write_page(out: Path, written: dict[str, Path], layer: Optional[str], source: str, methods, config) -> Path:
