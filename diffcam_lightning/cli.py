@@ -1,6 +1,7 @@
 """The ``diffcam`` command: a LightningCLI over ``SaliencyClassifier`` and any DataModule.
 
-    diffcam fit --config configs/synthetic_sham.yaml
+    diffcam fit --config synthetic_sham.yaml        (a shipped config; any YAML path works too)
+    diffcam configs [--copy DIR]                    (list the shipped configs, or copy them to edit)
     diffcam validate|test|predict --config ... --ckpt_path path/to.ckpt
     diffcam report --config configs/report_synthetic.yaml   (see diffcam_lightning.report)
     diffcam explain --model timm:resnet50 --pretrained --images photos/   (see diffcam_lightning.explain)
@@ -23,6 +24,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from .errors import short_errors
 from .models import SaliencyClassifier
 from .models.checkpoints import check_checkpoint_fits, check_hyperparameters_fit, read_lightning_checkpoint
+from .shipped import main as configs_main
+from .shipped import resolve_config, resolve_config_args
 
 # ``--ckpt_path`` values Lightning resolves itself rather than reading a file
 _CKPT_ALIASES = {"last", "best", "hpc", "registry"}
@@ -73,7 +76,7 @@ def config_cli(config: str, *overrides: str) -> DiffcamCLI:
     """The instantiated (not run) CLI of a config, for scripts: no logger, checkpoints,
     progress bar, model summary or config callbacks; ``overrides`` are further CLI flags."""
     args = [
-        "--config", str(config),
+        "--config", resolve_config(str(config)),
         "--trainer.logger=false",
         "--trainer.enable_checkpointing=false",
         "--trainer.enable_progress_bar=false",
@@ -88,19 +91,69 @@ def config_cli(config: str, *overrides: str) -> DiffcamCLI:
     )
 
 
+# the subcommands ``diffcam --help`` lists, each with its line
+SUBCOMMANDS: dict[str, str] = {
+    "fit": "train a model (e.g. --config synthetic_sham.yaml, the main job)",
+    "validate": "run one validation epoch of a model or checkpoint (--ckpt_path)",
+    "test": "run one test epoch of a checkpoint (--ckpt_path)",
+    "predict": "predict with a checkpoint (--ckpt_path)",
+    "explain": "CAMs of your own images from a checkpoint, a timm/torchvision name or any module",
+    "report": "the paper's tables and figures from checkpoints (--config report_synthetic.yaml)",
+    "configs": "list the shipped configs, or copy them to edit (--copy DIR)",
+}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("diffcam-lightning")
+    except PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
+        from . import __version__
+
+        return __version__
+
+
+def _help() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = [
+        "usage: diffcam [-h] [--version] SUBCOMMAND ...",
+        "",
+        "Saliency-supervised training and CAM auditing for PyTorch Lightning.",
+        "",
+        "subcommands:",
+        *(f"  {name:<{width}}  {line}" for name, line in SUBCOMMANDS.items()),
+        "",
+        "options:",
+        "  -h, --help  show this message and exit",
+        "  --version   show the version and exit",
+        "",
+        "`diffcam SUBCOMMAND --help` shows a subcommand's options. A --config that is not an existing",
+        "file names a shipped config (`diffcam configs` lists them).",
+    ]
+    return "\n".join(lines)
+
+
 def main(args: Optional[Sequence[str]] = None) -> None:
     """Entry point of the ``diffcam`` console script (``args=None`` reads ``sys.argv``)."""
     argv = list(args) if args is not None else sys.argv[1:]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_help())
+        return
+    if argv[0] == "--version":
+        print(f"diffcam-lightning {_version()}")
+        return
     with short_errors():  # around the whole dispatch: every subcommand's input errors are short
-        if argv[:1] == ["report"]:
-            from .report.cli import main as report_main
-
-        if argv[:1] == ["report"]:
+        argv = resolve_config_args(argv)
+        if argv[0] == "configs":
+            configs_main(argv[1:])
+            return
+        if argv[0] == "report":
             from .report.cli import main as report_main
 
             report_main(argv[1:])
             return
-        if argv[:1] == ["explain"]:
+        if argv[0] == "explain":
             from .explain.cli import main as explain_main
 
             explain_main(argv[1:])
@@ -109,7 +162,7 @@ def main(args: Optional[Sequence[str]] = None) -> None:
             SaliencyClassifier,
             LightningDataModule,
             subclass_mode_data=True,
-            args=list(args) if args is not None else None,
+            args=argv,
             auto_configure_optimizers=False,
         )
 
