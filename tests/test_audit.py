@@ -118,8 +118,9 @@ def test_drop_in_fit_writes_scalars_and_grids_to_tensorboard(tmp_path):
     assert 0.0 <= entropy <= math.log(8 * 8) + 1e-5  # a 16 px input -> an 8x8 CAM grid
     images = acc.Images("cam_audit/grid")
     assert [e.step for e in images] == [3, 6]  # trainer.global_step after each epoch
-    # 3 rows (grid_images) x (input + saliency + 9 methods) tiles of 16 px, padding 2
-    assert (images[-1].height, images[-1].width) == (3 * 18 + 2, 11 * 18 + 2)
+    # 3 rows (grid_images) x (input + saliency + 9 methods) cells of 96 px (16 px upscaled x6), padding 2,
+    # under a 24 px title row, right of a 96 px column of row labels (explained class, prediction)
+    assert (images[-1].height, images[-1].width) == (24 + 3 * 98 + 2, 96 + 11 * 98 + 2)
     assert audit.audit_set is not None and len(audit.audit_set) == 12
     assert audit._engine.target_layer == "features"  # found automatically (last [B, K, h, w] output)
 
@@ -377,7 +378,8 @@ def test_grid_layout():
     grid, titles = audit_grid(torch.randn(2, 3, 10, 10), {"gradcam": torch.rand(2, 5, 5), "eigencam": torch.rand(2, 5, 5)},
                               saliency=torch.rand(2, 10, 10))
     assert titles == ["input", "saliency", "gradcam", "eigencam"]
-    assert grid.shape == (3, 2 * 12 + 2, 4 * 12 + 2) and 0.0 <= grid.min() and grid.max() <= 1.0
+    # 10 px images upscaled x10 to 100 px cells (>= 96), padding 2, under a 24 px title row
+    assert grid.shape == (3, 24 + 2 * 102 + 2, 4 * 102 + 2) and 0.0 <= grid.min() and grid.max() <= 1.0
 
 
 # ---------------------------------------------------------------- the YAML fragment

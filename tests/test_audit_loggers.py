@@ -19,8 +19,9 @@ from test_audit import UserNet, loaders, quiet_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
-# 3 rows x (input + saliency + 9 default methods) tiles of 16 px with padding 2
-GRID_SHAPE = (3 * 18 + 2, 11 * 18 + 2, 3)
+# 3 rows x (input + saliency + 9 default methods) cells of 96 px (16 px upscaled x6) with padding 2,
+# under a 24 px title row, right of a 96 px column of row labels
+GRID_SHAPE = (24 + 3 * 98 + 2, 96 + 11 * 98 + 2, 3)
 
 
 def fit_with(tmp_path: Path, logger, epochs: int = 2) -> L.Trainer:

@@ -29,6 +29,7 @@ from .faithfulness import faithfulness_keys, faithfulness_scores
 from .guard import audit_guard, preserved_rng
 from .metrics import SCORE_FAMILIES, AuditScores, ScoreContext, score_batch, score_keys
 from .reference import WeightsSwap, load_reference_state
+from . import review
 from .render import audit_grid
 from .signals import AuditMaps, set_signals
 from .sinks import AuditPicture, publish
@@ -64,6 +65,21 @@ CAM_CLASSES: dict[str, Callable[[AuditSet], Optional[Tensor]]] = {
 def default_drift_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
     """Each DiffGradCAM variant in ``methods`` paired with its base, when the base is there."""
     return [(m, DIFF_BASES[m]) for m in methods if m in DIFF_BASES and DIFF_BASES[m] in methods]
+
+
+def _class_names(pl_module: LightningModule) -> Optional[Sequence[str]]:
+    """The module's class names when it states them (``SaliencyClassifier``: ``hparams.class_names``)."""
+    names = getattr(pl_module, "class_names", None) or getattr(pl_module, "hparams", {}).get("class_names")
+    return list(names) if names else None
+
+
+def _row_labels(explained: Tensor, predicted: Tensor, names: Optional[Sequence[str]]) -> list[str]:
+    """Each grid row's label: the class its maps explain and the model's prediction."""
+
+    def name(c: int) -> str:
+        return f"{c} {names[c]}" if names is not None and 0 <= c < len(names) else str(c)
+
+    return [f"explained: {name(e)}\npredicted: {name(p)}" for e, p in zip(explained.tolist(), predicted.tolist())]
 
 
 class CAMAudit(Callback):
@@ -181,6 +197,8 @@ class CAMAudit(Callback):
         self.last_metrics: dict[str, float] = {}
         self.alarm: bool = False
         self._whole_grid_warned: set[tuple[int, int]] = set()
+        self.first_alarm_epoch: Optional[int] = None  # of the current fit (TensorBoard's HParams metric)
+        self._layouts_written: set[str] = set()  # TensorBoard log dirs holding the Custom Scalars layout
 
     # ------------------------------------------------------------------ Lightning plumbing
     @property
@@ -210,6 +228,25 @@ class CAMAudit(Callback):
         missing = [m for m in self.methods if self.reference is not None and m not in (self.reference_maps or {})]
         if missing and self.reference_maps is not None:
             rank_zero_warn(f"CAMAudit: the checkpoint has no reference maps for {missing}; their susceptibility is not logged.")
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The HParams tab's experiment with the audit's metrics, before Lightning logs its own (``review.py``)."""
+        self.first_alarm_epoch = None
+        if not trainer.is_global_zero:
+            return
+        params = dict(pl_module.hparams_initial)
+        if trainer.datamodule is not None:
+            params.update(trainer.datamodule.hparams_initial)
+        params.pop("_class_path", None)
+        for logger in review.tensorboard_loggers(trainer.loggers):
+            review.write_hparams(logger, params, self.prefix)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The first epoch an alarm fired (``-1``: none), an HParams metric."""
+        if trainer.is_global_zero:
+            epoch = review.NO_ALARM if self.first_alarm_epoch is None else self.first_alarm_epoch
+            for logger in trainer.loggers:
+                logger.log_metrics({f"{self.prefix}/first_alarm_epoch": float(epoch)}, step=trainer.global_step)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Fix the audit set and the reference maps before the first optimiser step."""
@@ -388,6 +425,8 @@ class CAMAudit(Callback):
                         "images": batch.images[:n].cpu(),
                         "saliency": None if batch.saliency is None else batch.saliency[:n].cpu(),
                         "maps": {m: torch.nan_to_num(v[:n], nan=0.0).cpu() for m, v in maps.items()},
+                        "explained": result.targets[:n].cpu(),
+                        "predicted": result.logits.argmax(dim=1)[:n].cpu(),
                     }
             values = {k: float(v) for k, v in self._metric.compute().items()}  # synced across ranks
             values.update(set_signals(self._maps.compute(), self.methods))
@@ -445,14 +484,28 @@ class CAMAudit(Callback):
                 f"{self.prefix}/{key}", torch.tensor(value, device=pl_module.device),
                 on_step=False, on_epoch=True, sync_dist=True, batch_size=1,
             )
+        message = (
+            f"CAMAudit fooling alarm at epoch {trainer.current_epoch} (step {trainer.global_step}): "
+            + "; ".join(reasons) + ". The audited CAMs may be passively fooled (README: "
+            "'What the audit can and cannot detect')."
+        )
         if alarm:
-            rank_zero_warn(
-                f"CAMAudit fooling alarm at epoch {trainer.current_epoch} (step {trainer.global_step}): "
-                + "; ".join(reasons) + ". The audited CAMs may be passively fooled (README: "
-                "'What the audit can and cannot detect')."
-            )
+            rank_zero_warn(message)
+            if trainer.state.fn == TrainerFn.FITTING and self.first_alarm_epoch is None:
+                self.first_alarm_epoch = trainer.current_epoch
+        if trainer.is_global_zero:
+            self._review(trainer, values, message if alarm else None)
         if grid_maps is not None and trainer.is_global_zero:
-            grid, titles = audit_grid(grid_maps["images"], grid_maps["maps"], grid_maps["saliency"])
+            labels = _row_labels(grid_maps["explained"], grid_maps["predicted"], _class_names(pl_module))
+            grid, titles = audit_grid(grid_maps["images"], grid_maps["maps"], grid_maps["saliency"], row_labels=labels)
             picture = AuditPicture(grid, titles, self.prefix, trainer.current_epoch, trainer.global_step)
             publish(picture, trainer.loggers, trainer.default_root_dir)  # not trainer.log_dir: it broadcasts
 
+    def _review(self, trainer: Trainer, values: dict[str, float], alarm_message: Optional[str]) -> None:
+        """TensorBoard's Custom Scalars layout (once per log dir) and the alarm's Text entry."""
+        for logger in review.tensorboard_loggers(trainer.loggers):
+            if logger.log_dir not in self._layouts_written:
+                self._layouts_written.add(logger.log_dir)
+                review.write_layout(logger, values, self.prefix)
+            if alarm_message is not None:
+                review.write_alarm_message(logger, self.prefix, alarm_message, trainer.global_step)
