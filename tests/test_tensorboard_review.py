@@ -105,7 +105,7 @@ def test_event_file_holds_layout_hparams_and_alarm_text(tmp_path):
 def test_a_family_added_later_gets_its_chart():
     layout = custom_scalars_layout(["behaviour/gradcam", "behaviour/meandiffgradcam", "alarm", "alarm/drift"], "cam_audit")
     charts = layout["cam_audit"]
-    assert list(charts) == ["behaviour", "alarm"] == families(["behaviour/x", "alarm", "alarm/y"])
+    assert list(charts) == ["alarm", "behaviour"] == families(["behaviour/x", "alarm", "alarm/y"])  # the alarm first
     [regex] = charts["behaviour"][1]
     assert re.match(regex, "cam_audit/behaviour/gradcam++") and not re.match(regex, "cam_audit/behaviourx/gradcam")
     [regex] = charts["alarm"][1]

@@ -24,8 +24,10 @@ NO_ALARM = -1  # first_alarm_epoch of a run without an alarm
 
 
 def families(keys: Iterable[str]) -> list[str]:
-    """The figure families of the audit's keys (``drift/meandiffgradcam`` -> ``drift``), in order."""
-    return list(dict.fromkeys(key.split("/", 1)[0] for key in keys))
+    """The figure families of the audit's keys (``drift/meandiffgradcam`` -> ``drift``), the
+    alarm's first, the others in the keys' order."""
+    found = list(dict.fromkeys(key.split("/", 1)[0] for key in keys))
+    return sorted(found, key=lambda family: family != "alarm")
 
 
 def custom_scalars_layout(keys: Iterable[str], prefix: str) -> dict[str, dict[str, list[Any]]]:
