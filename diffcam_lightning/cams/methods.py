@@ -8,37 +8,17 @@ Lookup is case-insensitive: ``get_method("MeanDiffGradCAM++")`` works.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
+from .context import CAMContext, MapFunction, weighted_sum  # re-exported: shared with scorecam.py
 from .outputs import _logits  # re-exported: the logits of any model output live in outputs.py
+from .scorecam import scorecam
 
 
-@dataclass
-class CAMContext:
-    """Everything a method may read. ``gradients`` maps backprop target -> ``dT/dA``."""
-
-    activations: Tensor
-    gradients: dict[str, Tensor] = field(default_factory=dict)
-    model: Optional[nn.Module] = None
-    inputs: Optional[Tensor] = None
-    targets: Optional[Tensor] = None
-    scorecam_batch_size: int = 32
-    backprop: Optional[str] = None
-    layer: Optional[nn.Module] = None  # the target layer (AblationCAM replaces its output)
-    layout: Optional[Any] = None  # the layer's resolved Layout (AblationCAM ablates in the layer's own layout)
-    raw_activations: Optional[Tensor] = None  # the layer's output before the layout conversion
-
-    @property
-    def grad(self) -> Tensor:
-        """The gradient of the current method's backprop target."""
-        return self.gradients[self.backprop]
-
-
-MapFunction = Callable[[CAMContext], Tensor]
 
 
 @dataclass(frozen=True)
@@ -79,11 +59,6 @@ def get_method(name: str) -> CAMMethod:
 
 
 # ---------------------------------------------------------------- channel weightings
-
-
-def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
-    """``sum_k w_k A_k`` for weights ``[B, K]``."""
-    return torch.einsum("bk,bkhw->bhw", weights, activations)
 
 
 def gradcam_weights(activations: Tensor, grad: Tensor) -> Tensor:
@@ -222,7 +197,6 @@ GRADIENT_WEIGHTINGS: dict[str, MapFunction] = {
     "eigengradcam": eigengradcam,
 }
 DIFF_TARGETS: dict[str, str] = {"meandiff": "mean", "maxdiff": "max", "lsediff": "lse"}
-from .scorecam import scorecam  # noqa: E402  (its own module, built on the names above)
 
 GRADIENT_FREE: dict[str, MapFunction] = {"eigencam": eigencam, "scorecam": scorecam, "ablationcam": ablationcam}
 

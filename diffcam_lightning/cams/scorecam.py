@@ -23,7 +23,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .methods import CAMContext, _logits, weighted_sum
+from .context import CAMContext, weighted_sum
+from .outputs import _logits
 
 _EPS = 1e-8  # pytorch-grad-cam's min-max guard
 

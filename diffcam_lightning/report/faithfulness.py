@@ -17,6 +17,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from ..cams import metrics as cam_metrics
+from .stats import format_p, mean_std
 from .tables import Table
 
 DEFAULT_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "meandiffgradcam", "maxdiffgradcam", "lsediffgradcam", "eigencam")
@@ -73,8 +74,6 @@ def faithfulness_table(scores: dict[tuple[str, str, str], np.ndarray], metrics: 
     """Mean ± std of each metric per (architecture, method), clean vs SHAM-tuned, with the
     Wilcoxon signed-rank p-value of the paired difference (same images)."""
     from scipy.stats import wilcoxon
-
-    from .stats import format_p, mean_std
 
     columns = ["architecture", "method"]
     for metric in metrics:

@@ -23,12 +23,8 @@ from torch.utils.data import Dataset
 from ..cams import CAMEngine
 from ..saliency import cam_mse
 from .faithfulness import FaithfulnessSpec, faithfulness_scores, row_metric
+from .pairs import SIMILARITY_PAIRS  # re-exported
 
-# DiffGradCAM variant -> the base it is compared with (paper Table 3)
-SIMILARITY_PAIRS: dict[str, str] = {
-    **{f"{k}diffgradcam": "gradcam" for k in ("mean", "max", "lse")},
-    **{f"{k}diffgradcam++": "gradcam++" for k in ("mean", "max", "lse")},
-}
 
 FIELDS = ("sample", "label", "target", "metric", "method", "score")
 

@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy.stats import ranksums, wilcoxon
 
-from .scoring import SIMILARITY_PAIRS
+from .pairs import SIMILARITY_PAIRS
 from .tables import Table
 
 Scores = dict[tuple[str, str, str], np.ndarray]  # (arch, metric, method) -> per-sample scores
