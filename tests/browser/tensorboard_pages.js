@@ -56,7 +56,7 @@ async function images(page) {
 (async () => {
   const browser = await chromium.launch({ executablePath, args: ['--no-sandbox'] });
   try {
-    const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+    const page = await browser.newPage({ viewport: { width: 1800, height: 1100 } });
     const result = { customScalars: await customScalars(page), images: await images(page) };
     console.log(JSON.stringify(result));
   } finally {
