@@ -158,11 +158,13 @@ def main(args: Optional[Sequence[str]] = None) -> None:
 
             explain_main(argv[1:])
             return
+        if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
+            sys.argv = sys.argv[:1] + argv
         DiffcamCLI(
             SaliencyClassifier,
             LightningDataModule,
             subclass_mode_data=True,
-            args=argv,
+            args=None if args is None else argv,
             auto_configure_optimizers=False,
         )
 

@@ -57,8 +57,20 @@ def tensorboard(log_dir: Path) -> Iterator[str]:
     """A TensorBoard server on ``log_dir`` for the block; yields its URL."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(log_dir), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(log_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -87,7 +99,10 @@ def pages(log_dir: Path, out_dir: Path) -> dict:
     with tensorboard(log_dir) as url:
         proc = subprocess.run(
             ["node", str(SCRIPT), url, str(chromium()), str(out_dir)],
-            capture_output=True, text=True, timeout=300, env={**os.environ, "NODE_PATH": str(NODE_MODULES)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "NODE_PATH": str(NODE_MODULES)},
         )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -104,7 +119,7 @@ def test_tensorboard_shows_the_audit_charts_and_the_labelled_grid(tmp_path):
     shown = pages(tmp_path / "logs", tmp_path / "shots")
 
     charts = {c["title"]: {s.rsplit(" (", 1)[0] for s in c["series"]} for c in shown["customScalars"]}
-    assert list(charts)[0] == "alarm"  # the verdict first
+    assert next(iter(charts)) == "alarm"  # the verdict first
     for family in ("entropy", "sham_mse", "susceptibility", "dependence"):
         assert charts[family] == {f"cam_audit/{family}/{m}" for m in METHODS}, (family, charts)  # a line per method
     assert charts["drift"] == {"cam_audit/drift/meandiffgradcam", "cam_audit/drift/meandiffgradcam++"}

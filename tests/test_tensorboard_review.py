@@ -12,12 +12,12 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from test_audit import UserNet, loaders, quiet_trainer
 from torchvision.utils import make_grid
 
 from diffcam_lightning import CAMAudit
 from diffcam_lightning.audit.render import MIN_CELL, audit_grid
 from diffcam_lightning.audit.review import custom_scalars_layout, families
-from test_audit import UserNet, loaders, quiet_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -78,7 +78,10 @@ def test_event_file_holds_layout_hparams_and_alarm_text(tmp_path):
         lines = {t for t in audit_tags if re.match(regex, t)}
         assert lines == {f"cam_audit/{family}/{m}" for m in METHODS}, (family, sorted(lines))
     [regex] = charts["drift"]
-    assert {t for t in audit_tags if re.match(regex, t)} == {"cam_audit/drift/meandiffgradcam", "cam_audit/drift/meandiffgradcam++"}
+    assert {t for t in audit_tags if re.match(regex, t)} == {
+        "cam_audit/drift/meandiffgradcam",
+        "cam_audit/drift/meandiffgradcam++",
+    }
     [regex] = charts["alarm"]  # the alarm and each of its rules
     alarm_lines = {t for t in audit_tags if re.match(regex, t)}
     assert "cam_audit/alarm" in alarm_lines and "cam_audit/alarm/sham" in alarm_lines
@@ -103,7 +106,9 @@ def test_event_file_holds_layout_hparams_and_alarm_text(tmp_path):
 
 
 def test_a_family_added_later_gets_its_chart():
-    layout = custom_scalars_layout(["behaviour/gradcam", "behaviour/meandiffgradcam", "alarm", "alarm/drift"], "cam_audit")
+    layout = custom_scalars_layout(
+        ["behaviour/gradcam", "behaviour/meandiffgradcam", "alarm", "alarm/drift"], "cam_audit"
+    )
     charts = layout["cam_audit"]
     assert list(charts) == ["alarm", "behaviour"] == families(["behaviour/x", "alarm", "alarm/y"])  # the alarm first
     [regex] = charts["behaviour"][1]
@@ -125,7 +130,7 @@ def test_grid_grows_with_its_title_row_and_row_labels():
     assert (plain[:, :title_h] < 0.5).any()  # text drawn in the title row
     assert (labelled[:, title_h:, :cell] < 0.5).any()  # and in the label column
     # the cells under the title row are the unlabelled picture's, unchanged
-    first_cell = plain[:, title_h + 2: title_h + 2 + cell, 2: 2 + cell]
+    first_cell = plain[:, title_h + 2 : title_h + 2 + cell, 2 : 2 + cell]
     upscaled = torch.nn.functional.interpolate(images[:1], scale_factor=6, mode="nearest")[0]
     lo, hi = images[0].min(), images[0].max()
     expected = ((upscaled - lo) / (hi - lo + 1e-7) * 255).round() / 255

@@ -5,7 +5,7 @@ when the value of any method it covers crosses its threshold. The rules that do 
 to know the attack (``dependence``) look at every audited gradient CAM; the paper's rules
 (``drift``, ``sham``) look at the ``alarm_pair`` only, since they encode one attack: on
 GradCAM, towards the border SHAM. Thresholds are measured, not chosen: see
-``experiments/adaptive_attacks.py`` and the README, "What the audit can and cannot detect".
+``experiments/adaptive_attacks.py`` and docs/audit.md, "What the audit can and cannot detect".
 """
 
 from __future__ import annotations

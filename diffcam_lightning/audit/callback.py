@@ -486,7 +486,7 @@ class CAMAudit(Callback):
             )
         message = (
             f"CAMAudit fooling alarm at epoch {trainer.current_epoch} (step {trainer.global_step}): "
-            + "; ".join(reasons) + ". The audited CAMs may be passively fooled (README: "
+            + "; ".join(reasons) + ". The audited CAMs may be passively fooled (docs/audit.md: "
             "'What the audit can and cannot detect')."
         )
         if alarm:

@@ -33,9 +33,7 @@ def families(keys: Iterable[str]) -> list[str]:
 def custom_scalars_layout(keys: Iterable[str], prefix: str) -> dict[str, dict[str, list[Any]]]:
     """``{prefix: {family: ["Multiline", [regex]]}}``: one chart per family, whose regex
     matches the family's own scalar and every ``<family>/<method>`` below it."""
-    charts = {
-        family: ["Multiline", [rf"^{re.escape(prefix)}/{re.escape(family)}(/.*)?$"]] for family in families(keys)
-    }
+    charts = {family: ["Multiline", [rf"^{re.escape(prefix)}/{re.escape(family)}(/.*)?$"]] for family in families(keys)}
     return {prefix: charts}
 
 
@@ -76,7 +74,7 @@ def write_hparams(logger: TensorBoardLogger, params: Mapping[str, Any], prefix: 
     summary of each tag, so this one, with the audit's metrics, is the one shown."""
     from torch.utils.tensorboard.summary import hparams
 
-    metrics = {name: 0.0 for name in hparams_metrics(prefix)}  # names only: values are the logged scalars
+    metrics = dict.fromkeys(hparams_metrics(prefix), 0.0)  # names only: values are the logged scalars
     writer = logger.experiment._get_file_writer()
     for summary in hparams(flat_hparams(params), metrics):
         writer.add_summary(summary)

@@ -146,7 +146,7 @@ def _write_page(out: Path, written: dict[str, Path], layer: Optional[str], sourc
     parts = [
         "# diffcam explain\n",
         f"Model `{source}`, CAM layer `{layer}`, input {size} px, methods {', '.join(methods)}. "
-        f"{len({r['png'] for r in rows})} images; raw maps in `maps/` (see the README), the table in "
+        f"{len({r['png'] for r in rows})} images; raw maps in `maps/` (see docs/explain.md), the table in "
         "[predictions.csv](predictions.csv)" + (", unreadable files in [skipped.csv](skipped.csv)." if "skipped" in written else ".") + "\n",
     ]
     shown = set()
