@@ -34,13 +34,14 @@ import torch
 from diffcam_lightning import CAMAudit
 from diffcam_lightning.audit.render import audit_grid
 from diffcam_lightning.cli import DiffcamCLI, config_cli
+from diffcam_lightning.shipped import CONFIGS_DIR  # the shipped configs (package data)
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("drift/meandiffgradcam", "sham_mse/gradcam", "sham_mse/meandiffgradcam", "pointing/gradcam", "pointing/meandiffgradcam")
 
 
 def build(regime: str, seed: int, extra: list[str]) -> DiffcamCLI:
-    return config_cli(str(ROOT / "configs" / f"synthetic_{regime}.yaml"), f"--seed_everything={seed}", *extra)
+    return config_cli(str(CONFIGS_DIR / f"synthetic_{regime}.yaml"), f"--seed_everything={seed}", *extra)
 
 
 class InterleavedAudits(L.Callback):

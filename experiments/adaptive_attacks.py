@@ -46,6 +46,7 @@ from diffcam_lightning.audit.guard import audit_guard, preserved_rng
 from diffcam_lightning.audit.signals import GRADIENT_FREE, set_signals
 from diffcam_lightning.cli import config_cli
 from diffcam_lightning.saliency import cam_entropy, cam_mse, saliency_mse, sham_target
+from diffcam_lightning.shipped import CONFIGS_DIR  # the shipped configs (package data)
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKED = ("gradcam", "gradcam++", "meandiffgradcam", "meandiffgradcam++", "lsediffgradcam", "gradcam+meandiffgradcam")
@@ -184,7 +185,7 @@ class Recorder(Callback):
 
 def train(run: Run, epochs: int, train_size: int, val_size: int, audit_size: int, sink: Path) -> float:
     cli = config_cli(
-        str(ROOT / "configs" / f"{run.config}.yaml"),
+        str(CONFIGS_DIR / f"{run.config}.yaml"),
         f"--seed_everything={run.seed}", f"--trainer.max_epochs={epochs}",
         f"--data.init_args.train_size={train_size}", f"--data.init_args.val_size={val_size}",
         "--trainer.num_sanity_val_steps=0", *run.flags,

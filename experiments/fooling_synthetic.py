@@ -31,6 +31,7 @@ from diffcam_lightning.cli import config_cli
 from diffcam_lightning.data import SyntheticDataModule, denormalize
 from diffcam_lightning.models import SaliencyClassifier
 from diffcam_lightning.saliency import cam_mse, resize_target
+from diffcam_lightning.shipped import CONFIGS_DIR  # the shipped configs (package data)
 
 ROOT = Path(__file__).resolve().parents[1]
 REGIMES = ("human", "sham")
@@ -49,7 +50,7 @@ FIGURE_METHODS = ("gradcam", "meandiffgradcam", "eigencam")
 def train(regime: str, seed: int, epochs: int | None) -> tuple[SaliencyClassifier, SyntheticDataModule, float]:
     """Fit with the shipped config, exactly as ``diffcam fit --config ...`` would."""
     extra = [f"--trainer.max_epochs={epochs}"] if epochs is not None else []
-    cli = config_cli(str(ROOT / "configs" / f"synthetic_{regime}.yaml"), f"--seed_everything={seed}", *extra)
+    cli = config_cli(str(CONFIGS_DIR / f"synthetic_{regime}.yaml"), f"--seed_everything={seed}", *extra)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
     return cli.model, cli.datamodule, time.perf_counter() - start

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from diffcam_lightning import CAMAudit
 from diffcam_lightning.audit import AuditScores, AuditSet, audit_grid, pointing_game, split_batch
 from diffcam_lightning.audit.guard import audit_guard
+from diffcam_lightning.shipped import CONFIGS_DIR  # the shipped configs (package data)
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
@@ -412,7 +413,7 @@ def test_yaml_fragment_appends_to_the_runs_own_callbacks(tmp_path):
         "model:\n  model_name: test_resnet\n"
         "data:\n  class_path: diffcam_lightning.data.SyntheticDataModule\n"
     )
-    cli = _cli(["--config", str(own), "--config", str(ROOT / "callbacks" / "cam_audit.yaml")])
+    cli = _cli(["--config", str(own), "--config", str(CONFIGS_DIR / "callbacks" / "cam_audit.yaml")])
     callbacks = cli.trainer.callbacks
     assert any(isinstance(c, LearningRateMonitor) for c in callbacks)
     (audit,) = [c for c in callbacks if isinstance(c, CAMAudit)]
@@ -421,7 +422,7 @@ def test_yaml_fragment_appends_to_the_runs_own_callbacks(tmp_path):
 
 @pytest.mark.parametrize("regime", ["human", "sham"])
 def test_synthetic_configs_audit_by_default(regime):
-    cli = _cli(["--config", str(ROOT / "configs" / f"synthetic_{regime}.yaml"), "--trainer.logger=false"])
+    cli = _cli(["--config", str(CONFIGS_DIR / f"synthetic_{regime}.yaml"), "--trainer.logger=false"])
     kinds = {type(c).__name__ for c in cli.trainer.callbacks}
     assert {"CAMAudit", "ModelCheckpoint"} <= kinds
 

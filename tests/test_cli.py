@@ -12,10 +12,11 @@ from lightning.pytorch import LightningDataModule
 
 from diffcam_lightning import SaliencyClassifier
 from diffcam_lightning.cli import DiffcamCLI, main
+from diffcam_lightning.shipped import CONFIGS_DIR  # the shipped configs (package data)
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
-SHAM = str(ROOT / "configs" / "synthetic_sham.yaml")
+CONFIGS = sorted(CONFIGS_DIR.glob("*.yaml"))
+SHAM = str(CONFIGS_DIR / "synthetic_sham.yaml")
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 SMALL = ["--data.init_args.train_size=32", "--data.init_args.val_size=16", "--data.init_args.test_size=16",
          "--data.init_args.batch_size=8", "--data.init_args.image_size=48"]

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffcam_lightning.shipped import CONFIGS_DIR  # the shipped configs (package data)
+
 ROOT = Path(__file__).resolve().parents[1]
-SHAM = str(ROOT / "configs" / "synthetic_sham.yaml")
+SHAM = str(CONFIGS_DIR / "synthetic_sham.yaml")
 
 
 def diffcam(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:

@@ -10,12 +10,17 @@ logger's image viewer; cells are upscaled to at least ``MIN_CELL`` pixels.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from PIL import ImageFont
+
+    Font = Union[ImageFont.FreeTypeFont, ImageFont.ImageFont]
 
 MIN_CELL = 96  # pixels: the smallest side of a grid cell, whatever the input size
 
@@ -94,13 +99,13 @@ def _upscale(images: Tensor, min_cell: int) -> Tensor:
     return images if factor == 1 else F.interpolate(images, scale_factor=factor, mode="nearest")
 
 
-def _font(size: int):  # -> PIL font; untyped by Pillow's stubs
+def _font(size: int) -> Font:
     from PIL import ImageFont
 
     return ImageFont.load_default(size=size)
 
 
-def _fitting_font(lines: Sequence[str], width: int, size: int):
+def _fitting_font(lines: Sequence[str], width: int, size: int) -> Font:
     """The largest default font, at most ``size``, that fits every line in ``width`` pixels."""
     while size > 6:
         font = _font(size)

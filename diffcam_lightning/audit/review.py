@@ -76,5 +76,5 @@ def write_hparams(logger: TensorBoardLogger, params: Mapping[str, Any], prefix: 
 
     metrics = dict.fromkeys(hparams_metrics(prefix), 0.0)  # names only: values are the logged scalars
     writer = logger.experiment._get_file_writer()
-    for summary in hparams(flat_hparams(params), metrics):
+    for summary in hparams(flat_hparams(params), metrics):  # type: ignore[no-untyped-call]  # torch's, untyped
         writer.add_summary(summary)

@@ -32,6 +32,8 @@ class CAMContext:
     @property
     def grad(self) -> Tensor:
         """The gradient of the current method's backprop target."""
+        if self.backprop is None:
+            raise KeyError("CAMContext.grad: the current method has no backprop target (it is gradient-free).")
         return self.gradients[self.backprop]
 
 
