@@ -3,8 +3,9 @@
 
 - ```pycon blocks are doctests (ELLIPSIS and NORMALIZE_WHITESPACE on); a page's blocks share
   one namespace, in order, like one session;
-- ```console blocks are shell sessions: each ``$ `` line runs in an empty folder with this
-  checkout on PYTHONPATH, and the lines up to the next ``$ `` are its expected output.
+- ```console blocks are shell sessions: each ``$ `` line runs with this checkout on
+  PYTHONPATH, in one empty folder per page (a page's blocks in order), and the lines up to
+  the next ``$ `` are its expected output.
 
 Other blocks (bash, python, yaml) show no output and are not run. Also: the README stays a
 front door (<= 250 lines) and the site's home page is the README with the site's links.
@@ -91,8 +92,13 @@ def _commands(block: Block) -> list[tuple[str, str]]:
     return [(cmd, "\n".join(lines).strip() + "\n") for cmd, lines in pairs]
 
 
-@pytest.mark.parametrize("block", CONSOLE_BLOCKS, ids=lambda b: f"{_id(b.page)}:{b.line}")
-def test_console_blocks(block, tmp_path):
+CONSOLE_PAGES = sorted({b.page for b in CONSOLE_BLOCKS})
+
+
+@pytest.mark.parametrize("page", CONSOLE_PAGES, ids=_id)
+def test_console_blocks(page, tmp_path):
+    """A page's console blocks run in order in one empty folder (a later block may read what
+    an earlier one wrote)."""
     bin_dir = str(Path(sys.executable).parent)  # ``diffcam``: the console script beside this python
     env = {
         **os.environ,
@@ -102,12 +108,15 @@ def test_console_blocks(block, tmp_path):
         "COLUMNS": "100",
     }
     checker = doctest.OutputChecker()
-    for command, expected in _commands(block):
-        proc = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        got = proc.stdout + proc.stderr
-        assert checker.check_output(expected, got, OPTIONS), (
-            f"{_id(block.page)}:{block.line}: `{command}` (exit {proc.returncode})\nexpected:\n{expected}\ngot:\n{got}"
-        )
+    for block in blocks(page, ("console",)):
+        for command, expected in _commands(block):
+            proc = subprocess.run(
+                command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+            )
+            got = proc.stdout + proc.stderr
+            assert checker.check_output(expected, got, OPTIONS), (
+                f"{_id(page)}:{block.line}: `{command}` (exit {proc.returncode})\nexpected:\n{expected}\ngot:\n{got}"
+            )
 
 
 def test_readme_is_a_front_door():
