@@ -23,13 +23,13 @@ from ..cams import DIFF_BASES, METHODS, CAMEngine, get_method
 from ..cams.layers import known_layer_name, resolve_layer
 from ..cams.metrics import check_metrics
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
+from . import review
 from .alarm import DEFAULT_DRIFT_THRESHOLD, DEFAULT_SHAM_THRESHOLD, AlarmRule, build_rules, evaluate
 from .auditset import AuditSet, BatchKeys
 from .faithfulness import faithfulness_keys, faithfulness_scores
 from .guard import audit_guard, preserved_rng
 from .metrics import SCORE_FAMILIES, AuditScores, ScoreContext, score_batch, score_keys
 from .reference import WeightsSwap, load_reference_state
-from . import review
 from .render import audit_grid
 from .signals import AuditMaps, set_signals
 from .sinks import AuditPicture, publish

@@ -19,8 +19,6 @@ from .outputs import _logits  # re-exported: the logits of any model output live
 from .scorecam import scorecam
 
 
-
-
 @dataclass(frozen=True)
 class CAMMethod:
     """A registered method. ``backprop`` names its target in ``BACKPROP_TARGETS``

@@ -25,7 +25,6 @@ from ..saliency import cam_mse
 from .faithfulness import FaithfulnessSpec, faithfulness_scores, row_metric
 from .pairs import SIMILARITY_PAIRS  # re-exported
 
-
 FIELDS = ("sample", "label", "target", "metric", "method", "score")
 
 
