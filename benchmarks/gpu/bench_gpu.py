@@ -365,7 +365,7 @@ def config(dry_run: bool) -> dict:
     return dict(cam_archs=paper + [("deit_small_patch16_224", 224, {}), ("swin_tiny_patch4_window7_224", 224, {})],
                 batch=32, warmup=1, repeats=3, scorecam_archs=paper, scorecam_batch=2, scorecam_repeats=2,
                 train_archs=[(n, s) for n, s, _ in paper], audit_arch="resnet50", audit_size=224, audit_steps=24,
-                explain_images=256, explain_batch=32, explain_workers=8, explain_rounds=2, reserve_s=20)  # fmt: skip
+                explain_images=128, explain_batch=32, explain_workers=8, explain_rounds=2, reserve_s=15)  # fmt: skip
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:

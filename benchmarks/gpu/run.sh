@@ -7,7 +7,7 @@
 # Installs the wheels that benchmarks/gpu/prepare.sh put in .whl/ (no index, no network), runs the
 # GPU tests (`pytest -m gpu`, tests/test_gpu.py) and the GPU benchmark rows
 # (benchmarks/gpu/bench_gpu.py), and writes OUTDIR/results.md and OUTDIR/results.json (every figure),
-# beside the raw logs (8 files: the most a device call brings back). Budget on an H100/H200: about 3 min of tests + 4.5 min of rows, under 8 min.
+# beside the raw logs (8 files: the most a device call brings back).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 DRY=0
@@ -35,7 +35,7 @@ if [ "$DRY" = 0 ]; then
   else
     echo "no .whl/*.whl: run benchmarks/gpu/prepare.sh here first and carry .whl (using what is installed)" >&2
   fi
-  TEST_LIMIT=240; BENCH_BUDGET=270; BENCH_LIMIT=320
+  TEST_LIMIT=250; BENCH_BUDGET=220; BENCH_LIMIT=250
 else
   export DIFFCAM_GPU_DRY_RUN=1
   TEST_LIMIT=600; BENCH_BUDGET=600; BENCH_LIMIT=900
