@@ -62,7 +62,8 @@ def test_first_component_is_the_svd_projection_with_the_salient_sign(channels, h
     """Raw projections (before ReLU): equal to numpy's SVD projection with the sign correction,
     and the CUDA path (repeated squaring) equals the CPU path (eigh), run here on CPU."""
     torch.manual_seed(0)
-    features = torch.randn(6, channels, height, height).relu() + 2 * torch.randn(6, channels, 1, 1) * torch.rand(6, 1, height, height)
+    dominant = 2 * torch.randn(6, channels, 1, 1) * torch.rand(6, 1, height, height)
+    features = torch.randn(6, channels, height, height).relu() + dominant
     expected = torch.from_numpy(salient_sign_numpy(get_2d_projection(features.numpy())))
     ours = methods.first_component(features)
     scale = expected.abs().amax(dim=(1, 2))

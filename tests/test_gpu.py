@@ -251,7 +251,8 @@ class SyncingOps(TorchDispatchMode):
         if func.overloadpacket.__name__ in SYNCING_OPS:
             package = f"{os.sep}diffcam_lightning{os.sep}"
             ours = [frame for frame in traceback.extract_stack() if package in frame.filename]
-            where = f"{ours[-1].filename}:{ours[-1].lineno} ({ours[-1].name}) {ours[-1].line}" if ours else "outside diffcam_lightning"
+            last = ours[-1] if ours else None
+            where = f"{last.filename}:{last.lineno} ({last.name}) {last.line}" if last else "outside diffcam_lightning"
             on_device = any(isinstance(a, torch.Tensor) and a.device.type == "cuda" for a in args)
             if on_device if CUDA else not any(marker in where for marker in HOST_SIDE):
                 self.hits.append(f"{func} at {where}")

@@ -151,7 +151,6 @@ def cam_rows(cfg: dict, device: torch.device, results: Results, budget: Budget) 
             if "pgc_gradcam" in times and "ours_gradcam" in times:
                 row["speedup_gradcam"] = round(times["pgc_gradcam"] / times["ours_gradcam"], 2)
             results.add("cams", **row)
-            del model, engine
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -225,7 +224,6 @@ def training_rows(cfg: dict, device: torch.device, results: Results, budget: Bud
             if len(times) == 2:
                 row["ratio"] = round(times["ce_cam_step"] / times["ce_step"], 3)
             results.add("training", **row)
-            del module, opt
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
