@@ -30,7 +30,7 @@ REFERENCE_METHODS: dict[str, tuple[str, Optional[str]]] = {
 }
 
 
-_EIGEN = {"EigenCAM": "activations", "EigenGradCAM": "grads * activations"}
+_EIGEN = ("EigenCAM", "EigenGradCAM")  # compared with their sign correction: sign_corrected()
 
 
 def salient_sign_numpy(projections):
