@@ -118,6 +118,32 @@ def bench_layercam(name: str, size: int, args, device: torch.device) -> dict[str
     )
 
 
+def svd_first_component(features: torch.Tensor) -> torch.Tensor:
+    """The first principal component as computed before issue 20 (a full batched float64 SVD
+    of ``[B, h*w, K]``), kept here so ``--eigen-baseline`` can time it beside the current one."""
+    acts = torch.nan_to_num(features.to(torch.float64), nan=0.0)
+    b, k, h, w = acts.shape
+    flat = acts.reshape(b, k, h * w).transpose(1, 2)
+    flat = flat - flat.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(flat, full_matrices=False)
+    return (flat @ vh[:, 0, :].unsqueeze(-1)).reshape(b, h, w).float()
+
+
+def with_first_component(fn: Callable[[torch.Tensor], torch.Tensor], call: Callable[[], object]) -> Callable[[], object]:
+    """``call`` with ``methods.first_component`` replaced by ``fn`` for its duration."""
+    from diffcam_lightning.cams import methods
+
+    def run():
+        current = methods.first_component
+        methods.first_component = fn
+        try:
+            return call()
+        finally:
+            methods.first_component = current
+
+    return run
+
+
 def bench_architecture(name: str, size: int, args, device: torch.device) -> dict[str, float]:
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=1000).to(device).eval()
@@ -132,18 +158,20 @@ def bench_architecture(name: str, size: int, args, device: torch.device) -> dict
         with torch.no_grad():
             model(x)
 
-    times = timed_interleaved(
-        {
-            "forward": forward,
-            "ours_all": lambda: engine(x, targets=targets, methods=GRADIENT_METHODS, size="input"),
-            "ours_gradcam": lambda: engine(x, targets=targets, methods="gradcam", size="input"),
-            "ref_all": lambda: reference_run(model, layer, x, targets, GRADIENT_METHODS, transform),
-            "ref_gradcam": lambda: reference_run(model, layer, x, targets, ["gradcam"], transform),
-        },
-        args.warmup,
-        args.repeats,
-        device,
-    )
+    def ours_all():
+        return engine(x, targets=targets, methods=GRADIENT_METHODS, size="input")
+
+    fns = {
+        "forward": forward,
+        "ours_all": ours_all,
+        "ours_gradcam": lambda: engine(x, targets=targets, methods="gradcam", size="input"),
+    }
+    if args.eigen_baseline:
+        fns["ours_all_svd"] = with_first_component(svd_first_component, ours_all)
+    if not args.no_reference:
+        fns["ref_all"] = lambda: reference_run(model, layer, x, targets, GRADIENT_METHODS, transform)
+        fns["ref_gradcam"] = lambda: reference_run(model, layer, x, targets, ["gradcam"], transform)
+    times = timed_interleaved(fns, args.warmup, args.repeats, device)
     return {**times, "layer": engine.target_layer}
 
 
@@ -201,6 +229,11 @@ def main() -> None:
     parser.add_argument("--scorecam", action="store_true", help="time ScoreCAM (ours vs pytorch-grad-cam) instead")
     parser.add_argument("--scorecam-batch", type=int, default=32, help="masked inputs per forward, both libraries")
     parser.add_argument("--size", type=int, default=None, help="input size (default: per architecture)")
+    parser.add_argument("--no-reference", action="store_true", help="leave pytorch-grad-cam out (our rows only)")
+    parser.add_argument(
+        "--eigen-baseline", action="store_true",
+        help="also time the 28 with the full-SVD first principal component used before issue 20",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     label = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -220,6 +253,9 @@ def main() -> None:
             )
         return
     n = len(GRADIENT_METHODS)
+    if args.no_reference or args.eigen_baseline:
+        main_eigen(args, device, n)
+        return
     print(
         f"| architecture | no-grad forward | ours: {n} gradient CAMs | pytorch-grad-cam: {n}, one at a time "
         "| speed-up | ours / forward | ours: GradCAM | pytorch-grad-cam: GradCAM | speed-up |"
@@ -233,6 +269,22 @@ def main() -> None:
             f"| {r['ours_gradcam']:.1f} | {r['ref_gradcam']:.1f} | {r['ref_gradcam'] / r['ours_gradcam']:.1f}x |",
             flush=True,
         )
+
+
+def main_eigen(args, device: torch.device, n: int) -> None:
+    """Our rows only (``--no-reference``), with the full-SVD baseline if asked: the table for
+    the last factor of the 28 maps against a no-grad forward."""
+    svd = args.eigen_baseline
+    print(f"| architecture | no-grad forward | ours: {n} gradient CAMs | ours / forward | ours: GradCAM | GradCAM / forward"
+          + (f" | {n}, full-SVD first component (before) | before / forward |" if svd else " |"))
+    print("|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if svd else ""))
+    for name in args.archs:
+        r = bench_architecture(name, args.size or ARCHITECTURES[name], args, device)
+        row = (f"| {name} ({args.size or ARCHITECTURES[name]} px, {r['layer']}) | {r['forward']:.1f} | {r['ours_all']:.1f} "
+               f"| {r['ours_all'] / r['forward']:.2f}x | {r['ours_gradcam']:.1f} | {r['ours_gradcam'] / r['forward']:.2f}x |")
+        if svd:
+            row += f" {r['ours_all_svd']:.1f} | {r['ours_all_svd'] / r['forward']:.2f}x |"
+        print(row, flush=True)
 
 
 if __name__ == "__main__":

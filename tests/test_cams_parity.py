@@ -10,8 +10,6 @@ import torch
 pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam import (  # noqa: E402
     AblationCAM,
-    EigenCAM,
-    EigenGradCAM,
     GradCAM,
     GradCAMElementWise,
     GradCAMPlusPlus,
@@ -23,17 +21,17 @@ from pytorch_grad_cam import (  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 from diffcam_lightning import CAMEngine  # noqa: E402
-from diffcam_lightning.cams.reference import reference_cam  # noqa: E402
+from diffcam_lightning.cams.reference import reference_cam, sign_corrected  # noqa: E402
 
 REFERENCE = {
     "gradcam": GradCAM,
     "gradcam++": GradCAMPlusPlus,
     "hirescam": HiResCAM,
     "xgradcam": XGradCAM,
-    "eigencam": EigenCAM,
+    "eigencam": sign_corrected("EigenCAM"),  # its own SVD and its own sign correction (methods.salient_sign)
     "layercam": LayerCAM,
     "gradcamelementwise": GradCAMElementWise,
-    "eigengradcam": EigenGradCAM,
+    "eigengradcam": sign_corrected("EigenGradCAM"),
 }
 # the Diff variants of the weightings added after the paper (the paper's six are tested in
 # test_cams_engine.py against autograd of the difference target)

@@ -63,16 +63,10 @@ def build(name: str, kwargs: dict) -> nn.Module:
 def test_token_and_channels_last_models_match_pytorch_grad_cam(name, kwargs, size, spec, layer, layout, prefix, methods):
     pgc = pytest.importorskip("pytorch_grad_cam")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
-
-    class FlippedEigenCAM(pgc.EigenCAM):
-        """pytorch-grad-cam's EigenCAM with the principal component's other sign."""
-
-        def get_cam_image(self, *args, **kwargs):
-            return -get_2d_projection(args[3] if len(args) > 3 else kwargs["activations"])
+    from diffcam_lightning.cams.reference import sign_corrected
 
     classes = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "hirescam": pgc.HiResCAM,
-               "xgradcam": pgc.XGradCAM, "eigencam": pgc.EigenCAM, "-eigencam": FlippedEigenCAM}
+               "xgradcam": pgc.XGradCAM, "eigencam": sign_corrected("EigenCAM")}
     model = build(name, kwargs)
     engine = CAMEngine(model, spec)
     x = torch.randn(2, 3, size, size)
@@ -89,9 +83,7 @@ def test_token_and_channels_last_models_match_pytorch_grad_cam(name, kwargs, siz
     for method in methods:
         ours = result.maps[method]
         assert ours.shape == (2, size, size) and ours.amax(dim=(1, 2)).min() > 0.99, method
-        diff = (ours - reference(method)).abs().amax(dim=(1, 2))
-        if method == "eigencam":  # the principal component's sign is arbitrary: numpy's SVD vs torch's
-            diff = torch.minimum(diff, (ours - reference("-eigencam")).abs().amax(dim=(1, 2)))
+        diff = (ours - reference(method)).abs().amax(dim=(1, 2))  # exact, EigenCAM's sign included
         assert diff.max().item() <= 1e-4, f"{name} {method}: max abs diff {diff.max().item():.2e}"
 
 

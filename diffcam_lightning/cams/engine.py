@@ -270,7 +270,9 @@ def _check_targets(targets: TargetSpec, logits: Tensor, methods: list[CAMMethod]
         return logits.detach().argmax(dim=1)
     if isinstance(targets, numbers.Integral) or (isinstance(targets, Tensor) and targets.dim() == 0):
         targets = [int(targets)] * batch
-    targets = torch.as_tensor(targets, device=logits.device)
+    # checked where the targets are: lists and CPU tensors on the host, so that a call on a GPU
+    # needs no host-device synchronisation (a CUDA tensor of targets costs one, for this check)
+    targets = torch.as_tensor(targets)
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise TypeError(f"targets must hold integer class indices; got dtype {targets.dtype}.")
     targets = targets.long().reshape(-1)
@@ -280,7 +282,7 @@ def _check_targets(targets: TargetSpec, logits: Tensor, methods: list[CAMMethod]
     if bad.any():
         value = int(targets[bad][0])
         raise ValueError(f"Target class {value} is out of range: the model has {classes} classes (0..{classes - 1}).")
-    return targets
+    return targets.to(logits.device, non_blocking=True)
 
 
 def _batched_gradients(

@@ -30,6 +30,36 @@ REFERENCE_METHODS: dict[str, tuple[str, Optional[str]]] = {
 }
 
 
+_EIGEN = ("EigenCAM", "EigenGradCAM")  # compared with their sign correction: sign_corrected()
+
+
+def salient_sign_numpy(projections):
+    """pytorch-grad-cam's own sign correction (``get_2d_projection_with_sign_correction``,
+    Seg-Eigen-CAM eq. 13) on ``[B, h, w]`` projections: flip a map when ``|min| > |max|``."""
+    import numpy as np
+
+    flip = np.abs(projections.min(axis=(1, 2))) > np.abs(projections.max(axis=(1, 2)))
+    return np.where(flip[:, None, None], -projections, projections).astype(np.float32)
+
+
+def sign_corrected(class_name: str):
+    """pytorch-grad-cam's ``EigenCAM`` / ``EigenGradCAM`` with the sign convention ours
+    documents (``methods.salient_sign``): its own SVD, then its own sign correction. Its
+    plain classes keep whichever sign numpy's LAPACK returns, which no solver reproduces."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+    base = getattr(pytorch_grad_cam, class_name)
+    use_grads = class_name == "EigenGradCAM"
+
+    class SignCorrected(base):  # type: ignore[misc, valid-type]
+        def get_cam_image(self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth):
+            return salient_sign_numpy(get_2d_projection(grads * activations if use_grads else activations))
+
+    SignCorrected.__name__ = f"SignCorrected{class_name}"
+    return SignCorrected
+
+
 def available() -> bool:
     try:
         import pytorch_grad_cam  # noqa: F401
@@ -72,6 +102,7 @@ def reference_cam(
         raise ValueError(f"No pytorch-grad-cam reference for {method!r}; valid: {', '.join(REFERENCE_METHODS)}.")
     class_name, kind = REFERENCE_METHODS[method]
     cam_targets = [ClassifierOutputTarget(int(t)) if kind is None else DiffTarget(t, kind) for t in targets]
-    with getattr(pytorch_grad_cam, class_name)(model, target_layers=[layer], reshape_transform=reshape_transform) as cam:
+    cam_class = sign_corrected(class_name) if class_name in _EIGEN else getattr(pytorch_grad_cam, class_name)
+    with cam_class(model, target_layers=[layer], reshape_transform=reshape_transform) as cam:
         cam.batch_size = scorecam_batch_size  # read by its ScoreCAM only
         return cam(x, targets=cam_targets)
