@@ -51,3 +51,11 @@ def test_metrics_are_off_by_default_and_bad_names_fail_early(tmp_path):
     assert not any(k.startswith(("cam_audit/deletion", "cam_audit/insertion")) for k in logged)
     with pytest.raises(ValueError, match=r"Unknown CAM metric 'auc'; valid: deletion, insertion"):
         CAMAudit(metrics=["auc"])
+
+
+def test_misspelled_metric_options_fail_at_construction():
+    with pytest.raises(ValueError, match=r"\['step'\] are taken by none of the metrics \['deletion', 'insertion'\]; valid: steps"):
+        CAMAudit(metrics=["deletion", "insertion"], metric_options={"step": 2})
+    with pytest.raises(ValueError, match=r"\['steps'\] are taken by none of the metrics \[\]"):
+        CAMAudit(metric_options={"steps": 2})
+    CAMAudit(metrics=["road_morf", "relevance_mass"], metric_options={"percentiles": (50,)})  # valid

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..cams import DIFF_BASES, METHODS, CAMEngine, get_method
 from ..cams.layers import known_layer_name, resolve_layer
-from ..cams.metrics import check_metrics
+from ..cams.metrics import check_metrics, check_options
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
 from .alarm import DEFAULT_DRIFT_THRESHOLD, DEFAULT_SHAM_THRESHOLD, AlarmRule, build_rules, evaluate
 from .auditset import AuditSet, BatchKeys
@@ -171,6 +171,7 @@ class CAMAudit(Callback):
         self.prefix = prefix
         self.metrics = check_metrics(metrics)
         self.metric_options = dict(metric_options or {})
+        check_options(self.metrics, self.metric_options)
         # state (saved in checkpoints)
         self.audit_set: Optional[AuditSet] = None
         self.reference_maps: Optional[dict[str, Tensor]] = None

@@ -35,7 +35,7 @@ def faithfulness_scores(
     options: Optional[dict[str, Any]] = None,
 ) -> Scores:
     """``{"<metric>/<method>": (values [B], mask [B] | None)}`` for one audit batch."""
-    options = {"progress": False, **(options or {})}
+    options = dict(options or {})
     perturbation = [m for m in metrics if not cam_metrics.METRICS[m].needs_masks]
     with_masks = [m for m in metrics if cam_metrics.METRICS[m].needs_masks]
     out: Scores = {}
@@ -43,7 +43,7 @@ def faithfulness_scores(
         if perturbation:
             if any(cam_metrics.METRICS[m].group == "road" for m in perturbation):
                 options["generator"] = torch.Generator(device=images.device).manual_seed(AUDIT_SEED)
-            values = cam_metrics.evaluate(perturbation, model, images, cam, targets, **options)
+            values = cam_metrics.evaluate(perturbation, model, images, cam, targets, progress=False, **options)
             out.update({f"{name}/{method}": (v, None) for name, v in values.items()})
         if with_masks and saliency is not None:
             out.update(_mask_scores(with_masks, method, cam, saliency, has_saliency))

@@ -1,0 +1,54 @@
+"""Faithfulness, randomisation, localisation, complexity and robustness metrics for any CAMs.
+
+Every function takes maps ``[B, h, w]`` from anywhere (this engine, pytorch-grad-cam,
+torchcam, a user's file), the model, its input ``x [B, C, H, W]`` and the explained
+classes, and returns one value per sample on ``x``'s device. Perturbed inputs run in
+batched no-grad forwards (``batch_size`` at a time) with the model in eval mode (every
+submodule's flag restored after), so the scores do not depend on ``batch_size`` and no
+BatchNorm statistic moves. Each equals its anchor's implementation on the same model,
+maps and input (tests). The families follow Quantus's grouping, one module each;
+:mod:`.registry` names them for callers (:data:`METRICS`, :func:`evaluate`).
+"""
+
+from .common import PROGRESS_AFTER, SCORES, Baseline, ScoreFn, class_scores, eval_mode, finite_rows, metric, to_input_size
+from .faithfulness import DEFAULT_PERCENTILES, confidence, deletion_insertion, road
+from .localisation import relevance_mass, relevance_rank
+from .registry import GROUPS, MASK_METRICS, METRICS, MetricSpec, accepted_options, check_metrics, check_options, evaluate, register_group
+from .sanity import SANITY_MODES, SanityResult, parameter_layers, randomization_check, spearman
+from .solvers import IMPUTE_SOLVERS, ROAD_KERNEL, neighbour_sum, noisy_linear_impute
+
+__all__ = [
+    "DEFAULT_PERCENTILES",
+    "GROUPS",
+    "IMPUTE_SOLVERS",
+    "MASK_METRICS",
+    "METRICS",
+    "PROGRESS_AFTER",
+    "ROAD_KERNEL",
+    "SANITY_MODES",
+    "SCORES",
+    "Baseline",
+    "MetricSpec",
+    "SanityResult",
+    "ScoreFn",
+    "accepted_options",
+    "check_metrics",
+    "check_options",
+    "class_scores",
+    "confidence",
+    "deletion_insertion",
+    "eval_mode",
+    "evaluate",
+    "finite_rows",
+    "metric",
+    "neighbour_sum",
+    "noisy_linear_impute",
+    "parameter_layers",
+    "randomization_check",
+    "register_group",
+    "relevance_mass",
+    "relevance_rank",
+    "road",
+    "spearman",
+    "to_input_size",
+]
