@@ -156,3 +156,55 @@ def metric(fn: F_) -> F_:
 def _nan_rows(values: Tensor, bad: Tensor) -> Tensor:
     bad = bad.to(values.device).reshape(-1, *[1] * (values.dim() - 1))
     return torch.where(bad, torch.full_like(values, float("nan")), values.float())
+
+
+# ---------------------------------------------------------------- shared by the Quantus metrics
+
+FILL_VALUES: dict[str, Callable[[Tensor], Tensor]] = {  # Quantus's perturb_baseline names, per image
+    "black": lambda x: x.flatten(1).amin(dim=1),
+    "white": lambda x: x.flatten(1).amax(dim=1),
+    "mean": lambda x: x.flatten(1).mean(dim=1),
+}
+
+
+def fill_values(x: Tensor, baseline: Union[str, float]) -> Tensor:
+    """``[B]``: the value that replaces removed features of each image (Quantus's
+    ``perturb_baseline``: ``"black"`` = the image's minimum, ``"white"`` its maximum,
+    ``"mean"`` its mean, or a number)."""
+    if isinstance(baseline, str):
+        if baseline not in FILL_VALUES:
+            raise ValueError(f"Unknown baseline {baseline!r}; valid: {', '.join(FILL_VALUES)} or a number.")
+        return FILL_VALUES[baseline](x)
+    return torch.full((x.shape[0],), float(baseline), dtype=x.dtype, device=x.device)
+
+
+@torch.no_grad()
+def scores_of_rows(
+    model: nn.Module, rows: int, build: Callable[[int, int], tuple[Tensor, Tensor]], score: str, batch_size: int,
+    progress: Optional[bool], desc: str,
+) -> Tensor:
+    """The target scores of ``rows`` perturbed inputs, ``build(start, stop) -> (inputs,
+    targets)`` making ``batch_size`` of them at a time (memory ~ one chunk): ``[rows]``."""
+    fn, step = _score_fn(score), _positive("batch_size", batch_size)
+    out = []
+    with eval_mode(model), _progress(-(-rows // step), progress, desc) as bar:
+        for start in range(0, rows, step):
+            inputs, targets = build(start, min(start + step, rows))
+            out.append(fn(_logits(model(inputs))).gather(1, targets[:, None].to(inputs.device)).squeeze(1))
+            bar.update(1)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def normalise_by_max(maps: Tensor) -> Tensor:
+    """Each map divided by its largest absolute value (all-zero maps unchanged): Quantus's
+    ``normalise_by_max`` per image. (Quantus's default divides by the largest value of the
+    whole batch, so one image's score depends on the others; its ``normalise_axes=(1, 2, 3)``
+    gives this.)"""
+    peak = maps.flatten(1).abs().amax(dim=1).reshape(-1, *[1] * (maps.dim() - 1))
+    return torch.where(peak > 0, maps / torch.where(peak > 0, peak, torch.ones_like(peak)), maps)
+
+
+def pearson(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation of each pair of rows (float64): ``[B]``; NaN where a row is constant (as SciPy)."""
+    a, b = a.double() - a.double().mean(dim=1, keepdim=True), b.double() - b.double().mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1))

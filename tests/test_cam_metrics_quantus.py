@@ -1,0 +1,95 @@
+"""The Quantus-family metrics of ``cams.metrics``: each equal to Quantus 0.6 on a tiny CNN
+and 3 images, at the same perturbation draws (explicit indices / seeds on both sides).
+
+Quantus normalises maps and computes fill values over the whole batch it is given; ours
+are per image, so Quantus runs with ``normalise_axes=(1, 2, 3)`` or one image at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from diffcam_lightning.cams import metrics as M
+
+quantus = pytest.importorskip("quantus")
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),  # see conftest.py
+    pytest.mark.filterwarnings("ignore::UserWarning"),  # Quantus's own parameterisation notes
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+PER_IMAGE = {"normalise_func_kwargs": {"normalise_axes": (1, 2, 3)}, "disable_warnings": True}
+
+
+@pytest.fixture(autouse=True)
+def _numpy_trapz(monkeypatch):
+    """Quantus 0.6 integrates with np.trapz, removed in NumPy 2.4 (np.trapezoid is the same)."""
+    if not hasattr(np, "trapz"):
+        monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)
+
+
+def tiny_cnn(seed: int = 0, channels: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 6),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def case():
+    model = tiny_cnn()
+    torch.manual_seed(1)
+    x = torch.rand(3, 3, 20, 20)
+    maps = torch.rand(3, 20, 20)  # distinct values: no ties, whose order Quantus leaves to numpy's quicksort
+    targets = torch.tensor([1, 3, 5])
+    return model, x, maps, targets
+
+
+def quantus_scores(metric, model, x, maps, targets, one_at_a_time=False, **call) -> np.ndarray:
+    def run(sl):
+        return np.asarray(metric(model=model, x_batch=x[sl].numpy(), y_batch=targets[sl].numpy(),
+                                 a_batch=maps[sl, None].numpy(), device="cpu", **call), dtype=np.float64)
+
+    if one_at_a_time:
+        return np.concatenate([run(slice(i, i + 1)) for i in range(len(x))])
+    return run(slice(None))
+
+
+@pytest.mark.parametrize("baseline", ["black", 0.25])
+def test_pixel_flipping_matches_quantus(case, baseline):
+    _, _, maps, targets = case
+    model, x = tiny_cnn(channels=2), torch.rand(3, 2, 20, 20, generator=torch.Generator().manual_seed(2))
+    # whole pixels per step (2 channels x 20) that divide H*W, as Quantus requires: the order among a
+    # pixel's channel copies is a tie, left to numpy's quicksort there
+    step = 2 * 20
+    ref = quantus.PixelFlipping(features_in_step=step, perturb_baseline=baseline, **PER_IMAGE)
+    curves = quantus_scores(ref, model, x, maps, targets, one_at_a_time=True)
+    ours = M.pixel_flipping(model, x, maps, targets, features_in_step=step, baseline=baseline, batch_size=7)
+    np.testing.assert_allclose(ours["pixel_flipping"].numpy(), np.trapezoid(curves, axis=1), atol=1e-4)
+
+
+@pytest.mark.parametrize("order", ["morf", "lerf"])
+def test_region_perturbation_matches_quantus(case, order):
+    model, x, maps, targets = case  # 20 px with 8 px patches: Quantus pads 2 + 2
+    ref = quantus.RegionPerturbation(patch_size=8, regions_evaluation=6, order=order, **PER_IMAGE)
+    curves = quantus_scores(ref, model, x, maps, targets, one_at_a_time=True).reshape(len(x), -1)
+    ours = M.region_perturbation(model, x, maps, targets, patch_size=8, regions=6, order=order, batch_size=5)
+    np.testing.assert_allclose(ours["region_perturbation"].numpy(), curves.mean(axis=1), atol=1e-5)
+
+
+def test_irof_matches_quantus(case):
+    model, x, maps, targets = case
+    from quantus.functions.perturb_func import baseline_replacement_by_mask
+
+    def by_mask(arr, mask, **kwargs):  # Quantus 0.6's IROF passes a [B, 1, H, W] mask for [B, C, H, W] images
+        return baseline_replacement_by_mask(arr, np.broadcast_to(mask, arr.shape), **kwargs)
+
+    ref = quantus.IROF(return_aggregate=False, perturb_func=by_mask, **PER_IMAGE)
+    expected = quantus_scores(ref, model, x, maps, targets, one_at_a_time=True)
+    ours = M.irof(model, x, maps, targets, batch_size=16)
+    np.testing.assert_allclose(ours["irof"].numpy(), expected, atol=1e-4)
+    segments = M.slic_segments(x)
+    torch.testing.assert_close(M.irof(model, x, maps, targets, segments=segments)["irof"], ours["irof"])
