@@ -93,3 +93,45 @@ def test_irof_matches_quantus(case):
     np.testing.assert_allclose(ours["irof"].numpy(), expected, atol=1e-4)
     segments = M.slic_segments(x)
     torch.testing.assert_close(M.irof(model, x, maps, targets, segments=segments)["irof"], ours["irof"])
+
+
+def replay(monkeypatch, name: str, values: list) -> list:
+    """numpy.random.<name> returns ``values`` in order (Quantus draws through the global numpy RNG)."""
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append(kwargs.get("size", args[1:]))
+        return values[len(calls) - 1]
+
+    monkeypatch.setattr(np.random, name, fake)
+    return calls
+
+
+def test_faithfulness_correlation_matches_quantus_at_the_same_subsets(case, monkeypatch):
+    model, x, maps, targets = case
+    runs, size, n = 12, 50, 3 * 20 * 20
+    rng = np.random.default_rng(0)
+    subsets = rng.permuted(np.tile(np.arange(n), (len(x), runs, 1)), axis=2)[..., :size]  # [B, runs, size]
+    calls = replay(monkeypatch, "choice", [subsets[b, r] for r in range(runs) for b in range(len(x))])
+    ref = quantus.FaithfulnessCorrelation(nr_runs=runs, subset_size=size, return_aggregate=False, **PER_IMAGE)
+    expected = quantus_scores(ref, model, x, maps, targets)
+    assert len(calls) == runs * len(x)
+    monkeypatch.undo()
+    ours = M.faithfulness_correlation(model, x, maps, targets, subsets=torch.from_numpy(subsets), batch_size=8)
+    np.testing.assert_allclose(ours["faithfulness_correlation"].numpy(), expected, atol=1e-4)
+    seeded = M.faithfulness_correlation(model, x, maps, targets, runs=runs, subset_size=size, seed=3)
+    torch.testing.assert_close(seeded, M.faithfulness_correlation(model, x, maps, targets, runs=runs, subset_size=size, seed=3))
+
+
+def test_monotonicity_correlation_matches_quantus_at_the_same_fills(case, monkeypatch):
+    _, _, maps, targets = case
+    model, x = tiny_cnn(channels=2), torch.rand(3, 2, 20, 20, generator=torch.Generator().manual_seed(2))
+    step, samples = 2 * 20, 3  # whole pixels that divide H*W (see the pixel flipping test)
+    steps = 2 * 400 // step
+    fills = np.random.default_rng(1).uniform(size=(len(x), steps, samples))
+    replay(monkeypatch, "uniform", [fills[:, k, s] for k in range(steps) for s in range(samples)])
+    ref = quantus.MonotonicityCorrelation(features_in_step=step, nr_samples=samples, **PER_IMAGE)
+    expected = quantus_scores(ref, model, x, maps, targets)
+    monkeypatch.undo()
+    ours = M.monotonicity_correlation(model, x, maps, targets, features_in_step=step, fills=torch.from_numpy(fills), batch_size=32)
+    np.testing.assert_allclose(ours["monotonicity_correlation"].numpy(), expected, atol=1e-5)
