@@ -135,3 +135,16 @@ def test_monotonicity_correlation_matches_quantus_at_the_same_fills(case, monkey
     monkeypatch.undo()
     ours = M.monotonicity_correlation(model, x, maps, targets, features_in_step=step, fills=torch.from_numpy(fills), batch_size=32)
     np.testing.assert_allclose(ours["monotonicity_correlation"].numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,cls", [("sparseness", "Sparseness"), ("complexity", "Complexity")])
+def test_complexity_metrics_match_quantus(case, name, cls):
+    model, x, maps, targets = case
+    signed = maps - 0.3  # negative values: both take |map| after normalising
+    signed[1, :10] = 0.0  # a half-blank map
+    ref = getattr(quantus, cls)(**PER_IMAGE)
+    expected = quantus_scores(ref, model, x, signed, targets)
+    np.testing.assert_allclose(getattr(M, name)(signed).numpy(), expected, atol=1e-5)
+    small = torch.nn.functional.avg_pool2d(signed[:, None], 2).squeeze(1)  # a coarser map, scored at the input's size
+    up = M.to_input_size(small, x.shape[-2:])
+    np.testing.assert_allclose(getattr(M, name)(small, size=x.shape[-2:]).numpy(), quantus_scores(ref, model, x, up, targets), atol=1e-5)

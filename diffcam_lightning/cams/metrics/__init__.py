@@ -11,6 +11,7 @@ maps and input (tests). The families follow Quantus's grouping, one module each;
 """
 
 from .common import PROGRESS_AFTER, SCORES, Baseline, ScoreFn, class_scores, eval_mode, finite_rows, metric, to_input_size
+from .complexity import complexity, sparseness
 from .faithfulness import DEFAULT_PERCENTILES, confidence, deletion_insertion, road
 from .faithfulness_correlation import faithfulness_correlation, monotonicity_correlation
 from .faithfulness_order import irof, pixel_flipping, region_perturbation, slic_segments
@@ -20,6 +21,8 @@ from .sanity import SANITY_MODES, SanityResult, parameter_layers, randomization_
 from .solvers import IMPUTE_SOLVERS, ROAD_KERNEL, neighbour_sum, noisy_linear_impute
 
 __all__ = [
+    "complexity",
+    "sparseness",
     "faithfulness_correlation",
     "monotonicity_correlation",
     "irof",
