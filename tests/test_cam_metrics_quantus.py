@@ -148,3 +148,41 @@ def test_complexity_metrics_match_quantus(case, name, cls):
     small = torch.nn.functional.avg_pool2d(signed[:, None], 2).squeeze(1)  # a coarser map, scored at the input's size
     up = M.to_input_size(small, x.shape[-2:])
     np.testing.assert_allclose(getattr(M, name)(small, size=x.shape[-2:]).numpy(), quantus_scores(ref, model, x, up, targets), atol=1e-5)
+
+
+def test_ssim_rows_matches_scikit_image():
+    metrics = pytest.importorskip("skimage.metrics")
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(3, 50, generator=g), torch.rand(3, 50, generator=g)
+    b[2] = a[2] * 0.5 + 0.1
+    for i in range(3):
+        r = float(max(a[i].max(), b[i].max()) - min(a[i].min(), b[i].min()))
+        expected = metrics.structural_similarity(a[i].double().numpy(), b[i].double().numpy(), data_range=r)
+        assert abs(float(M.ssim_rows(a, b)[i]) - expected) < 1e-10
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+def test_random_logit_matches_quantus(case, method):
+    from diffcam_lightning import CAMEngine
+
+    model, x, _, targets = case
+    engine = CAMEngine(model, "2")
+
+    def explain(x, t):
+        return engine(x, targets=t, methods=method, size="input")[method]
+
+    def quantus_explain(model, inputs, targets, **kwargs):
+        return explain(torch.from_numpy(inputs), torch.from_numpy(np.asarray(targets)))[:, None].numpy()
+
+    maps = explain(x, targets)
+    ref = quantus.RandomLogit(num_classes=6, seed=42, **PER_IMAGE)
+    expected = np.asarray(ref(model=model, x_batch=x.numpy(), y_batch=targets.numpy(), a_batch=maps[:, None].numpy(),
+                              explain_func=quantus_explain, device="cpu"))
+    ours = M.random_logit(model, x, maps, targets, explain=explain)
+    np.testing.assert_allclose(ours["random_logit"].numpy(), expected, atol=1e-5)
+    others = M.random_other_classes(targets, 6)
+    assert (others != targets).all() and ((others >= 0) & (others < 6)).all()
+    via = M.evaluate(["random_logit"], model, x, maps, targets, explain=explain)
+    torch.testing.assert_close(via["random_logit"], ours["random_logit"])
+    with pytest.raises(ValueError, match=r"need explain\(x, targets\) -> maps; pass explain="):
+        M.evaluate(["random_logit"], model, x, maps, targets)

@@ -380,7 +380,7 @@ class CAMAudit(Callback):
                 if self.metrics:
                     self._metric.update(faithfulness_scores(
                         model, images, maps, result.targets, self.metrics, batch.saliency, batch.has_saliency,
-                        self.metric_options,
+                        self.metric_options, self._engine,
                     ))
                 self._maps.update(maps)
                 if want_grid and grid_maps is None:

@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..cams import CAMEngine
 from ..cams import metrics as cam_metrics
 from .metrics import Scores
 
@@ -33,8 +34,10 @@ def faithfulness_scores(
     saliency: Optional[Tensor] = None,
     has_saliency: Optional[Tensor] = None,
     options: Optional[dict[str, Any]] = None,
+    engine: Optional[CAMEngine] = None,
 ) -> Scores:
-    """``{"<metric>/<method>": (values [B], mask [B] | None)}`` for one audit batch."""
+    """``{"<metric>/<method>": (values [B], mask [B] | None)}`` for one audit batch;
+    ``engine`` re-explains for the metrics that need it (Random Logit: another class)."""
     options = dict(options or {})
     perturbation = [m for m in metrics if not cam_metrics.METRICS[m].needs_masks]
     with_masks = [m for m in metrics if cam_metrics.METRICS[m].needs_masks]
@@ -43,7 +46,8 @@ def faithfulness_scores(
         if perturbation:
             if any(cam_metrics.METRICS[m].group == "road" for m in perturbation):
                 options["generator"] = torch.Generator(device=images.device).manual_seed(AUDIT_SEED)
-            values = cam_metrics.evaluate(perturbation, model, images, cam, targets, progress=False, **options)
+            explain = None if engine is None else cam_metrics.explainer(engine, method)
+            values = cam_metrics.evaluate(perturbation, model, images, cam, targets, explain=explain, progress=False, **options)
             out.update({f"{name}/{method}": (v, None) for name, v in values.items()})
         if with_masks and saliency is not None:
             out.update(_mask_scores(with_masks, method, cam, saliency, has_saliency))

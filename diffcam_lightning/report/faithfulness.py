@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 from torch import Tensor, nn
 
+from ..cams import CAMEngine
 from ..cams import metrics as cam_metrics
 from .tables import Table
 
@@ -57,14 +58,16 @@ def row_metric(metric: str, kind: str) -> str:
 
 def faithfulness_scores(
     model: nn.Module, x: Tensor, maps: dict[str, Tensor], targets: Tensor, metrics: Sequence[str],
-    methods: Sequence[str], spec: FaithfulnessSpec,
+    methods: Sequence[str], spec: FaithfulnessSpec, engine: Optional[CAMEngine] = None,
 ) -> dict[tuple[str, str], Tensor]:
-    """``{(metric, method): [B]}`` for one batch of one model."""
+    """``{(metric, method): [B]}`` for one batch of one model (``engine``: its CAM engine, for
+    the metrics that re-explain)."""
     out = {}
     accepted = cam_metrics.accepted_options(metrics)
     options = {k: v for k, v in {"steps": spec.steps, "batch_size": spec.batch_size}.items() if k in accepted}
     for method in methods:
-        values = cam_metrics.evaluate(metrics, model, x, maps[method], targets, progress=False, **options)
+        explain = None if engine is None else cam_metrics.explainer(engine, method)
+        values = cam_metrics.evaluate(metrics, model, x, maps[method], targets, explain=explain, progress=False, **options)
         out.update({(metric, method): v for metric, v in values.items()})
     return out
 

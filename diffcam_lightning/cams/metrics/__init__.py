@@ -16,11 +16,16 @@ from .faithfulness import DEFAULT_PERCENTILES, confidence, deletion_insertion, r
 from .faithfulness_correlation import faithfulness_correlation, monotonicity_correlation
 from .faithfulness_order import irof, pixel_flipping, region_perturbation, slic_segments
 from .localisation import relevance_mass, relevance_rank
-from .registry import GROUPS, MASK_METRICS, METRICS, MetricSpec, accepted_options, check_metrics, check_options, evaluate, register_group
+from .randomisation import random_logit, random_other_classes, ssim_rows
+from .registry import GROUPS, MASK_METRICS, METRICS, MetricSpec, accepted_options, check_metrics, check_options, evaluate, explainer, register_group
 from .sanity import SANITY_MODES, SanityResult, parameter_layers, randomization_check, spearman
 from .solvers import IMPUTE_SOLVERS, ROAD_KERNEL, neighbour_sum, noisy_linear_impute
 
 __all__ = [
+    "explainer",
+    "random_logit",
+    "random_other_classes",
+    "ssim_rows",
     "complexity",
     "sparseness",
     "faithfulness_correlation",

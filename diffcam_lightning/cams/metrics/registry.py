@@ -45,6 +45,12 @@ def register_group(group: str, fn: GroupFn, names: dict[str, MetricSpec]) -> Non
     METRICS.update(names)
 
 
+def explainer(engine: Any, method: str, **compute: Any) -> Callable[[Tensor, Tensor], Tensor]:
+    """``explain(x, targets) -> maps`` of one method of a :class:`~diffcam_lightning.CAMEngine`,
+    for the metrics that re-explain (``needs_explain``)."""
+    return lambda x, targets: engine.compute(x, targets, method, **compute).maps[method]
+
+
 def check_metrics(names: Union[str, Sequence[str]]) -> list[str]:
     """The names, validated (lower case, in order, once each)."""
     names = [names] if isinstance(names, str) else list(names)

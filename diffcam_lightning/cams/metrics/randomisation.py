@@ -1,0 +1,91 @@
+"""Randomisation metrics, as Quantus 0.6 defines them: Random Logit (Sixt et al. 2020), the
+similarity between the map of the explained class and the map of a random other class (a
+class-sensitive method draws different maps: lower is better). This is the property the
+DiffGradCAMs claim. (The parameter randomisation test is :mod:`.sanity`.)
+
+These metrics re-explain: they take ``explain(x, targets) -> maps [B, h, w]``, e.g.
+``lambda x, t: engine(x, targets=t, methods="gradcam")["gradcam"]``; ``CAMAudit`` and the
+report pass the audited method's own.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..outputs import _logits
+from .common import _check, _resolve_targets, metric, normalise_by_max, to_input_size
+from .registry import MetricSpec, register_group
+
+Explain = Callable[[Tensor, Tensor], Tensor]
+
+
+def ssim_rows(a: Tensor, b: Tensor, win_size: int = 7) -> Tensor:
+    """scikit-image's ``structural_similarity`` of each pair of rows taken as 1-D signals
+    (how Quantus's ``ssim`` sees a flattened map): uniform window of ``win_size``, sample
+    covariance, ``data_range`` = the pair's joint max - min, mean over the uncropped
+    interior. ``[B]`` float64; NaN for a pair of equal constants (no range)."""
+    a, b = a.double(), b.double()
+    pad = (win_size - 1) // 2
+
+    def mean_filter(v: Tensor) -> Tensor:  # scipy.ndimage.uniform_filter, mode "reflect" (edge repeated)
+        padded = torch.cat([v[:, :pad].flip(1), v, v[:, -pad:].flip(1)], dim=1) if pad else v
+        return F.avg_pool1d(padded[:, None], win_size, stride=1).squeeze(1)
+
+    data_range = torch.maximum(a.amax(dim=1), b.amax(dim=1)) - torch.minimum(a.amin(dim=1), b.amin(dim=1))
+    c1, c2 = ((0.01 * data_range) ** 2)[:, None], ((0.03 * data_range) ** 2)[:, None]
+    ux, uy = mean_filter(a), mean_filter(b)
+    cov_norm = win_size / (win_size - 1)
+    vx = cov_norm * (mean_filter(a * a) - ux * ux)
+    vy = cov_norm * (mean_filter(b * b) - uy * uy)
+    vxy = cov_norm * (mean_filter(a * b) - ux * uy)
+    s = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    return s[:, pad : s.shape[1] - pad].mean(dim=1)
+
+
+def random_other_classes(targets: Tensor, num_classes: int, seed: int = 42) -> Tensor:
+    """Quantus's draw: ``numpy.random.seed(seed)``, then one index in ``[0, num_classes - 1)``
+    per image into the classes other than its target."""
+    if num_classes < 2:
+        raise ValueError(f"Random Logit needs at least 2 classes; the model has {num_classes}.")
+    index = torch.from_numpy(np.random.RandomState(seed).randint(0, num_classes - 1, len(targets))).to(targets.device)
+    return index + (index >= targets).long()
+
+
+@metric
+def random_logit(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    targets: Optional[Tensor] = None,
+    explain: Optional[Explain] = None,
+    seed: int = 42,
+    other_targets: Optional[Tensor] = None,
+) -> dict[str, Tensor]:
+    """``{"random_logit": [B]}``: SSIM (:func:`ssim_rows`) between each map and the map of a
+    random other class (``other_targets``, default :func:`random_other_classes` at
+    ``seed``), both at the input's size and divided by their max (lower is better)."""
+    _check(x, maps, targets)
+    if explain is None:
+        raise ValueError("random_logit needs explain(x, targets) -> maps; pass explain=.")
+    targets = _resolve_targets(model, x, targets)
+    if other_targets is None:
+        with torch.no_grad():
+            num_classes = _logits(model(x[:1])).shape[1]
+        other_targets = random_other_classes(targets, num_classes, seed)
+    other_targets = torch.as_tensor(other_targets, device=x.device).long()
+    if bool((other_targets == targets).any()):
+        raise ValueError("other_targets must differ from the explained targets for every image.")
+    other = explain(x, other_targets).detach()
+    size = x.shape[-2:]
+    a = normalise_by_max(to_input_size(maps.to(x.device), size)).flatten(1)
+    b = normalise_by_max(to_input_size(other.to(x.device), size)).flatten(1)
+    return {"random_logit": ssim_rows(a, b).float()}
+
+
+register_group("random_logit", random_logit,
+               {"random_logit": MetricSpec("random_logit", "lower", family="randomisation", needs_explain=True)})
