@@ -31,6 +31,7 @@ class MetricSpec:
     needs_explain: bool = False
 
 
+FAMILIES = ("faithfulness", "randomisation", "localisation", "complexity", "robustness")  # Quantus's grouping
 METRICS: dict[str, MetricSpec] = {}
 GROUPS: dict[str, GroupFn] = {}
 MASK_METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
@@ -41,8 +42,12 @@ def register_group(group: str, fn: GroupFn, names: dict[str, MetricSpec]) -> Non
     clash = [n for n in names if n in METRICS]
     if clash or group in GROUPS:
         raise ValueError(f"CAM metrics {clash or [group]} are already registered.")
+    if any(spec.family not in FAMILIES for spec in names.values()):
+        raise ValueError(f"Unknown metric family in {names}; valid: {', '.join(FAMILIES)}.")
     GROUPS[group] = fn
-    METRICS.update(names)
+    merged = {**METRICS, **names}  # kept in family order, whatever order the modules load in
+    METRICS.clear()
+    METRICS.update(sorted(merged.items(), key=lambda item: FAMILIES.index(item[1].family)))
 
 
 def explainer(engine: Any, method: str, **compute: Any) -> Callable[[Tensor, Tensor], Tensor]:
