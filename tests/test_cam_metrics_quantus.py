@@ -186,3 +186,25 @@ def test_random_logit_matches_quantus(case, method):
     torch.testing.assert_close(via["random_logit"], ours["random_logit"])
     with pytest.raises(ValueError, match=r"need explain\(x, targets\) -> maps; pass explain="):
         M.evaluate(["random_logit"], model, x, maps, targets)
+
+
+def test_arcc_matches_pytorch_grad_cam(case, monkeypatch):
+    """ARCC of pytorch-grad-cam 1.5.7 with its own GradCAM as the base method (the maps and
+    the re-explanation are the same on both sides); ROAD's imputation without noise."""
+    pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.metrics import road as road_module
+    from pytorch_grad_cam.metrics.arcc import ARCC
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model, x, _, targets = case
+    monkeypatch.setattr(road_module.NoisyLinearImputer.__init__, "__defaults__", (0.0, road_module.neighbors_weights))
+    with GradCAM(model, target_layers=[model[2]]) as cam:
+        def explain(inputs, t):
+            return torch.from_numpy(cam(input_tensor=inputs, targets=[ClassifierOutputTarget(int(c)) for c in t]))
+
+        maps = explain(x, targets)
+        expected = ARCC(cam)(x, maps.numpy(), [ClassifierOutputTarget(int(c)) for c in targets], model)
+        ours = M.arcc(model, x, maps, targets, explain=explain, noise=0.0)
+    np.testing.assert_allclose(ours["arcc"].numpy(), expected, atol=1e-4)
+    assert (ours["arcc_complexity"] == maps.abs().flatten(1).mean(1)).all()

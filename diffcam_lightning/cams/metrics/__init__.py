@@ -12,7 +12,7 @@ maps and input (tests). The families follow Quantus's grouping, one module each;
 
 from .common import PROGRESS_AFTER, SCORES, Baseline, ScoreFn, class_scores, eval_mode, finite_rows, metric, to_input_size
 from .complexity import complexity, sparseness
-from .faithfulness import DEFAULT_PERCENTILES, confidence, deletion_insertion, road
+from .faithfulness import ARCC_PERCENTILES, DEFAULT_PERCENTILES, arcc, confidence, deletion_insertion, road
 from .faithfulness_correlation import faithfulness_correlation, monotonicity_correlation
 from .faithfulness_order import irof, pixel_flipping, region_perturbation, slic_segments
 from .localisation import relevance_mass, relevance_rank
@@ -22,6 +22,8 @@ from .sanity import SANITY_MODES, SanityResult, parameter_layers, randomization_
 from .solvers import IMPUTE_SOLVERS, ROAD_KERNEL, neighbour_sum, noisy_linear_impute
 
 __all__ = [
+    "ARCC_PERCENTILES",
+    "arcc",
     "explainer",
     "random_logit",
     "random_other_classes",

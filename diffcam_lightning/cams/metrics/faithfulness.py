@@ -5,7 +5,7 @@ pytorch-grad-cam ``DropInConfidence`` / ``CamMultImageConfidenceChange``)."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -154,6 +154,50 @@ def confidence(
 
 
 
+
+# ---------------------------------------------------------------- ARCC (pytorch-grad-cam 1.5.7)
+
+ARCC_PERCENTILES: tuple[int, ...] = (20, 40, 60, 80)
+
+
+@metric
+def arcc(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    targets: Optional[Tensor] = None,
+    explain: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+    percentiles: Sequence[float] = ARCC_PERCENTILES,
+    noise: float = 0.01,
+    batch_size: int = 32,
+    score: str = "logit",
+    generator: Optional[torch.Generator] = None,
+    solver: str = "auto",
+) -> dict[str, Tensor]:
+    """``{"arcc", "arcc_coherency", "arcc_complexity"}`` (pytorch-grad-cam's ``ARCC``): the
+    harmonic mean of coherency (``(pearson(explain(x * map), map) + 1) / 2``), 1 - complexity
+    (mean |map|, maps expected in [0, 1]) and ROAD combined (``2 * road_combined`` clipped
+    to [0, 1]) over ``percentiles``: higher is better for ARCC and coherency, lower for
+    complexity. Maps are taken at the input's size, as pytorch-grad-cam's are."""
+    _check(x, maps, targets)
+    if explain is None:
+        raise ValueError("arcc needs explain(x, targets) -> maps for its coherency; pass explain=.")
+    targets = _resolve_targets(model, x, targets)
+    cam = to_input_size(maps.to(x.device), x.shape[-2:])
+    complexity = cam.abs().flatten(1).mean(dim=1).double()
+    again = to_input_size(explain(x * cam[:, None].to(x.dtype), targets).detach().to(x.device), x.shape[-2:])
+    a, b = again.flatten(1).double(), cam.flatten(1).double()
+    a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
+    n = a.shape[1] - 1
+    rho = (a * b).sum(dim=1) / n / ((a.square().sum(dim=1) / n).sqrt() * (b.square().sum(dim=1) / n).sqrt() + 1e-8)
+    coherency = (rho + 1) / 2
+    combined = road(model, x, maps, targets, percentiles=percentiles, noise=noise, batch_size=batch_size, score=score,
+                    generator=generator, progress=False, solver=solver)["road_combined"].double()
+    road_term = (combined * 2).clamp(0, 1)
+    value = 3 / (1 / (coherency + 1e-8) + 1 / ((1 - complexity) + 1e-8) + 1 / (road_term + 1e-8))
+    return {"arcc": value.float(), "arcc_coherency": coherency.float(), "arcc_complexity": complexity.float()}
+
+
 register_group("deletion_insertion", deletion_insertion, {
     "deletion": MetricSpec("deletion_insertion", "lower"),
     "insertion": MetricSpec("deletion_insertion", "higher"),
@@ -168,4 +212,9 @@ register_group("confidence", confidence, {
     "increase_in_confidence": MetricSpec("confidence", "higher"),
     "drop_in_confidence": MetricSpec("confidence", "lower"),
     "confidence_change": MetricSpec("confidence", "higher"),
+})
+register_group("arcc", arcc, {
+    "arcc": MetricSpec("arcc", "higher", needs_explain=True),
+    "arcc_coherency": MetricSpec("arcc", "higher", needs_explain=True),
+    "arcc_complexity": MetricSpec("arcc", "lower", needs_explain=True),
 })
