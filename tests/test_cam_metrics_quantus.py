@@ -214,3 +214,16 @@ def test_arcc_matches_pytorch_grad_cam(case, monkeypatch):
     np.testing.assert_allclose(ours["arcc_coherency"].numpy(), coherency, atol=1e-5)
     assert 0.6 < float(ours["arcc_coherency"].min())
     assert (ours["arcc_complexity"] == maps.abs().flatten(1).mean(1)).all()
+
+
+@pytest.mark.parametrize("name,cls", [("relevance_mass", "RelevanceMassAccuracy"), ("relevance_rank", "RelevanceRankAccuracy")])
+def test_localisation_metrics_match_quantus_without_ties(case, name, cls):
+    """Non-negative maps with distinct values (ours take relu(map); with ties, relevance_rank
+    shares the places fairly where Quantus follows numpy's sort order)."""
+    model, x, maps, targets = case
+    masks = torch.zeros(3, 20, 20)
+    masks[0, 2:9, 3:15], masks[1, 10:, :], masks[2, 5:15, 5:15] = 1, 1, 1
+    ref = getattr(quantus, cls)(**PER_IMAGE)
+    expected = np.asarray(ref(model=model, x_batch=x.numpy(), y_batch=targets.numpy(), a_batch=maps[:, None].numpy(),
+                              s_batch=masks[:, None].numpy(), device="cpu"))
+    np.testing.assert_allclose(getattr(M, name)(maps, masks).numpy(), expected, atol=1e-6)
