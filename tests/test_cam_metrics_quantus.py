@@ -227,3 +227,34 @@ def test_localisation_metrics_match_quantus_without_ties(case, name, cls):
     expected = np.asarray(ref(model=model, x_batch=x.numpy(), y_batch=targets.numpy(), a_batch=maps[:, None].numpy(),
                               s_batch=masks[:, None].numpy(), device="cpu"))
     np.testing.assert_allclose(getattr(M, name)(maps, masks).numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,cls,draw", [
+    ("max_sensitivity", "MaxSensitivity", "uniform"),
+    ("local_lipschitz_estimate", "LocalLipschitzEstimate", "normal"),
+])
+def test_robustness_metrics_match_quantus_at_the_same_noise(case, monkeypatch, name, cls, draw):
+    from diffcam_lightning import CAMEngine
+
+    model, x, _, targets = case
+    engine = CAMEngine(model, "2")
+
+    def explain(inputs, t):
+        return engine(inputs.float(), targets=t, methods="gradcam", size="input")["gradcam"]
+
+    def quantus_explain(model, inputs, targets, **kwargs):
+        return explain(torch.from_numpy(inputs), torch.from_numpy(np.asarray(targets)))[:, None].numpy()
+
+    samples = 4
+    rng = np.random.default_rng(2)
+    noise = rng.uniform(-0.2, 0.2, (samples, *x.shape)) if draw == "uniform" else rng.normal(0, 0.1, (samples, *x.shape))
+    noise = noise.astype(np.float32)
+    replay(monkeypatch, draw, [noise[s].reshape(len(x), -1) for s in range(samples)])
+    maps = explain(x, targets)
+    ref = getattr(quantus, cls)(nr_samples=samples, **PER_IMAGE)
+    expected = np.asarray(ref(model=model, x_batch=x.numpy(), y_batch=targets.numpy(), a_batch=maps[:, None].numpy(),
+                              explain_func=quantus_explain, device="cpu"))
+    monkeypatch.undo()
+    ours = getattr(M, name)(model, x, maps, targets, explain=explain, noise=torch.from_numpy(noise), batch_size=5)
+    np.testing.assert_allclose(ours[name].numpy(), expected, rtol=1e-4)
+    assert (ours[name] > 0).all()

@@ -18,10 +18,13 @@ from .faithfulness_order import irof, pixel_flipping, region_perturbation, slic_
 from .localisation import relevance_mass, relevance_rank
 from .randomisation import random_logit, random_other_classes, ssim_rows
 from .registry import GROUPS, MASK_METRICS, METRICS, MetricSpec, accepted_options, check_metrics, check_options, evaluate, explainer, register_group
+from .robustness import local_lipschitz_estimate, max_sensitivity
 from .sanity import SANITY_MODES, SanityResult, parameter_layers, randomization_check, spearman
 from .solvers import IMPUTE_SOLVERS, ROAD_KERNEL, neighbour_sum, noisy_linear_impute
 
 __all__ = [
+    "local_lipschitz_estimate",
+    "max_sensitivity",
     "ARCC_PERCENTILES",
     "arcc",
     "explainer",
