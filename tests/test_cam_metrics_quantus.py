@@ -255,6 +255,42 @@ def test_robustness_metrics_match_quantus_at_the_same_noise(case, monkeypatch, n
     expected = np.asarray(ref(model=model, x_batch=x.numpy(), y_batch=targets.numpy(), a_batch=maps[:, None].numpy(),
                               explain_func=quantus_explain, device="cpu"))
     monkeypatch.undo()
-    ours = getattr(M, name)(model, x, maps, targets, explain=explain, noise=torch.from_numpy(noise), batch_size=5)
+    ours = getattr(M, name)(model, x, maps, targets, explain=explain, draws=torch.from_numpy(noise), batch_size=5)
     np.testing.assert_allclose(ours[name].numpy(), expected, rtol=1e-4)
     assert (ours[name] > 0).all()
+
+
+def test_every_metric_leaves_modes_statistics_and_grads_as_they_were_and_ignores_batch_size():
+    """A train-mode model with a frozen (eval) BatchNorm, dropout and existing .grad: every
+    registered metric runs it in eval mode, restores each submodule's flag, moves no running
+    statistic, leaves .grad alone, and gives the same scores at batch sizes 1 and 64."""
+    from diffcam_lightning import CAMEngine
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Dropout(0.5),
+        nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+    ).train()
+    model[5].eval()
+    model(torch.rand(4, 3, 16, 16)).sum().backward()  # .grad present, BatchNorm statistics moved once
+    modes = {n: m.training for n, m in model.named_modules()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    x, targets = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 2, 4])
+    maps = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(2))
+    masks = (torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(3)) > 0.5).float()
+    engine = CAMEngine(model, "4")
+    names = list(M.METRICS)
+    small = {"features_in_step": 3 * 32, "samples": 2, "runs": 4, "subset_size": 20, "regions": 4, "steps": 4,
+             "percentiles": (50,), "noise": 0.0}
+    options = {k: v for k, v in small.items() if k in M.accepted_options(names)}
+    explain = M.explainer(engine, "gradcam")
+    one = M.evaluate(names, model, x, maps, targets, masks=masks, explain=explain, batch_size=1, **options)
+    many = M.evaluate(names, model, x, maps, targets, masks=masks, explain=explain, batch_size=64, **options)
+    for name in names:
+        torch.testing.assert_close(one[name], many[name], msg=name, equal_nan=True)
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, state[k], msg=k)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], msg=n)

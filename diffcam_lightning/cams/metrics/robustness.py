@@ -3,7 +3,7 @@
 re-explain noisy copies of the input (``explain(x, targets) -> maps``, which ``CAMAudit``
 and the report pass from their engine), ``batch_size`` copies per call, and keep the
 largest change over ``samples`` draws (lower is better). The noise comes from a seeded
-``torch.Generator`` on the CPU, or ``noise [samples, B, C, H, W]`` (the parity tests hand
+``torch.Generator`` on the CPU, or ``draws [samples, B, C, H, W]`` (the parity tests hand
 Quantus the same draws).
 """
 
@@ -26,7 +26,7 @@ def _noise(x: Tensor, samples: int, seed: int, noise: Optional[Tensor], draw: Dr
         noise = draw(torch.Generator().manual_seed(int(seed)), (_positive("samples", samples), *x.shape))
     noise = torch.as_tensor(noise, device=x.device, dtype=x.dtype)
     if noise.dim() != 5 or tuple(noise.shape[1:]) != tuple(x.shape):
-        raise ValueError(f"noise must be [samples, B, C, H, W] with [B, C, H, W] = {tuple(x.shape)}; got {tuple(noise.shape)}.")
+        raise ValueError(f"draws must be [samples, B, C, H, W] with [B, C, H, W] = {tuple(x.shape)}; got {tuple(noise.shape)}.")
     return noise
 
 
@@ -56,7 +56,7 @@ def max_sensitivity(
     samples: int = 200,
     radius: float = 0.2,
     seed: int = 0,
-    noise: Optional[Tensor] = None,
+    draws: Optional[Tensor] = None,
     batch_size: int = 32,
     progress: Optional[bool] = None,
 ) -> dict[str, Tensor]:
@@ -67,7 +67,7 @@ def max_sensitivity(
     if explain is None:
         raise ValueError("max_sensitivity needs explain(x, targets) -> maps; pass explain=.")
     targets = _resolve_targets(model, x, targets)
-    noise = _noise(x, samples, seed, noise, lambda g, shape: (torch.rand(shape, generator=g) * 2 - 1) * radius)
+    noise = _noise(x, samples, seed, draws, lambda g, shape: (torch.rand(shape, generator=g) * 2 - 1) * radius)
     a = to_input_size(maps.to(x.device), x.shape[-2:]).flatten(1).double()
     noisy = _explained_noisy(x, targets, noise, explain, batch_size, progress, "max-sensitivity")
     ratio = (noisy - a[None]).norm(dim=2) / a.norm(dim=1)[None]
@@ -85,7 +85,7 @@ def local_lipschitz_estimate(
     mean: float = 0.0,
     std: float = 0.1,
     seed: int = 0,
-    noise: Optional[Tensor] = None,
+    draws: Optional[Tensor] = None,
     batch_size: int = 32,
     progress: Optional[bool] = None,
 ) -> dict[str, Tensor]:
@@ -96,7 +96,7 @@ def local_lipschitz_estimate(
     if explain is None:
         raise ValueError("local_lipschitz_estimate needs explain(x, targets) -> maps; pass explain=.")
     targets = _resolve_targets(model, x, targets)
-    noise = _noise(x, samples, seed, noise, lambda g, shape: mean + std * torch.randn(shape, generator=g))
+    noise = _noise(x, samples, seed, draws, lambda g, shape: mean + std * torch.randn(shape, generator=g))
     a = normalise_by_max(to_input_size(maps.to(x.device), x.shape[-2:]).flatten(1).double())
     noisy = normalise_by_max(_explained_noisy(x, targets, noise, explain, batch_size, progress, "local lipschitz").flatten(0, 1))
     noisy = noisy.reshape(noise.shape[0], len(x), -1)
