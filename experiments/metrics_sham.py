@@ -93,7 +93,7 @@ def table(scores: dict, images: int) -> str:
             verdicts[method] = (p < 0.01 and worse, p)
             if method == "gradcam":
                 cells = [f"{clean.mean():.4g} ± {clean.std(ddof=1):.2g}", f"{sham.mean():.4g} ± {sham.std(ddof=1):.2g}", f"{p:.2g}"]
-        yes = lambda v: "yes" if v[0] else "no"  # noqa: E731
+        yes = lambda v: "yes" if v[0] else "no"
         diff = " / ".join(yes(verdicts[m]) for m in ("maxdiffgradcam", "meandiffgradcam"))
         lines.append(f"| {name} | {better} | {' | '.join(cells)} | {yes(verdicts['gradcam'])} | {diff} |")
     return "\n".join(lines) + f"\n\n{images} test images, paired Wilcoxon signed-rank, separates = p < 0.01 with the SHAM-tuned maps worse.\n"

@@ -77,7 +77,7 @@ def faithfulness_table(scores: dict[tuple[str, str, str], np.ndarray], metrics: 
     Wilcoxon signed-rank p-value of the paired difference (same images)."""
     from scipy.stats import wilcoxon
 
-    from .stats import format_p, mean_std
+    from .stats import format_p
 
     columns = ["architecture", "method"]
     for metric in metrics:

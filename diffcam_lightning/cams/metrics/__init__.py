@@ -10,35 +10,54 @@ maps and input (tests). The families follow Quantus's grouping, one module each;
 :mod:`.registry` names them for callers (:data:`METRICS`, :func:`evaluate`).
 """
 
-from .common import PROGRESS_AFTER, SCORES, Baseline, ScoreFn, class_scores, eval_mode, finite_rows, metric, to_input_size
+from .common import (
+    PROGRESS_AFTER,
+    SCORES,
+    Baseline,
+    ScoreFn,
+    class_scores,
+    eval_mode,
+    finite_rows,
+    metric,
+    to_input_size,
+)
 from .complexity import complexity, sparseness
-from .faithfulness import ARCC_PERCENTILES, DEFAULT_PERCENTILES, arcc, confidence, deletion_insertion, road
+from .faithfulness import (
+    ARCC_PERCENTILES,
+    DEFAULT_PERCENTILES,
+    arcc,
+    confidence,
+    deletion_insertion,
+    road,
+)
 from .faithfulness_correlation import faithfulness_correlation, monotonicity_correlation
 from .faithfulness_order import irof, pixel_flipping, region_perturbation, slic_segments
 from .localisation import relevance_mass, relevance_rank
 from .randomisation import random_logit, random_other_classes, ssim_rows
-from .registry import GROUPS, MASK_METRICS, METRICS, MetricSpec, accepted_options, check_metrics, check_options, evaluate, explainer, register_group
+from .registry import (
+    GROUPS,
+    MASK_METRICS,
+    METRICS,
+    MetricSpec,
+    accepted_options,
+    check_metrics,
+    check_options,
+    evaluate,
+    explainer,
+    register_group,
+)
 from .robustness import local_lipschitz_estimate, max_sensitivity
-from .sanity import SANITY_MODES, SanityResult, parameter_layers, randomization_check, spearman
+from .sanity import (
+    SANITY_MODES,
+    SanityResult,
+    parameter_layers,
+    randomization_check,
+    spearman,
+)
 from .solvers import IMPUTE_SOLVERS, ROAD_KERNEL, neighbour_sum, noisy_linear_impute
 
 __all__ = [
-    "local_lipschitz_estimate",
-    "max_sensitivity",
     "ARCC_PERCENTILES",
-    "arcc",
-    "explainer",
-    "random_logit",
-    "random_other_classes",
-    "ssim_rows",
-    "complexity",
-    "sparseness",
-    "faithfulness_correlation",
-    "monotonicity_correlation",
-    "irof",
-    "pixel_flipping",
-    "region_perturbation",
-    "slic_segments",
     "DEFAULT_PERCENTILES",
     "GROUPS",
     "IMPUTE_SOLVERS",
@@ -53,23 +72,38 @@ __all__ = [
     "SanityResult",
     "ScoreFn",
     "accepted_options",
+    "arcc",
     "check_metrics",
     "check_options",
     "class_scores",
+    "complexity",
     "confidence",
     "deletion_insertion",
     "eval_mode",
     "evaluate",
+    "explainer",
+    "faithfulness_correlation",
     "finite_rows",
+    "irof",
+    "local_lipschitz_estimate",
+    "max_sensitivity",
     "metric",
+    "monotonicity_correlation",
     "neighbour_sum",
     "noisy_linear_impute",
     "parameter_layers",
+    "pixel_flipping",
+    "random_logit",
+    "random_other_classes",
     "randomization_check",
+    "region_perturbation",
     "register_group",
     "relevance_mass",
     "relevance_rank",
     "road",
+    "slic_segments",
+    "sparseness",
     "spearman",
+    "ssim_rows",
     "to_input_size",
 ]

@@ -11,7 +11,18 @@ import torch
 from torch import Tensor, nn
 
 from ..outputs import _logits
-from .common import Baseline, _baseline, metric, _check, _positive, _progress, _resolve_targets, _score_fn, class_scores, to_input_size
+from .common import (
+    Baseline,
+    _baseline,
+    _check,
+    _positive,
+    _progress,
+    _resolve_targets,
+    _score_fn,
+    class_scores,
+    metric,
+    to_input_size,
+)
 from .registry import MetricSpec, register_group
 from .solvers import noisy_linear_impute
 

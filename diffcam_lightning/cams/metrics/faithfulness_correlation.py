@@ -15,7 +15,16 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .common import _check, _positive, _resolve_targets, class_scores, fill_values, metric, pearson, scores_of_rows
+from .common import (
+    _check,
+    _positive,
+    _resolve_targets,
+    class_scores,
+    fill_values,
+    metric,
+    pearson,
+    scores_of_rows,
+)
 from .faithfulness_order import DEFAULT_STEPS, _features
 from .registry import MetricSpec, register_group
 from .sanity import spearman

@@ -17,7 +17,16 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .common import _check, _positive, _resolve_targets, class_scores, fill_values, metric, scores_of_rows, to_input_size
+from .common import (
+    _check,
+    _positive,
+    _resolve_targets,
+    class_scores,
+    fill_values,
+    metric,
+    scores_of_rows,
+    to_input_size,
+)
 from .registry import MetricSpec, register_group
 
 DEFAULT_STEPS = 20  # removal steps when features_in_step is not given (Quantus's default 1 costs C*H*W forwards)

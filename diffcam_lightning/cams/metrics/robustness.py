@@ -14,7 +14,15 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .common import _check, _positive, _progress, _resolve_targets, metric, normalise_by_max, to_input_size
+from .common import (
+    _check,
+    _positive,
+    _progress,
+    _resolve_targets,
+    metric,
+    normalise_by_max,
+    to_input_size,
+)
 from .registry import MetricSpec, register_group
 
 Explain = Callable[[Tensor, Tensor], Tensor]
