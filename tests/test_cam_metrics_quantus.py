@@ -294,3 +294,36 @@ def test_every_metric_leaves_modes_statistics_and_grads_as_they_were_and_ignores
         torch.testing.assert_close(v, state[k], msg=k)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[n], msg=n)
+
+
+def test_histogram_entropy_matches_numpy_and_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    maps = torch.rand(3, 9, 9, generator=torch.Generator().manual_seed(4)) ** 3
+    maps[2] = 0.5  # constant: numpy widens the range, one bin
+    for i in range(3):
+        counts, _ = np.histogram(maps[i].double().numpy(), bins=100)
+        assert abs(float(M.histogram_entropy(maps)[i]) - scipy_stats.entropy(counts)) < 1e-10
+
+
+def test_efficient_mprt_matches_quantus(case):
+    from diffcam_lightning import CAMEngine
+
+    model, x, _, targets = case
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    explain = M.explainer(CAMEngine(model, "2"), "gradcam", size="input")
+
+    def quantus_explain(model, inputs, targets, **kwargs):  # Quantus hands the (randomised) model itself
+        return CAMEngine(model, "2")(torch.from_numpy(inputs), targets=torch.from_numpy(np.asarray(targets)),
+                                     methods="gradcam", size="input")["gradcam"][:, None].numpy()
+
+    maps = explain(x, targets)
+    ref = quantus.EfficientMPRT(disable_warnings=True)
+    expected = np.asarray(ref(model=model, x_batch=x.numpy(), y_batch=targets.numpy(), a_batch=maps[:, None].numpy(),
+                              explain_func=quantus_explain, device="cpu"))
+    torch.set_rng_state(rng)
+    ours = M.efficient_mprt(model, x, maps, targets, explain=explain)["efficient_mprt"]
+    np.testing.assert_allclose(ours.numpy(), expected, atol=1e-6)
+    assert torch.equal(torch.get_rng_state(), rng)  # the re-initialisation's seeding is undone
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k

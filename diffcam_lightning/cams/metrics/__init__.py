@@ -33,11 +33,19 @@ from .faithfulness import (
 from .faithfulness_correlation import faithfulness_correlation, monotonicity_correlation
 from .faithfulness_order import irof, pixel_flipping, region_perturbation, slic_segments
 from .localisation import relevance_mass, relevance_rank
-from .randomisation import random_logit, random_other_classes, ssim_rows
+from .randomisation import (
+    efficient_mprt,
+    histogram_entropy,
+    random_logit,
+    random_other_classes,
+    randomised_copy,
+    ssim_rows,
+)
 from .registry import (
     GROUPS,
     MASK_METRICS,
     METRICS,
+    Explainer,
     MetricSpec,
     accepted_options,
     check_metrics,
@@ -68,6 +76,7 @@ __all__ = [
     "SANITY_MODES",
     "SCORES",
     "Baseline",
+    "Explainer",
     "MetricSpec",
     "SanityResult",
     "ScoreFn",
@@ -79,11 +88,13 @@ __all__ = [
     "complexity",
     "confidence",
     "deletion_insertion",
+    "efficient_mprt",
     "eval_mode",
     "evaluate",
     "explainer",
     "faithfulness_correlation",
     "finite_rows",
+    "histogram_entropy",
     "irof",
     "local_lipschitz_estimate",
     "max_sensitivity",
@@ -95,6 +106,7 @@ __all__ = [
     "pixel_flipping",
     "random_logit",
     "random_other_classes",
+    "randomised_copy",
     "randomization_check",
     "region_perturbation",
     "register_group",

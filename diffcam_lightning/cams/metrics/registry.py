@@ -50,10 +50,34 @@ def register_group(group: str, fn: GroupFn, names: dict[str, MetricSpec]) -> Non
     METRICS.update(sorted(merged.items(), key=lambda item: FAMILIES.index(item[1].family)))
 
 
-def explainer(engine: Any, method: str, **compute: Any) -> Callable[[Tensor, Tensor], Tensor]:
-    """``explain(x, targets) -> maps`` of one method of a :class:`~diffcam_lightning.CAMEngine`,
-    for the metrics that re-explain (``needs_explain``)."""
-    return lambda x, targets: engine.compute(x, targets, method, **compute).maps[method]
+class Explainer:
+    """``explain(x, targets) -> maps`` of one method of a :class:`~diffcam_lightning.CAMEngine`
+    (for the metrics that re-explain, ``needs_explain``); :meth:`for_model` gives the same
+    method at the same layer of another model (a randomised copy, for MPRT)."""
+
+    def __init__(self, engine: Any, method: str, **compute: Any) -> None:
+        self.engine, self.method, self.compute = engine, method, compute
+        self.layer: Optional[str] = None
+
+    def __call__(self, x: Tensor, targets: Tensor) -> Tensor:
+        result = self.engine.compute(x, targets, self.method, **self.compute)
+        self.layer = result.layer
+        return result.maps[self.method]
+
+    def for_model(self, model: nn.Module, x: Tensor, targets: Tensor) -> "Explainer":
+        from ..engine import CAMEngine
+
+        if self.layer is None:
+            self(x[:1], targets[:1])  # resolves the layer's name
+        engine = CAMEngine(model, self.layer, scorecam_batch_size=self.engine.scorecam_batch_size,
+                           batch_coupling=self.engine.batch_coupling, layout=self.engine.layout,
+                           output_key=self.engine.output_key)
+        return Explainer(engine, self.method, **self.compute)
+
+
+def explainer(engine: Any, method: str, **compute: Any) -> Explainer:
+    """The :class:`Explainer` of one method of ``engine`` (``compute``: ``size=`` ...)."""
+    return Explainer(engine, method, **compute)
 
 
 def check_metrics(names: Union[str, Sequence[str]]) -> list[str]:
