@@ -17,8 +17,10 @@ quantus = pytest.importorskip("quantus")
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),  # see conftest.py
-    pytest.mark.filterwarnings("ignore::UserWarning"),  # Quantus's own parameterisation notes
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::UserWarning:quantus"),  # Quantus's own parameterisation notes
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:quantus"),
+    # pytorch-grad-cam's ROAD calls np.float32 on a list of arrays (numpy 2 deprecation, their code)
+    pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
 ]
 PER_IMAGE = {"normalise_func_kwargs": {"normalise_axes": (1, 2, 3)}, "disable_warnings": True}
 
