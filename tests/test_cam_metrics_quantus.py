@@ -265,7 +265,8 @@ def test_robustness_metrics_match_quantus_at_the_same_noise(case, monkeypatch, n
 def test_every_metric_leaves_modes_statistics_and_grads_as_they_were_and_ignores_batch_size():
     """A train-mode model with a frozen (eval) BatchNorm, dropout and existing .grad: every
     registered metric runs it in eval mode, restores each submodule's flag, moves no running
-    statistic, leaves .grad alone, and gives the same scores at batch sizes 1 and 64."""
+    statistic, leaves .grad and the global RNG alone, and gives the same scores at batch
+    sizes 1 and 64."""
     from diffcam_lightning import CAMEngine
 
     torch.manual_seed(0)
@@ -287,7 +288,10 @@ def test_every_metric_leaves_modes_statistics_and_grads_as_they_were_and_ignores
              "percentiles": (50,), "noise": 0.0}
     options = {k: v for k, v in small.items() if k in M.accepted_options(names)}
     explain = M.explainer(engine, "gradcam")
+    options["noise"] = 0.01  # ROAD's imputation noise: from its own generator, not the global RNG
+    rng = torch.get_rng_state()
     one = M.evaluate(names, model, x, maps, targets, masks=masks, explain=explain, batch_size=1, **options)
+    assert torch.equal(torch.get_rng_state(), rng)
     many = M.evaluate(names, model, x, maps, targets, masks=masks, explain=explain, batch_size=64, **options)
     for name in names:
         torch.testing.assert_close(one[name], many[name], msg=name, equal_nan=True)

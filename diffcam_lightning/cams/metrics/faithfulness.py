@@ -108,8 +108,12 @@ def road(
     """``{"road_morf", "road_lerf", "road_combined"}``, each ``[B]``: the mean over
     ``percentiles`` of ``score(imputed) - score(x)``, imputing the pixels at or above the
     map's p-th percentile (MoRF: lower is better) or at or below its (100-p)-th (LeRF: higher
-    is better, via 1 - map); combined = (lerf - morf) / 2 (higher is better)."""
+    is better, via 1 - map); combined = (lerf - morf) / 2 (higher is better). The imputation
+    noise comes from ``generator`` (default: a fresh one seeded 0 on ``x``'s device), never
+    from the global RNG, so a call leaves the caller's random state as it was."""
     _check(x, maps, targets)
+    if generator is None:
+        generator = torch.Generator(device=x.device).manual_seed(0)
     if not percentiles or any(not 0 <= float(p) <= 100 for p in percentiles):
         raise ValueError(f"percentiles must be a non-empty list of values in [0, 100]; got {list(percentiles)!r}.")
     targets = _resolve_targets(model, x, targets)
