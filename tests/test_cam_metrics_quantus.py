@@ -333,3 +333,37 @@ def test_efficient_mprt_matches_quantus(case):
     assert torch.equal(torch.get_rng_state(), rng)  # the re-initialisation's seeding is undone
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")  # SciPy, on a blank layer's maps
+def test_smooth_mprt_matches_quantus_at_the_same_noise(case, monkeypatch):
+    """Quantus 0.6's sMPRT explains through quantus.explain, not the explain_func it is given
+    (replaced here by the same GradCAM); its last correlation is the fully randomised model's."""
+    from diffcam_lightning import CAMEngine
+
+    model, x, _, targets = case
+    explain = M.explainer(CAMEngine(model, "2"), "gradcam", size="input")
+    maps = explain(x, targets)
+
+    def quantus_explain(model, inputs, targets, **kwargs):
+        return CAMEngine(model, "2")(torch.as_tensor(inputs, dtype=torch.float32), targets=torch.from_numpy(np.asarray(targets)),
+                                     methods="gradcam", size="input")["gradcam"][:, None].numpy()
+
+    samples = 4
+    draws = np.random.default_rng(5).standard_normal((samples - 1, *x.shape))
+    calls = []
+
+    def randn(*shape):
+        calls.append(shape)
+        return draws[(len(calls) - 1) % (samples - 1)]  # every layer sees the same draws
+
+    monkeypatch.setattr(quantus, "explain", quantus_explain)
+    monkeypatch.setattr(np.random, "randn", randn)
+    ref = quantus.SmoothMPRT(nr_samples=samples, return_last_correlation=True, **PER_IMAGE)
+    expected = np.asarray(ref(model=model, x_batch=x.numpy(), y_batch=targets.numpy(), a_batch=maps[:, None].numpy(),
+                              explain_func=quantus_explain, device="cpu"))
+    monkeypatch.undo()
+    assert len(calls) == (samples - 1) * (1 + 3)  # the original model, then 3 layers
+    ours = M.smooth_mprt(model, x, maps, targets, explain=explain, samples=samples, draws=torch.from_numpy(draws).float())
+    assert np.isfinite(expected).all(), expected
+    np.testing.assert_allclose(ours["smooth_mprt"].numpy(), expected, atol=1e-5)

@@ -39,6 +39,7 @@ from .randomisation import (
     random_logit,
     random_other_classes,
     randomised_copy,
+    smooth_mprt,
     ssim_rows,
 )
 from .registry import (
@@ -114,6 +115,7 @@ __all__ = [
     "relevance_rank",
     "road",
     "slic_segments",
+    "smooth_mprt",
     "sparseness",
     "spearman",
     "ssim_rows",

@@ -19,8 +19,16 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..outputs import _logits
-from .common import _check, _resolve_targets, metric, normalise_by_max, to_input_size
+from .common import (
+    _check,
+    _positive,
+    _resolve_targets,
+    metric,
+    normalise_by_max,
+    to_input_size,
+)
 from .registry import MetricSpec, register_group
+from .sanity import spearman
 
 Explain = Callable[[Tensor, Tensor], Tensor]
 
@@ -148,7 +156,55 @@ def efficient_mprt(
     return {"efficient_mprt": ((after - before) / before).float()}
 
 
+
+@metric
+def smooth_mprt(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    targets: Optional[Tensor] = None,
+    explain: Optional[Explain] = None,
+    samples: int = 50,
+    noise_magnitude: float = 0.1,
+    seed: int = 42,
+    order: str = "bottom_up",
+    noise_seed: int = 0,
+    draws: Optional[Tensor] = None,
+    batch_size: int = 32,
+) -> dict[str, Tensor]:
+    """``{"smooth_mprt": [B]}``: sMPRT (Hedström et al. 2023) at the fully randomised model
+    (Quantus's ``return_last_correlation``): Spearman correlation between |map| and the
+    |mean map| of the randomised copy (:func:`randomised_copy`) over ``samples`` inputs
+    ``x + N(0, (noise_magnitude * (max - min of the image))^2)``, the last one noise-free
+    (maps at the input's size, divided by their max). Lower is better: the maps should
+    change when the model does. ``draws [samples - 1, B, C, H, W]`` (standard normal)
+    replaces the noise (default: a generator seeded ``noise_seed``)."""
+    _check(x, maps, targets)
+    if not hasattr(explain, "for_model"):
+        raise ValueError("smooth_mprt re-explains a randomised copy of the model: pass explain=metrics.explainer(engine, method).")
+    targets = _resolve_targets(model, x, targets)
+    if draws is None:
+        draws = torch.randn((_positive("samples", samples) - 1, *x.shape), generator=torch.Generator().manual_seed(int(noise_seed)))
+    draws = torch.as_tensor(draws, device=x.device, dtype=x.dtype)
+    if draws.dim() != 5 or tuple(draws.shape[1:]) != tuple(x.shape):
+        raise ValueError(f"draws must be [samples - 1, B, C, H, W] with [B, C, H, W] = {tuple(x.shape)}; got {tuple(draws.shape)}.")
+    std = noise_magnitude * (x.flatten(1).amax(dim=1) - x.flatten(1).amin(dim=1)).reshape(-1, 1, 1, 1)
+    inputs = torch.cat([(x[None] + draws * std[None]).flatten(0, 1), x])  # [(samples - 1) * B + B, C, H, W]
+    rows = targets.repeat(draws.shape[0] + 1)
+    random_explain = explain.for_model(randomised_copy(model, seed, order).eval(), x, targets)
+    step = _positive("batch_size", batch_size)
+    size = x.shape[-2:]
+    smooth = torch.cat([
+        to_input_size(random_explain(inputs[i : i + step], rows[i : i + step]).detach().to(x.device), size)
+        for i in range(0, len(inputs), step)
+    ]).double().reshape(draws.shape[0] + 1, len(x), -1).mean(dim=0)
+    a = normalise_by_max(to_input_size(maps.to(x.device), size).flatten(1).double()).abs()
+    return {"smooth_mprt": spearman(a, normalise_by_max(smooth).abs())}
+
+
 register_group("random_logit", random_logit,
                {"random_logit": MetricSpec("random_logit", "lower", family="randomisation", needs_explain=True)})
 register_group("efficient_mprt", efficient_mprt,
                {"efficient_mprt": MetricSpec("efficient_mprt", "higher", family="randomisation", needs_explain=True)})
+register_group("smooth_mprt", smooth_mprt,
+               {"smooth_mprt": MetricSpec("smooth_mprt", "lower", family="randomisation", needs_explain=True)})
