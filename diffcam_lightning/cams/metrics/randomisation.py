@@ -27,7 +27,7 @@ from .common import (
     normalise_by_max,
     to_input_size,
 )
-from .registry import MetricSpec, register_group
+from .registry import Explainer, MetricSpec, register_group
 from .sanity import spearman
 
 Explain = Callable[[Tensor, Tensor], Tensor]
@@ -145,7 +145,7 @@ def efficient_mprt(
     A method that explains the model, not the input, turns noisier (higher is better).
     ``explain`` must come from :func:`~.registry.explainer` (it re-explains the copy)."""
     _check(x, maps, targets)
-    if not hasattr(explain, "for_model"):
+    if not isinstance(explain, Explainer):
         raise ValueError("efficient_mprt re-explains a randomised copy of the model: pass explain=metrics.explainer(engine, method).")
     targets = _resolve_targets(model, x, targets)
     random_model = randomised_copy(model, seed, order).eval()
@@ -180,7 +180,7 @@ def smooth_mprt(
     change when the model does. ``draws [samples - 1, B, C, H, W]`` (standard normal)
     replaces the noise (default: a generator seeded ``noise_seed``)."""
     _check(x, maps, targets)
-    if not hasattr(explain, "for_model"):
+    if not isinstance(explain, Explainer):
         raise ValueError("smooth_mprt re-explains a randomised copy of the model: pass explain=metrics.explainer(engine, method).")
     targets = _resolve_targets(model, x, targets)
     if draws is None:
