@@ -143,17 +143,11 @@ def anchors(args) -> None:
 def quantus_pairs(model, x, maps, targets, engine):
     """(ours, Quantus) for each Quantus metric at the same settings (per-image normalisation)."""
     import quantus
+    from quantus.functions.perturb_func import baseline_replacement_by_mask
 
     if not hasattr(np, "trapz"):  # Quantus 0.6 integrates with np.trapz, removed in NumPy 2.4
         np.trapz = np.trapezoid
-    maps_of = M.explainer(engine, "gradcam", size="input")
-
-    def explain(inputs, t):  # see quantus_mode: keep random-weight maps away from all zeros
-        return maps_of(inputs, t) + 1e-3 * torch.rand(len(inputs), *inputs.shape[-2:], generator=torch.Generator().manual_seed(1))
-
-    def quantus_explain(model, inputs, targets, **kwargs):
-        return explain(torch.from_numpy(inputs).float(), torch.from_numpy(np.asarray(targets)))[:, None].numpy()
-
+    explain = M.explainer(engine, "gradcam", size="input")
     common = {"normalise_func_kwargs": {"normalise_axes": (1, 2, 3)}, "disable_warnings": True}
     xs, ys, a = x.numpy(), targets.numpy(), maps[:, None].numpy()
     step = x.shape[-2] * x.shape[-1] // 16  # Quantus requires steps that divide H*W
@@ -162,6 +156,19 @@ def quantus_pairs(model, x, maps, targets, engine):
         return lambda: metric(model=model, x_batch=xs, y_batch=ys, a_batch=a, device="cpu", batch_size=64, **call)
 
     n_classes = int(model(x[:1]).shape[1])
+
+    def by_mask(arr, mask, **kwargs):  # Quantus 0.6's IROF passes a [B, 1, H, W] mask for [B, C, H, W] images
+        return baseline_replacement_by_mask(arr, np.broadcast_to(mask, arr.shape), **kwargs)
+
+    explain(x[:1], targets[:1])  # resolves the layer's name
+    layer = explain.layer
+
+    def quantus_explain_any(model, inputs, targets, **kwargs):  # eMPRT hands the randomised model itself;
+        # + 1e-3 noise: a random net's GradCAM can be all zeros, which Quantus refuses
+        maps = CAMEngine(model, layer)(torch.from_numpy(inputs).float(), targets=torch.from_numpy(np.asarray(targets)),
+                                       methods="gradcam", size="input")["gradcam"]
+        return (maps + 1e-3 * torch.rand(maps.shape, generator=torch.Generator().manual_seed(1)))[:, None].numpy()
+
     return {
         "Pixel Flipping (48 steps)": (
             lambda: M.pixel_flipping(model, x, maps, targets, features_in_step=step, batch_size=64),
@@ -175,17 +182,23 @@ def quantus_pairs(model, x, maps, targets, engine):
         "Monotonicity Correlation (48 steps, 10 samples)": (
             lambda: M.monotonicity_correlation(model, x, maps, targets, features_in_step=step, samples=10, batch_size=64),
             ref(quantus.MonotonicityCorrelation(features_in_step=step, nr_samples=10, **common))),
+        "IROF (SLIC superpixels)": (
+            lambda: M.irof(model, x, maps, targets, batch_size=64),
+            ref(quantus.IROF(return_aggregate=False, perturb_func=by_mask, **common))),
         "Sparseness": (lambda: M.sparseness(maps), ref(quantus.Sparseness(**common))),
         "Complexity": (lambda: M.complexity(maps), ref(quantus.Complexity(**common))),
         "Random Logit": (
             lambda: M.random_logit(model, x, maps, targets, explain=explain),
-            ref(quantus.RandomLogit(num_classes=n_classes, **common), explain_func=quantus_explain)),
+            ref(quantus.RandomLogit(num_classes=n_classes, **common), explain_func=quantus_explain_any)),
+        "efficient MPRT": (
+            lambda: M.efficient_mprt(model, x, maps, targets, explain=explain),
+            ref(quantus.EfficientMPRT(disable_warnings=True), explain_func=quantus_explain_any)),
         "Max-Sensitivity (20 samples)": (
             lambda: M.max_sensitivity(model, x, maps, targets, explain=explain, samples=20, batch_size=64),
-            ref(quantus.MaxSensitivity(nr_samples=20, **common), explain_func=quantus_explain)),
+            ref(quantus.MaxSensitivity(nr_samples=20, **common), explain_func=quantus_explain_any)),
         "Local Lipschitz Estimate (20 samples)": (
             lambda: M.local_lipschitz_estimate(model, x, maps, targets, explain=explain, samples=20, batch_size=64),
-            ref(quantus.LocalLipschitzEstimate(nr_samples=20, **common), explain_func=quantus_explain)),
+            ref(quantus.LocalLipschitzEstimate(nr_samples=20, **common), explain_func=quantus_explain_any)),
     }
 
 
