@@ -329,3 +329,18 @@ def test_an_option_no_chosen_metric_takes_is_an_error_naming_it(case):
         M.evaluate(["deletion"], model, x, maps["gradcam"], targets, stpes=2)
     with pytest.raises(ValueError, match=r"\['steps'\].*\['road_morf'\]; valid: percentiles"):
         M.evaluate(["road_morf"], model, x, maps["gradcam"], targets, steps=2)
+
+
+@pytest.mark.filterwarnings("ignore:CAMEngine.*train-mode BatchNorm")  # today's code warns (and moves statistics)
+def test_sanity_check_runs_a_train_mode_model_in_eval_mode_and_restores_it():
+    model = _bn_net().train()
+    model[1].eval()
+    modes = {n: m.training for n, m in model.named_modules()}
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 12, 12)
+    first = M.randomization_check(model, x, "gradcam", targets=torch.tensor([1, 3]), target_layer="4", layers=["9", "4"])
+    again = M.randomization_check(model, x[:1], "gradcam", targets=torch.tensor([1]), target_layer="4", layers=["9", "4"])
+    torch.testing.assert_close(first.correlation[:, :1], again.correlation)  # independent of the batch
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, stats[k], msg=k)

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .common import PROGRESS_AFTER, _progress
+from .common import PROGRESS_AFTER, _progress, metric
 
 
 @dataclass
@@ -60,6 +60,7 @@ def _randomize(module: nn.Module, generator: torch.Generator) -> None:
 SANITY_MODES = ("cascading", "independent")
 
 
+@metric  # the model and its copies in eval mode, every submodule's flag restored
 def randomization_check(
     model: nn.Module,
     x: Tensor,
