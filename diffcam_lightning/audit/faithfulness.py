@@ -3,8 +3,10 @@
 Each metric of :data:`diffcam_lightning.cams.metrics.METRICS` is logged per method as
 ``cam_audit/<metric>/<method>``. Perturbation metrics cost extra no-grad forwards of the
 audit images (deletion/insertion: ~2 x steps per image and method; ROAD: 2 x percentiles;
-confidence: 1), measured in ``benchmarks/README.md``; mask metrics need the batch's
-saliency maps and skip images without one.
+confidence: 1), measured in ``benchmarks/README.md``; the metrics that re-explain (Random
+Logit, the MPRTs, ARCC, the robustness ones) call the audit's own engine for the same
+method; mask metrics need the batch's saliency maps and skip images without one. Costs of
+each metric: ``docs/metrics.md``.
 """
 
 from __future__ import annotations
