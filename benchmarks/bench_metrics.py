@@ -4,6 +4,7 @@ against the anchors' implementations on the same maps (one process, interleaved 
     python benchmarks/bench_metrics.py audit     # the audit's CAMs vs each metric group on top
     python benchmarks/bench_metrics.py anchors   # ours vs torchcam (deletion/insertion) and
                                                  # pytorch-grad-cam (ROAD combined)
+    python benchmarks/bench_metrics.py quantus   # ours vs Quantus 0.6, metric by metric
 
 ``audit``: the synthetic config's model (timm ``test_resnet``, 7 classes, 64 px, random
 weights: the cost does not depend on them), 64 audit images in batches of 32; the audit's
@@ -139,9 +140,94 @@ def anchors(args) -> None:
     print(f"| ROAD combined, 9 percentiles (pytorch-grad-cam) | {times['ours_road']:.2f} | {times['ref_road']:.2f} | {times['ref_road'] / times['ours_road']:.1f}x |")
 
 
+def quantus_pairs(model, x, maps, targets, engine):
+    """(ours, Quantus) for each Quantus metric at the same settings (per-image normalisation)."""
+    import quantus
+    from quantus.functions.perturb_func import baseline_replacement_by_mask
+
+    if not hasattr(np, "trapz"):  # Quantus 0.6 integrates with np.trapz, removed in NumPy 2.4
+        np.trapz = np.trapezoid
+    explain = M.explainer(engine, "gradcam", size="input")
+    common = {"normalise_func_kwargs": {"normalise_axes": (1, 2, 3)}, "disable_warnings": True}
+    xs, ys, a = x.numpy(), targets.numpy(), maps[:, None].numpy()
+    step = x.shape[-2] * x.shape[-1] // 16  # Quantus requires steps that divide H*W
+
+    def ref(metric, **call):
+        return lambda: metric(model=model, x_batch=xs, y_batch=ys, a_batch=a, device="cpu", batch_size=64, **call)
+
+    n_classes = int(model(x[:1]).shape[1])
+
+    def by_mask(arr, mask, **kwargs):  # Quantus 0.6's IROF passes a [B, 1, H, W] mask for [B, C, H, W] images
+        return baseline_replacement_by_mask(arr, np.broadcast_to(mask, arr.shape), **kwargs)
+
+    explain(x[:1], targets[:1])  # resolves the layer's name
+    layer = explain.layer
+
+    def quantus_explain_any(model, inputs, targets, **kwargs):  # eMPRT hands the randomised model itself;
+        # + 1e-3 noise: a random net's GradCAM can be all zeros, which Quantus refuses
+        maps = CAMEngine(model, layer)(torch.from_numpy(inputs).float(), targets=torch.from_numpy(np.asarray(targets)),
+                                       methods="gradcam", size="input")["gradcam"]
+        return (maps + 1e-3 * torch.rand(maps.shape, generator=torch.Generator().manual_seed(1)))[:, None].numpy()
+
+    return {
+        "Pixel Flipping (48 steps)": (
+            lambda: M.pixel_flipping(model, x, maps, targets, features_in_step=step, batch_size=64),
+            ref(quantus.PixelFlipping(features_in_step=step, **common))),
+        "Region Perturbation (8 px, 16 regions)": (
+            lambda: M.region_perturbation(model, x, maps, targets, regions=16, batch_size=64),
+            ref(quantus.RegionPerturbation(patch_size=8, regions_evaluation=16, **common))),
+        "Faithfulness Correlation (100 runs)": (
+            lambda: M.faithfulness_correlation(model, x, maps, targets, batch_size=64),
+            ref(quantus.FaithfulnessCorrelation(return_aggregate=False, **common))),
+        "Monotonicity Correlation (48 steps, 10 samples)": (
+            lambda: M.monotonicity_correlation(model, x, maps, targets, features_in_step=step, samples=10, batch_size=64),
+            ref(quantus.MonotonicityCorrelation(features_in_step=step, nr_samples=10, **common))),
+        "IROF (SLIC superpixels)": (
+            lambda: M.irof(model, x, maps, targets, batch_size=64),
+            ref(quantus.IROF(return_aggregate=False, perturb_func=by_mask, **common))),
+        "Sparseness": (lambda: M.sparseness(maps), ref(quantus.Sparseness(**common))),
+        "Complexity": (lambda: M.complexity(maps), ref(quantus.Complexity(**common))),
+        "Random Logit": (
+            lambda: M.random_logit(model, x, maps, targets, explain=explain),
+            ref(quantus.RandomLogit(num_classes=n_classes, **common), explain_func=quantus_explain_any)),
+        "efficient MPRT": (
+            lambda: M.efficient_mprt(model, x, maps, targets, explain=explain),
+            ref(quantus.EfficientMPRT(disable_warnings=True), explain_func=quantus_explain_any)),
+        "Max-Sensitivity (20 samples)": (
+            lambda: M.max_sensitivity(model, x, maps, targets, explain=explain, samples=20, batch_size=64),
+            ref(quantus.MaxSensitivity(nr_samples=20, **common), explain_func=quantus_explain_any)),
+        "Local Lipschitz Estimate (20 samples)": (
+            lambda: M.local_lipschitz_estimate(model, x, maps, targets, explain=explain, samples=20, batch_size=64),
+            ref(quantus.LocalLipschitzEstimate(nr_samples=20, **common), explain_func=quantus_explain_any)),
+    }
+
+
+def quantus_mode(args) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    targets = model(x).argmax(1)
+    engine = CAMEngine(model)
+    maps = engine(x, targets=targets, methods="gradcam", size="input")["gradcam"]
+    # the cost does not depend on the values; a random net's GradCAM can be all zeros, which Quantus refuses
+    maps = maps + 1e-3 * torch.rand(maps.shape, generator=torch.Generator().manual_seed(0))
+    pairs = quantus_pairs(model, x, maps, targets, engine)
+    fns = {f"{name}|{side}": fn for name, (ours, theirs) in pairs.items() for side, fn in (("ours", ours), ("quantus", theirs))}
+    times = timed_interleaved(fns, args.warmup, args.repeats)
+    print(f"CPU, {torch.get_num_threads()} threads; resnet18, B={args.batch}, {args.size} px; medians of {args.repeats} rounds (s)\n")
+    print("| metric | ours | Quantus 0.6 | Quantus / ours |")
+    print("|---|---:|---:|---:|")
+    for name in pairs:
+        ours, theirs = times[f"{name}|ours"], times[f"{name}|quantus"]
+        print(f"| {name} | {ours:.3f} | {theirs:.3f} | {theirs / ours:.1f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("audit", "anchors"))
+    parser.add_argument("mode", choices=("audit", "anchors", "quantus"))
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4)
@@ -149,7 +235,7 @@ def main() -> None:
     parser.add_argument("--road-images", type=int, default=8, help="audit: images for the ROAD row (its CPU cost is high)")
     args = parser.parse_args()
     np.random.seed(0)
-    {"audit": audit, "anchors": anchors}[args.mode](args)
+    {"audit": audit, "anchors": anchors, "quantus": quantus_mode}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -251,3 +251,96 @@ def test_road_solvers_agree():
     torch.testing.assert_close(direct[0], x[0])
     with pytest.raises(ValueError, match=r"Unknown ROAD solver 'lu'; valid: auto, cg, direct"):
         M.noisy_linear_impute(x, keep, solver="lu")
+
+
+# ---------------------------------------------------------------- issue 21: no silently wrong score
+
+
+def _bn_net() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Dropout(0.3),
+        nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+    )
+
+
+def test_metrics_run_in_eval_mode_restore_every_flag_and_do_not_depend_on_batch_size():
+    """After a fit the model is in train mode: a score must not depend on the metric's batch
+    (BatchNorm batch statistics, dropout) nor move running statistics; a frozen (eval)
+    submodule inside a train-mode model stays in eval mode."""
+    model = _bn_net().train()
+    model[1].eval()  # a frozen BatchNorm inside a training model
+    x, maps = torch.randn(3, 3, 12, 12), torch.rand(3, 12, 12)
+    targets = torch.tensor([0, 2, 4])
+    modes = {n: m.training for n, m in model.named_modules()}
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    names = ["deletion", "insertion", "road_morf", "average_drop"]
+    small = M.evaluate(names, model, x, maps, targets, steps=4, batch_size=1, percentiles=(50,), noise=0.0)
+    large = M.evaluate(names, model, x, maps, targets, steps=4, batch_size=64, percentiles=(50,), noise=0.0)
+    for name in names:
+        torch.testing.assert_close(small[name], large[name], msg=name)
+    M.class_scores(model, x, targets)
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, stats[k], msg=k)
+
+
+@pytest.mark.parametrize("name", ["deletion", "insertion", "road_combined", "average_drop", "confidence_change"])
+def test_scores_of_non_finite_maps_are_nan_and_the_others_unchanged(case, name):
+    model, x, targets, maps = case
+    cam = maps["gradcam"].clone()
+    broken = cam.clone()
+    broken[1, 1, 0] = float("nan")
+    broken[2, 0, 0] = float("inf")
+    options = {"steps": 4, "percentiles": (50,), "noise": 0.0}
+    clean = M.evaluate([name], model, x, cam, targets, **{k: v for k, v in options.items() if k in M.accepted_options([name])})
+    ours = M.evaluate([name], model, x, broken, targets, **{k: v for k, v in options.items() if k in M.accepted_options([name])})
+    assert torch.isnan(ours[name][1:]).all(), ours[name]
+    torch.testing.assert_close(ours[name][0], clean[name][0])
+
+
+def test_mask_scores_of_non_finite_maps_are_nan():
+    maps = torch.rand(2, 6, 6)
+    maps[0, 1, 1] = float("nan")
+    masks = torch.zeros(2, 6, 6)
+    masks[:, :3] = 1
+    assert torch.isnan(M.relevance_mass(maps, masks)[0]) and torch.isfinite(M.relevance_mass(maps, masks)[1])
+    assert torch.isnan(M.relevance_rank(maps, masks)[0]) and torch.isfinite(M.relevance_rank(maps, masks)[1])
+
+
+def test_relevance_rank_gives_ties_fractional_credit():
+    blank = torch.zeros(2, 7, 7)
+    masks = torch.zeros(2, 7, 7)
+    masks[0, :2] = 1  # top rows
+    masks[1, -2:] = 1  # bottom rows: same size, a blank map must score the same
+    share = 14 / 49
+    torch.testing.assert_close(M.relevance_rank(blank, masks), torch.tensor([share, share]))
+    # two pixels tied at the K-th place (K = 2): one above, the tie pair shares one place
+    maps = torch.tensor([[[3.0, 1.0], [1.0, 0.0]]])
+    mask = torch.tensor([[[0, 1], [1, 0]]])
+    torch.testing.assert_close(M.relevance_rank(maps, mask), torch.tensor([0.5]))
+    mask = torch.tensor([[[1, 1], [0, 0]]])
+    torch.testing.assert_close(M.relevance_rank(maps, mask), torch.tensor([0.75]))
+
+
+def test_an_option_no_chosen_metric_takes_is_an_error_naming_it(case):
+    model, x, targets, maps = case
+    with pytest.raises(ValueError, match=r"\['stpes'\] are taken by none of the metrics \['deletion'\]; valid: steps, baseline"):
+        M.evaluate(["deletion"], model, x, maps["gradcam"], targets, stpes=2)
+    with pytest.raises(ValueError, match=r"\['steps'\].*\['road_morf'\]; valid: percentiles"):
+        M.evaluate(["road_morf"], model, x, maps["gradcam"], targets, steps=2)
+
+
+@pytest.mark.filterwarnings("ignore:CAMEngine.*train-mode BatchNorm")  # today's code warns (and moves statistics)
+def test_sanity_check_runs_a_train_mode_model_in_eval_mode_and_restores_it():
+    model = _bn_net().train()
+    model[1].eval()
+    modes = {n: m.training for n, m in model.named_modules()}
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 12, 12)
+    first = M.randomization_check(model, x, "gradcam", targets=torch.tensor([1, 3]), target_layer="4", layers=["9", "4"])
+    again = M.randomization_check(model, x[:1], "gradcam", targets=torch.tensor([1]), target_layer="4", layers=["9", "4"])
+    torch.testing.assert_close(first.correlation[:, :1], again.correlation)  # independent of the batch
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, stats[k], msg=k)

@@ -18,6 +18,7 @@ from diffcam_lightning import CAMEngine, SaliencyClassifier, SyntheticDataModule
 from diffcam_lightning.report import ArchitectureSpec, DataSpec, FaithfulnessSpec, ModelSource, ReportOptions, TimingSpec, run_report
 from diffcam_lightning.report.cli import main as report_main
 from diffcam_lightning.report.sources import load_model
+from diffcam_lightning.report.stats import format_p
 
 TINY = dict(model_name="test_resnet", model_kwargs={"output_stride": 8})
 QUIET = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False)
@@ -313,6 +314,21 @@ def test_faithfulness_options_are_checked(tmp_path):
     with pytest.raises(ValueError, match=r"\['layercam'\] are not among the report's methods"):
         FaithfulnessSpec(methods=["layercam"]).resolved(["gradcam"])
 
+
+
+def test_faithfulness_table_leaves_out_nan_scores_and_counts_them():
+    """A non-finite map scores NaN (cams.metrics): the table's means and the paired test
+    use the finite scores and say how many were left out (issue 21, item 4)."""
+    from diffcam_lightning.report.faithfulness import faithfulness_table
+
+    clean = np.array([0.1, 0.2, np.nan, 0.4, 0.3])
+    sham = np.array([0.5, 0.6, 0.7, np.nan, 0.9])
+    scores = {("net", "deletion_clean", "gradcam"): clean, ("net", "deletion_sham", "gradcam"): sham}
+    (row,) = faithfulness_table(scores, ["deletion"], ["gradcam"]).rows
+    assert row[2].startswith("0.25 ± ") and row[2].endswith("(1 non-finite left out)")
+    assert row[3].startswith("0.675 ± ") and row[3].endswith("(1 non-finite left out)")
+    expected = wilcoxon([0.1, 0.2, 0.3], [0.5, 0.6, 0.9]).pvalue
+    assert row[4] == format_p(float(expected))
 
 # ------------------------------------------------------------------ what a checkpoint states (issue 11, item 3)
 

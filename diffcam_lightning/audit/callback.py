@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..cams import DIFF_BASES, METHODS, CAMEngine, get_method
 from ..cams.layers import known_layer_name, resolve_layer
-from ..cams.metrics import check_metrics
+from ..cams.metrics import check_metrics, check_options
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
 from . import review
 from .alarm import DEFAULT_DRIFT_THRESHOLD, DEFAULT_SHAM_THRESHOLD, AlarmRule, build_rules, evaluate
@@ -187,6 +187,7 @@ class CAMAudit(Callback):
         self.prefix = prefix
         self.metrics = check_metrics(metrics)
         self.metric_options = dict(metric_options or {})
+        check_options(self.metrics, self.metric_options)
         # state (saved in checkpoints)
         self.audit_set: Optional[AuditSet] = None
         self.reference_maps: Optional[dict[str, Tensor]] = None
@@ -416,7 +417,7 @@ class CAMAudit(Callback):
                 if self.metrics:
                     self._metric.update(faithfulness_scores(
                         model, images, maps, result.targets, self.metrics, batch.saliency, batch.has_saliency,
-                        self.metric_options,
+                        self.metric_options, self._engine,
                     ))
                 self._maps.update(maps)
                 if want_grid and grid_maps is None:

@@ -3,8 +3,10 @@
 Each metric of :data:`diffcam_lightning.cams.metrics.METRICS` is logged per method as
 ``cam_audit/<metric>/<method>``. Perturbation metrics cost extra no-grad forwards of the
 audit images (deletion/insertion: ~2 x steps per image and method; ROAD: 2 x percentiles;
-confidence: 1), measured in ``benchmarks/README.md``; mask metrics need the batch's
-saliency maps and skip images without one.
+confidence: 1), measured in ``benchmarks/README.md``; the metrics that re-explain (Random
+Logit, the MPRTs, ARCC, the robustness ones) call the audit's own engine for the same
+method; mask metrics need the batch's saliency maps and skip images without one. Costs of
+each metric: ``docs/metrics.md``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..cams import CAMEngine
 from ..cams import metrics as cam_metrics
 from .metrics import Scores
 
@@ -33,9 +36,11 @@ def faithfulness_scores(
     saliency: Optional[Tensor] = None,
     has_saliency: Optional[Tensor] = None,
     options: Optional[dict[str, Any]] = None,
+    engine: Optional[CAMEngine] = None,
 ) -> Scores:
-    """``{"<metric>/<method>": (values [B], mask [B] | None)}`` for one audit batch."""
-    options = {"progress": False, **(options or {})}
+    """``{"<metric>/<method>": (values [B], mask [B] | None)}`` for one audit batch;
+    ``engine`` re-explains for the metrics that need it (Random Logit: another class)."""
+    options = dict(options or {})
     perturbation = [m for m in metrics if not cam_metrics.METRICS[m].needs_masks]
     with_masks = [m for m in metrics if cam_metrics.METRICS[m].needs_masks]
     out: Scores = {}
@@ -43,7 +48,8 @@ def faithfulness_scores(
         if perturbation:
             if any(cam_metrics.METRICS[m].group == "road" for m in perturbation):
                 options["generator"] = torch.Generator(device=images.device).manual_seed(AUDIT_SEED)
-            values = cam_metrics.evaluate(perturbation, model, images, cam, targets, **options)
+            explain = None if engine is None else cam_metrics.explainer(engine, method)
+            values = cam_metrics.evaluate(perturbation, model, images, cam, targets, explain=explain, progress=False, **options)
             out.update({f"{name}/{method}": (v, None) for name, v in values.items()})
         if with_masks and saliency is not None:
             out.update(_mask_scores(with_masks, method, cam, saliency, has_saliency))

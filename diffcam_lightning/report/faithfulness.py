@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 from torch import Tensor, nn
 
+from ..cams import CAMEngine
 from ..cams import metrics as cam_metrics
 from .stats import format_p, mean_std
 from .tables import Table
@@ -58,14 +59,16 @@ def row_metric(metric: str, kind: str) -> str:
 
 def faithfulness_scores(
     model: nn.Module, x: Tensor, maps: dict[str, Tensor], targets: Tensor, metrics: Sequence[str],
-    methods: Sequence[str], spec: FaithfulnessSpec,
+    methods: Sequence[str], spec: FaithfulnessSpec, engine: Optional[CAMEngine] = None,
 ) -> dict[tuple[str, str], Tensor]:
-    """``{(metric, method): [B]}`` for one batch of one model."""
+    """``{(metric, method): [B]}`` for one batch of one model (``engine``: its CAM engine, for
+    the metrics that re-explain)."""
     out = {}
+    accepted = cam_metrics.accepted_options(metrics)
+    options = {k: v for k, v in {"steps": spec.steps, "batch_size": spec.batch_size}.items() if k in accepted}
     for method in methods:
-        values = cam_metrics.evaluate(
-            metrics, model, x, maps[method], targets, steps=spec.steps, batch_size=spec.batch_size, progress=False
-        )
+        explain = None if engine is None else cam_metrics.explainer(engine, method)
+        values = cam_metrics.evaluate(metrics, model, x, maps[method], targets, explain=explain, progress=False, **options)
         out.update({(metric, method): v for metric, v in values.items()})
     return out
 
@@ -92,9 +95,24 @@ def faithfulness_table(scores: dict[tuple[str, str, str], np.ndarray], metrics: 
             for metric in metrics:
                 clean = scores.get((arch, row_metric(metric, "clean"), method))
                 sham = scores.get((arch, row_metric(metric, "sham"), method))
-                row.append(mean_std(clean) if clean is not None else "-")
-                row.append(mean_std(sham) if sham is not None else "-")
-                paired = clean is not None and sham is not None and len(clean) == len(sham) > 1 and np.any(clean != sham)
+                row.append(_finite_mean_std(clean))
+                row.append(_finite_mean_std(sham))
+                paired = clean is not None and sham is not None and len(clean) == len(sham) > 1
+                if paired:  # pairs with a NaN score (a non-finite map) on either side are left out
+                    both = np.isfinite(clean) & np.isfinite(sham)
+                    clean, sham = clean[both], sham[both]
+                    paired = len(clean) > 1 and bool(np.any(clean != sham))
                 row.append(format_p(float(wilcoxon(clean, sham).pvalue)) if paired else "n/a")
             table.rows.append(row)
     return table
+
+
+def _finite_mean_std(values: Optional[np.ndarray]) -> str:
+    """Mean ± std of the finite scores; the NaN ones (non-finite maps) are left out and counted."""
+
+    if values is None:
+        return "-"
+    finite = values[np.isfinite(values)]
+    left_out = len(values) - len(finite)
+    text = mean_std(finite) if len(finite) else "n/a"
+    return f"{text} ({left_out} non-finite left out)" if left_out else text

@@ -94,7 +94,8 @@ class ScoringModule(pl.LightningModule):
             results = {"clean": clean, **({"sham": sham} if "sham" in self.engines else {})}
             for kind, result in results.items():
                 model = self.clean if kind == "clean" else self.sham
-                values = faithfulness_scores(model, x, result.maps, clean.targets, self.faith_metrics, self.faith_methods, self.faithfulness)
+                values = faithfulness_scores(model, x, result.maps, clean.targets, self.faith_metrics, self.faith_methods,
+                                             self.faithfulness, self.engines[kind])
                 for (metric, method), score in values.items():
                     rows += self._rows(index, labels, clean.targets, row_metric(metric, kind), method, score)
         return rows

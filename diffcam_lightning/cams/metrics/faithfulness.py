@@ -1,0 +1,235 @@
+"""Faithfulness by perturbation: deletion / insertion (RISE; torchcam 0.5
+``DeletionInsertionMetric``), ROAD (Rong et al. 2022; pytorch-grad-cam) and the confidence
+of the input multiplied by its map (Grad-CAM++; torchcam ``ClassificationMetric``,
+pytorch-grad-cam ``DropInConfidence`` / ``CamMultImageConfidenceChange``)."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..outputs import _logits
+from .common import (
+    Baseline,
+    _baseline,
+    _check,
+    _positive,
+    _progress,
+    _resolve_targets,
+    _score_fn,
+    class_scores,
+    metric,
+    to_input_size,
+)
+from .registry import MetricSpec, register_group
+from .solvers import noisy_linear_impute
+
+DEFAULT_PERCENTILES: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+
+
+@metric
+def deletion_insertion(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    targets: Optional[Tensor] = None,
+    steps: int = 20,
+    baseline: Baseline = None,
+    batch_size: int = 32,
+    score: str = "softmax",
+    progress: Optional[bool] = None,
+) -> dict[str, Tensor]:
+    """``{"deletion": [B], "insertion": [B]}``: areas (trapezoid over the perturbed
+    fraction) under the target score as pixels, most relevant first, in ``steps`` equal
+    groups, are replaced by ``baseline`` (default zeros) or restored onto it."""
+    _check(x, maps, targets)
+    steps = _positive("steps", steps)
+    targets = _resolve_targets(model, x, targets)
+    b, positions = x.shape[0], x.shape[-2] * x.shape[-1]
+    cam = to_input_size(maps.to(x.device), x.shape[-2:]).flatten(1)
+    ranks = torch.argsort(torch.argsort(cam, dim=1, descending=True, stable=True), dim=1)
+    stride = -(-positions // steps)
+    counts = [*range(0, positions, stride), positions]
+    fractions = torch.tensor(counts, device=x.device, dtype=torch.float32) / positions
+    base = _baseline(baseline, x)
+    original = class_scores(model, x, targets, score, batch_size, progress=False)
+    # rows: per sample, the all-baseline input (deletion's last = insertion's first point), then
+    # the interior points of deletion and insertion
+    interior = counts[1:-1]
+    sample = torch.arange(b, device=x.device).repeat_interleave(1 + 2 * len(interior))
+    per = torch.tensor([positions, *interior, *interior], device=x.device)
+    count = per.repeat(b)
+    inserting = torch.tensor([False] * (1 + len(interior)) + [True] * len(interior), device=x.device).repeat(b)
+    scores = _perturbed_scores(model, x, base, ranks, targets, sample, count, inserting, score, batch_size, progress)
+    scores = scores.reshape(b, 1 + 2 * len(interior))
+    empty, deleted, inserted = scores[:, :1], scores[:, 1 : 1 + len(interior)], scores[:, 1 + len(interior) :]
+    deletion = torch.cat([original[:, None], deleted, empty], dim=1)
+    insertion = torch.cat([empty, inserted, original[:, None]], dim=1)
+    return {
+        "deletion": torch.trapezoid(deletion, fractions, dim=1),
+        "insertion": torch.trapezoid(insertion, fractions, dim=1),
+    }
+
+
+@torch.no_grad()
+def _perturbed_scores(model, x, base, ranks, targets, sample, count, inserting, score, batch_size, progress) -> Tensor:
+    """Scores of the perturbed rows, built chunk by chunk (memory ~ batch_size inputs)."""
+    fn, step = _score_fn(score), _positive("batch_size", batch_size)
+    flat_x, flat_base = x.flatten(2), base.flatten(2)
+    out = []
+    with _progress(-(-len(sample) // step), progress, "deletion/insertion") as bar:
+        for start in range(0, len(sample), step):
+            rows = sample[start : start + step]
+            relevant = ranks[rows] < count[start : start + step, None]  # the most relevant `count` pixels
+            original = torch.where(inserting[start : start + step, None], relevant, ~relevant)
+            perturbed = torch.where(original[:, None], flat_x[rows], flat_base[rows]).reshape(-1, *x.shape[1:])
+            logits = fn(_logits(model(perturbed)))
+            out.append(logits.gather(1, targets[rows, None]).squeeze(1))
+            bar.update(1)
+    return torch.cat(out)
+
+
+@metric
+def road(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    targets: Optional[Tensor] = None,
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    noise: float = 0.01,
+    batch_size: int = 32,
+    score: str = "logit",
+    generator: Optional[torch.Generator] = None,
+    progress: Optional[bool] = None,
+    solver: str = "auto",
+) -> dict[str, Tensor]:
+    """``{"road_morf", "road_lerf", "road_combined"}``, each ``[B]``: the mean over
+    ``percentiles`` of ``score(imputed) - score(x)``, imputing the pixels at or above the
+    map's p-th percentile (MoRF: lower is better) or at or below its (100-p)-th (LeRF: higher
+    is better, via 1 - map); combined = (lerf - morf) / 2 (higher is better). The imputation
+    noise comes from ``generator`` (default: a fresh one seeded 0 on ``x``'s device), never
+    from the global RNG, so a call leaves the caller's random state as it was."""
+    _check(x, maps, targets)
+    if generator is None:
+        generator = torch.Generator(device=x.device).manual_seed(0)
+    if not percentiles or any(not 0 <= float(p) <= 100 for p in percentiles):
+        raise ValueError(f"percentiles must be a non-empty list of values in [0, 100]; got {list(percentiles)!r}.")
+    targets = _resolve_targets(model, x, targets)
+    cam = to_input_size(maps.to(x.device), x.shape[-2:])
+    original = class_scores(model, x, targets, score, batch_size, progress=False)
+    flat = cam.flatten(1).double()
+    out = {}
+    for name, ranked in (("road_morf", flat), ("road_lerf", 1 - flat)):
+        q = torch.tensor([float(p) / 100 for p in percentiles], dtype=flat.dtype, device=x.device)
+        thresholds = torch.quantile(ranked, q, dim=1).T  # [B, P], linear as numpy.percentile
+        keep = (ranked[:, None, :] < thresholds[:, :, None]).reshape(-1, *cam.shape[-2:])  # [B*P, H, W]
+        rows = torch.arange(len(x), device=x.device).repeat_interleave(len(percentiles))
+        imputed = torch.cat([
+            noisy_linear_impute(x[rows[i : i + batch_size]], keep[i : i + batch_size], noise, generator=generator, solver=solver)
+            for i in range(0, len(rows), batch_size)
+        ])
+        after = class_scores(model, imputed, targets[rows], score, batch_size, progress, desc=name)
+        out[name] = (after.reshape(len(x), len(percentiles)) - original[:, None]).mean(dim=1)
+    out["road_combined"] = (out["road_lerf"] - out["road_morf"]) / 2
+    return out
+
+
+# ---------------------------------------------------------------- confidence
+
+
+@metric
+def confidence(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    targets: Optional[Tensor] = None,
+    score: str = "softmax",
+    batch_size: int = 32,
+    progress: Optional[bool] = None,
+) -> dict[str, Tensor]:
+    """Scores of ``x * map`` against ``x`` (maps resized to the input, expected in [0, 1]):
+    ``average_drop`` = relu(s - s') / s (lower is better), ``increase_in_confidence`` =
+    [s' > s] (higher is better), ``drop_in_confidence`` = relu(s - s'),
+    ``confidence_change`` = s' - s."""
+    _check(x, maps, targets)
+    targets = _resolve_targets(model, x, targets)
+    cam = to_input_size(maps.to(x.device), x.shape[-2:])
+    before = class_scores(model, x, targets, score, batch_size, progress=False)
+    after = class_scores(model, cam[:, None].to(x.dtype) * x, targets, score, batch_size, progress, desc="confidence")
+    drop = torch.relu(before - after)
+    return {
+        "average_drop": drop / (before + 1e-7),
+        "increase_in_confidence": (after > before).float(),
+        "drop_in_confidence": drop,
+        "confidence_change": after - before,
+    }
+
+
+
+
+
+# ---------------------------------------------------------------- ARCC (pytorch-grad-cam 1.5.7)
+
+ARCC_PERCENTILES: tuple[int, ...] = (20, 40, 60, 80)
+
+
+@metric
+def arcc(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    targets: Optional[Tensor] = None,
+    explain: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+    percentiles: Sequence[float] = ARCC_PERCENTILES,
+    noise: float = 0.01,
+    batch_size: int = 32,
+    score: str = "logit",
+    generator: Optional[torch.Generator] = None,
+    solver: str = "auto",
+) -> dict[str, Tensor]:
+    """``{"arcc", "arcc_coherency", "arcc_complexity"}`` (pytorch-grad-cam's ``ARCC``): the
+    harmonic mean of coherency (``(pearson(explain(x * map), map) + 1) / 2``), 1 - complexity
+    (mean |map|, maps expected in [0, 1]) and ROAD combined (``2 * road_combined`` clipped
+    to [0, 1]) over ``percentiles``: higher is better for ARCC and coherency, lower for
+    complexity. Maps are taken at the input's size, as pytorch-grad-cam's are."""
+    _check(x, maps, targets)
+    if explain is None:
+        raise ValueError("arcc needs explain(x, targets) -> maps for its coherency; pass explain=.")
+    targets = _resolve_targets(model, x, targets)
+    cam = to_input_size(maps.to(x.device), x.shape[-2:])
+    complexity = cam.abs().flatten(1).mean(dim=1).double()
+    again = to_input_size(explain(x * cam[:, None].to(x.dtype), targets).detach().to(x.device), x.shape[-2:])
+    a, b = again.flatten(1).double(), cam.flatten(1).double()
+    a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
+    n = a.shape[1] - 1
+    rho = (a * b).sum(dim=1) / n / ((a.square().sum(dim=1) / n).sqrt() * (b.square().sum(dim=1) / n).sqrt() + 1e-8)
+    coherency = (rho + 1) / 2
+    combined = road(model, x, maps, targets, percentiles=percentiles, noise=noise, batch_size=batch_size, score=score,
+                    generator=generator, progress=False, solver=solver)["road_combined"].double()
+    road_term = (combined * 2).clamp(0, 1)
+    value = 3 / (1 / (coherency + 1e-8) + 1 / ((1 - complexity) + 1e-8) + 1 / (road_term + 1e-8))
+    return {"arcc": value.float(), "arcc_coherency": coherency.float(), "arcc_complexity": complexity.float()}
+
+
+register_group("deletion_insertion", deletion_insertion, {
+    "deletion": MetricSpec("deletion_insertion", "lower"),
+    "insertion": MetricSpec("deletion_insertion", "higher"),
+})
+register_group("road", road, {
+    "road_morf": MetricSpec("road", "lower"),
+    "road_lerf": MetricSpec("road", "higher"),
+    "road_combined": MetricSpec("road", "higher"),
+})
+register_group("confidence", confidence, {
+    "average_drop": MetricSpec("confidence", "lower"),
+    "increase_in_confidence": MetricSpec("confidence", "higher"),
+    "drop_in_confidence": MetricSpec("confidence", "lower"),
+    "confidence_change": MetricSpec("confidence", "higher"),
+})
+register_group("arcc", arcc, {
+    "arcc": MetricSpec("arcc", "higher", needs_explain=True),
+    "arcc_coherency": MetricSpec("arcc", "higher", needs_explain=True),
+    "arcc_complexity": MetricSpec("arcc", "lower", needs_explain=True),
+})

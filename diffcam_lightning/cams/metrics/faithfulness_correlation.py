@@ -1,0 +1,144 @@
+"""Faithfulness as a correlation, as Quantus 0.6 defines it: Faithfulness Correlation
+(Bhatt et al. 2020) and Monotonicity Correlation (Nguyen & Martinez 2020).
+
+Features are Quantus's (every channel value of every pixel, the map broadcast over the
+channels). The random draws (feature subsets, uniform fill values) come from a seeded
+``torch.Generator`` on the CPU, or are passed explicitly (``subsets=``, ``fills=``): the
+parity tests hand Quantus the same draws.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from .common import (
+    _check,
+    _positive,
+    _resolve_targets,
+    class_scores,
+    fill_values,
+    metric,
+    pearson,
+    scores_of_rows,
+)
+from .faithfulness_order import DEFAULT_STEPS, _features
+from .registry import MetricSpec, register_group
+from .sanity import spearman
+
+
+@metric
+def faithfulness_correlation(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    targets: Optional[Tensor] = None,
+    runs: int = 100,
+    subset_size: int = 224,
+    baseline: Union[str, float] = "black",
+    score: str = "logit",
+    seed: int = 0,
+    subsets: Optional[Tensor] = None,
+    batch_size: int = 32,
+    progress: Optional[bool] = None,
+) -> dict[str, Tensor]:
+    """``{"faithfulness_correlation": [B]}``: Pearson correlation, over ``runs`` random
+    subsets of ``subset_size`` features, between the map's sum over the subset and the drop
+    of the target score when the subset is replaced by ``baseline`` (higher is better).
+    ``subsets [B, runs, subset_size]`` (feature indices into ``C*H*W``) replaces the draws."""
+    _check(x, maps, targets)
+    targets = _resolve_targets(model, x, targets)
+    a = _features(x, maps)
+    n = a.shape[1]
+    if subsets is None:
+        runs, size = _positive("runs", runs), _positive("subset_size", subset_size)
+        if size > n:
+            raise ValueError(f"subset_size {size} exceeds the {n} features (C*H*W) of the input.")
+        generator = torch.Generator().manual_seed(int(seed))
+        subsets = torch.stack([torch.stack([torch.randperm(n, generator=generator)[:size] for _ in range(runs)])
+                               for _ in range(len(x))])
+    subsets = torch.as_tensor(subsets, device=x.device).long()
+    if subsets.dim() != 3 or subsets.shape[0] != len(x):
+        raise ValueError(f"subsets must be feature indices [B, runs, subset_size] with B = {len(x)}; got {tuple(subsets.shape)}.")
+    runs = subsets.shape[1]
+    fill, flat = fill_values(x, baseline), x.reshape(len(x), -1)
+
+    def build(start: int, stop: int) -> tuple[Tensor, Tensor]:
+        rows = torch.arange(start, stop, device=x.device)
+        sample, r = rows // runs, rows % runs
+        perturbed = flat[sample].clone()
+        perturbed.scatter_(1, subsets[sample, r], fill[sample, None].expand(-1, subsets.shape[2]).to(x.dtype))
+        return perturbed.reshape(-1, *x.shape[1:]), targets[sample]
+
+    original = class_scores(model, x, targets, score, batch_size, progress=False)
+    after = scores_of_rows(model, len(x) * runs, build, score, batch_size, progress, "faithfulness correlation")
+    deltas = original[:, None].double() - after.reshape(len(x), runs).double()
+    sums = a.double().gather(1, subsets.flatten(1)).reshape(len(x), runs, -1).sum(dim=2)
+    return {"faithfulness_correlation": pearson(sums, deltas).float()}
+
+
+@metric
+def monotonicity_correlation(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    targets: Optional[Tensor] = None,
+    features_in_step: Optional[int] = None,
+    samples: int = 100,
+    eps: float = 1e-5,
+    low: float = 0.0,
+    high: float = 1.0,
+    score: str = "softmax",
+    seed: int = 0,
+    fills: Optional[Tensor] = None,
+    batch_size: int = 32,
+    progress: Optional[bool] = None,
+) -> dict[str, Tensor]:
+    """``{"monotonicity_correlation": [B]}``: Spearman correlation between the map's |sum|
+    over each step of features (least relevant first, ``features_in_step`` at a time) and
+    the mean squared change of the target score, over ``samples`` draws, when that step
+    alone is replaced by one uniform value in ``[low, high)``, divided by the squared score
+    (higher is better). ``fills [B, steps, samples]`` replaces the uniform draws. Default
+    step: the channels of ``ceil(H*W / 20)`` pixels (Quantus's default 1 costs ``C*H*W *
+    samples`` forwards per image)."""
+    _check(x, maps, targets)
+    targets = _resolve_targets(model, x, targets)
+    a = _features(x, maps).abs().double()  # Quantus's abs=True
+    step = _positive("features_in_step", features_in_step) if features_in_step is not None else (
+        x.shape[1] * -(-x.shape[-2] * x.shape[-1] // DEFAULT_STEPS))
+    steps = math.ceil(a.shape[1] / step)
+    if fills is None:
+        samples = _positive("samples", samples)
+        generator = torch.Generator().manual_seed(int(seed))
+        fills = low + (high - low) * torch.rand(len(x), steps, samples, generator=generator, dtype=torch.float64)
+    fills = torch.as_tensor(fills, device=x.device)
+    if tuple(fills.shape[:2]) != (len(x), steps) or fills.dim() != 3:
+        raise ValueError(f"fills must be [B, steps, samples] = [{len(x)}, {steps}, samples]; got {tuple(fills.shape)}.")
+    samples = fills.shape[2]
+    step_of = torch.empty_like(a, dtype=torch.long)
+    order = torch.argsort(a, dim=1, stable=True)
+    step_of.scatter_(1, order, (torch.arange(a.shape[1], device=x.device) // step).expand_as(order))
+    flat = x.reshape(len(x), -1)
+
+    def build(start: int, stop: int) -> tuple[Tensor, Tensor]:
+        rows = torch.arange(start, stop, device=x.device)
+        sample, k, s = rows // (steps * samples), rows // samples % steps, rows % samples
+        removed = step_of[sample] == k[:, None]
+        value = fills[sample, k, s].to(x.dtype)[:, None]
+        return torch.where(removed, value, flat[sample]).reshape(-1, *x.shape[1:]), targets[sample]
+
+    original = class_scores(model, x, targets, score, batch_size, progress=False).double()
+    after = scores_of_rows(model, len(x) * steps * samples, build, score, batch_size, progress, "monotonicity correlation")
+    inverse = torch.where(original.abs() >= eps, 1 / original.abs(), torch.ones_like(original)) ** 2
+    variance = ((after.double().reshape(len(x), steps, samples) - original[:, None, None]) ** 2).mean(dim=2) * inverse[:, None]
+    sums = torch.zeros(len(x), steps, dtype=torch.float64, device=x.device).scatter_add_(1, step_of, a)
+    return {"monotonicity_correlation": spearman(sums, variance)}
+
+
+register_group("faithfulness_correlation", faithfulness_correlation,
+               {"faithfulness_correlation": MetricSpec("faithfulness_correlation", "higher")})
+register_group("monotonicity_correlation", monotonicity_correlation,
+               {"monotonicity_correlation": MetricSpec("monotonicity_correlation", "higher")})

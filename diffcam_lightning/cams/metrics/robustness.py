@@ -1,0 +1,118 @@
+"""Robustness of the maps to small input noise, as Quantus 0.6 defines it: Max-Sensitivity
+(Yeh et al. 2019) and the Local Lipschitz Estimate (Alvarez-Melis & Jaakkola 2018). Both
+re-explain noisy copies of the input (``explain(x, targets) -> maps``, which ``CAMAudit``
+and the report pass from their engine), ``batch_size`` copies per call, and keep the
+largest change over ``samples`` draws (lower is better). The noise comes from a seeded
+``torch.Generator`` on the CPU, or ``draws [samples, B, C, H, W]`` (the parity tests hand
+Quantus the same draws).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .common import (
+    _check,
+    _positive,
+    _progress,
+    _resolve_targets,
+    metric,
+    normalise_by_max,
+    to_input_size,
+)
+from .registry import MetricSpec, register_group
+
+Explain = Callable[[Tensor, Tensor], Tensor]
+Draw = Callable[[torch.Generator, tuple[int, ...]], Tensor]
+
+
+def _noise(x: Tensor, samples: int, seed: int, noise: Optional[Tensor], draw: Draw) -> Tensor:
+    if noise is None:
+        noise = draw(torch.Generator().manual_seed(int(seed)), (_positive("samples", samples), *x.shape))
+    noise = torch.as_tensor(noise, device=x.device, dtype=x.dtype)
+    if noise.dim() != 5 or tuple(noise.shape[1:]) != tuple(x.shape):
+        raise ValueError(f"draws must be [samples, B, C, H, W] with [B, C, H, W] = {tuple(x.shape)}; got {tuple(noise.shape)}.")
+    return noise
+
+
+def _explained_noisy(
+    x: Tensor, targets: Tensor, noise: Tensor, explain: Explain, batch_size: int, progress: Optional[bool], desc: str,
+) -> Tensor:
+    """Maps of every noisy copy ``x + noise[s]`` at the input's size, flattened: ``[samples, B, H*W]``."""
+    noisy = (x[None] + noise).reshape(-1, *x.shape[1:])
+    rows = targets.repeat(noise.shape[0])
+    step = _positive("batch_size", batch_size)
+    out = []
+    with _progress(-(-len(noisy) // step), progress, desc) as bar:
+        for start in range(0, len(noisy), step):
+            maps = explain(noisy[start : start + step], rows[start : start + step]).detach()
+            out.append(to_input_size(maps.to(x.device), x.shape[-2:]).flatten(1).double())
+            bar.update(1)
+    return torch.cat(out).reshape(noise.shape[0], len(x), -1)
+
+
+@metric
+def max_sensitivity(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    targets: Optional[Tensor] = None,
+    explain: Optional[Explain] = None,
+    samples: int = 200,
+    radius: float = 0.2,
+    seed: int = 0,
+    draws: Optional[Tensor] = None,
+    batch_size: int = 32,
+    progress: Optional[bool] = None,
+) -> dict[str, Tensor]:
+    """``{"max_sensitivity": [B]}``: the largest ``||map(x + u) - map(x)|| / ||map(x)||``
+    (Frobenius, maps at the input's size, not normalised: Quantus's default) over
+    ``samples`` draws of ``u ~ U(-radius, radius)`` on every input value."""
+    _check(x, maps, targets)
+    if explain is None:
+        raise ValueError("max_sensitivity needs explain(x, targets) -> maps; pass explain=.")
+    targets = _resolve_targets(model, x, targets)
+    noise = _noise(x, samples, seed, draws, lambda g, shape: (torch.rand(shape, generator=g) * 2 - 1) * radius)
+    a = to_input_size(maps.to(x.device), x.shape[-2:]).flatten(1).double()
+    noisy = _explained_noisy(x, targets, noise, explain, batch_size, progress, "max-sensitivity")
+    ratio = (noisy - a[None]).norm(dim=2) / a.norm(dim=1)[None]
+    return {"max_sensitivity": ratio.amax(dim=0).float()}
+
+
+@metric
+def local_lipschitz_estimate(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    targets: Optional[Tensor] = None,
+    explain: Optional[Explain] = None,
+    samples: int = 200,
+    mean: float = 0.0,
+    std: float = 0.1,
+    seed: int = 0,
+    draws: Optional[Tensor] = None,
+    batch_size: int = 32,
+    progress: Optional[bool] = None,
+) -> dict[str, Tensor]:
+    """``{"local_lipschitz_estimate": [B]}``: the largest ``||m(x + n) - m(x)|| / ||n||``
+    (Euclidean; ``m`` = the map at the input's size divided by its max, as Quantus
+    normalises) over ``samples`` draws of ``n ~ N(mean, std)`` on every input value."""
+    _check(x, maps, targets)
+    if explain is None:
+        raise ValueError("local_lipschitz_estimate needs explain(x, targets) -> maps; pass explain=.")
+    targets = _resolve_targets(model, x, targets)
+    noise = _noise(x, samples, seed, draws, lambda g, shape: mean + std * torch.randn(shape, generator=g))
+    a = normalise_by_max(to_input_size(maps.to(x.device), x.shape[-2:]).flatten(1).double())
+    noisy = normalise_by_max(_explained_noisy(x, targets, noise, explain, batch_size, progress, "local lipschitz").flatten(0, 1))
+    noisy = noisy.reshape(noise.shape[0], len(x), -1)
+    ratio = (noisy - a[None]).norm(dim=2) / (noise.double().flatten(2).norm(dim=2) + 1e-10)
+    return {"local_lipschitz_estimate": ratio.amax(dim=0).float()}
+
+
+register_group("max_sensitivity", max_sensitivity, {
+    "max_sensitivity": MetricSpec("max_sensitivity", "lower", family="robustness", needs_explain=True)})
+register_group("local_lipschitz_estimate", local_lipschitz_estimate, {
+    "local_lipschitz_estimate": MetricSpec("local_lipschitz_estimate", "lower", family="robustness", needs_explain=True)})
