@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..cams.modes import eval_mode
+
 
 def capture_rng() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
@@ -52,13 +54,9 @@ def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
 @contextlib.contextmanager
 def audit_guard(module: nn.Module, device: torch.device) -> Iterator[None]:
     """Eval mode + grad on + autocast off inside; modes and RNG states restored on exit."""
-    modes = [(m, m.training) for m in module.modules()]
     rng = capture_rng()
     try:
-        module.eval()
-        with torch.inference_mode(False), torch.enable_grad(), _no_autocast(device):
+        with eval_mode(module), torch.inference_mode(False), torch.enable_grad(), _no_autocast(device):
             yield
     finally:
-        for m, training in modes:
-            m.training = training
         restore_rng(rng)

@@ -14,16 +14,26 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from .coupling import COUPLING_POLICIES, CouplingProbe, check_policy, coupling_message, per_image_gradients
-from .layers import LayerSpec, resolve_layer, reused_layer_error
+from .coupling import (
+    COUPLING_POLICIES,
+    CouplingProbe,
+    check_policy,
+    coupling_message,
+    per_image_gradients,
+    typed_modules,
+)
+from .layers import LayerSpec, resolve_layer, reused_layer_error, zero_gradient_error
 from .layouts import Layout, LayoutHints, LayoutSpec, model_hints, resolve_layout
 from .methods import CAMContext, CAMMethod, get_method
+from .modes import eval_mode, preserved_buffers
 from .outputs import OutputKey, classifier_width, logits_of
 from .postprocess import SizeSpec, postprocess, resolve_size
 from .targets import BACKPROP_TARGETS
@@ -54,8 +64,10 @@ class CAMEngine:
 
     ``engine(x, targets=None, methods=("gradcam",), size=None, normalize=True,
     create_graph=False)`` returns ``{method: Tensor[B, h, w]}`` (float32, on x's device).
-    The model's train/eval mode, its parameters' ``.grad`` and its hooks are left as
-    they were; the call works under ``torch.no_grad`` and ``torch.inference_mode``.
+    Every submodule's train/eval flag, its parameters' ``.grad`` and its hooks are left as
+    they were, and so are BatchNorm statistics unless ``create_graph`` (a training forward);
+    ScoreCAM and AblationCAM run their extra forwards in eval mode. The call works under
+    ``torch.no_grad`` and ``torch.inference_mode``; see docs/guarantees.md.
     ``batch_coupling``: when a layer after the target mixes the batch (train-mode
     BatchNorm), ``"exact"`` takes one VJP row per image, ``"batched"`` one shared VJP;
     both warn once (see ``coupling.py``).
@@ -127,7 +139,10 @@ class CAMEngine:
         _check_input(x)
         chosen = _resolve_methods(methods)
         out_size = resolve_size(size, tuple(x.shape[-2:]))
-        with torch.inference_mode(False), torch.enable_grad():
+        # an explanation (no create_graph) leaves train-mode BatchNorm statistics as they were
+        # (restored after the backward pass, which reads them)
+        keep = nullcontext() if create_graph else preserved_buffers(_updating_norms(self.model))
+        with keep, torch.inference_mode(False), torch.enable_grad():
             if x.is_inference():
                 x = x.clone()
             if self._layer is None:
@@ -141,6 +156,9 @@ class CAMEngine:
             targets = _check_targets(targets, logits, chosen)
             gradients = self._gradients(logits, raw, targets, chosen, create_graph, per_image)
             activations, gradients = _to_nchw(layout, name, raw, gradients)
+            # the map's own positions (prefix tokens dropped) get no gradient: every map would be blank
+            if gradients and not create_graph and not any(bool(g.any()) for g in gradients.values()):
+                raise zero_gradient_error(self.model, name)
             # float32 maps even under autocast: einsum/matmul would otherwise run in bf16/fp16
             with torch.set_grad_enabled(create_graph), torch.autocast(x.device.type, enabled=False):
                 ctx = CAMContext(
@@ -155,9 +173,13 @@ class CAMEngine:
                     raw_activations=raw.detach(),
                 )
                 maps = {}
-                for method in chosen:
-                    ctx.backprop = method.backprop
-                    maps[method.name] = postprocess(method.compute(ctx), out_size, normalize)
+                # methods that run the model again (ScoreCAM, AblationCAM) do so in eval mode:
+                # no BatchNorm update, no dropout; every submodule's flag restored after
+                rerun = eval_mode(self.model) if any(m.backprop is None for m in chosen) else nullcontext()
+                with rerun:
+                    for method in chosen:
+                        ctx.backprop = method.backprop
+                        maps[method.name] = postprocess(method.compute(ctx), out_size, normalize)
         if not create_graph:
             logits = logits.detach()
         grid = (int(activations.shape[-2]), int(activations.shape[-1]))
@@ -240,6 +262,11 @@ class CAMEngine:
 
     def __repr__(self) -> str:
         return f"CAMEngine(model={type(self.model).__name__}, target_layer={self.target_layer!r})"
+
+
+def _updating_norms(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorms whose running statistics a forward would update now (train mode)."""
+    return [m for _, m, _ in typed_modules(model) if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
 
 
 def _check_input(x: Tensor) -> None:

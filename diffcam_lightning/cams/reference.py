@@ -9,6 +9,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from .modes import preserved_grads, preserved_modes
 from .targets import beta
 
 # our method name -> (pytorch-grad-cam class name, DiffGradCAM baseline or None for y_c)
@@ -63,7 +64,8 @@ def reference_cam(
     its masked inputs in batches of ``scorecam_batch_size`` (its default is 16; ours is
     32: comparisons use the same size).
 
-    Note that pytorch-grad-cam calls ``model.eval()`` and never restores the mode.
+    pytorch-grad-cam calls ``model.eval()`` and backpropagates into ``.grad``; every
+    submodule's mode and every parameter's ``.grad`` are restored here afterwards.
     """
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -72,6 +74,7 @@ def reference_cam(
         raise ValueError(f"No pytorch-grad-cam reference for {method!r}; valid: {', '.join(REFERENCE_METHODS)}.")
     class_name, kind = REFERENCE_METHODS[method]
     cam_targets = [ClassifierOutputTarget(int(t)) if kind is None else DiffTarget(t, kind) for t in targets]
-    with getattr(pytorch_grad_cam, class_name)(model, target_layers=[layer], reshape_transform=reshape_transform) as cam:
-        cam.batch_size = scorecam_batch_size  # read by its ScoreCAM only
-        return cam(x, targets=cam_targets)
+    with preserved_modes(model), preserved_grads(model):
+        with getattr(pytorch_grad_cam, class_name)(model, target_layers=[layer], reshape_transform=reshape_transform) as cam:
+            cam.batch_size = scorecam_batch_size  # read by its ScoreCAM only
+            return cam(x, targets=cam_targets)
