@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .decode import decode
 from .transforms import PairedTransform
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -42,8 +43,8 @@ def _open(path: Path, mode: str, where: str, what: str) -> Image.Image:
         raise DataError(f"Missing {what} file {str(path)!r} ({where}).")
     try:
         with Image.open(path) as img:
-            return img.convert(mode)
-    except (UnidentifiedImageError, OSError) as err:
+            return decode(img, mode)  # the picture a viewer shows (16-bit, alpha, EXIF: decode.py)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
         raise DataError(f"Cannot read {what} file {str(path)!r} ({where}): {err}") from err
 
 
@@ -128,7 +129,7 @@ def read_manifest(path: Path) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Missing manifest file {str(path)!r}.")
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # Excel's "CSV UTF-8" starts with a BOM
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
