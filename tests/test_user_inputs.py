@@ -149,3 +149,48 @@ def test_manifests_saved_with_a_byte_order_mark_are_read(tmp_path):
     assert read_manifest(tmp_path / "m.csv") == [{"image": "a.png", "label": "cat", "saliency": ""}]
     items = collect_images([str(tmp_path / "m.csv")])
     assert [(item.path.name, item.label) for item in items] == [("a.png", "cat")]
+
+
+# ---------------------------------------------------------------- item 14: class names of a checkpoint
+
+
+def _named_checkpoint(path, names, arch="resnet10t"):
+    from diffcam_lightning.report.sources import load_model as _load
+    from diffcam_lightning.report import ModelSource as _Source
+
+    state = _load(_Source(arch), len(names)).state_dict()
+    hparams = {"model_name": arch, "num_classes": len(names), "class_names": list(names)}
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}, "hyper_parameters": hparams}, path)
+    return path
+
+
+def _class_folder(root, names):
+    for name in names:
+        (root / name).mkdir(parents=True)
+        Image.new("RGB", (12, 12), (40, 80, 120)).save(root / name / "a.png")
+    return root
+
+
+@pytest.mark.parametrize("folder", [["cat", "dog", "fox"], ["ant", "bee", "fly"]])
+def test_a_checkpoint_is_not_scored_on_a_folder_with_other_class_names(tmp_path, folder):
+    from diffcam_lightning.report import ArchitectureSpec, DataSpec, ModelSource, ReportOptions, run_report
+
+    ckpt = _named_checkpoint(tmp_path / "named.ckpt", ["cat", "fox", "dog"])  # same count, other order
+    options = ReportOptions(
+        models=[ArchitectureSpec(clean=ModelSource(checkpoint=str(ckpt)), name="n")],
+        output_dir=str(tmp_path / "out"),
+        data=DataSpec(source="folder", root=str(_class_folder(tmp_path / "data", folder)), samples_per_class=1, image_size=32),
+        methods=["gradcam"],
+    )
+    with pytest.raises(ValueError, match=r"named\.ckpt was trained on classes \['cat', 'fox', 'dog'\] but the data's "
+                                         rf"classes are \['{folder[0]}', '{folder[1]}', '{folder[2]}'\].*first difference at label"):
+        run_report(options, {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False})
+
+
+def test_a_checkpoint_with_the_datas_class_names_loads():
+    from diffcam_lightning.report.sources import _check_class_names
+
+    _check_class_names(["a", "b"], ["a", "b"], "x")
+    _check_class_names(["a", "b"], None, "x")  # index labels name nothing
+    with pytest.raises(ValueError, match=r"\['b', 'a'\] but the data's classes are \['a', 'b'\]"):
+        _check_class_names(["b", "a"], ["a", "b"], "x")
