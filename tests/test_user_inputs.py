@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lightning.pytorch.loggers import Logger
 
 from diffcam_lightning.audit import AuditSet, BatchKeys, split_batch
 
@@ -194,3 +195,36 @@ def test_a_checkpoint_with_the_datas_class_names_loads():
     _check_class_names(["a", "b"], None, "x")  # index labels name nothing
     with pytest.raises(ValueError, match=r"\['b', 'a'\] but the data's classes are \['a', 'b'\]"):
         _check_class_names(["b", "a"], ["a", "b"], "x")
+
+
+# ---------------------------------------------------------------- item 10: a logger without a folder
+
+
+class MetricsOnlyLogger(Logger):
+    """A user's logger that keeps metrics in memory: no log_dir, no save_dir, no image API."""
+
+    name, version = "memory", 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics: list[dict] = []
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.metrics.append(dict(metrics))
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+
+def test_audit_pictures_of_a_logger_without_a_folder_go_to_the_root_dir_with_a_word(tmp_path):
+    from diffcam_lightning import CAMAudit
+    from test_audit import UserNet, loaders, quiet_trainer
+
+    logger = MetricsOnlyLogger()
+    assert getattr(logger, "log_dir", None) is None and getattr(logger, "save_dir", None) is None
+    train, val = loaders(saliency=True)
+    trainer = quiet_trainer(tmp_path / "root", logger=logger, callbacks=[CAMAudit(audit_size=6, grid_images=2)], max_epochs=1)
+    with pytest.warns(UserWarning, match=r"MetricsOnlyLogger logger has neither log_dir nor save_dir.*root/cam_audit"):
+        trainer.fit(UserNet(), train, val)
+    assert [p.name for p in (tmp_path / "root" / "cam_audit").glob("*.png")] == ["epoch=0-step=3.png"]  # old: none
+    assert any(k.startswith("cam_audit/") for m in logger.metrics for k in m)
