@@ -228,3 +228,31 @@ def test_audit_pictures_of_a_logger_without_a_folder_go_to_the_root_dir_with_a_w
         trainer.fit(UserNet(), train, val)
     assert [p.name for p in (tmp_path / "root" / "cam_audit").glob("*.png")] == ["epoch=0-step=3.png"]  # old: none
     assert any(k.startswith("cam_audit/") for m in logger.metrics for k in m)
+
+
+# ---------------------------------------------------------------- item 11: a second explain run
+
+
+def test_a_second_explain_into_the_same_folder_is_refused_or_replaces_the_first(tmp_path, capsys):
+    from diffcam_lightning.cli import main
+
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu"]
+    for name, colour in (("red", (200, 0, 0)), ("blue", (0, 0, 200)), ("green", (0, 200, 0))):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (40, 30), colour).save(tmp_path / name / f"{name}.png")
+    out = tmp_path / "out"
+
+    def explain(folder: str, *extra: str) -> None:
+        main(["explain", "--output_dir", str(out), *quiet, "--model", "timm:test_resnet", "--image_size", "32",
+              "--methods", "gradcam", "--images", str(tmp_path / folder), *extra])
+
+    explain("red")
+    with pytest.raises(SystemExit):
+        explain("blue")
+    err = capsys.readouterr().err
+    assert "is not empty (images, maps, predictions.csv, report.md)" in err and "--overwrite" in err
+    (out / "notes.txt").write_text("mine")  # a user's own file is not a previous run's output
+    explain("green", "--overwrite")
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["00000_green.png"]  # old: 00000_red.png too
+    assert sorted(p.name for p in (out / "maps").iterdir()) == ["00000_green.npz"]
+    assert (out / "notes.txt").read_text() == "mine"
