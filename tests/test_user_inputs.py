@@ -189,12 +189,29 @@ def test_a_checkpoint_is_not_scored_on_a_folder_with_other_class_names(tmp_path,
 
 
 def test_a_checkpoint_with_the_datas_class_names_loads():
-    from diffcam_lightning.report.sources import _check_class_names
+    from diffcam_lightning.models.checkpoints import check_class_names
 
-    _check_class_names(["a", "b"], ["a", "b"], "x")
-    _check_class_names(["a", "b"], None, "x")  # index labels name nothing
+    check_class_names(["a", "b"], ["a", "b"], "x")
+    check_class_names(["a", "b"], None, "x")  # index labels name nothing
     with pytest.raises(ValueError, match=r"\['b', 'a'\] but the data's classes are \['a', 'b'\]"):
-        _check_class_names(["b", "a"], ["a", "b"], "x")
+        check_class_names(["b", "a"], ["a", "b"], "x")
+
+
+def test_cli_ckpt_path_refuses_data_with_other_class_names(tmp_path):
+    """``diffcam test --ckpt_path``: the data module's classes become the model's
+    class_names; a checkpoint trained on other names (same count) is refused before it loads."""
+    from diffcam_lightning import SaliencyClassifier
+    from diffcam_lightning.errors import CheckpointError
+    from diffcam_lightning.models.checkpoints import check_checkpoint_fits
+
+    trained = SaliencyClassifier(num_classes=3, class_names=["ant", "bee", "fly"])
+    torch.save({"state_dict": trained.state_dict(), "pytorch-lightning_version": "2.6.6",
+                "hyper_parameters": dict(trained.hparams), "diffcam": {"class_names": ["ant", "bee", "fly"]}},
+               tmp_path / "insects.ckpt")
+    check_checkpoint_fits(tmp_path / "insects.ckpt", SaliencyClassifier(num_classes=3, class_names=["ant", "bee", "fly"]))
+    check_checkpoint_fits(tmp_path / "insects.ckpt", SaliencyClassifier(num_classes=3))  # data without names
+    with pytest.raises(CheckpointError, match=r"insects\.ckpt.*\['ant', 'bee', 'fly'\].*\['ant', 'fly', 'bee'\]"):
+        check_checkpoint_fits(tmp_path / "insects.ckpt", SaliencyClassifier(num_classes=3, class_names=["ant", "fly", "bee"]))
 
 
 # ---------------------------------------------------------------- item 10: a logger without a folder

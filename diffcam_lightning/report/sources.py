@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 from torch import nn
 
 from ..models.backbones import read_checkpoint
+from ..models.checkpoints import check_class_names
 from ..models.sources import LoadedModel, checkpoint_hparams, model_from_checkpoint, source_kind
 from ..models.sources import load_model as resolve_source
 from ..saliency import PAPER_ENTROPY
@@ -87,7 +88,7 @@ def resolve(source: ModelSource, num_classes: int, class_names: Optional[Sequenc
         if isinstance(stored, str) and _base(stored) != _base(source.arch):
             raise ValueError(f"Checkpoint {source.checkpoint} holds a {stored} model, not {source.arch}.")
         _check_classes(loaded, num_classes, f"Checkpoint {source.checkpoint}")
-        _check_class_names(loaded.class_names, class_names, f"Checkpoint {source.checkpoint}")
+        check_class_names(loaded.class_names, class_names, f"Checkpoint {source.checkpoint}")
     elif source.weights or source.pretrained:
         if source.weights and not Path(source.weights).expanduser().is_file():
             raise FileNotFoundError(f"Weights file not found: {source.weights}")
@@ -121,27 +122,6 @@ def _check_classes(loaded: LoadedModel, num_classes: int, where: str) -> None:
             "a report needs the model's own classifier (use data with the model's classes; "
             "does the checkpoint's class count match the data's?)."
         )
-
-
-def _check_class_names(trained: Optional[Sequence[str]], data: Optional[Sequence[str]], where: str) -> None:
-    """Same count is not enough: other names, or the same names in another order, would
-    score every image against a permuted label."""
-    if not trained or not data or list(trained) == list(data):
-        return
-    if len(trained) != len(data):
-        return  # a count mismatch is _check_classes' error
-    first = next(i for i, (a, b) in enumerate(zip(trained, data)) if a != b)
-    raise ValueError(
-        f"{where} was trained on classes {_listed(trained)} but the data's classes are {_listed(data)} "
-        f"(first difference at label {first}: {trained[first]!r} vs {data[first]!r}); its labels would be "
-        "scored against other classes. Use data with the checkpoint's classes in its order (a folder's classes "
-        "are its sorted subfolder names)."
-    )
-
-
-def _listed(names: Sequence[str], limit: int = 20) -> str:
-    shown = ", ".join(map(repr, names[:limit]))
-    return f"[{shown}{f', ... ({len(names)} in all)' if len(names) > limit else ''}]"
 
 
 def _states_network(checkpoint: dict) -> bool:
