@@ -95,6 +95,22 @@ def assert_untouched(model: nn.Module, before: dict) -> None:
         assert torch.equal(value, after["buffers"][name]), name
 
 
+def test_an_explanation_of_a_train_mode_dropout_model_leaves_the_random_generators_as_they_were():
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(6, 3)
+    ).train()  # mid-fit: dropout draws a mask in every forward
+    engine, x = CAMEngine(model, "0"), torch.randn(2, 3, 8, 8)
+    state = torch.get_rng_state()
+    expected = torch.rand(4)
+    torch.set_rng_state(state)
+    engine(x, methods=("gradcam", "scorecam"))  # old: the dropout mask moved the generator
+    assert torch.equal(torch.rand(4), expected)
+    torch.set_rng_state(state)
+    engine.compute(x, methods="gradcam", create_graph=True)  # a training forward draws, as model(x) does
+    assert not torch.equal(torch.rand(4), expected)
+
+
 def test_layer_search_restores_every_submodule_mode():
     model = mixed_model()
     before = snapshot(model)
@@ -188,6 +204,9 @@ def _timm(name: str, **kwargs) -> nn.Module:
         ("beit_base_patch16_224", dict(img_size=32, embed_dim=32, num_heads=2, global_pool="token")),
         ("vit_relpos_small_patch16_224", dict(img_size=32, embed_dim=32, num_heads=2, global_pool="token", class_token=True)),
         ("vit_base_patch16_rope_reg1_gap_256", dict(img_size=32, embed_dim=32, num_heads=2, global_pool="token", class_token=True)),
+        # the class token joins after the patch-only blocks: no prefix token at the layer
+        ("cait_xxs24_224", dict(img_size=32)),
+        ("xcit_nano_12_p16_224", dict(img_size=32)),
     ],
 )
 def test_class_token_heads_get_the_last_blocks_first_norm(name, kwargs):

@@ -33,7 +33,7 @@ from .coupling import (
 from .layers import LayerSpec, resolve_layer, reused_layer_error, zero_gradient_error
 from .layouts import Layout, LayoutHints, LayoutSpec, model_hints, resolve_layout
 from .methods import CAMContext, CAMMethod, get_method
-from .modes import eval_mode, preserved_buffers
+from .modes import eval_mode, preserved_buffers, preserved_rng
 from .outputs import OutputKey, classifier_width, logits_of
 from .postprocess import SizeSpec, postprocess, resolve_size
 from .targets import BACKPROP_TARGETS
@@ -65,7 +65,8 @@ class CAMEngine:
     ``engine(x, targets=None, methods=("gradcam",), size=None, normalize=True,
     create_graph=False)`` returns ``{method: Tensor[B, h, w]}`` (float32, on x's device).
     Every submodule's train/eval flag, its parameters' ``.grad`` and its hooks are left as
-    they were, and so are BatchNorm statistics unless ``create_graph`` (a training forward);
+    they were, and so are BatchNorm statistics and the random generators unless
+    ``create_graph`` (a training forward);
     ScoreCAM and AblationCAM run their extra forwards in eval mode. The call works under
     ``torch.no_grad`` and ``torch.inference_mode``; see docs/guarantees.md.
     ``batch_coupling``: when a layer after the target mixes the batch (train-mode
@@ -141,8 +142,10 @@ class CAMEngine:
         out_size = resolve_size(size, tuple(x.shape[-2:]))
         # an explanation (no create_graph) leaves train-mode BatchNorm statistics as they were
         # (restored after the backward pass, which reads them)
+        # and every random generator (a train-mode dropout's masks draw from them)
         keep = nullcontext() if create_graph else preserved_buffers(_updating_norms(self.model))
-        with keep, torch.inference_mode(False), torch.enable_grad():
+        rng = nullcontext() if create_graph else preserved_rng()
+        with keep, rng, torch.inference_mode(False), torch.enable_grad():
             if x.is_inference():
                 x = x.clone()
             if self._layer is None:

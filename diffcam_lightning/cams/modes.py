@@ -1,4 +1,5 @@
-"""Every submodule's train/eval flag, saved and restored one by one.
+"""What a call must leave as it found it: every submodule's train/eval flag (saved and
+restored one by one), parameters' ``.grad``, buffers, and the random generators.
 
 ``model.train(flag)`` sets every submodule to one flag: a train-mode wrapper around a
 frozen (eval-mode) backbone would come back with the backbone in train mode, its
@@ -9,8 +10,10 @@ submodule's own flag instead (as torchcam does).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator
+import random
+from typing import Any, Iterable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -58,3 +61,29 @@ def preserved_buffers(modules: Iterable[nn.Module]) -> Iterator[None]:
         with torch.no_grad():
             for buf, value in saved:
                 buf.copy_(value)
+
+
+def capture_rng() -> dict[str, Any]:
+    """The torch, CUDA (when initialised), numpy and ``random`` generator states."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["random"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Random numbers drawn inside (a train-mode dropout's masks) leave every generator as before."""
+    state = capture_rng()
+    try:
+        yield
+    finally:
+        restore_rng(state)
