@@ -228,3 +228,33 @@ def test_an_all_zero_gradient_is_an_error_naming_the_layer_and_a_better_one():
         engine(torch.randn(2, 3, 32, 32), methods="gradcam")
     # gradient-free methods need no gradient and still work there
     assert engine(torch.randn(2, 3, 32, 32), methods="eigencam")["eigencam"].shape == (2, 2, 2)
+
+
+def _hf(kind: str):
+    transformers = pytest.importorskip("transformers")
+    vit = dict(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+               intermediate_size=32, num_labels=3)
+    towers = dict(vision_config={k: v for k, v in vit.items() if k != "num_labels"},
+                  text_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    torch.manual_seed(0)
+    return {
+        "beit": lambda: transformers.BeitForImageClassification(transformers.BeitConfig(use_mean_pooling=False, **vit)),
+        "data2vec": lambda: transformers.Data2VecVisionForImageClassification(transformers.Data2VecVisionConfig(**vit)),
+        "dinov2": lambda: transformers.Dinov2ForImageClassification(transformers.Dinov2Config(**vit)),
+        "clip": lambda: transformers.CLIPForImageClassification(transformers.CLIPConfig(num_labels=3, **towers)),
+        "swin": lambda: transformers.SwinForImageClassification(transformers.SwinConfig(
+            image_size=32, patch_size=8, embed_dim=8, depths=[1], num_heads=[1], window_size=2, num_labels=3)),
+    }[kind]().eval()
+
+
+@pytest.mark.parametrize("kind, layer", [
+    ("beit", ".1.layernorm_before"), ("data2vec", ".1.layernorm_before"), ("dinov2", ".1.norm1"),
+    ("clip", "layers.1.layer_norm1"), ("swin", "swin.layernorm"),
+])
+def test_hugging_face_vit_families_get_a_token_layer_automatically(kind, layer):
+    """Refused before (their last spatial map is the patch embedding): each family's layer."""
+    engine = CAMEngine(_hf(kind))
+    result = engine.compute(torch.randn(2, 3, 32, 32), methods=("gradcam", "hirescam"))
+    assert result.layer.endswith(layer) and result.grid == (4, 4)
+    for cam in result.maps.values():
+        assert (cam.flatten(1).amax(dim=1) > 0).all()

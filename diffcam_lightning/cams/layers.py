@@ -40,6 +40,15 @@ KNOWN_LAYERS: dict[str, tuple[str, ...]] = {
     "ViTForImageClassification": ("vit.encoder.layer.-1.layernorm_before", "vit.layers.-1.layernorm_before"),
     "DeiTForImageClassification": ("deit.encoder.layer.-1.layernorm_before", "deit.layers.-1.layernorm_before"),
     "DeiTForImageClassificationWithTeacher": ("deit.encoder.layer.-1.layernorm_before", "deit.layers.-1.layernorm_before"),
+    # Hugging Face's other ViT families (class token or mean pooled: the last block's first norm)
+    "BeitForImageClassification": ("beit.encoder.layer.-1.layernorm_before", "beit.layers.-1.layernorm_before"),
+    "Data2VecVisionForImageClassification": (
+        "data2vec_vision.encoder.layer.-1.layernorm_before", "data2vec_vision.layers.-1.layernorm_before"
+    ),
+    "Dinov2ForImageClassification": ("dinov2.encoder.layer.-1.norm1", "dinov2.layers.-1.norm1"),
+    "CLIPForImageClassification": ("vision_model.encoder.layers.-1.layer_norm1",),
+    "SiglipForImageClassification": ("vision_model.encoder.layers.-1.layer_norm1",),
+    "SwinForImageClassification": ("swin.layernorm",),  # mean pooled patch tokens, no prefix
 }
 
 # a timm model's ``global_pool`` -> candidate layers. A class-token head ("token") reads only
