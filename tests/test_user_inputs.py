@@ -273,3 +273,41 @@ def test_a_second_explain_into_the_same_folder_is_refused_or_replaces_the_first(
     assert sorted(p.name for p in (out / "images").iterdir()) == ["00000_green.png"]  # old: 00000_red.png too
     assert sorted(p.name for p in (out / "maps").iterdir()) == ["00000_green.npz"]
     assert (out / "notes.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------- review: folders a user brings
+
+
+def _folder_dataset(root):
+    from diffcam_lightning.data.files import SaliencyImageDataset, folder_classes, scan_folder
+    from diffcam_lightning.data.transforms import PairedTransform
+
+    config = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0, "interpolation": "bilinear"}
+    classes = folder_classes(root / "images")
+    samples = scan_folder(root / "images", classes, root / "maps")
+    return SaliencyImageDataset(samples, classes, PairedTransform(config))
+
+
+def test_hidden_copies_inside_class_folders_are_not_extra_samples(tmp_path):
+    from diffcam_lightning.explain.inputs import collect_images
+
+    for folder in ("images/cat", "images/cat/.ipynb_checkpoints", "maps/cat"):
+        (tmp_path / folder).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "images/cat/a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "images/cat/.ipynb_checkpoints/a-checkpoint.png")
+    (tmp_path / "images/cat/._a.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    assert [s.image.name for s in _folder_dataset(tmp_path).samples] == ["a.png"]  # old: 3 samples, one unreadable
+    assert [i.path.name for i in collect_images([str(tmp_path / "images")])] == ["a.png"]
+
+
+def test_a_saliency_map_in_the_unrotated_orientation_of_an_exif_rotated_photo_is_refused(tmp_path):
+    (tmp_path / "images/cat").mkdir(parents=True)
+    (tmp_path / "maps/cat").mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned: 20 x 40 on screen
+    Image.new("RGB", (40, 20), (90, 90, 90)).save(tmp_path / "images/cat/phone.jpg", exif=exif)
+    Image.new("L", (40, 20), 255).save(tmp_path / "maps/cat/phone.png")  # drawn on the raw 40 x 20 pixels
+    with pytest.raises(DataError, match=r"phone\.png' is 40x20 px but its image .*phone\.jpg' is shown at 20x40"):
+        _folder_dataset(tmp_path)[0]
+    Image.new("L", (10, 20), 255).save(tmp_path / "maps/cat/phone.png")  # the viewer's orientation, half size
+    assert _folder_dataset(tmp_path)[0]["saliency"].shape == (16, 16)

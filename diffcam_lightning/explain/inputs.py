@@ -59,7 +59,11 @@ def collect_images(paths: Sequence[str]) -> list[ImageItem]:
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)  # .ipynb_checkpoints, ._x.jpg
+            )
             if not found:
                 raise ExplainInputError(f"Folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
             items += [ImageItem(p) for p in found]
