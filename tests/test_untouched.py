@@ -258,3 +258,11 @@ def test_hugging_face_vit_families_get_a_token_layer_automatically(kind, layer):
     assert result.layer.endswith(layer) and result.grid == (4, 4)
     for cam in result.maps.values():
         assert (cam.flatten(1).amax(dim=1) > 0).all()
+
+
+def test_a_zero_initialised_head_is_named_as_such_not_blamed_on_the_layer():
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=4).eval()
+    nn.init.zeros_(model.fc.weight)  # as timm's hiera / sequencer heads start
+    with pytest.raises(ValueError, match=r"'layer4' is exactly zero.*logits are the same for every image.*zero-initialised"):
+        CAMEngine(model)(torch.randn(2, 3, 64, 64), methods="gradcam")

@@ -161,7 +161,9 @@ class CAMEngine:
             activations, gradients = _to_nchw(layout, name, raw, gradients)
             # the map's own positions (prefix tokens dropped) get no gradient: every map would be blank
             if gradients and not create_graph and not any(bool(g.any()) for g in gradients.values()):
-                raise zero_gradient_error(self.model, name)
+                # logits equal for every image (one image cannot tell): a zero head, nothing to explain
+                same = logits.shape[0] > 1 and bool((logits.detach() == logits.detach()[:1]).all())
+                raise zero_gradient_error(self.model, name, constant_logits=same)
             # float32 maps even under autocast: einsum/matmul would otherwise run in bf16/fp16
             with torch.set_grad_enabled(create_graph), torch.autocast(x.device.type, enabled=False):
                 ctx = CAMContext(
