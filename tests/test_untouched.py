@@ -260,9 +260,11 @@ def test_hugging_face_vit_families_get_a_token_layer_automatically(kind, layer):
         assert (cam.flatten(1).amax(dim=1) > 0).all()
 
 
-def test_a_zero_initialised_head_is_named_as_such_not_blamed_on_the_layer():
+def test_a_zero_initialised_head_gives_blank_maps_not_an_error():
+    """Logits equal for every image (timm's hiera / sequencer heads start at zero; a sanity
+    validation runs before any training step): blank maps are the truth there."""
     torch.manual_seed(0)
     model = timm.create_model("resnet10t", pretrained=False, num_classes=4).eval()
-    nn.init.zeros_(model.fc.weight)  # as timm's hiera / sequencer heads start
-    with pytest.raises(ValueError, match=r"'layer4' is exactly zero.*logits are the same for every image.*zero-initialised"):
-        CAMEngine(model)(torch.randn(2, 3, 64, 64), methods="gradcam")
+    nn.init.zeros_(model.fc.weight)
+    maps = CAMEngine(model)(torch.randn(2, 3, 64, 64), methods=("gradcam", "gradcam++"))
+    assert all(not cam.any() for cam in maps.values())

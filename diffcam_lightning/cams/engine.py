@@ -159,11 +159,12 @@ class CAMEngine:
             targets = _check_targets(targets, logits, chosen)
             gradients = self._gradients(logits, raw, targets, chosen, create_graph, per_image)
             activations, gradients = _to_nchw(layout, name, raw, gradients)
-            # the map's own positions (prefix tokens dropped) get no gradient: every map would be blank
+            # the map's own positions (prefix tokens dropped) get no gradient: every map would be
+            # blank. Unless the logits are the same for every image (a zero-initialised head, as
+            # timm's hiera / sequencer start): then blank maps are the truth, nothing depends on x
             if gradients and not create_graph and not any(bool(g.any()) for g in gradients.values()):
-                # logits equal for every image (one image cannot tell): a zero head, nothing to explain
-                same = logits.shape[0] > 1 and bool((logits.detach() == logits.detach()[:1]).all())
-                raise zero_gradient_error(self.model, name, constant_logits=same)
+                if not (logits.shape[0] > 1 and bool((logits.detach() == logits.detach()[:1]).all())):
+                    raise zero_gradient_error(self.model, name)
             # float32 maps even under autocast: einsum/matmul would otherwise run in bf16/fp16
             with torch.set_grad_enabled(create_graph), torch.autocast(x.device.type, enabled=False):
                 ctx = CAMContext(

@@ -243,17 +243,11 @@ def reused_layer_error(model: nn.Module, name: str, count: int, x: Tensor) -> Va
 _BLOCK_INPUT_NORMS = ("norm1", "layernorm_before", "ln_1")
 
 
-def zero_gradient_error(model: nn.Module, name: str, constant_logits: bool = False) -> ValueError:
-    """The error for a target layer whose gradient is exactly zero for every image: the
-    logits do not depend on its output (a class-token head reads only the class token
-    after the last block), so every gradient map would be blank. ``constant_logits``: the
-    logits are the same for every image, so no layer would do (a zero-initialised head)."""
-    if constant_logits:
-        return ValueError(
-            f"The gradient of the logits at target layer {name!r} is exactly zero for every image and the logits "
-            f"are the same for every image: {type(model).__name__}'s classifier does not depend on its input (a "
-            "zero-initialised head, as timm gives some models before training). Train it, or load trained weights, first."
-        )
+def zero_gradient_error(model: nn.Module, name: str) -> ValueError:
+    """The error for a target layer whose gradient is exactly zero for every image while
+    the logits differ between images: they do not depend on this layer's output (a
+    class-token head reads only the class token after the last block), so every gradient
+    map would be blank."""
     modules = _modules(model)
     better = [f"{name}.{norm}" for norm in _BLOCK_INPUT_NORMS if f"{name}.{norm}" in modules]
     known = known_layer_name(model)
@@ -265,7 +259,8 @@ def zero_gradient_error(model: nn.Module, name: str, constant_logits: bool = Fal
     return ValueError(
         f"The gradient of the logits at target layer {name!r} is exactly zero for every image, so every "
         f"gradient-based map would be blank: the logits do not depend on this layer's output (e.g. a class-token "
-        f"head reads only the class token after the last block), or the classifier's weights are zero.{hint}"
+        f"head reads only the class token after the last block).{hint} (For a single image, a classifier that "
+        "ignores its input, e.g. a zero-initialised head, looks the same: try two images.)"
     )
 
 
