@@ -268,3 +268,12 @@ def test_a_zero_initialised_head_gives_blank_maps_not_an_error():
     nn.init.zeros_(model.fc.weight)
     maps = CAMEngine(model)(torch.randn(2, 3, 64, 64), methods=("gradcam", "gradcam++"))
     assert all(not cam.any() for cam in maps.values())
+
+
+def test_a_1x1_grid_is_refused_not_a_blank_map():
+    """timm inception_v4 at 96 px: its last stage is 1x1, so every map was constant (blank)."""
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=4).eval()  # 32 px -> layer4 is 1x1
+    with pytest.raises(ValueError, match=r"'layer4' gives a 1x1 grid for a 32x32 input.*earlier"):
+        CAMEngine(model)(torch.randn(2, 3, 32, 32), methods=("gradcam", "eigencam"))
+    assert CAMEngine(model, "layer3")(torch.randn(2, 3, 32, 32), methods="gradcam")["gradcam"].shape == (2, 2, 2)

@@ -159,6 +159,12 @@ class CAMEngine:
             targets = _check_targets(targets, logits, chosen)
             gradients = self._gradients(logits, raw, targets, chosen, create_graph, per_image)
             activations, gradients = _to_nchw(layout, name, raw, gradients)
+            if not create_graph and activations.shape[-2] * activations.shape[-1] == 1:
+                raise ValueError(
+                    f"Target layer {name!r} gives a 1x1 grid for a {x.shape[-2]}x{x.shape[-1]} input: every map "
+                    "would be one value, blank after normalisation. Use a larger input, or pass an earlier "
+                    "target_layer (one whose output has h*w > 1)."
+                )
             # the map's own positions (prefix tokens dropped) get no gradient: every map would be
             # blank. Unless the logits are the same for every image (a zero-initialised head, as
             # timm's hiera / sequencer start): then blank maps are the truth, nothing depends on x
