@@ -156,8 +156,8 @@ def test_manifests_saved_with_a_byte_order_mark_are_read(tmp_path):
 
 
 def _named_checkpoint(path, names, arch="resnet10t"):
-    from diffcam_lightning.report.sources import load_model as _load
     from diffcam_lightning.report import ModelSource as _Source
+    from diffcam_lightning.report.sources import load_model as _load
 
     state = _load(_Source(arch), len(names)).state_dict()
     hparams = {"model_name": arch, "num_classes": len(names), "class_names": list(names)}
@@ -174,7 +174,13 @@ def _class_folder(root, names):
 
 @pytest.mark.parametrize("folder", [["cat", "dog", "fox"], ["ant", "bee", "fly"]])
 def test_a_checkpoint_is_not_scored_on_a_folder_with_other_class_names(tmp_path, folder):
-    from diffcam_lightning.report import ArchitectureSpec, DataSpec, ModelSource, ReportOptions, run_report
+    from diffcam_lightning.report import (
+        ArchitectureSpec,
+        DataSpec,
+        ModelSource,
+        ReportOptions,
+        run_report,
+    )
 
     ckpt = _named_checkpoint(tmp_path / "named.ckpt", ["cat", "fox", "dog"])  # same count, other order
     options = ReportOptions(
@@ -234,8 +240,9 @@ class MetricsOnlyLogger(Logger):
 
 
 def test_audit_pictures_of_a_logger_without_a_folder_go_to_the_root_dir_with_a_word(tmp_path):
-    from diffcam_lightning import CAMAudit
     from test_audit import UserNet, loaders, quiet_trainer
+
+    from diffcam_lightning import CAMAudit
 
     logger = MetricsOnlyLogger()
     assert getattr(logger, "log_dir", None) is None and getattr(logger, "save_dir", None) is None
@@ -279,7 +286,11 @@ def test_a_second_explain_into_the_same_folder_is_refused_or_replaces_the_first(
 
 
 def _folder_dataset(root):
-    from diffcam_lightning.data.files import SaliencyImageDataset, folder_classes, scan_folder
+    from diffcam_lightning.data.files import (
+        SaliencyImageDataset,
+        folder_classes,
+        scan_folder,
+    )
     from diffcam_lightning.data.transforms import PairedTransform
 
     config = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0, "interpolation": "bilinear"}

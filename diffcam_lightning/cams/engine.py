@@ -159,18 +159,8 @@ class CAMEngine:
             targets = _check_targets(targets, logits, chosen)
             gradients = self._gradients(logits, raw, targets, chosen, create_graph, per_image)
             activations, gradients = _to_nchw(layout, name, raw, gradients)
-            if not create_graph and activations.shape[-2] * activations.shape[-1] == 1:
-                raise ValueError(
-                    f"Target layer {name!r} gives a 1x1 grid for a {x.shape[-2]}x{x.shape[-1]} input: every map "
-                    "would be one value, blank after normalisation. Use a larger input, or pass an earlier "
-                    "target_layer (one whose output has h*w > 1)."
-                )
-            # the map's own positions (prefix tokens dropped) get no gradient: every map would be
-            # blank. Unless the logits are the same for every image (a zero-initialised head, as
-            # timm's hiera / sequencer start): then blank maps are the truth, nothing depends on x
-            if gradients and not create_graph and not any(bool(g.any()) for g in gradients.values()):
-                if not (logits.shape[0] > 1 and bool((logits.detach() == logits.detach()[:1]).all())):
-                    raise zero_gradient_error(self.model, name)
+            if not create_graph:
+                _refuse_blank_maps(self.model, name, x, activations, gradients, logits)
             # float32 maps even under autocast: einsum/matmul would otherwise run in bf16/fp16
             with torch.set_grad_enabled(create_graph), torch.autocast(x.device.type, enabled=False):
                 ctx = CAMContext(
@@ -274,6 +264,25 @@ class CAMEngine:
 
     def __repr__(self) -> str:
         return f"CAMEngine(model={type(self.model).__name__}, target_layer={self.target_layer!r})"
+
+
+def _refuse_blank_maps(
+    model: nn.Module, name: str, x: Tensor, activations: Tensor, gradients: dict[str, Tensor], logits: Tensor
+) -> None:
+    """Refuse maps that would be blank for a reason the user can fix: a 1x1 grid (one value
+    per map), or a layer whose own positions (prefix tokens dropped) get no gradient (a
+    class-token head). Logits equal for every image (a zero-initialised head, as timm's
+    hiera / sequencer start) are not refused: there blank maps are the truth."""
+    if activations.shape[-2] * activations.shape[-1] == 1:
+        raise ValueError(
+            f"Target layer {name!r} gives a 1x1 grid for a {x.shape[-2]}x{x.shape[-1]} input: every map would be "
+            "one value, blank after normalisation. Use a larger input, or pass an earlier target_layer (one whose "
+            "output has h*w > 1)."
+        )
+    if gradients and not any(bool(g.any()) for g in gradients.values()):
+        constant = logits.shape[0] > 1 and bool((logits.detach() == logits.detach()[:1]).all())
+        if not constant:
+            raise zero_gradient_error(model, name)
 
 
 def _updating_norms(model: nn.Module) -> list[nn.Module]:
