@@ -9,7 +9,7 @@ contiguous shard of it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Union
 
 import torch
 from torch import Tensor
@@ -68,12 +68,15 @@ class AuditSet:
         return cls(state["images"], state.get("labels"), state.get("saliency"), state.get("has_saliency"))
 
     @classmethod
-    def from_batches(cls, batches: Iterable[Any], size: int, keys: BatchKeys = BatchKeys()) -> "AuditSet":
-        """The first ``size`` samples of an iterable of batches (dicts or tuples)."""
+    def from_batches(
+        cls, batches: Iterable[Any], size: int, keys: BatchKeys = BatchKeys(), need_label: bool = False
+    ) -> "AuditSet":
+        """The first ``size`` samples of an iterable of batches (dicts or tuples);
+        ``need_label``: a batch without class-index labels is an error."""
         parts: list[AuditSet] = []
         total = 0
         for batch in batches:
-            part = split_batch(batch, keys)
+            part = split_batch(batch, keys, need_label)
             parts.append(part)
             total += len(part)
             if total >= size:
@@ -83,16 +86,20 @@ class AuditSet:
         return _concat(parts).slice(0, size)
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset, size: int, keys: BatchKeys = BatchKeys()) -> "AuditSet":
+    def from_dataset(
+        cls, dataset: Dataset, size: int, keys: BatchKeys = BatchKeys(), need_label: bool = False
+    ) -> "AuditSet":
         """The first ``size`` items of a map-style dataset, collated like a DataLoader does."""
         n = min(size, len(dataset))  # type: ignore[arg-type]
         if n == 0:
             raise ValueError("CAMAudit's audit dataset is empty.")
-        return split_batch(default_collate([dataset[i] for i in range(n)]), keys)
+        return split_batch(default_collate([dataset[i] for i in range(n)]), keys, need_label)
 
 
-def split_batch(batch: Any, keys: BatchKeys = BatchKeys()) -> AuditSet:
-    """A dict batch (``keys``) or an ``(x, y[, saliency], ...)`` tuple as an ``AuditSet`` on the CPU."""
+def split_batch(batch: Any, keys: BatchKeys = BatchKeys(), need_label: bool = False) -> AuditSet:
+    """A dict batch (``keys``) or an ``(x, y[, saliency], ...)`` tuple as an ``AuditSet`` on the CPU.
+    ``need_label`` (``cam_class="label"``): a missing label or one that is no class index is
+    an error, never a silent switch to explaining the prediction."""
     if isinstance(batch, Mapping):
         if keys.image not in batch:
             raise KeyError(
@@ -101,13 +108,16 @@ def split_batch(batch: Any, keys: BatchKeys = BatchKeys()) -> AuditSet:
             )
         image, label = batch[keys.image], batch.get(keys.label)
         saliency, has = batch.get(keys.saliency), batch.get(keys.has_saliency)
+        where = f"the batch's {keys.label!r} (its keys: {', '.join(map(str, batch))}; CAMAudit(label_key=...) names another)"
     elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
         image = batch[0]
         label = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
         saliency = batch[2] if len(batch) > 2 and isinstance(batch[2], Tensor) else None
         has = None
+        where = f"the batch's second element (a {type(batch).__name__} of {len(batch)})"
     elif isinstance(batch, Tensor):
         image, label, saliency, has = batch, None, None, None
+        where = "the batch (a bare image tensor, no label)"
     else:
         raise TypeError(
             f"CAMAudit needs dict batches with {keys.image!r} (and {keys.label!r}, optional {keys.saliency!r}) "
@@ -118,6 +128,14 @@ def split_batch(batch: Any, keys: BatchKeys = BatchKeys()) -> AuditSet:
         raise ValueError(f"CAMAudit: images must be [B, C, H, W]; got {shape}.")
     b = image.shape[0]
     label = _labels(label, b)
+    if need_label and (label is None or isinstance(label, str)):
+        problem = "is missing" if label is None else label
+        raise ValueError(
+            f"CAMAudit(cam_class='label'): {where} {problem}. Give integer class indices (or integral floats, "
+            "or one-hot rows), or use cam_class='prediction' to explain the predicted class."
+        )
+    if isinstance(label, str):
+        label = None  # not class indices (e.g. a regression target): only cam_class='prediction' runs
     if saliency is not None:
         saliency = saliency.detach().float().cpu()
         if saliency.dim() == 4 and saliency.shape[1] == 1:
@@ -130,15 +148,26 @@ def split_batch(batch: Any, keys: BatchKeys = BatchKeys()) -> AuditSet:
     return AuditSet(image.detach().float().cpu().clone(), label, saliency, has)
 
 
-def _labels(label: Any, batch: int) -> Optional[Tensor]:
+def _labels(label: Any, batch: int) -> Union[None, str, Tensor]:
+    """Class indices ``[B]``; ``None`` when there is no label; a string saying why when the
+    label is no class index (a non-integral float, soft labels, the wrong length)."""
     if label is None:
         return None
     label = torch.as_tensor(label).detach().cpu()
-    if label.dim() == 2 and label.shape[1] > 1:  # one-hot or soft labels
+    if label.dim() == 2 and label.shape[1] > 1:  # one-hot rows
+        hot = label.amax(dim=1) == 1
+        if not bool((hot & ((label == 0) | (label == 1)).all(dim=1) & ((label == 1).sum(dim=1) == 1)).all()):
+            return f"holds {tuple(label.shape)} rows that are not one-hot (soft labels?)"
         label = label.argmax(dim=1)
     label = label.reshape(-1)
-    if label.dtype.is_floating_point or label.numel() != batch:
-        return None  # not class indices (e.g. a regression target): explain the prediction instead
+    if label.numel() != batch:
+        return f"holds {label.numel()} values for a batch of {batch} images"
+    if label.dtype == torch.bool or label.dtype.is_complex:
+        return f"has dtype {label.dtype}"
+    if label.dtype.is_floating_point:
+        bad = ~(torch.isfinite(label) & (label == label.round()) & (label >= 0))
+        if bool(bad.any()):
+            return f"holds floats that are no class indices (e.g. {label[bad][:3].tolist()})"
     return label.long()
 
 

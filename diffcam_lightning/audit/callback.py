@@ -335,8 +335,8 @@ class CAMAudit(Callback):
         validation dataloader, so every rank holds the same set."""
         with preserved_rng(), torch.inference_mode(False):
             if self.dataset is not None:
-                return AuditSet.from_dataset(self.dataset, self.audit_size, self.keys)
-            return AuditSet.from_batches(self._val_loader(trainer), self.audit_size, self.keys)
+                return AuditSet.from_dataset(self.dataset, self.audit_size, self.keys, self.cam_class == "label")
+            return AuditSet.from_batches(self._val_loader(trainer), self.audit_size, self.keys, self.cam_class == "label")
 
     @staticmethod
     def _val_loader(trainer: Trainer):

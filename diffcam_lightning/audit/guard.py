@@ -10,36 +10,14 @@ audit draws the same random numbers as one without it.
 from __future__ import annotations
 
 import contextlib
-import random
-from typing import Any, Iterator
+from typing import Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
+from ..cams.modes import capture_rng, eval_mode, preserved_rng, restore_rng
 
-def capture_rng() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["random"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@contextlib.contextmanager
-def preserved_rng() -> Iterator[None]:
-    state = capture_rng()
-    try:
-        yield
-    finally:
-        restore_rng(state)
+__all__ = ["audit_guard", "capture_rng", "preserved_rng", "restore_rng"]  # the RNG helpers live in cams.modes
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -52,13 +30,9 @@ def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
 @contextlib.contextmanager
 def audit_guard(module: nn.Module, device: torch.device) -> Iterator[None]:
     """Eval mode + grad on + autocast off inside; modes and RNG states restored on exit."""
-    modes = [(m, m.training) for m in module.modules()]
     rng = capture_rng()
     try:
-        module.eval()
-        with torch.inference_mode(False), torch.enable_grad(), _no_autocast(device):
+        with eval_mode(module), torch.inference_mode(False), torch.enable_grad(), _no_autocast(device):
             yield
     finally:
-        for m, training in modes:
-            m.training = training
         restore_rng(rng)

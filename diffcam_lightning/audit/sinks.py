@@ -7,6 +7,7 @@ PNG files under its log folder, so a picture is never dropped without a word.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -68,7 +69,11 @@ def publish(picture: AuditPicture, loggers: Sequence[Logger], default_dir: Union
     if not loggers:
         write_png(Path(default_dir), picture)
     for logger in loggers:
-        grid_writer(logger)(logger, picture)
+        writer = grid_writer(logger)
+        if writer is write_png_for_logger:  # the one writer that may need a fallback folder
+            write_png_for_logger(logger, picture, default_dir)
+        else:
+            writer(logger, picture)
 
 
 @register_grid_writer(TensorBoardLogger)
@@ -91,11 +96,27 @@ def write_wandb(logger: WandbLogger, picture: AuditPicture) -> None:
     logger.log_image(f"{picture.prefix}/grid", [picture.to_uint8()], step=picture.step, caption=[picture.caption])
 
 
-def write_png_for_logger(logger: Logger, picture: AuditPicture) -> None:
-    """A logger without an image API: PNG files beside its own files (its ``log_dir``)."""
+def write_png_for_logger(
+    logger: Logger, picture: AuditPicture, default_dir: Union[None, str, Path] = None
+) -> Optional[Path]:
+    """A logger without an image API: PNG files beside its own files (its ``log_dir`` or
+    ``save_dir``); a logger with neither gets them under ``default_dir``
+    (``trainer.default_root_dir``), with a warning that says where."""
     folder = _logger_dir(logger)
-    if folder is not None:
-        write_png(folder, picture)
+    if folder is None:
+        if default_dir is None:
+            raise ValueError(
+                f"The {type(logger).__name__} logger has neither log_dir nor save_dir, and no default folder was "
+                "given for its audit pictures."
+            )
+        folder = Path(default_dir)
+        warnings.warn(
+            f"CAMAudit: the {type(logger).__name__} logger has neither log_dir nor save_dir and no image API; "
+            f"its audit pictures are written as PNG files under {folder / picture.prefix} (trainer.default_root_dir).",
+            UserWarning,
+            stacklevel=2,
+        )
+    return write_png(folder, picture)
 
 
 def write_png(folder: Path, picture: AuditPicture) -> Path:

@@ -14,16 +14,26 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from .coupling import COUPLING_POLICIES, CouplingProbe, check_policy, coupling_message, per_image_gradients
-from .layers import LayerSpec, resolve_layer, reused_layer_error
+from .coupling import (
+    COUPLING_POLICIES,
+    CouplingProbe,
+    check_policy,
+    coupling_message,
+    per_image_gradients,
+    typed_modules,
+)
+from .layers import LayerSpec, resolve_layer, reused_layer_error, zero_gradient_error
 from .layouts import Layout, LayoutHints, LayoutSpec, model_hints, resolve_layout
 from .methods import CAMContext, CAMMethod, get_method
+from .modes import eval_mode, preserved_buffers, preserved_rng
 from .outputs import OutputKey, classifier_width, logits_of
 from .postprocess import SizeSpec, postprocess, resolve_size
 from .targets import BACKPROP_TARGETS
@@ -54,8 +64,11 @@ class CAMEngine:
 
     ``engine(x, targets=None, methods=("gradcam",), size=None, normalize=True,
     create_graph=False)`` returns ``{method: Tensor[B, h, w]}`` (float32, on x's device).
-    The model's train/eval mode, its parameters' ``.grad`` and its hooks are left as
-    they were; the call works under ``torch.no_grad`` and ``torch.inference_mode``.
+    Every submodule's train/eval flag, its parameters' ``.grad`` and its hooks are left as
+    they were, and so are BatchNorm statistics and the random generators unless
+    ``create_graph`` (a training forward);
+    ScoreCAM and AblationCAM run their extra forwards in eval mode. The call works under
+    ``torch.no_grad`` and ``torch.inference_mode``; see docs/guarantees.md.
     ``batch_coupling``: when a layer after the target mixes the batch (train-mode
     BatchNorm), ``"exact"`` takes one VJP row per image, ``"batched"`` one shared VJP;
     both warn once (see ``coupling.py``).
@@ -127,7 +140,12 @@ class CAMEngine:
         _check_input(x)
         chosen = _resolve_methods(methods)
         out_size = resolve_size(size, tuple(x.shape[-2:]))
-        with torch.inference_mode(False), torch.enable_grad():
+        # an explanation (no create_graph) leaves train-mode BatchNorm statistics as they were
+        # (restored after the backward pass, which reads them)
+        # and every random generator (a train-mode dropout's masks draw from them)
+        keep = nullcontext() if create_graph else preserved_buffers(_updating_norms(self.model))
+        rng = nullcontext() if create_graph else preserved_rng()
+        with keep, rng, torch.inference_mode(False), torch.enable_grad():
             if x.is_inference():
                 x = x.clone()
             if self._layer is None:
@@ -141,6 +159,8 @@ class CAMEngine:
             targets = _check_targets(targets, logits, chosen)
             gradients = self._gradients(logits, raw, targets, chosen, create_graph, per_image)
             activations, gradients = _to_nchw(layout, name, raw, gradients)
+            if not create_graph:
+                _refuse_blank_maps(self.model, name, x, activations, gradients, logits)
             # float32 maps even under autocast: einsum/matmul would otherwise run in bf16/fp16
             with torch.set_grad_enabled(create_graph), torch.autocast(x.device.type, enabled=False):
                 ctx = CAMContext(
@@ -155,9 +175,13 @@ class CAMEngine:
                     raw_activations=raw.detach(),
                 )
                 maps = {}
-                for method in chosen:
-                    ctx.backprop = method.backprop
-                    maps[method.name] = postprocess(method.compute(ctx), out_size, normalize)
+                # methods that run the model again (ScoreCAM, AblationCAM) do so in eval mode:
+                # no BatchNorm update, no dropout; every submodule's flag restored after
+                rerun = eval_mode(self.model) if any(m.backprop is None for m in chosen) else nullcontext()
+                with rerun:
+                    for method in chosen:
+                        ctx.backprop = method.backprop
+                        maps[method.name] = postprocess(method.compute(ctx), out_size, normalize)
         if not create_graph:
             logits = logits.detach()
         grid = (int(activations.shape[-2]), int(activations.shape[-1]))
@@ -240,6 +264,30 @@ class CAMEngine:
 
     def __repr__(self) -> str:
         return f"CAMEngine(model={type(self.model).__name__}, target_layer={self.target_layer!r})"
+
+
+def _refuse_blank_maps(
+    model: nn.Module, name: str, x: Tensor, activations: Tensor, gradients: dict[str, Tensor], logits: Tensor
+) -> None:
+    """Refuse maps that would be blank for a reason the user can fix: a 1x1 grid (one value
+    per map), or a layer whose own positions (prefix tokens dropped) get no gradient (a
+    class-token head). Logits equal for every image (a zero-initialised head, as timm's
+    hiera / sequencer start) are not refused: there blank maps are the truth."""
+    if activations.shape[-2] * activations.shape[-1] == 1:
+        raise ValueError(
+            f"Target layer {name!r} gives a 1x1 grid for a {x.shape[-2]}x{x.shape[-1]} input: every map would be "
+            "one value, blank after normalisation. Use a larger input, or pass an earlier target_layer (one whose "
+            "output has h*w > 1)."
+        )
+    if gradients and not any(bool(g.any()) for g in gradients.values()):
+        constant = logits.shape[0] > 1 and bool((logits.detach() == logits.detach()[:1]).all())
+        if not constant:
+            raise zero_gradient_error(model, name)
+
+
+def _updating_norms(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorms whose running statistics a forward would update now (train mode)."""
+    return [m for _, m, _ in typed_modules(model) if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
 
 
 def _check_input(x: Tensor) -> None:

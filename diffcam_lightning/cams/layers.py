@@ -1,7 +1,8 @@
 """Target-layer resolution: a dotted name, an ``nn.Module``, or ``None`` = automatic.
 
 Automatic resolution, in order: the families we know (by model class name: timm's,
-torchvision's and Hugging Face's), timm's ``feature_info[-1]["module"]``, then the last
+torchvision's and Hugging Face's), a timm model's class-token head (``global_pool="token"``:
+the last block's first norm), timm's ``feature_info[-1]["module"]``, then the last
 module whose output is ``[B, K, h, w]`` with ``h * w > 1`` in one hooked forward pass.
 The choice is the last feature map before global pooling (a family's head convolution
 included), the same layer for one architecture from timm or torchvision. Pooling layers
@@ -16,6 +17,8 @@ from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
+
+from .modes import eval_mode
 
 # model class name -> candidate layer names, first existing one wins; "-1" = the last child
 KNOWN_LAYERS: dict[str, tuple[str, ...]] = {
@@ -37,6 +40,23 @@ KNOWN_LAYERS: dict[str, tuple[str, ...]] = {
     "ViTForImageClassification": ("vit.encoder.layer.-1.layernorm_before", "vit.layers.-1.layernorm_before"),
     "DeiTForImageClassification": ("deit.encoder.layer.-1.layernorm_before", "deit.layers.-1.layernorm_before"),
     "DeiTForImageClassificationWithTeacher": ("deit.encoder.layer.-1.layernorm_before", "deit.layers.-1.layernorm_before"),
+    # Hugging Face's other ViT families (class token or mean pooled: the last block's first norm)
+    "BeitForImageClassification": ("beit.encoder.layer.-1.layernorm_before", "beit.layers.-1.layernorm_before"),
+    "Data2VecVisionForImageClassification": (
+        "data2vec_vision.encoder.layer.-1.layernorm_before", "data2vec_vision.layers.-1.layernorm_before"
+    ),
+    "Dinov2ForImageClassification": ("dinov2.encoder.layer.-1.norm1", "dinov2.layers.-1.norm1"),
+    "CLIPForImageClassification": ("vision_model.encoder.layers.-1.layer_norm1",),
+    "SiglipForImageClassification": ("vision_model.encoder.layers.-1.layer_norm1",),
+    "SwinForImageClassification": ("swin.layernorm",),  # mean pooled patch tokens, no prefix
+}
+
+# a timm model's ``global_pool`` -> candidate layers. A class-token head ("token") reads only
+# the class token after the last block, so the last block's patch tokens get no gradient
+# (Eva / BEiT / ViT-RelPos / NaFlexViT with global_pool="token"): take the last block's first
+# norm, whose patch tokens reach the class token through that block's attention.
+POOLED_LAYERS: dict[str, tuple[str, ...]] = {
+    "token": ("blocks.-1.norm1",),
 }
 
 POOLING = (
@@ -133,6 +153,11 @@ def known_layer_name(model: nn.Module) -> Optional[str]:
         name = _expand_last(model, candidate)
         if name in modules:
             return _skip_trailing_pooling(model, name)
+    pool = getattr(model, "global_pool", None)
+    for candidate in POOLED_LAYERS.get(pool, ()) if isinstance(pool, str) else ():
+        name = _expand_last(model, candidate)
+        if name in modules:
+            return name
     feature_info = getattr(model, "feature_info", None)
     if isinstance(feature_info, list) and feature_info and isinstance(feature_info[-1], dict):
         candidate = feature_info[-1].get("module")
@@ -148,7 +173,9 @@ def trace_layers(model: nn.Module, x: Tensor) -> tuple[list[str], dict[str, int]
     order: dict[str, None] = {}
     tokens: dict[str, None] = {}
     calls: dict[str, int] = {}
-    pooled: set[int] = set()
+    # pooling outputs, held (not their id()s: a freed tensor's address is reused by a later
+    # layer's output, which would then be skipped as pooled); a container returning one is pooled too
+    pooled: list[Tensor] = []
     handles = []
 
     def make_hook(name: str):
@@ -159,9 +186,9 @@ def trace_layers(model: nn.Module, x: Tensor) -> tuple[list[str], dict[str, int]
             if isinstance(output, Tensor) and output.dim() == 3 and output.shape[1] > 1:
                 tokens[name] = None
             if is_pooling(module) and isinstance(output, Tensor):
-                pooled.add(id(output))
+                pooled.append(output)
             elif isinstance(output, Tensor) and output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
-                if id(output) not in pooled:
+                if not any(output is seen for seen in pooled):
                     order[name] = None
 
         return hook
@@ -169,13 +196,8 @@ def trace_layers(model: nn.Module, x: Tensor) -> tuple[list[str], dict[str, int]
     try:
         for name, module in _modules(model).items():
             handles.append(module.register_forward_hook(make_hook(name)))
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                model(x[:1])
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.no_grad():
+            model(x[:1])
     finally:
         for handle in handles:
             handle.remove()
@@ -214,6 +236,31 @@ def reused_layer_error(model: nn.Module, name: str, count: int, x: Tensor) -> Va
         f"Target layer {name!r} was called {count} times in one forward pass (a module shared by several "
         f"places, e.g. one activation module reused): its CAM would mix the calls.{suggestion} "
         "Pass a target_layer that is called once."
+    )
+
+
+# a transformer block's first norm, under the names timm / Hugging Face / OpenCLIP give it
+_BLOCK_INPUT_NORMS = ("norm1", "layernorm_before", "ln_1")
+
+
+def zero_gradient_error(model: nn.Module, name: str) -> ValueError:
+    """The error for a target layer whose gradient is exactly zero for every image while
+    the logits differ between images: they do not depend on this layer's output (a
+    class-token head reads only the class token after the last block), so every gradient
+    map would be blank."""
+    modules = _modules(model)
+    better = [f"{name}.{norm}" for norm in _BLOCK_INPUT_NORMS if f"{name}.{norm}" in modules]
+    known = known_layer_name(model)
+    if known and known != name and known not in better:
+        better.append(known)
+    hint = f" Use {better[0]!r} instead (target_layer=...)." if better else (
+        " Pass a target_layer the logits depend on: for a class-token transformer, the last block's first norm."
+    )
+    return ValueError(
+        f"The gradient of the logits at target layer {name!r} is exactly zero for every image, so every "
+        f"gradient-based map would be blank: the logits do not depend on this layer's output (e.g. a class-token "
+        f"head reads only the class token after the last block).{hint} (For a single image, a classifier that "
+        "ignores its input, e.g. a zero-initialised head, looks the same: try two images.)"
     )
 
 

@@ -146,6 +146,12 @@ def _detect(shape: tuple[int, ...], hints: LayoutHints, input_hw: tuple[int, int
 
 def _tokens(shape: tuple[int, ...], hints: LayoutHints, input_hw: tuple[int, int], layer: str, prefix: Optional[int]) -> Layout:
     tokens = shape[1]
+    if prefix is None and hints.prefix:
+        # the model's prefix count holds where its class token is: CaiT / XCiT add it only
+        # after their patch-only blocks, whose tokens then form the grid alone
+        stated, bare = _grid(tokens - hints.prefix, input_hw, hints.patch), _grid(tokens, input_hw, hints.patch)
+        if stated is None and bare is not None:
+            return Layout("tokens", 0, bare)
     if prefix is None:
         prefix = hints.prefix
     if prefix is not None:

@@ -9,6 +9,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from .modes import preserved_grads, preserved_modes
 from .targets import beta
 
 # our method name -> (pytorch-grad-cam class name, DiffGradCAM baseline or None for y_c)
@@ -93,7 +94,8 @@ def reference_cam(
     its masked inputs in batches of ``scorecam_batch_size`` (its default is 16; ours is
     32: comparisons use the same size).
 
-    Note that pytorch-grad-cam calls ``model.eval()`` and never restores the mode.
+    pytorch-grad-cam calls ``model.eval()`` and backpropagates into ``.grad``; every
+    submodule's mode and every parameter's ``.grad`` are restored here afterwards.
     """
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -103,6 +105,7 @@ def reference_cam(
     class_name, kind = REFERENCE_METHODS[method]
     cam_targets = [ClassifierOutputTarget(int(t)) if kind is None else DiffTarget(t, kind) for t in targets]
     cam_class = sign_corrected(class_name) if class_name in _EIGEN else getattr(pytorch_grad_cam, class_name)
-    with cam_class(model, target_layers=[layer], reshape_transform=reshape_transform) as cam:
-        cam.batch_size = scorecam_batch_size  # read by its ScoreCAM only
-        return cam(x, targets=cam_targets)
+    with preserved_modes(model), preserved_grads(model):
+        with cam_class(model, target_layers=[layer], reshape_transform=reshape_transform) as cam:
+            cam.batch_size = scorecam_batch_size  # read by its ScoreCAM only
+            return cam(x, targets=cam_targets)

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .decode import decode
 from .transforms import PairedTransform
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -42,8 +43,8 @@ def _open(path: Path, mode: str, where: str, what: str) -> Image.Image:
         raise DataError(f"Missing {what} file {str(path)!r} ({where}).")
     try:
         with Image.open(path) as img:
-            return img.convert(mode)
-    except (UnidentifiedImageError, OSError) as err:
+            return decode(img, mode)  # the picture a viewer shows (16-bit, alpha, EXIF: decode.py)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
         raise DataError(f"Cannot read {what} file {str(path)!r} ({where}): {err}") from err
 
 
@@ -66,6 +67,8 @@ class SaliencyImageDataset(Dataset):
         s = self.samples[index]
         image = _open(s.image, "RGB", s.where, "image")
         sal_img = _open(s.saliency, "L", s.where, "saliency") if s.saliency is not None else None
+        if sal_img is not None:
+            _check_same_aspect(image, sal_img, s)
         tensor, sal = self.transform(image, sal_img)
         has = sal is not None
         if sal is None:
@@ -76,6 +79,18 @@ class SaliencyImageDataset(Dataset):
             "saliency": sal.float(),
             "has_saliency": torch.tensor(has),
         }
+
+
+def _check_same_aspect(image: Image.Image, saliency: Image.Image, sample: Sample) -> None:
+    """Image and map are resized to the input separately: a map of another aspect (a map
+    drawn on the unrotated pixels of an EXIF-rotated photo, say) would land on other pixels."""
+    (iw, ih), (sw, sh) = image.size, saliency.size
+    if abs(iw * sh - ih * sw) > 0.02 * max(iw * sh, ih * sw):
+        raise DataError(
+            f"Saliency map {str(sample.saliency)!r} is {sw}x{sh} px but its image {str(sample.image)!r} is shown at "
+            f"{iw}x{ih} ({sample.where}): a map must have its image's aspect ratio, in the orientation a viewer shows "
+            "(EXIF rotation applied)."
+        )
 
 
 def _check_exists(path: Path, where: str, what: str) -> None:
@@ -114,7 +129,8 @@ def scan_folder(root: Path, classes: Sequence[str], saliency_root: Optional[Path
                 f"({', '.join(list(classes)[:10])}{', ...' if len(classes) > 10 else ''})."
             )
         for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)  # .ipynb_checkpoints, ._x.jpg
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file() and not hidden:
                 rel = path.relative_to(root)
                 sal = _find_saliency(Path(saliency_root), rel) if saliency_root else None
                 samples.append(Sample(path, index[folder.name], sal, str(path)))
@@ -128,7 +144,7 @@ def read_manifest(path: Path) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Missing manifest file {str(path)!r}.")
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # Excel's "CSV UTF-8" starts with a BOM
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]

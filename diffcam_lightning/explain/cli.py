@@ -46,6 +46,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--num_workers", type=int, default=0)
     p.add_argument("--skip_unreadable", action=ActionYesNo, default=False, help="Skip undecodable images and list them in skipped.csv (default: stop).")
+    p.add_argument("--overwrite", action=ActionYesNo, default=False,
+                   help="Replace a previous run's outputs in --output_dir (default: refuse a non-empty folder).")
     p.add_class_arguments(Trainer, "trainer", instantiate=False, skip=_TRAINER_SKIP)
     return p
 

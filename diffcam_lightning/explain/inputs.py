@@ -15,6 +15,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..data.decode import to_rgb
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -30,7 +32,7 @@ class ImageItem:
 
 
 def _manifest_items(path: Path) -> list[ImageItem]:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # Excel's "CSV UTF-8" starts with a BOM
         reader = csv.DictReader(f)
         columns = [c.strip() for c in reader.fieldnames or []]
         if "image" not in columns:
@@ -57,7 +59,11 @@ def collect_images(paths: Sequence[str]) -> list[ImageItem]:
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)  # .ipynb_checkpoints, ._x.jpg
+            )
             if not found:
                 raise ExplainInputError(f"Folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
             items += [ImageItem(p) for p in found]
@@ -84,7 +90,7 @@ class ExplainDataset(Dataset):
         path = self.items[index].path
         try:
             with Image.open(path) as image:
-                rgb = image.convert("RGB")  # decodes the whole file
+                rgb = to_rgb(image)  # decodes the whole file as a viewer shows it (data/decode.py)
         except Exception as err:  # noqa: BLE001 - any decoder failure is reported with the file
             error = f"{type(err).__name__}: {err}"
             return {"image": torch.zeros(3, *self.size), "index": torch.tensor(index), "ok": torch.tensor(False), "error": error}

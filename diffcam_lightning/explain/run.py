@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -45,6 +46,31 @@ class ExplainOptions:
     batch_size: int = 8
     num_workers: int = 0
     skip_unreadable: bool = False
+    overwrite: bool = False
+
+
+# what a run writes into output_dir: --overwrite removes these (and nothing else)
+RUN_OUTPUTS = ("images", "maps", ".parts", "predictions.csv", "skipped.csv", "report.md")
+
+
+def prepare_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` (an earlier run's ``images/`` and ``maps/`` would mix
+    with this one's) unless ``overwrite``, which removes what a previous run wrote."""
+    if out.exists() and not out.is_dir():
+        raise ExplainInputError(f"--output_dir {out} is a file, not a folder.")
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if present and not overwrite:
+        raise ExplainInputError(
+            f"--output_dir {out} is not empty ({', '.join(present[:6])}{', ...' if len(present) > 6 else ''}): its "
+            "files would mix with this run's. Choose a new folder, or pass --overwrite to replace a previous run's "
+            f"outputs ({', '.join(RUN_OUTPUTS)})."
+        )
+    for name in RUN_OUTPUTS if overwrite else ():
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def data_config(model: nn.Module, options: ExplainOptions) -> dict[str, Any]:
@@ -89,7 +115,8 @@ def run_explain(options: ExplainOptions, trainer_kwargs: Optional[dict[str, Any]
         options.layout or loaded.layout, options.skip_unreadable,
     )
     out = Path(options.output_dir)
-    shutil.rmtree(out / ".parts", ignore_errors=True)
+    if rank_zero_only.rank == 0:  # under a multi-process launch every rank runs this; rank zero decides
+        prepare_output_dir(out, options.overwrite)
     writer = ExplainWriter(out, items, names, config["mean"], config["std"])
     trainer = pl.Trainer(**{"logger": False, "enable_checkpointing": False, **(trainer_kwargs or {})}, callbacks=[writer])
     loader = DataLoader(dataset, batch_size=options.batch_size, num_workers=options.num_workers)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 from torch import nn
 
@@ -60,13 +60,18 @@ def check_hyperparameters_fit(path: Union[str, Path], checkpoint: dict, model_cl
 
 def check_checkpoint_fits(path: Union[str, Path], model: nn.Module, checkpoint: Optional[dict] = None) -> None:
     """Refuse a Lightning checkpoint whose weights are not ``model``'s (other architecture,
-    other class count), naming the first differing tensors (``checkpoint``: the file already read)."""
-    state = (checkpoint if checkpoint is not None else read_lightning_checkpoint(path))["state_dict"]
+    other class count), naming the first differing tensors, or whose class names are not
+    the model's (the data's, linked by the CLI) (``checkpoint``: the file already read)."""
+    checkpoint = checkpoint if checkpoint is not None else read_lightning_checkpoint(path)
+    state = checkpoint["state_dict"]
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if not (missing or unexpected or shapes):
+        hparams = getattr(model, "hparams", None)
+        ours = hparams.get("class_names") if hasattr(hparams, "get") else None
+        check_class_names(checkpoint_class_names(checkpoint), ours, f"Checkpoint {str(path)!r}")
         return
     what = type(model).__name__
     arch = getattr(getattr(model, "hparams", {}), "get", lambda *_: None)("model_name")
@@ -82,3 +87,31 @@ def check_checkpoint_fits(path: Union[str, Path], model: nn.Module, checkpoint: 
         key = shapes[0]
         details.append(f"tensor {key!r} has shape {tuple(state[key].shape)}, the model expects {tuple(expected[key].shape)}")
     raise CheckpointError(f"Checkpoint {str(path)!r} is of another model than this {what}: {'; '.join(details)}.")
+
+
+def checkpoint_class_names(checkpoint: dict) -> Optional[list[str]]:
+    """The class names a diffcam checkpoint states (its ``diffcam`` entry, else its hyperparameters)."""
+    meta = checkpoint.get("diffcam")
+    names = meta.get("class_names") if isinstance(meta, dict) else None
+    if names is None:
+        names = (checkpoint.get("hyper_parameters") or {}).get("class_names")
+    return [str(n) for n in names] if names else None
+
+
+def check_class_names(trained: Optional[Sequence[str]], data: Optional[Sequence[str]], where: str) -> None:
+    """Refuse data whose class names differ from the checkpoint's, or come in another order:
+    the same class count is not enough, every label would be scored against another class."""
+    if not trained or not data or list(trained) == list(data) or len(trained) != len(data):
+        return  # nothing stated, the same, or a count mismatch (the weights' shapes say so)
+    first = next(i for i, (a, b) in enumerate(zip(trained, data)) if a != b)
+    raise CheckpointError(
+        f"{where} was trained on classes {_listed(trained)} but the data's classes are {_listed(data)} "
+        f"(first difference at label {first}: {trained[first]!r} vs {data[first]!r}); its labels would be "
+        "scored against other classes. Use data with the checkpoint's classes in its order (a folder's classes "
+        "are its sorted subfolder names)."
+    )
+
+
+def _listed(names: Sequence[str], limit: int = 20) -> str:
+    shown = ", ".join(map(repr, names[:limit]))
+    return f"[{shown}{f', ... ({len(names)} in all)' if len(names) > limit else ''}]"

@@ -48,9 +48,13 @@ class DataSpec:
 
 @dataclass
 class ReportData:
+    """``class_names``: the data's class names in label order (a folder's sorted folder
+    names, a csv's sorted label names); ``None`` where the labels are bare indices."""
+
     dataset: IndexedSubset
     num_classes: int
     description: str
+    class_names: Optional[list[str]] = None
 
 
 def _first_per_class(labels: list[int], per_class: int) -> list[int]:
@@ -87,12 +91,14 @@ def build_report_data(spec: DataSpec, arch: str) -> ReportData:
     if spec.source == "folder":
         classes = folder_classes(Path(spec.root))
         samples = scan_folder(Path(spec.root), classes, Path(spec.saliency_root) if spec.saliency_root else None)
+        names: Optional[list[str]] = list(classes)
     else:
         classes = manifest_classes(read_manifest(Path(spec.root)))
         if spec.label_classes:
             classes = _index_classes(classes, spec.label_classes, spec.root)
         samples = manifest_samples(Path(spec.root), classes)
+        names = None if all(c.lstrip("-").isdigit() for c in classes) else list(classes)  # indices name nothing
     labels = [s.label for s in samples]
     dataset = SaliencyImageDataset(samples, classes, transform)
     chosen = _first_per_class(labels, spec.samples_per_class)
-    return ReportData(IndexedSubset(dataset, chosen), len(classes), f"{spec.source} {spec.root}")
+    return ReportData(IndexedSubset(dataset, chosen), len(classes), f"{spec.source} {spec.root}", names)

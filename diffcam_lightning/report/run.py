@@ -68,13 +68,15 @@ def resolve_methods(methods: Optional[Sequence[str]], scorecam: bool) -> list[st
     return [m for m in dict.fromkeys(names) if scorecam or m != "scorecam"]
 
 
-def _load_pair(spec: ArchitectureSpec, num_classes: int) -> tuple[ResolvedModel, Optional[ResolvedModel]]:
-    clean = resolve(spec.clean, num_classes)
+def _load_pair(
+    spec: ArchitectureSpec, num_classes: int, class_names: Optional[list[str]] = None
+) -> tuple[ResolvedModel, Optional[ResolvedModel]]:
+    clean = resolve(spec.clean, num_classes, class_names)
     sham = None
     if spec.sham is not None:
         if spec.sham.arch.split(".")[0] != spec.clean.arch.split(".")[0]:
             raise ValueError(f"{spec.label}: the SHAM-tuned model is a {spec.sham.arch}, the clean one a {spec.clean.arch}.")
-        sham = resolve(spec.sham, num_classes)
+        sham = resolve(spec.sham, num_classes, class_names)
     return clean, sham
 
 
@@ -103,7 +105,7 @@ def run_report(options: ReportOptions, trainer_kwargs: Optional[dict[str, Any]] 
     prepared = []
     for spec in options.models:
         data = build_report_data(options.data, timm_name(spec.clean.arch))
-        clean, sham = _load_pair(spec, data.num_classes)
+        clean, sham = _load_pair(spec, data.num_classes, data.class_names)
         module = ScoringModule(
             clean.model, sham.model if sham else None, methods, options.target, options.cam_size,
             options.scorecam_batch_size, faithfulness=options.faithfulness,

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from torch import nn
 
 from ..models.backbones import read_checkpoint
+from ..models.checkpoints import check_class_names
 from ..models.sources import LoadedModel, checkpoint_hparams, model_from_checkpoint, source_kind
 from ..models.sources import load_model as resolve_source
 from ..saliency import PAPER_ENTROPY
@@ -73,8 +74,9 @@ def timm_name(arch: str) -> Optional[str]:
     return name if kind == "timm" else None
 
 
-def resolve(source: ModelSource, num_classes: int) -> ResolvedModel:
-    """Build ``source`` for data with ``num_classes`` classes, in eval mode."""
+def resolve(source: ModelSource, num_classes: int, class_names: Optional[Sequence[str]] = None) -> ResolvedModel:
+    """Build ``source`` for data with ``num_classes`` classes, in eval mode. A checkpoint
+    that states its class names must list the data's ``class_names`` in the same order."""
     if source.weights and source.checkpoint:
         raise ValueError(f"{source.arch}: give either weights or checkpoint, not both.")
     checkpoint = read_checkpoint(Path(source.checkpoint)) if source.checkpoint else None  # read once
@@ -86,6 +88,7 @@ def resolve(source: ModelSource, num_classes: int) -> ResolvedModel:
         if isinstance(stored, str) and _base(stored) != _base(source.arch):
             raise ValueError(f"Checkpoint {source.checkpoint} holds a {stored} model, not {source.arch}.")
         _check_classes(loaded, num_classes, f"Checkpoint {source.checkpoint}")
+        check_class_names(loaded.class_names, class_names, f"Checkpoint {source.checkpoint}")
     elif source.weights or source.pretrained:
         if source.weights and not Path(source.weights).expanduser().is_file():
             raise FileNotFoundError(f"Weights file not found: {source.weights}")

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..cams import CAMEngine
 from ..cams import reference as pgc
+from ..cams.modes import preserved_modes
 from .tables import Table
 
 
@@ -58,17 +59,16 @@ def timing_table(
         f"Run time per CAM per image, {arch} on {device_label(device)} ({runs} runs, first {discard} discarded)",
         columns,
     )
-    was_training = model.training
-    for method in tqdm(methods, desc=f"timing {arch}", leave=False):
-        fns = [lambda: engine(image, targets=[target], methods=method, size="input")]
-        if reference:
-            fns.append(lambda: pgc.reference_cam(model, layer, image, [target], method, scorecam_batch_size=engine.scorecam_batch_size))
-        ours, *theirs = _run_times(fns, runs, discard, device)
-        row = [method, f"{ours.mean():.3f} ± {ours.std(ddof=1):.3f}"]
-        for other in theirs:
-            row += [f"{other.mean():.3f} ± {other.std(ddof=1):.3f}", f"{other.mean() / ours.mean():.2f}x"]
-        table.rows.append(row)
-    model.train(was_training)  # pytorch-grad-cam forces eval() and never restores it
+    with preserved_modes(model):  # pytorch-grad-cam forces eval() and never restores it
+        for method in tqdm(methods, desc=f"timing {arch}", leave=False):
+            fns = [lambda: engine(image, targets=[target], methods=method, size="input")]
+            if reference:
+                fns.append(lambda: pgc.reference_cam(model, layer, image, [target], method, scorecam_batch_size=engine.scorecam_batch_size))
+            ours, *theirs = _run_times(fns, runs, discard, device)
+            row = [method, f"{ours.mean():.3f} ± {ours.std(ddof=1):.3f}"]
+            for other in theirs:
+                row += [f"{other.mean():.3f} ± {other.std(ddof=1):.3f}", f"{other.mean() / ours.mean():.2f}x"]
+            table.rows.append(row)
     return table
 
 

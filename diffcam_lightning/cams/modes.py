@@ -1,0 +1,89 @@
+"""What a call must leave as it found it: every submodule's train/eval flag (saved and
+restored one by one), parameters' ``.grad``, buffers, and the random generators.
+
+``model.train(flag)`` sets every submodule to one flag: a train-mode wrapper around a
+frozen (eval-mode) backbone would come back with the backbone in train mode, its
+BatchNorm statistics then moved by every later forward. These helpers restore each
+submodule's own flag instead (as torchcam does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@contextlib.contextmanager
+def preserved_modes(model: nn.Module) -> Iterator[None]:
+    """Whatever happens inside, every submodule's ``training`` flag is as before on exit."""
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside (no BatchNorm update, no dropout); each submodule's
+    own flag restored on exit."""
+    with preserved_modes(model):
+        model.eval()
+        yield
+
+
+@contextlib.contextmanager
+def preserved_grads(model: nn.Module) -> Iterator[None]:
+    """Every parameter's ``.grad`` (the tensor object, or ``None``) as before on exit, for
+    code that backpropagates into ``.grad`` (pytorch-grad-cam)."""
+    grads = [(param, param.grad) for param in model.parameters()]
+    try:
+        yield
+    finally:
+        for param, grad in grads:
+            param.grad = grad
+
+
+@contextlib.contextmanager
+def preserved_buffers(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """The buffers of ``modules`` (a train-mode BatchNorm's running statistics and batch
+    count) copied back in place on exit: a forward that only explains leaves them as they were."""
+    saved = [(buf, buf.detach().clone()) for module in modules for buf in module.buffers(recurse=False)]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
+
+
+def capture_rng() -> dict[str, Any]:
+    """The torch, CUDA (when initialised), numpy and ``random`` generator states."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["random"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Random numbers drawn inside (a train-mode dropout's masks) leave every generator as before."""
+    state = capture_rng()
+    try:
+        yield
+    finally:
+        restore_rng(state)
