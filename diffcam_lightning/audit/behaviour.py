@@ -142,18 +142,21 @@ def top_cells(maps: Tensor, k: int) -> Tensor:
     return torch.zeros_like(flat, dtype=torch.bool).scatter_(1, idx, True).view_as(maps)
 
 
-def random_cells(batch: int, grid: tuple[int, int], k: int, count: int, device: torch.device) -> Tensor:
-    """Bool ``[B, count, h, w]``: ``count`` seeded random sets of ``k`` cells per image."""
+def random_cells(
+    batch: int, grid: tuple[int, int], k: int, count: int, device: torch.device, offset: int = 0
+) -> Tensor:
+    """Bool ``[B, count, h, w]``: ``count`` seeded random sets of ``k`` cells per image; those of
+    audit image ``offset + i`` whatever the batch (or DDP shard) it comes in."""
     g = torch.Generator().manual_seed(BEHAVIOUR_SEED)
     n = grid[0] * grid[1]
-    idx = torch.rand(batch, count, n, generator=g).argsort(dim=2)[..., :k]
+    idx = torch.rand(offset + batch, count, n, generator=g)[offset:].argsort(dim=2)[..., :k]
     cells = torch.zeros(batch, count, n, dtype=torch.bool).scatter_(2, idx, True)
     return cells.view(batch, count, *grid).to(device)
 
 
 def deletion_drops(
     model: nn.Module, images: Tensor, targets: Tensor, maps: dict[str, Tensor], options: BehaviourOptions,
-    base: Tensor,
+    base: Tensor, offset: int = 0,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """``({method: drop [B] of its top cells}, mean drop [B] of the random cells)``; methods
     with the same top cells on an image share one forward."""
@@ -162,7 +165,7 @@ def deletion_drops(
     k = max(1, int(round(options.fraction * grid[0] * grid[1])))
     names = list(maps)
     tops = torch.stack([top_cells(maps[m], k) for m in names], dim=1)  # [B, M, h, w]
-    rand = random_cells(b, grid, k, options.random_regions, images.device)
+    rand = random_cells(b, grid, k, options.random_regions, images.device, offset)
     cells = torch.cat([tops, rand], dim=1)  # [B, M + R, h, w]
     # one forward per distinct cell set of an image (gradient CAMs often share their top cells)
     keys = torch.cat([torch.arange(b, device=images.device).repeat_interleave(cells.shape[1])[:, None],
@@ -196,14 +199,16 @@ def behaviour_scores(
     options: BehaviourOptions = BehaviourOptions(),
     saliency: Optional[Tensor] = None,
     has_saliency: Optional[Tensor] = None,
+    offset: int = 0,
 ) -> tuple[Scores, Tensor]:
     """``({"<signal>/<method>": (values [B], mask [B] | None)}, occlusion drops [B, gh, gw])``
-    for one audit batch (``targets``: the explained class of each image)."""
+    for one audit batch (``targets``: the explained class of each image; ``offset``: the
+    audit index of its first image, which fixes its random regions)."""
     grid = tuple(next(iter(maps.values())).shape[-2:])
     base = log_probs(model, images, targets, options.batch_size)
     drops = occlusion(model, images, targets, grid, options, base)
     regions = tuple(drops.shape[-2:])
-    top, rand = deletion_drops(model, images, targets, maps, options, base)
+    top, rand = deletion_drops(model, images, targets, maps, options, base, offset)
     out: Scores = {}
     for m, x in maps.items():
         blank = constant(x)

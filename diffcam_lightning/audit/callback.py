@@ -412,7 +412,7 @@ class CAMAudit(Callback):
                     ))
                 if self.behaviour and lo < self.behaviour_size:
                     k = min(hi, self.behaviour_size) - lo
-                    self._metric.update(self._behaviour(model, images[:k], result, batch, k))
+                    self._metric.update(self._behaviour(model, images[:k], result, batch, k, lo))
                 self._maps.update(maps)
                 if want_grid and grid_maps is None:
                     n = min(self.grid_images, hi - lo)
@@ -425,15 +425,17 @@ class CAMAudit(Callback):
             values.update(set_signals(self._maps.compute(), self.methods))
         return values, grid_maps
 
-    def _behaviour(self, model: nn.Module, images: Tensor, result: Any, batch: AuditSet, k: int) -> dict:
-        """The behavioural scores of the first ``k`` images of a batch, each averaged over the
-        images whose prediction is the explained class (the decision the map explains)."""
+    def _behaviour(self, model: nn.Module, images: Tensor, result: Any, batch: AuditSet, k: int, offset: int) -> dict:
+        """The behavioural scores of the first ``k`` images of a batch (audit index ``offset``
+        on), each averaged over the images the model decides: predicted as the explained
+        class with probability >= 0.5 (a map of an undecided model has nothing to be faithful to)."""
         targets = result.targets[:k]
-        decided = result.logits[:k].detach().argmax(dim=1) == targets
+        probs = result.logits[:k].detach().float().softmax(dim=1)
+        decided = (probs.argmax(dim=1) == targets) & (probs.gather(1, targets[:, None]).squeeze(1) >= 0.5)
         saliency = None if batch.saliency is None else batch.saliency[:k]
         has = None if batch.has_saliency is None else batch.has_saliency[:k]
         maps = {m: v[:k].detach() for m, v in result.maps.items()}
-        scores, _ = behaviour_scores(model, images, targets, maps, self.behaviour_options, saliency, has)
+        scores, _ = behaviour_scores(model, images, targets, maps, self.behaviour_options, saliency, has, offset)
         out = {key: (v, decided if mask is None else mask.bool() & decided) for key, (v, mask) in scores.items()}
         out[DECIDED] = (decided.float(), None)
         return out
