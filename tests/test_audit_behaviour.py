@@ -114,3 +114,46 @@ def cue_fit(cue: bool, epochs: int = 4) -> tuple[SaliencyClassifier, SyntheticDa
         warnings.simplefilter("always")
         trainer.fit(model, data)
     return model, data, audit, [str(w.message) for w in caught if "CAMAudit" in str(w.message)]
+
+
+@pytest.fixture(scope="module")
+def fooled_fit():
+    return cue_fit(cue=True)
+
+
+def test_a_short_plausible_fooling_fit_raises_the_alarm_naming_the_rule(fooled_fit):
+    model, data, audit, messages = fooled_fit
+    values = audit.last_metrics
+    # the decision uses the cue: painting it out costs most of the accuracy, painting out the object nothing
+    val = data.datasets["val"]
+    x = torch.stack([val[i]["image"] for i in range(len(val))])
+    y = torch.stack([val[i]["label"] for i in range(len(val))])
+    no_cue = SyntheticShapes(len(val), "val", val.spec, ablate="cue")
+    x_no_cue = torch.stack([no_cue[i]["image"] for i in range(len(val))])
+    model.eval()
+    with torch.no_grad():
+        acc, acc_no_cue = [float((model(v).argmax(1) == y).float().mean()) for v in (x, x_no_cue)]
+    assert acc > 0.8 and acc_no_cue < 0.6, (acc, acc_no_cue)
+    assert values["pointing/gradcam"] > 0.5  # ... while GradCAM shows the annotated object
+    assert audit.alarm and audit.verdict == "fooled" and values["verdict/fooled"] == 1.0
+    assert values["alarm/plausibility_gap"] == 1.0
+    alarms = [m for m in messages if "fooling alarm" in m]
+    assert alarms and "rule 'plausibility_gap' on gradcam" in alarms[-1] and "Verdict: fooled" in alarms[-1]
+
+
+def test_its_clean_twin_raises_no_fooling_alarm():
+    _, _, audit, messages = cue_fit(cue=False)  # the object decides the label: the same training is honest
+    values = audit.last_metrics
+    assert values["pointing/gradcam"] > 0.5 and values["decided/behaviour"] > 0.5  # judged, and the maps are on the object
+    assert not audit.alarm and values["verdict/fooled"] == 0.0, values
+    assert not [m for m in messages if "fooling alarm" in m]
+
+
+def test_one_shot_audit_of_a_finished_model_gives_a_verdict_without_a_reference(fooled_fit):
+    model, data, _, _ = fooled_fit
+    audit = CAMAudit(methods=("gradcam", "meandiffgradcam"), log_images=False, reference=None)  # no history
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[audit])
+    with pytest.warns(UserWarning, match="rule 'plausibility_gap' on gradcam.*Verdict: fooled"):
+        trainer.validate(model, data)
+    assert audit.reference_maps is None and "susceptibility/gradcam" not in audit.last_metrics
+    assert audit.verdict == "fooled" and trainer.callback_metrics["cam_audit/verdict/fooled"] == 1.0

@@ -72,10 +72,12 @@ class Firing:
 DEFAULT_DEPENDENCE_THRESHOLD = 0.55
 DEFAULT_DRIFT_THRESHOLD = 0.1
 DEFAULT_SHAM_THRESHOLD = 0.1
-# The behavioural rules: chosen on seed 0 of experiments/behaviour_audit.py (docs/audit-detection.md).
-DEFAULT_DELETION_GAP_THRESHOLD = 0.1
-DEFAULT_PLAUSIBILITY_GAP_THRESHOLD = 0.2
-DEFAULT_AGREEMENT_THRESHOLD = 0.3
+# The behavioural rules: chosen on seed 0 of experiments/behaviour_audit.py, scored on seeds 1-2
+# (experiments/results/behaviour_audit.md, docs/audit-detection.md): each the midpoint between the
+# seed-0 clean controls' extreme (epochs >= 1, the model deciding) and the attack values it must catch.
+DEFAULT_DELETION_GAP_THRESHOLD = 0.326  # clean min 0.334 (CE on the cue data, epoch 1)
+DEFAULT_PLAUSIBILITY_GAP_THRESHOLD = 0.047  # clean max 0.032 (CE on the cue data)
+DEFAULT_AGREEMENT_THRESHOLD = 0.464  # clean min 0.546; an "imprecise" verdict, not a fooling alarm
 BEHAVIOUR_GATE = ("decided/behaviour", 0.5)  # the share of behaviour images whose prediction is the explained class
 ALARM_RULES: dict[str, AlarmRule] = {}
 
