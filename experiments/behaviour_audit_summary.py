@@ -168,14 +168,19 @@ def verdict_epochs(rows: list[dict], rules: dict[Rule, float]) -> tuple[list[int
     return fooled, imprecise
 
 
+def extreme(row: dict, rule: Rule) -> float:
+    vals = [v for _, v in values(row, rule)]
+    return (min(vals) if rule.below else max(vals)) if vals else float("nan")
+
+
 def fmt(x: Optional[int]) -> str:
     return "never" if x is None else str(x)
 
 
 def table(runs: dict[str, list[dict]], clean: dict[str, float], rules: dict[Rule, float], seeds: set[int]) -> list[str]:
     lines = ["| run | acc | acc without cue | attacked map on object (start -> end) | fooling visible | fooled verdict | "
-             + " | ".join(f"first {r.name}" for r in rules) + " | goal |",
-             "|---|---|---|---|---|---|" + "---|" * len(rules) + "---|"]
+             + " | ".join(f"first {r.name}" for r in rules) + " | goal | measured: why |",
+             "|---|---|---|---|---|---|" + "---|" * len(rules) + "---|---|"]
     met = total = false = control_epochs = 0
     for name in sorted(runs):
         rows = runs[name]
@@ -186,21 +191,33 @@ def table(runs: dict[str, list[dict]], clean: dict[str, float], rules: dict[Rule
         fooled, imprecise = verdict_epochs(rows, rules)
         alarm = fooled[0] if fooled else None
         firsts = [fmt(first_fire(rows, r, t)) for r, t in rules.items()]
+        why = ""
         if rows[0]["kind"] == "control":
             control_epochs += len(rows) - 1
             false += len(fooled)
             status = f"{len(fooled)} false" + (f"; imprecise at {imprecise}" if imprecise else "")
             ms = ["gradcam"]
+            if fooled:
+                row = next(r for r in rows if r["epoch"] == fooled[0])
+                why = f"epoch {fooled[0]}: " + "; ".join(
+                    f"{rule.name} on {len(fires(row, rule, t))} methods, {'min' if rule.below else 'max'} "
+                    f"{extreme(row, rule):.3f} vs {t}"
+                    for rule, t in rules.items() if rule.verdict == "fooled" and fires(row, rule, t))
         else:
             g = goal(rows, seen, alarm)
             total += g is not None
             met += bool(g)
             status = "n/a (not fooled)" if g is None else ("yes" if g else "**no**")
             ms = attacked_methods(last)
+            if g is False:
+                at = next(r for r in rows if r["epoch"] == min(seen + LAG, len(rows) - 1))
+                why = f"at epoch {at['epoch']}: " + "; ".join(
+                    f"{rule.name} {'min' if rule.below else 'max'} {extreme(at, rule):.3f} vs {t}"
+                    for rule, t in rules.items() if rule.verdict == "fooled" and rule.gated)
         point = ", ".join(f"{rows[1][f'pointing/{m}']:.2f} -> {last[f'pointing/{m}']:.2f}" for m in ms)
         nocue = f"{last['acc_no_cue']:.2f}" if "acc_no_cue" in last else "-"
         lines.append(f"| {name} | {last['audit_acc']:.2f} | {nocue} | {point} | {fmt(seen)} | {fmt(alarm)} | "
-                     + " | ".join(firsts) + f" | {status} |")
+                     + " | ".join(firsts) + f" | {status} | {why} |")
     summary = (f"**Visibly fooled runs caught in time: {met} of {total}. Fooled verdicts on clean controls at epochs >= 1: "
                f"{false} of {control_epochs} run-epochs.**")
     return [summary, "", *lines]
