@@ -94,6 +94,21 @@ def test_behaviour_options_and_verdicts():
     assert ALARM_RULES["plausibility_gap"].verdict == "fooled"
 
 
+def test_the_cue_variant_hides_the_label_in_a_square_the_annotation_never_marks():
+    spec = SyntheticSpec(cue=True)
+    full, no_cue, no_object = (SyntheticShapes(8, "val", spec, ablate=a) for a in (None, "cue", "object"))
+    for i in range(8):
+        cue, obj = full.cue_mask(i).bool(), full[i]["saliency"].bool()
+        assert cue.sum() == (2 * round(0.08 * 64)) ** 2 and not (cue & obj).any()  # off the annotated object
+        changed = (full[i]["image"] != no_cue[i]["image"]).any(dim=0)
+        assert changed.any() and not (changed & ~cue).any()  # painting the cue out changes only its pixels
+        changed = (full[i]["image"] != no_object[i]["image"]).any(dim=0)
+        assert not (changed & ~obj).any()
+    assert torch.equal(SyntheticShapes(4, "val")[3]["image"], SyntheticShapes(4, "val", SyntheticSpec(cue=False))[3]["image"])
+    with pytest.raises(ValueError, match="Unknown ablate 'cues'"):
+        SyntheticShapes(4, "val", spec, ablate="cues")
+
+
 # ---------------------------------------------------------------- fits on the cue data
 
 def cue_fit(cue: bool, epochs: int = 4) -> tuple[SaliencyClassifier, SyntheticDataModule, CAMAudit, list[str]]:
