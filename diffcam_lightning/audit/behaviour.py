@@ -27,7 +27,7 @@ Everything runs in eval mode under the audit's guard (``guard.py``); forwards ar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +38,7 @@ from .metrics import Scores
 
 BEHAVIOUR_SEED = 0  # the random regions of the deletion gap: the same cells every audit
 BEHAVIOUR_SIGNALS = ("behaviour_agreement", "deletion_gap", "plausibility_gap")
+Model = Union[nn.Module, Callable[[Tensor], Tensor]]  # anything whose output holds the logits
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def behaviour_keys(methods: list[str]) -> list[str]:
     return [f"{s}/{m}" for s in BEHAVIOUR_SIGNALS for m in methods]
 
 
-def log_probs(model: nn.Module, images: Tensor, targets: Tensor, batch_size: int) -> Tensor:
+def log_probs(model: Model, images: Tensor, targets: Tensor, batch_size: int) -> Tensor:
     """Log-probability of ``targets`` for each image, in no-grad chunks of ``batch_size``."""
     out = []
     with torch.no_grad():
@@ -82,7 +83,7 @@ def _covered(images: Tensor, cells: Tensor) -> Tensor:
     return torch.where(up.bool(), mean, x)
 
 
-def _drops(model: nn.Module, images: Tensor, targets: Tensor, base: Tensor, cells: Tensor, batch_size: int) -> Tensor:
+def _drops(model: Model, images: Tensor, targets: Tensor, base: Tensor, cells: Tensor, batch_size: int) -> Tensor:
     """Log-probability drop ``[B, K]`` for each of the ``K`` cell masks of each image."""
     b, k = cells.shape[:2]
     out = []
@@ -101,7 +102,7 @@ def region_grid(grid: tuple[int, int], occlusion_grid: int) -> tuple[int, int]:
 
 
 def occlusion(
-    model: nn.Module, images: Tensor, targets: Tensor, grid: tuple[int, int], options: BehaviourOptions,
+    model: Model, images: Tensor, targets: Tensor, grid: tuple[int, int], options: BehaviourOptions,
     base: Optional[Tensor] = None,
 ) -> Tensor:
     """Log-probability drops ``[B, gh, gw]`` when each region of the (pooled) CAM grid is
@@ -155,7 +156,7 @@ def random_cells(
 
 
 def deletion_drops(
-    model: nn.Module, images: Tensor, targets: Tensor, maps: dict[str, Tensor], options: BehaviourOptions,
+    model: Model, images: Tensor, targets: Tensor, maps: dict[str, Tensor], options: BehaviourOptions,
     base: Tensor, offset: int = 0,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """``({method: drop [B] of its top cells}, mean drop [B] of the random cells)``; methods
@@ -192,7 +193,7 @@ def constant(maps: Tensor) -> Tensor:
 
 
 def behaviour_scores(
-    model: nn.Module,
+    model: Model,
     images: Tensor,
     targets: Tensor,
     maps: dict[str, Tensor],

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..cams import DIFF_BASES, METHODS, CAMEngine, get_method
 from ..cams.layers import known_layer_name, resolve_layer
+from ..cams.outputs import logits_of
 from ..cams.metrics import check_metrics
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
 from .alarm import BEHAVIOUR_GATE, DEFAULT_DRIFT_THRESHOLD, VERDICTS, DEFAULT_SHAM_THRESHOLD, AlarmRule, build_rules, evaluate, verdict
@@ -435,7 +436,13 @@ class CAMAudit(Callback):
         saliency = None if batch.saliency is None else batch.saliency[:k]
         has = None if batch.has_saliency is None else batch.has_saliency[:k]
         maps = {m: v[:k].detach() for m, v in result.maps.items()}
-        scores, _ = behaviour_scores(model, images, targets, maps, self.behaviour_options, saliency, has, offset)
+        engine = self._engine
+        assert engine is not None
+
+        def logits(x: Tensor) -> Tensor:  # the engine's reading of the model's output (tuples, dicts, .logits)
+            return logits_of(model(x), engine._width, engine.output_key)
+
+        scores, _ = behaviour_scores(logits, images, targets, maps, self.behaviour_options, saliency, has, offset)
         out = {key: (v, decided if mask is None else mask.bool() & decided) for key, (v, mask) in scores.items()}
         out[DECIDED] = (decided.float(), None)
         return out
