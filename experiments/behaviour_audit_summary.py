@@ -29,7 +29,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -76,10 +76,6 @@ def load() -> dict[str, list[dict]]:
 
 def decides(row: dict) -> bool:
     return row["audit_acc"] >= 0.5
-
-
-def attacked(row: dict) -> list[str]:
-    return row["attacked"].split("+meandiff") if "+meandiff" in row["attacked"] else [row["attacked"]]
 
 
 def attacked_methods(row: dict) -> list[str]:

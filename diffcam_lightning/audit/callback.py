@@ -4,9 +4,9 @@ On a fixed audit set it computes, with one ``CAMEngine`` call per audit batch fo
 methods, the drift of each DiffGradCAM variant from its base, CAM entropy, MSE to a SHAM,
 susceptibility against a reference model, localisation against saliency maps (when the
 data has them), behavioural signals (``behaviour.py``: does each map point where the
-model's output responds?) and an alarm with a verdict (fooled / imprecise); scalars go through ``pl_module.log`` under
-``cam_audit/``, image grids to every logger (``sinks.py``). It never changes training: see
-``guard.py``.
+model's output responds?) and an alarm with a verdict (fooled / imprecise); scalars go
+through ``pl_module.log`` under ``cam_audit/``, image grids to every logger
+(``sinks.py``). It never changes training: see ``guard.py``.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ from torch import Tensor, nn
 
 from ..cams import DIFF_BASES, METHODS, CAMEngine, get_method
 from ..cams.layers import known_layer_name, resolve_layer
-from ..cams.outputs import logits_of
 from ..cams.metrics import check_metrics
+from ..cams.outputs import logits_of
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
-from .alarm import BEHAVIOUR_GATE, DEFAULT_DRIFT_THRESHOLD, VERDICTS, DEFAULT_SHAM_THRESHOLD, AlarmRule, build_rules, evaluate, verdict
+from .alarm import (
+    BEHAVIOUR_GATE, DEFAULT_DRIFT_THRESHOLD, DEFAULT_SHAM_THRESHOLD, VERDICTS, AlarmRule, build_rules, evaluate, verdict,
+)
 from .auditset import AuditSet, BatchKeys
 from .behaviour import BehaviourOptions, behaviour_keys, behaviour_scores
 from .faithfulness import faithfulness_keys, faithfulness_scores
