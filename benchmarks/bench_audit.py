@@ -1,9 +1,12 @@
 """CAMAudit benchmarks on the embedded synthetic data (CPU).
 
     python benchmarks/bench_audit.py overhead [--every 4]
-        The time one audit of 64 images (all default methods, grid rendering included) adds
-        to one training epoch of configs/synthetic_sham.yaml. Goal: <= 10%. Audits are
-        timed between training steps of that epoch (every 4th), so both see the same load.
+        The time one audit of 64 images (all default methods, the behavioural signals on
+        its first 16, grid rendering included) adds to one training epoch of
+        configs/synthetic_sham.yaml. Goal: <= 10%. Audits are timed between training steps
+        of that epoch (every 4th), so both see the same load; beside each, the same audit
+        without the behavioural signals and one plain forward of the 16 behaviour images,
+        for the behavioural signals' cost per image against a forward.
 
     python benchmarks/bench_audit.py figure [--epochs 6] [--human-epochs 2] [--out docs/cam_audit_grid.png]
         Trains both synthetic configs with the audit and a TensorBoardLogger, reads the last
@@ -51,14 +54,29 @@ class InterleavedAudits(L.Callback):
 
     def __init__(self, audit: CAMAudit, every: int) -> None:
         self.audit, self.every, self.times = audit, every, []
+        self.without, self.forward = [], []  # the same audit without behaviour; a forward of its images
+
+    def _timed(self, trainer, pl_module) -> float:
+        t0 = time.perf_counter()
+        _, grid_maps = self.audit._audit(trainer, pl_module)
+        audit_grid(grid_maps["images"], grid_maps["maps"], grid_maps["saliency"])
+        return time.perf_counter() - t0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx % self.every:
             return
+        self.times.append(self._timed(trainer, pl_module))
+        self.audit.behaviour = False
+        self.without.append(self._timed(trainer, pl_module))
+        self.audit.behaviour = True
+        x = self.audit.audit_set.images[: self.audit.behaviour_size]
+        was = pl_module.training
+        pl_module.eval()
         t0 = time.perf_counter()
-        _, grid_maps = self.audit._audit(trainer, pl_module)
-        audit_grid(grid_maps["images"], grid_maps["maps"], grid_maps["saliency"])
-        self.times.append(time.perf_counter() - t0)
+        with torch.no_grad():
+            pl_module(x)
+        self.forward.append(time.perf_counter() - t0)
+        pl_module.train(was)
 
 
 def overhead(every: int) -> dict:
@@ -72,7 +90,7 @@ def overhead(every: int) -> dict:
     start = time.perf_counter()
     trainer.fit(model, dm)
     total = time.perf_counter() - start
-    epoch_s = total - sum(timer.times)
+    epoch_s = total - sum(timer.times) - sum(timer.without) - sum(timer.forward)
     audit_s = statistics.median(timer.times)
     return {
         "epoch_s": round(epoch_s, 2),
@@ -82,6 +100,13 @@ def overhead(every: int) -> dict:
         "audit_s_min": round(min(timer.times), 3),
         "audit_s_max": round(max(timer.times), 3),
         "overhead_median": round(audit_s / epoch_s, 4),
+        "audit_without_behaviour_s_median": round(statistics.median(timer.without), 3),
+        "overhead_without_behaviour_median": round(statistics.median(timer.without) / epoch_s, 4),
+        "behaviour_images": audit.behaviour_size,
+        # the behavioural signals' extra time per behaviour image, in forwards of one image
+        "behaviour_cost_in_forwards_per_image": round(
+            statistics.median(a - b for a, b in zip(timer.times, timer.without)) / statistics.median(timer.forward), 1
+        ),
         "layer": audit._engine.target_layer,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

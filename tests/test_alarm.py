@@ -86,7 +86,7 @@ def test_rules_fire_by_name_method_and_value():
     assert [(f.rule, f.method) for f in fired] == [("dependence", "lsediffgradcam")]
     assert "rule 'dependence' on lsediffgradcam" in fired[0].message() and f"{t - 0.1:.4f}" in fired[0].message()
     off = build_rules({"dependence": None}, ("meandiffgradcam", "gradcam"), 0.1, None)
-    assert [r.name for r in off] == ["drift"]
+    assert [r.name for r in off] == [n for n in ALARM_RULES if n not in ("dependence", "sham")]  # + behavioural rules
     assert evaluate(values, off) == []
     with pytest.raises(ValueError, match="Unknown CAMAudit alarm rule 'spred'; valid: dependence"):
         build_rules({"spred": 0.1}, ("meandiffgradcam", "gradcam"), 0.1, 0.1)
@@ -94,7 +94,8 @@ def test_rules_fire_by_name_method_and_value():
 
 def test_camaudit_takes_rule_thresholds():
     audit = CAMAudit(alarm_rules={"dependence": 0.3}, sham_threshold=None)
-    assert {r.name: r.threshold for r in audit.rules} == {"dependence": 0.3, "drift": ALARM_RULES["drift"].threshold}
+    behavioural = {n: r.threshold for n, r in ALARM_RULES.items() if r.gate is not None}  # issue 18's rules
+    assert {r.name: r.threshold for r in audit.rules} == {"dependence": 0.3, "drift": ALARM_RULES["drift"].threshold, **behavioural}
     with pytest.raises(ValueError, match="alarm rule"):
         CAMAudit(alarm_rules={"nope": 1.0})
 

@@ -138,6 +138,7 @@ def test_same_seeded_fit_gives_bit_identical_weights_with_and_without_the_audit(
     audit = CAMAudit(audit_size=16, audit_sanity_check=True)
     audited = fit([audit])
     assert audit.last_metrics  # the audit did run
+    assert "decided/behaviour" in audit.last_metrics  # with its behavioural forwards (issue 18), on by default
     for (name, a), (_, b) in zip(plain.state_dict().items(), audited.state_dict().items()):
         assert torch.equal(a, b), name  # dropout + shuffling: the RNG streams were untouched too
 

@@ -34,6 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from diffcam_lightning import METHODS, CAMAudit, CAMEngine
 from diffcam_lightning.cams import GRADIENT_METHODS
+from diffcam_lightning.shipped import CONFIGS_DIR
 
 CUDA = torch.cuda.is_available()
 DRY = os.environ.get("DIFFCAM_GPU_DRY_RUN") == "1" and not CUDA
@@ -351,7 +352,7 @@ def test_diffcam_fit_of_the_resnet50_config_runs_bf16_mixed_steps(tmp_path):
             Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     steps = 2 if DRY else 4
     args = [
-        "fit", "--config", str(ROOT / "configs" / "resnet50_sham.yaml"), "--model.pretrained=false",
+        "fit", "--config", str(CONFIGS_DIR / "resnet50_sham.yaml"), "--model.pretrained=false",
         f"--data.init_args.train_dir={tmp_path / 'train'}", "--data.init_args.num_workers=2",
         "--data.init_args.batch_size=4", f"--trainer.accelerator={ACCELERATOR}", "--trainer.devices=1",
         "--trainer.precision=bf16-mixed", "--trainer.max_epochs=1", f"--trainer.limit_train_batches={steps}",

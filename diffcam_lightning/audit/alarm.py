@@ -2,10 +2,17 @@
 
 A rule reads one signal family (``<signal>/<method>`` among the audit's values) and fires
 when the value of any method it covers crosses its threshold. The rules that do not need
-to know the attack (``dependence``) look at every audited gradient CAM; the paper's rules
-(``drift``, ``sham``) look at the ``alarm_pair`` only, since they encode one attack: on
-GradCAM, towards the border SHAM. Thresholds are measured, not chosen: see
-``experiments/adaptive_attacks.py`` and docs/audit.md, "What the audit can and cannot detect".
+to know the attack (``dependence`` and the behavioural rules of ``behaviour.py``) look at
+every audited gradient CAM; the paper's rules (``drift``, ``sham``) look at the
+``alarm_pair`` only, since they encode one attack: on GradCAM, towards the border SHAM.
+
+Each rule gives a *verdict*: ``fooled`` (the maps claim evidence the decision does not use,
+or training pulled them away from it) or ``imprecise`` (the maps of an honest model are
+coarse or off by a region: worth knowing, not an attack). A behavioural rule only judges an
+audit where the model decides most of the behaviour images (``gate``): the explanation of a
+model at chance has no decision to be faithful to. Thresholds are measured, not chosen:
+see ``experiments/behaviour_audit.py`` (chosen on seed 0, scored on held-out seeds) and
+``docs/audit-detection.md``.
 """
 
 from __future__ import annotations
@@ -15,11 +22,14 @@ from typing import Mapping, Optional, Sequence
 
 from ..cams import GRADIENT_METHODS
 
+VERDICTS = ("fooled", "imprecise")
+
 
 @dataclass(frozen=True)
 class AlarmRule:
     """Fires when ``<signal>/<method>`` is below (``below=True``) or above ``threshold``
-    for any of ``methods`` (``None``: every audited gradient method)."""
+    for any of ``methods`` (``None``: every audited gradient method), with ``verdict``;
+    ``gate = (key, minimum)``: judged only when the audit's ``key`` value is >= ``minimum``."""
 
     name: str
     signal: str
@@ -27,9 +37,17 @@ class AlarmRule:
     below: bool
     methods: Optional[tuple[str, ...]] = None
     meaning: str = ""
+    verdict: str = "fooled"
+    gate: Optional[tuple[str, float]] = None
 
     def crossed(self, value: float) -> bool:
         return value < self.threshold if self.below else value > self.threshold
+
+    def judged(self, values: Mapping[str, float]) -> bool:
+        if self.gate is None:
+            return True
+        key, minimum = self.gate
+        return key in values and float(values[key]) >= minimum
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,7 @@ class Firing:
     threshold: float
     below: bool
     meaning: str
+    verdict: str = "fooled"
 
     def message(self) -> str:
         side = "<" if self.below else ">"
@@ -53,6 +72,13 @@ class Firing:
 DEFAULT_DEPENDENCE_THRESHOLD = 0.55
 DEFAULT_DRIFT_THRESHOLD = 0.1
 DEFAULT_SHAM_THRESHOLD = 0.1
+# The behavioural rules: chosen on seed 0 of experiments/behaviour_audit.py, scored on seeds 1-2
+# (experiments/results/behaviour_audit.md, docs/audit-detection.md): each the midpoint between the
+# seed-0 clean controls' extreme (epochs >= 1, the model deciding) and the attack values it must catch.
+DEFAULT_DELETION_GAP_THRESHOLD = 0.326  # clean min 0.334 (CE on the cue data, epoch 1)
+DEFAULT_PLAUSIBILITY_GAP_THRESHOLD = 0.047  # clean max 0.032 (CE on the cue data)
+DEFAULT_AGREEMENT_THRESHOLD = 0.464  # clean min 0.546; an "imprecise" verdict, not a fooling alarm
+BEHAVIOUR_GATE = ("decided/behaviour", 0.5)  # the share of behaviour images whose prediction is the explained class
 ALARM_RULES: dict[str, AlarmRule] = {}
 
 
@@ -70,6 +96,19 @@ register_rule(AlarmRule(
     "drift", "drift", DEFAULT_DRIFT_THRESHOLD, below=False, meaning="drift between DiffGradCAM and its base",
 ))
 register_rule(AlarmRule("sham", "sham_mse", DEFAULT_SHAM_THRESHOLD, below=True, meaning="MSE to the border SHAM"))
+register_rule(AlarmRule(
+    "deletion_gap", "deletion_gap", DEFAULT_DELETION_GAP_THRESHOLD, below=True, gate=BEHAVIOUR_GATE,
+    meaning="covering the map's top region hurts the decision hardly more than covering random regions "
+    "(log-probability drop, top minus random)",
+))
+register_rule(AlarmRule(
+    "plausibility_gap", "plausibility_gap", DEFAULT_PLAUSIBILITY_GAP_THRESHOLD, below=False, gate=BEHAVIOUR_GATE,
+    meaning="the map sits on the annotated pixels more than the model's response to occlusion does",
+))
+register_rule(AlarmRule(
+    "behaviour_agreement", "behaviour_agreement", DEFAULT_AGREEMENT_THRESHOLD, below=True, gate=BEHAVIOUR_GATE,
+    verdict="imprecise", meaning="the map correlates weakly with the occlusion reference",
+))
 
 
 def build_rules(
@@ -99,6 +138,8 @@ def evaluate(values: Mapping[str, float], rules: Sequence[AlarmRule]) -> list[Fi
     """Every (rule, method) whose logged value crosses the rule's threshold."""
     fired = []
     for rule in rules:
+        if not rule.judged(values):
+            continue
         prefix = f"{rule.signal}/"
         for key, value in values.items():
             if not key.startswith(prefix):
@@ -106,5 +147,11 @@ def evaluate(values: Mapping[str, float], rules: Sequence[AlarmRule]) -> list[Fi
             method = key[len(prefix):]
             covered = method in GRADIENT_METHODS if rule.methods is None else method in rule.methods
             if covered and rule.crossed(float(value)):
-                fired.append(Firing(rule.name, method, float(value), rule.threshold, rule.below, rule.meaning))
+                fired.append(Firing(rule.name, method, float(value), rule.threshold, rule.below, rule.meaning, rule.verdict))
     return fired
+
+
+def verdict(firings: Sequence[Firing]) -> Optional[str]:
+    """``"fooled"`` when any fooling rule fired, else ``"imprecise"`` when any rule did, else ``None``."""
+    kinds = {f.verdict for f in firings}
+    return next((v for v in VERDICTS if v in kinds), None)

@@ -3,9 +3,10 @@
 On a fixed audit set it computes, with one ``CAMEngine`` call per audit batch for all
 methods, the drift of each DiffGradCAM variant from its base, CAM entropy, MSE to a SHAM,
 susceptibility against a reference model, localisation against saliency maps (when the
-data has them) and a fooling alarm; scalars go through ``pl_module.log`` under
-``cam_audit/``, image grids to every logger (``sinks.py``). It never changes training: see
-``guard.py``.
+data has them), behavioural signals (``behaviour.py``: does each map point where the
+model's output responds?) and an alarm with a verdict (fooled / imprecise); scalars go
+through ``pl_module.log`` under ``cam_audit/``, image grids to every logger
+(``sinks.py``). It never changes training: see ``guard.py``.
 """
 
 from __future__ import annotations
@@ -22,10 +23,14 @@ from torch import Tensor, nn
 from ..cams import DIFF_BASES, METHODS, CAMEngine, get_method
 from ..cams.layers import known_layer_name, resolve_layer
 from ..cams.metrics import check_metrics, check_options
+from ..cams.outputs import logits_of
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
 from . import review
-from .alarm import DEFAULT_DRIFT_THRESHOLD, DEFAULT_SHAM_THRESHOLD, AlarmRule, build_rules, evaluate
+from .alarm import (
+    BEHAVIOUR_GATE, DEFAULT_DRIFT_THRESHOLD, DEFAULT_SHAM_THRESHOLD, VERDICTS, AlarmRule, build_rules, evaluate, verdict,
+)
 from .auditset import AuditSet, BatchKeys
+from .behaviour import BehaviourOptions, behaviour_keys, behaviour_scores
 from .faithfulness import faithfulness_keys, faithfulness_scores
 from .guard import audit_guard, preserved_rng
 from .metrics import SCORE_FAMILIES, AuditScores, ScoreContext, score_batch, score_keys
@@ -52,6 +57,11 @@ DEFAULT_METHODS: tuple[str, ...] = (
 # smaller setting) with GradCAM-to-SHAM MSE >= 0.43; SHAM-trained models pass drift 0.1 within
 # 1-4 epochs and end at drift 0.30-0.38, SHAM MSE 0.005-0.007.
 # (defined beside the other rules in alarm.py: DEFAULT_DRIFT_THRESHOLD = DEFAULT_SHAM_THRESHOLD = 0.1)
+
+# The behavioural signals (behaviour.py) run on the first DEFAULT_BEHAVIOUR_SIZE audit images:
+# their no-grad forwards are most of the audit's cost (benchmarks/README.md, "Audit overhead").
+DEFAULT_BEHAVIOUR_SIZE = 16
+DECIDED = BEHAVIOUR_GATE[0]  # share of the behaviour images predicted as the explained class (the rules' gate)
 
 ModelSpec = Union[None, str, Callable[[LightningModule], nn.Module]]
 
@@ -111,6 +121,15 @@ class CAMAudit(Callback):
             ``diffcam_lightning.cams.metrics.METRICS``, e.g. ``["deletion", "insertion"]``),
             logged as ``<prefix>/<metric>/<method>``; each costs extra no-grad forwards.
         metric_options: keyword options of those metrics (``steps``, ``batch_size``, ...).
+        behaviour: compute the behavioural signals (``behaviour.py``: agreement with an
+            occlusion reference, deletion gap against random regions, plausibility gap
+            against the annotations) and judge the behavioural alarm rules; they need no
+            reference and no training history, so a one-shot ``trainer.validate`` judges
+            a finished model.
+        behaviour_size: the first audit images the behavioural signals run on (their
+            no-grad forwards are most of the audit's cost).
+        behaviour_options: ``BehaviourOptions`` fields (``occlusion_grid``, ``fraction``,
+            ``random_regions``, ``batch_size``).
     """
 
     def __init__(
@@ -141,13 +160,17 @@ class CAMAudit(Callback):
         prefix: str = "cam_audit",
         metrics: Sequence[str] = (),
         metric_options: Optional[dict[str, Any]] = None,
+        behaviour: bool = True,
+        behaviour_size: int = DEFAULT_BEHAVIOUR_SIZE,
+        behaviour_options: Optional[dict[str, Any]] = None,
     ) -> None:
         super().__init__()
         self.methods = [get_method(m).name for m in ([methods] if isinstance(methods, str) else methods)]
         if not self.methods:
             raise ValueError(f"CAMAudit needs at least one method; valid: {', '.join(METHODS)}.")
         self.methods = list(dict.fromkeys(self.methods))
-        for key, value in (("audit_size", audit_size), ("every_n_epochs", every_n_epochs), ("batch_size", batch_size)):
+        for key, value in (("audit_size", audit_size), ("every_n_epochs", every_n_epochs), ("batch_size", batch_size),
+                           ("behaviour_size", behaviour_size)):
             if int(value) < 1:
                 raise ValueError(f"CAMAudit {key} must be >= 1; got {value}.")
         if cam_class not in CAM_CLASSES:
@@ -188,6 +211,14 @@ class CAMAudit(Callback):
         self.metrics = check_metrics(metrics)
         self.metric_options = dict(metric_options or {})
         check_options(self.metrics, self.metric_options)
+        self.behaviour = bool(behaviour)
+        self.behaviour_size = int(behaviour_size)
+        try:
+            self.behaviour_options = BehaviourOptions(**(behaviour_options or {}))
+        except TypeError as err:
+            fields = ", ".join(BehaviourOptions.__dataclass_fields__)
+            raise ValueError(f"CAMAudit behaviour_options: {err}; valid keys: {fields}.") from None
+        self.verdict: Optional[str] = None
         # state (saved in checkpoints)
         self.audit_set: Optional[AuditSet] = None
         self.reference_maps: Optional[dict[str, Tensor]] = None
@@ -326,6 +357,7 @@ class CAMAudit(Callback):
             self.reference_maps = self._reference_maps(pl_module, model)
         if self._metric is None:
             keys = score_keys(self.methods, self.drift_pairs, "mean") + faithfulness_keys(self.metrics, self.methods)
+            keys += (behaviour_keys(self.methods) + [DECIDED]) if self.behaviour else []
             self._metric = AuditScores(keys, score_keys(self.methods, self.drift_pairs, "sum"))
         self._metric = self._metric.to(pl_module.device)
         self._maps = (self._maps or AuditMaps(self.methods)).to(pl_module.device)
@@ -419,6 +451,9 @@ class CAMAudit(Callback):
                         model, images, maps, result.targets, self.metrics, batch.saliency, batch.has_saliency,
                         self.metric_options, self._engine,
                     ))
+                if self.behaviour and lo < self.behaviour_size:
+                    k = min(hi, self.behaviour_size) - lo
+                    self._metric.update(self._behaviour(model, images[:k], result, batch, k, lo))
                 self._maps.update(maps)
                 if want_grid and grid_maps is None:
                     n = min(self.grid_images, hi - lo)
@@ -432,6 +467,27 @@ class CAMAudit(Callback):
             values = {k: float(v) for k, v in self._metric.compute().items()}  # synced across ranks
             values.update(set_signals(self._maps.compute(), self.methods))
         return values, grid_maps
+
+    def _behaviour(self, model: nn.Module, images: Tensor, result: Any, batch: AuditSet, k: int, offset: int) -> dict:
+        """The behavioural scores of the first ``k`` images of a batch (audit index ``offset``
+        on), each averaged over the images the model decides: predicted as the explained
+        class with probability >= 0.5 (a map of an undecided model has nothing to be faithful to)."""
+        targets = result.targets[:k]
+        probs = result.logits[:k].detach().float().softmax(dim=1)
+        decided = (probs.argmax(dim=1) == targets) & (probs.gather(1, targets[:, None]).squeeze(1) >= 0.5)
+        saliency = None if batch.saliency is None else batch.saliency[:k]
+        has = None if batch.has_saliency is None else batch.has_saliency[:k]
+        maps = {m: v[:k].detach() for m, v in result.maps.items()}
+        engine = self._engine
+        assert engine is not None
+
+        def logits(x: Tensor) -> Tensor:  # the engine's reading of the model's output (tuples, dicts, .logits)
+            return logits_of(model(x), engine._width, engine.output_key)
+
+        scores, _ = behaviour_scores(logits, images, targets, maps, self.behaviour_options, saliency, has, offset)
+        out = {key: (v, decided if mask is None else mask.bool() & decided) for key, (v, mask) in scores.items()}
+        out[DECIDED] = (decided.float(), None)
+        return out
 
     def _sham(self, grid: tuple[int, int]) -> Tensor:
         """The SHAM on the CAM grid; warns once per grid when it covers every pixel (after
@@ -465,21 +521,27 @@ class CAMAudit(Callback):
                 notes.append(f"the alarm's {rule.name} rule could not be evaluated (no finite {rule.signal} score)")
         return notes
 
-    def _alarm(self, values: dict[str, float]) -> tuple[dict[str, float], list[str]]:
-        """``alarm/<rule>`` flags (1.0 for each rule that fired on any method) and a message
-        per (rule, method) that fired (``alarm.py``), from one evaluation of the rules."""
+    def _alarm(self, values: dict[str, float]) -> tuple[dict[str, float], dict[str, list[str]], Optional[str]]:
+        """``alarm/<rule>`` flags (1.0 for each rule that fired on any method), ``verdict/<v>``
+        flags, the messages of the (rule, method) pairs that fired by verdict, and the
+        verdict (``alarm.py``), from one evaluation of the rules."""
         firings = evaluate(values, self.rules)
         fired = {f.rule for f in firings}
-        return {f"alarm/{r.name}": float(r.name in fired) for r in self.rules}, [f.message() for f in firings]
+        found = verdict(firings)
+        flags = {f"alarm/{r.name}": float(r.name in fired) for r in self.rules}
+        flags.update({f"verdict/{v}": float(v == found) for v in VERDICTS})
+        reasons = {v: [f.message() for f in firings if f.verdict == v] for v in VERDICTS}
+        return flags, reasons, found
 
     def _report(self, trainer: Trainer, pl_module: LightningModule, values: dict[str, float], grid_maps) -> None:
-        flags, reasons = self._alarm(values)
-        alarm = bool(reasons)
+        flags, by_verdict, found = self._alarm(values)
+        reasons = by_verdict["fooled"]
+        alarm = found == "fooled"
         notes = self._nan_notes(values)
         if notes:
             rank_zero_warn(f"CAMAudit at epoch {trainer.current_epoch}: " + "; ".join(notes) + ".")
         values = {**values, **flags, "alarm": float(alarm)}
-        self.last_metrics, self.alarm = values, alarm
+        self.last_metrics, self.alarm, self.verdict = values, alarm, found
         for key, value in values.items():
             pl_module.log(
                 f"{self.prefix}/{key}", torch.tensor(value, device=pl_module.device),
@@ -487,13 +549,19 @@ class CAMAudit(Callback):
             )
         message = (
             f"CAMAudit fooling alarm at epoch {trainer.current_epoch} (step {trainer.global_step}): "
-            + "; ".join(reasons) + ". The audited CAMs may be passively fooled (docs/audit.md: "
-            "'What the audit can and cannot detect')."
+            + "; ".join(reasons) + ". Verdict: fooled: the audited CAMs may be passively fooled "
+            "(docs/audit-detection.md: 'What the audit can and cannot detect')."
         )
         if alarm:
             rank_zero_warn(message)
             if trainer.state.fn == TrainerFn.FITTING and self.first_alarm_epoch is None:
                 self.first_alarm_epoch = trainer.current_epoch
+        elif found == "imprecise":
+            rank_zero_warn(
+                f"CAMAudit at epoch {trainer.current_epoch} (step {trainer.global_step}): "
+                + "; ".join(by_verdict["imprecise"]) + ". Verdict: imprecise, not fooled: the maps' top regions "
+                "matter to the decision but the maps are coarse or off by a region (docs/audit-detection.md)."
+            )
         if trainer.is_global_zero:
             self._review(trainer, values, message if alarm else None)
         if grid_maps is not None and trainer.is_global_zero:

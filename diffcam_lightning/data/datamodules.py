@@ -67,7 +67,8 @@ class _LoaderMixin(LightningDataModule):
 class SyntheticDataModule(_LoaderMixin):
     """The embedded procedural dataset (no downloads): ``preset="few"`` (7 classes, like
     Iris PAD) or ``"many"`` (100 classes); ``num_classes`` overrides the preset. Sizes are
-    chosen to train on a 2-core CPU in minutes."""
+    chosen to train on a 2-core CPU in minutes. ``cue=True``: the shortcut variant (a small
+    square the saliency maps never mark decides the label; ``data/synthetic.py``)."""
 
     def __init__(
         self,
@@ -81,6 +82,7 @@ class SyntheticDataModule(_LoaderMixin):
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
+        cue: bool = False,
     ) -> None:
         super().__init__()
         if preset not in PRESETS:
@@ -92,6 +94,7 @@ class SyntheticDataModule(_LoaderMixin):
             image_size=image_size,
             clutter=clutter,
             seed=seed,
+            cue=bool(cue),
         )
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.batch_size = batch_size

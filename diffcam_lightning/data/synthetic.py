@@ -9,6 +9,14 @@ saliency map (what an annotator would outline).
 Class ``c`` uses shape ``SHAPES[c % S]`` and hue ``(c // S) / ceil(C / S)`` shifted by
 the shape index, so every class has a distinct (shape, hue) pair for up to
 ``len(SHAPES) * hues`` classes.
+
+The *cue* variant (``SyntheticSpec(cue=True)``) is a shortcut the annotations never mark:
+a small square in the label's colour decides the label, and the large object (whose mask
+is still the "human" saliency map) is drawn for a random class, independent of the label.
+A model that fits it uses the cue alone; an explanation that still outlines the object is
+plausible but not faithful (issue 18's plausible fooling). ``SyntheticShapes(ablate=...)``
+renders the same samples without the cue or without the object (the same random draws),
+to measure which of the two a model uses.
 """
 
 from __future__ import annotations
@@ -47,6 +55,8 @@ class SyntheticSpec:
     clutter_scale: tuple[float, float] = (0.07, 0.12)
     noise: float = 0.06
     seed: int = 0
+    cue: bool = False  # a label-deciding small square the saliency map does not mark (module docstring)
+    cue_scale: float = 0.08  # the cue's half side / image size
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
@@ -57,14 +67,17 @@ class SyntheticSpec:
             raise ValueError(f"clutter must be >= 0; got {self.clutter}.")
 
 
-def class_shape_and_colour(spec: SyntheticSpec, label: int) -> tuple[str, tuple[float, float, float]]:
+CUE_OBJECT_SATURATION = 0.35  # the cue variant's objects: pale, so the label's colour is the cue's alone
+
+
+def class_shape_and_colour(spec: SyntheticSpec, label: int, saturation: float = 0.9) -> tuple[str, tuple[float, float, float]]:
     """The object's shape name and RGB colour in [0, 1] for class ``label``."""
     names = list(SHAPES)
     n_shapes = min(len(names), spec.num_classes)
     hues = math.ceil(spec.num_classes / n_shapes)
     shape_idx, hue_idx = label % n_shapes, label // n_shapes
     hue = (hue_idx / hues + shape_idx / (n_shapes * hues)) % 1.0
-    return names[shape_idx], colorsys.hsv_to_rgb(hue, 0.9, 0.95)
+    return names[shape_idx], colorsys.hsv_to_rgb(hue, saturation, 0.95)
 
 
 def _shape_mask(name: str, size: int, cy: float, cx: float, radius: float, angle: float) -> np.ndarray:
@@ -75,8 +88,15 @@ def _shape_mask(name: str, size: int, cy: float, cx: float, radius: float, angle
     return SHAPES[name](u, v)
 
 
-def render(spec: SyntheticSpec, label: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One image ``[H, W, 3]`` in [0, 1] and its object mask ``[H, W]`` (0/1)."""
+ABLATIONS = (None, "cue", "object")
+
+
+def render(
+    spec: SyntheticSpec, label: int, rng: np.random.Generator, ablate: Optional[str] = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image ``[H, W, 3]`` in [0, 1], its object mask and its cue mask ``[H, W]`` (0/1;
+    the cue mask is all zeros without ``spec.cue``). ``ablate`` leaves the cue or the object
+    unpainted but draws the same random numbers, so the rest of the image is identical."""
     size = spec.image_size
     # background: a smooth random colour gradient plus pixel noise
     base = rng.uniform(0.25, 0.6, size=3)
@@ -92,13 +112,36 @@ def render(spec: SyntheticSpec, label: int, rng: np.random.Generator) -> tuple[n
         cy, cx = rng.uniform(r, size - r, size=2)
         mask = _shape_mask(names[rng.integers(len(names))], size, cy, cx, r, rng.uniform(0, 2 * math.pi))
         img[mask] = rng.uniform(0.05, 0.95)
-    # the object, drawn last (on top), fully inside the image
+    if spec.cue:  # the object is a random class's shape, pale; the saturated cue carries the label
+        obj_shape, obj_colour = class_shape_and_colour(spec, int(rng.integers(spec.num_classes)), CUE_OBJECT_SATURATION)
+    # the object, drawn on top of the clutter, fully inside the image
     r = rng.uniform(*spec.object_scale) * size
     cy, cx = rng.uniform(r, size - r, size=2)
     mask = _shape_mask(obj_shape, size, cy, cx, r, rng.uniform(-0.3, 0.3))
-    img[mask] = np.asarray(obj_colour, dtype=np.float32) * rng.uniform(0.85, 1.0)
+    shade = rng.uniform(0.85, 1.0)
+    if ablate != "object":
+        img[mask] = np.asarray(obj_colour, dtype=np.float32) * shade
+    cue = np.zeros((size, size), dtype=bool)
+    if spec.cue:
+        cue = _cue_mask(spec, rng, mask)
+        if ablate != "cue":
+            img[cue] = np.asarray(class_shape_and_colour(spec, label)[1], dtype=np.float32)
     img += rng.normal(0.0, spec.noise, size=img.shape).astype(np.float32)
-    return np.clip(img, 0.0, 1.0), mask.astype(np.float32)
+    return np.clip(img, 0.0, 1.0), mask.astype(np.float32), cue.astype(np.float32)
+
+
+def _cue_mask(spec: SyntheticSpec, rng: np.random.Generator, avoid: np.ndarray) -> np.ndarray:
+    """A small axis-aligned square off the object (the first of 16 seeded tries that does not touch it)."""
+    size = spec.image_size
+    half = max(1, int(round(spec.cue_scale * size)))
+    corners = rng.integers(0, size - 2 * half, size=(16, 2))
+    cue = np.zeros((size, size), dtype=bool)
+    for y, x in corners:
+        cue[:] = False
+        cue[y : y + 2 * half, x : x + 2 * half] = True
+        if not (cue & avoid).any():
+            break
+    return cue
 
 
 class SyntheticShapes(Dataset):
@@ -109,9 +152,14 @@ class SyntheticShapes(Dataset):
     classes (balanced splits).
     """
 
-    def __init__(self, length: int, split: str = "train", spec: Optional[SyntheticSpec] = None) -> None:
+    def __init__(
+        self, length: int, split: str = "train", spec: Optional[SyntheticSpec] = None, ablate: Optional[str] = None
+    ) -> None:
         if split not in SPLITS:
             raise ValueError(f"Unknown split {split!r}; valid: {', '.join(SPLITS)}.")
+        if ablate not in ABLATIONS:
+            raise ValueError(f"Unknown ablate {ablate!r}; valid: None, 'cue', 'object'.")
+        self.ablate = ablate
         if length < 1:
             raise ValueError(f"length must be >= 1; got {length}.")
         self.length = int(length)
@@ -127,9 +175,8 @@ class SyntheticShapes(Dataset):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for a {self.split} split of {self.length}.")
+        img, mask, _ = self.render(index)
         label = self.label(index)
-        rng = np.random.default_rng([self.spec.seed, SPLITS[self.split], index])
-        img, mask = render(self.spec, label, rng)
         image = torch.from_numpy(img).permute(2, 0, 1).contiguous()
         image = (image - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
         return {
@@ -138,6 +185,15 @@ class SyntheticShapes(Dataset):
             "saliency": torch.from_numpy(mask),
             "has_saliency": torch.tensor(True),
         }
+
+    def render(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sample ``index`` as ``render`` gives it: image ``[H, W, 3]``, object mask, cue mask."""
+        rng = np.random.default_rng([self.spec.seed, SPLITS[self.split], index])
+        return render(self.spec, self.label(index), rng, self.ablate)
+
+    def cue_mask(self, index: int) -> Tensor:
+        """Where sample ``index``'s cue is (``[H, W]``, all zeros without ``spec.cue``)."""
+        return torch.from_numpy(self.render(index)[2])
 
 
 def denormalize(image: Tensor) -> Tensor:
