@@ -9,16 +9,18 @@ from .methods import (
     PAPER_METHODS,
     CAMContext,
     CAMMethod,
+    compose_target,
     get_method,
     methods_table,
     register_method,
     weighted_sum,
 )
 from .postprocess import minmax_normalize
-from .targets import BACKPROP_TARGETS, beta, register_target
+from .targets import BACKPROP_TARGETS, TARGET_VALUES, beta, finer_weighted_target, register_target
 
 __all__ = [
     "BACKPROP_TARGETS",
+    "TARGET_VALUES",
     "CAMContext",
     "CAMEngine",
     "CAMMethod",
@@ -29,6 +31,8 @@ __all__ = [
     "METHODS",
     "PAPER_METHODS",
     "beta",
+    "compose_target",
+    "finer_weighted_target",
     "get_method",
     "methods_table",
     "minmax_normalize",

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .coupling import COUPLING_POLICIES, CouplingProbe, check_policy, coupling_message, per_image_gradients
 from .layers import LayerSpec, resolve_layer, reused_layer_error
 from .layouts import Layout, LayoutHints, LayoutSpec, model_hints, resolve_layout
-from .methods import CAMContext, CAMMethod, get_method
+from .methods import HEAD_GRAPH, CAMContext, CAMMethod, get_method
 from .outputs import OutputKey, classifier_width, logits_of
 from .postprocess import SizeSpec, postprocess, resolve_size
 from .targets import BACKPROP_TARGETS
@@ -59,6 +59,7 @@ class CAMEngine:
     ``batch_coupling``: when a layer after the target mixes the batch (train-mode
     BatchNorm), ``"exact"`` takes one VJP row per image, ``"batched"`` one shared VJP;
     both warn once (see ``coupling.py``).
+    ``seed``: the draws of the stochastic methods (RandomCAM); the global RNGs are untouched.
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class CAMEngine:
         batch_coupling: str = "exact",
         layout: LayoutSpec = None,
         output_key: OutputKey = None,
+        seed: int = 0,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module; got {type(model).__name__}.")
@@ -80,6 +82,7 @@ class CAMEngine:
         self._coupling_warned = False
         self.layout = layout
         self.output_key = output_key
+        self.seed = int(seed)
         self._width = classifier_width(model)
         self._hints: Optional[LayoutHints] = None
         self._warned_unbatched = False
@@ -139,7 +142,8 @@ class CAMEngine:
             mixed = x.shape[0] > 1 and any(m.backprop is not None for m in chosen)  # gradients can mix
             per_image = self._per_image(probe.after if mixed else [], name)
             targets = _check_targets(targets, logits, chosen)
-            gradients = self._gradients(logits, raw, targets, chosen, create_graph, per_image)
+            keep_head = any(HEAD_GRAPH in m.passes for m in chosen)
+            gradients = self._gradients(logits, raw, targets, chosen, create_graph, per_image, keep_head)
             activations, gradients = _to_nchw(layout, name, raw, gradients)
             # float32 maps even under autocast: einsum/matmul would otherwise run in bf16/fp16
             with torch.set_grad_enabled(create_graph), torch.autocast(x.device.type, enabled=False):
@@ -153,6 +157,9 @@ class CAMEngine:
                     layer=layer,
                     layout=layout,
                     raw_activations=raw.detach(),
+                    logits=logits.detach(),
+                    head=(logits, raw) if keep_head else None,
+                    seed=self.seed,
                 )
                 maps = {}
                 for method in chosen:
@@ -176,11 +183,12 @@ class CAMEngine:
         methods: list[CAMMethod],
         create_graph: bool,
         per_image: bool = False,
+        retain: bool = False,
     ) -> dict[str, Tensor]:
         """The batched VJP; one VJP per target (per image and target with ``per_image``)
-        where the graph cannot be batched."""
+        where the graph cannot be batched. ``retain`` keeps the head's graph (second-order methods)."""
         try:
-            return _batched_gradients(logits, activations, targets, methods, create_graph, per_image)
+            return _batched_gradients(logits, activations, targets, methods, create_graph, per_image, retain=retain)
         except RuntimeError as err:
             if "Batching rule not implemented" not in str(err) and "vmap" not in str(err):
                 raise
@@ -191,7 +199,9 @@ class CAMEngine:
                     "torch.compile; gradients now take one backward pass per target (same maps, more time).",
                     stacklevel=3,
                 )
-            return _batched_gradients(logits, activations, targets, methods, create_graph, per_image, batched=False)
+            return _batched_gradients(
+                logits, activations, targets, methods, create_graph, per_image, batched=False, retain=retain
+            )
 
     def _forward(self, x: Tensor, name: str, layer: nn.Module, full_graph: bool) -> tuple[Tensor, Tensor]:
         """Run the model once, capturing ``A``. Unless ``full_graph``, the network up to
@@ -291,6 +301,7 @@ def _batched_gradients(
     create_graph: bool,
     per_image: bool = False,
     batched: bool = True,
+    retain: bool = False,
 ) -> dict[str, Tensor]:
     """``{backprop target: dT/dA float32}`` (A's own layout) from one batched VJP, one row
     per image and target when ``per_image`` (layers after A mix the batch), or one VJP per
@@ -322,7 +333,7 @@ def _batched_gradients(
         grads = [
             torch.autograd.grad(
                 logits, activations, grad_outputs=v, create_graph=create_graph,
-                retain_graph=create_graph or i < len(names) - 1,
+                retain_graph=create_graph or retain or i < len(names) - 1,
             )[0]
             for i, v in enumerate(vectors)
         ]
