@@ -160,11 +160,13 @@ class CAMEngine:
                     logits=logits.detach(),
                     head=(logits, raw) if keep_head else None,
                     seed=self.seed,
+                    methods=tuple(chosen),
                 )
                 maps = {}
-                for method in chosen:
+                grid_size = (int(activations.shape[-2]), int(activations.shape[-1]))
+                for method in chosen:  # maps at input size (FullGrad) go to the grid when size=None
                     ctx.backprop = method.backprop
-                    maps[method.name] = postprocess(method.compute(ctx), out_size, normalize)
+                    maps[method.name] = postprocess(method.compute(ctx), out_size or grid_size, normalize)
         if not create_graph:
             logits = logits.detach()
         grid = (int(activations.shape[-2]), int(activations.shape[-1]))

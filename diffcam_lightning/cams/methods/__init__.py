@@ -45,7 +45,7 @@ from .registry import (
     register_method,
     weighted_sum,
 )
-from .second_order import hessian_times_activations, shapleycam
+from .second_order import bias_layers, fullgrad, hessian_times_activations, shapleycam
 
 _channel_cam = channel_cam  # the old private name
 
@@ -65,7 +65,10 @@ TARGET_PREFIXES: dict[str, str] = {**DIFF_TARGETS, "rest": "rest", "finer": "fin
 """Method-name prefix -> backprop target, for every target besides ``y_c``."""
 GRADIENT_FREE: dict[str, MapFunction] = {"eigencam": eigencam, "scorecam": scorecam, "ablationcam": ablationcam}
 # Methods with a target but more than the one VJP: name -> (map, extra passes).
-MULTI_PASS: dict[str, tuple[MapFunction, tuple[str, ...]]] = {"shapleycam": (shapleycam, (HEAD_GRAPH,))}
+MULTI_PASS: dict[str, tuple[MapFunction, tuple[str, ...]]] = {
+    "shapleycam": (shapleycam, (HEAD_GRAPH,)),
+    "fullgrad": (fullgrad, (MODEL_PASSES,)),
+}
 
 # Registration order: the paper's twelve first (their order in METHODS is relied on), then
 # the rest of the 31 methods before this package, then the additions.
@@ -143,7 +146,7 @@ def methods_table() -> str:
 __all__ = [
     "CAMContext", "CAMMethod", "DIFF_BASES", "DIFF_TARGETS", "GRADIENT_FREE", "GRADIENT_METHODS", "GRADIENT_WEIGHTINGS",
     "HEAD_GRAPH", "METHODS", "MODEL_PASSES", "MULTI_PASS", "PAPER_METHODS", "PASSES", "TARGET_PREFIXES", "ablationcam",
-    "available_methods", "cam", "compose_target", "eigencam", "eigengradcam", "fem", "first_component", "get_method",
+    "available_methods", "bias_layers", "cam", "compose_target", "eigencam", "eigengradcam", "fem", "first_component", "fullgrad", "get_method",
     "gradcam_elementwise", "gradcam_plusplus_weights", "gradcam_weights", "hessian_times_activations", "hirescam",
     "kernel_component", "kpcacam", "layercam", "methods_table", "randomcam", "register_method", "scorecam",
     "shapleycam", "weighted_sum", "xgradcam_weights",

@@ -110,8 +110,10 @@ def cam(ctx: CAMContext) -> Tensor:
     expected = acts.mean(dim=(2, 3)) @ weight.T
     if head.bias is not None:
         expected = expected + head.bias.detach().to(acts.dtype)
+    # to the logits' own precision (bf16 under autocast), relative to their scale
+    tolerance = max(1e-3, 8 * torch.finfo(ctx.logits.dtype).eps) * float(ctx.logits.abs().max()) + 1e-6
     logits = ctx.logits.to(acts.dtype)
-    if expected.shape != logits.shape or not torch.allclose(expected, logits, rtol=1e-3, atol=1e-3 * float(logits.abs().max()) + 1e-6):
+    if expected.shape != logits.shape or not torch.allclose(expected, logits, rtol=0, atol=tolerance):
         raise ValueError(
             "cam: the logits are not the last nn.Linear of the target layer's global average pool "
             "(a non-linearity or another layer sits between them); pick that layer or use gradcam, "

@@ -8,8 +8,9 @@ for all. Lookup is case-insensitive: ``get_method("MeanDiffGradCAM++")`` works.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +40,7 @@ class CAMContext:
     head: Optional[tuple[Tensor, Tensor]] = None  # (logits, raw A) with the head's graph, for HEAD_GRAPH methods
     seed: int = 0  # the stochastic methods' seed (RandomCAM, SSCAM, ISCAM, SmoothGradCAM++)
     cache: dict[str, Any] = field(default_factory=dict)  # passes shared by the methods of one call
+    methods: tuple["CAMMethod", ...] = ()  # the call's methods (a shared pass serves all their targets)
 
     @property
     def grad(self) -> Tensor:
@@ -102,3 +104,16 @@ def require(ctx: CAMContext, method: str, *names: str) -> None:
     missing = [n for n in names if getattr(ctx, n) is None]
     if missing:
         raise ValueError(f"{method} needs {', '.join(missing)} in its context; run it through CAMEngine.")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode for a method's own passes (no BatchNorm statistics move, no
+    dropout), each submodule's mode restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training

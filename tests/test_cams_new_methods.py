@@ -1,0 +1,298 @@
+"""The methods and targets added with the anchors' 2025-26 releases: parity with
+pytorch-grad-cam 1.5.7 and torchcam 0.5 at 1e-4 on two architectures (torchvision
+ResNet-18, timm DenseNet-121; random weights, 96 px), their Diff variants equal to the
+method run with the difference target by hand, the pass counts, and model hygiene."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+
+pytest.importorskip("pytorch_grad_cam")
+from pytorch_grad_cam import (  # noqa: E402
+    FEM,
+    KPCA_CAM,
+    EigenGradCAM,
+    FullGrad,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    RandomCAM,
+    ShapleyCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.finer_cam import FinerCAM  # noqa: E402
+from pytorch_grad_cam.utils.model_targets import (  # noqa: E402
+    ClassifierOutputReST,
+    ClassifierOutputSoftmaxTarget,
+    ClassifierOutputTarget,
+    FinerWeightedTarget,
+)
+
+from diffcam_lightning import CAMEngine  # noqa: E402
+from diffcam_lightning.cams import BACKPROP_TARGETS, DIFF_BASES, GRADIENT_METHODS, TARGET_VALUES, get_method  # noqa: E402
+from diffcam_lightning.cams.reference import DiffTarget  # noqa: E402
+from diffcam_lightning.cams.targets import nearest_classes  # noqa: E402
+
+TARGETS = [1, 7]
+ARCHS = ["resnet18", "densenet121"]
+
+
+def build(name: str):
+    """(model, target layer name): torchvision ResNet-18 (layer4 -> avgpool -> fc) and timm
+    DenseNet-121 (features.norm5 ends in its ReLU, then pool -> classifier)."""
+    torch.manual_seed(0)
+    if name == "resnet18":
+        return torchvision.models.resnet18(num_classes=10).eval(), "layer4"
+    return timm.create_model("densenet121", pretrained=False, num_classes=10).eval(), "features.norm5"
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def arch(request):
+    model, layer_name = build(request.param)
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    return request.param, model, layer_name, x
+
+
+def reference(model, layer_name, x, cam_class, targets, **kwargs):
+    layer = dict(model.named_modules())[layer_name]
+    with cam_class(model, target_layers=[layer], **kwargs) as cam:
+        return torch.from_numpy(cam(x, targets=targets))
+
+
+def assert_parity(ours, expected, label):
+    assert ours.shape == expected.shape, label
+    diff = (ours - expected).abs().max().item()
+    assert diff <= 1e-4, f"{label}: max abs diff {diff:.2e}"
+    assert ours.max() > 0.99, f"{label}: not a real map"
+
+
+# ------------------------------------------------------------------ targets
+
+TARGET_CLASSES = {"rest": ClassifierOutputReST, "softmax": ClassifierOutputSoftmaxTarget}
+WEIGHTINGS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "xgradcam": XGradCAM,
+              "layercam": LayerCAM, "eigengradcam": EigenGradCAM}
+
+
+@pytest.mark.parametrize("target", ["rest", "softmax", "finer"])
+def test_target_vectors_are_exact_gradients_of_the_target(target):
+    torch.manual_seed(1)
+    logits = torch.randn(4, 6, requires_grad=True)
+    targets = torch.tensor([0, 5, 2, 2])
+    (expected,) = torch.autograd.grad(TARGET_VALUES[target](logits, targets).sum(), logits)
+    torch.testing.assert_close(BACKPROP_TARGETS[target](logits, targets), expected)
+    torch.testing.assert_close(BACKPROP_TARGETS[target](logits.detach(), targets), expected)
+
+
+def test_target_values_equal_pytorch_grad_cam_targets():
+    torch.manual_seed(2)
+    logits = torch.randn(3, 8)
+    targets = torch.tensor([4, 0, 7])
+    others = nearest_classes(logits, targets, (1, 2, 3))
+    for row, c in enumerate(targets.tolist()):
+        y = logits[row]
+        assert torch.isclose(TARGET_VALUES["rest"](logits, targets)[row], ClassifierOutputReST(c)(y))
+        assert torch.isclose(TARGET_VALUES["softmax"](logits, targets)[row], ClassifierOutputSoftmaxTarget(c)(y))
+        finer = FinerWeightedTarget(c, others[row].tolist(), 1.0)(y)
+        assert torch.isclose(TARGET_VALUES["finer"](logits, targets)[row], finer)
+        # the comparison classes are the three whose logits are nearest y_c
+        distance = (y - y[c]).abs()
+        distance[c] = float("inf")
+        assert set(others[row].tolist()) == set(distance.argsort()[:3].tolist())
+
+
+def test_every_weighting_composes_with_every_target_in_one_vjp():
+    for prefix in ("rest", "finer", "softmax"):
+        for weighting in WEIGHTINGS:
+            method = get_method(f"{prefix}{weighting}")
+            assert method.backprop == prefix and method.name in GRADIENT_METHODS
+
+
+def test_target_methods_match_pytorch_grad_cam_target_classes(arch):
+    name, model, layer_name, x = arch
+    methods = [f"{p}{w}" for p in TARGET_CLASSES for w in WEIGHTINGS]
+    ours = CAMEngine(model, layer_name)(x, targets=TARGETS, methods=methods, size="input")
+    for prefix, target_class in TARGET_CLASSES.items():
+        for weighting, cam_class in WEIGHTINGS.items():
+            expected = reference(model, layer_name, x, cam_class, [target_class(c) for c in TARGETS])
+            assert_parity(ours[f"{prefix}{weighting}"], expected, f"{name} {prefix}{weighting}")
+
+
+def test_finercam_matches_pytorch_grad_cam(arch):
+    """FinerCAM = GradCAM on the FinerWeighted target (nearest three classes, alpha 1);
+    finergradcam++ likewise with GradCAM++ as FinerCAM's base method."""
+    name, model, layer_name, x = arch
+    ours = CAMEngine(model, layer_name)(x, targets=TARGETS, methods=["finercam", "finergradcam++"], size="input")
+    layer = dict(model.named_modules())[layer_name]
+    for method, base in (("finercam", GradCAM), ("finergradcam++", GradCAMPlusPlus)):
+        rows = []
+        for i, c in enumerate(TARGETS):
+            with FinerCAM(model, [layer], base_method=base) as cam:
+                rows.append(torch.from_numpy(cam(x[i : i + 1], target_idx=c)))
+        assert_parity(ours[method], torch.cat(rows), f"{name} {method}")
+
+
+# ------------------------------------------------------------------ gradient-free weightings
+
+
+def test_kpcacam_and_fem_match_pytorch_grad_cam(arch):
+    pytest.importorskip("sklearn")
+    name, model, layer_name, x = arch
+    ours = CAMEngine(model, layer_name)(x, targets=TARGETS, methods=["kpcacam", "fem"], size="input")
+    assert_parity(ours["kpcacam"], reference(model, layer_name, x, KPCA_CAM, None), f"{name} kpcacam")
+    assert_parity(ours["fem"], reference(model, layer_name, x, FEM, None), f"{name} fem")
+
+
+def test_randomcam_matches_pytorch_grad_cam_at_the_same_seed_and_leaves_the_rng(arch):
+    name, model, layer_name, x = arch
+    np.random.seed(123)
+    state = np.random.get_state()[1].copy()
+    torch_state = torch.get_rng_state()
+    ours = CAMEngine(model, layer_name, seed=5)(x, targets=TARGETS, methods="randomcam", size="input")["randomcam"]
+    assert np.array_equal(np.random.get_state()[1], state) and torch.equal(torch.get_rng_state(), torch_state)
+    np.random.seed(5)
+    expected = reference(model, layer_name, x, RandomCAM, [ClassifierOutputTarget(c) for c in TARGETS])
+    assert_parity(ours, expected, f"{name} randomcam")
+    other = CAMEngine(model, layer_name, seed=6)(x, targets=TARGETS, methods="randomcam", size="input")["randomcam"]
+    assert (other - ours).abs().max() > 0.1  # the seed draws the weights
+
+
+def test_cam_matches_torchcam(arch):
+    tc = pytest.importorskip("torchcam.methods")
+    name, model, layer_name, x = arch
+    """torchcam's CAM skips the ReLU its docstring states; the weighted sums are compared
+    unnormalised, after the ReLU every method of ours applies."""
+    ours = CAMEngine(model, layer_name)(x, targets=TARGETS, methods="cam", normalize=False)["cam"]  # layer grid
+    fc = "fc" if name == "resnet18" else "classifier"
+    with tc.CAM(model, layer_name, fc, input_shape=tuple(x.shape[1:])) as extractor:
+        model(x)
+        (raw,) = extractor(class_idx=TARGETS, normalized=False)
+    expected = torch.relu(raw)
+    assert ours.shape == expected.shape
+    torch.testing.assert_close(ours, expected, atol=1e-4 * float(expected.max()), rtol=0)
+    assert expected.max() > 0
+
+
+def test_cam_refuses_a_layer_that_is_not_pooled_into_the_classifier():
+    model, _ = build("resnet18")
+    with pytest.raises(ValueError, match="cam: the last nn.Linear takes 512 features"):
+        CAMEngine(model, "layer3")(torch.randn(1, 3, 64, 64), methods="cam")
+    relu_after = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
+    relu_after.layer4[-1].act2 = torch.nn.Identity()  # layer4's last conv+bn, no ReLU inside the layer
+    engine = CAMEngine(relu_after, "layer4.1.bn2")  # pooled after the residual add: not W mean(A) + b
+    with pytest.raises(ValueError, match="not the last nn.Linear of the target layer's global average pool"):
+        engine(torch.randn(1, 3, 64, 64), methods="cam")
+
+
+# ------------------------------------------------------------------ second order
+
+
+def test_shapleycam_matches_pytorch_grad_cam(arch):
+    name, model, layer_name, x = arch
+    ours = CAMEngine(model, layer_name)(
+        x, targets=TARGETS, methods=["shapleycam", "restshapleycam", "restgradcam"], size="input"
+    )
+    plain = reference(model, layer_name, x, ShapleyCAM, [ClassifierOutputTarget(c) for c in TARGETS])
+    assert_parity(ours["shapleycam"], plain, f"{name} shapleycam")
+    rest = reference(model, layer_name, x, ShapleyCAM, [ClassifierOutputReST(c) for c in TARGETS])
+    assert_parity(ours["restshapleycam"], rest, f"{name} restshapleycam")
+    # ReST's curvature makes the Hessian term count: not GradCAM on the same target
+    assert (ours["restshapleycam"] - ours["restgradcam"]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["mean", "max", "lse"])
+def test_diff_variants_of_new_methods_equal_the_method_with_the_difference_target(arch, kind):
+    """meandiffshapleycam etc. = pytorch-grad-cam's class given y_c - beta(others) by hand."""
+    name, model, layer_name, x = arch
+    ours = CAMEngine(model, layer_name)(x, targets=TARGETS, methods=[f"{kind}diffshapleycam"], size="input")
+    assert DIFF_BASES[f"{kind}diffshapleycam"] == "shapleycam"
+    expected = reference(model, layer_name, x, ShapleyCAM, [DiffTarget(c, kind) for c in TARGETS])
+    assert_parity(ours[f"{kind}diffshapleycam"], expected, f"{name} {kind}diffshapleycam")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet121"])
+def test_fullgrad_and_its_diff_variants_match_pytorch_grad_cam(name):
+    """torchvision's DenseNet-121 here: its norms are plain BatchNorm2d (timm's BatchNormAct2d
+    is not a bias layer to FullGrad, on both sides)."""
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=10).eval()
+    layer_name = "layer4" if name == "resnet18" else "features.norm5"
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    methods = ["fullgrad", "meandifffullgrad", "lsedifffullgrad"]
+    ours = CAMEngine(model, layer_name)(x, targets=TARGETS, methods=methods, size="input")
+    with FullGrad(model, []) as cam:
+        expected = {"fullgrad": torch.from_numpy(cam(x, targets=[ClassifierOutputTarget(c) for c in TARGETS]))}
+        for kind in ("mean", "lse"):
+            expected[f"{kind}difffullgrad"] = torch.from_numpy(cam(x, targets=[DiffTarget(c, kind) for c in TARGETS]))
+    for method in methods:
+        assert_parity(ours[method], expected[method], f"{name} {method}")
+
+
+def test_fullgrad_shares_one_forward_across_its_targets():
+    model, layer_name = build("resnet18")
+    forwards = []
+    handle = model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        CAMEngine(model, layer_name)(torch.randn(2, 3, 64, 64), targets=TARGETS,
+                                     methods=["fullgrad", "meandifffullgrad", "maxdifffullgrad", "restfullgrad"])
+    finally:
+        handle.remove()
+    assert len(forwards) == 2  # the engine's, then FullGrad's one for its four targets
+
+
+# ------------------------------------------------------------------ passes and hygiene
+
+
+def test_target_methods_take_one_forward_and_one_batched_vjp(monkeypatch):
+    model, layer_name = build("resnet18")
+    x = torch.randn(2, 3, 64, 64)
+    forwards = []
+    handle = model.register_forward_hook(lambda *_: forwards.append(1))
+    calls = []
+    grad = torch.autograd.grad
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("is_grads_batched", False))
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counted)
+    methods = [m for m in GRADIENT_METHODS if m.startswith(("rest", "finer", "softmax"))] + ["gradcam", "finercam"]
+    try:
+        CAMEngine(model, layer_name)(x, targets=TARGETS, methods=methods)
+    finally:
+        handle.remove()
+    # the finer target's vector is itself an autograd.grad of the target w.r.t. the [B, C] logits
+    network_vjps = [batched for batched in calls if batched]
+    assert len(forwards) == 1 and network_vjps == [True] and len(calls) == 2
+
+
+NEW_METHODS = ["restgradcam", "finercam", "softmaxgradcam++", "kpcacam", "fem", "randomcam", "cam", "shapleycam",
+               "meandiffshapleycam", "fullgrad", "maxdifffullgrad"]
+
+
+def test_new_methods_leave_the_model_as_it_was():
+    """Modes, .grad and hooks as they were; BatchNorm statistics as after the engine's one
+    forward (train-mode here): FullGrad's own forward runs in eval mode and moves nothing."""
+    import copy
+
+    model, layer_name = build("resnet18")
+    model.train()
+    model.layer1.eval()  # a mixed mode must survive
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    x = torch.randn(2, 3, 64, 64)
+    plain = copy.deepcopy(model)
+    with torch.no_grad():
+        plain(x)  # what the engine's one forward does to train-mode statistics
+    modes = {n: m.training for n, m in model.named_modules()}
+    hooks = sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    CAMEngine(model, "layer4")(x, targets=TARGETS, methods=NEW_METHODS)
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, plain.state_dict()[k], msg=k)
+    assert all(torch.equal(p.grad, torch.full_like(p, 0.5)) for p in model.parameters())
+    assert hooks == sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
