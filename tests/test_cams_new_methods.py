@@ -35,6 +35,7 @@ from pytorch_grad_cam.utils.model_targets import (  # noqa: E402
 
 from diffcam_lightning import CAMEngine  # noqa: E402
 from diffcam_lightning.cams import BACKPROP_TARGETS, DIFF_BASES, GRADIENT_METHODS, TARGET_VALUES, get_method  # noqa: E402
+from diffcam_lightning.cams.postprocess import minmax_normalize  # noqa: E402
 from diffcam_lightning.cams.reference import DiffTarget  # noqa: E402
 from diffcam_lightning.cams.targets import nearest_classes  # noqa: E402
 
@@ -296,3 +297,73 @@ def test_new_methods_leave_the_model_as_it_was():
         torch.testing.assert_close(v, plain.state_dict()[k], msg=k)
     assert all(torch.equal(p.grad, torch.full_like(p, 0.5)) for p in model.parameters())
     assert hooks == sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+# ------------------------------------------------------------------ torchcam's smoothed methods
+
+SMOOTHED = {"sscam3": "SSCAM", "iscam3": "ISCAM", "smoothgradcam++": "SmoothGradCAMpp", "meandiffsmoothgradcam++": None}
+
+
+@pytest.fixture(scope="module")
+def few_samples():
+    """SSCAM / ISCAM with 3 samples (35 and 10 by default: one forward per channel each)."""
+    import functools
+
+    from diffcam_lightning.cams.methods import _REGISTRY, iscam, register_method, sscam
+
+    for name, fn in (("sscam3", sscam), ("iscam3", iscam)):
+        if name not in _REGISTRY:
+            register_method(name)(functools.partial(fn, num_samples=3))
+
+
+@pytest.mark.parametrize("name,layer_name", [("resnet18", "layer2"), ("mobilenet_v2", "features.6")])
+def test_smoothed_methods_match_torchcam_at_the_same_seed(few_samples, name, layer_name):
+    """The same noise as torchcam after torch.manual_seed(seed), from a private generator.
+    Random-init MobileNet's maps are ~1e-17, where torchcam's normalisation (x / (max + 1e-8))
+    is not a min-max: the raw maps are compared (relative 1e-4), and normalised on ResNet-18."""
+    tc = pytest.importorskip("torchcam.methods")
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    state = torch.get_rng_state()
+    engine = CAMEngine(model, layer_name, scorecam_batch_size=256, seed=3)
+    methods = [m for m in SMOOTHED if SMOOTHED[m]]
+    raw = engine(x, targets=TARGETS, methods=methods, normalize=False)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is not used
+    for method in methods:
+        kwargs = {"num_samples": 3, "batch_size": 256} if method != "smoothgradcam++" else {}
+        with getattr(tc, SMOOTHED[method])(model, layer_name, input_shape=(3, 64, 64), **kwargs) as extractor:
+            torch.manual_seed(3)
+            scores = model(x)
+            torch.manual_seed(3)
+            (expected,) = extractor(class_idx=TARGETS, scores=scores, normalized=False)
+        torch.testing.assert_close(raw[method], expected, rtol=0, atol=1e-4 * float(expected.abs().max()), msg=method)
+        assert expected.max() > 0, method
+        if name == "resnet18":
+            ours = minmax_normalize(raw[method])  # what the engine's normalize=True does
+            assert_parity(ours, tc.core._CAM._normalize(expected.clone()), f"{name} {method}")
+
+
+def test_smoothed_methods_draw_from_the_seed(few_samples):
+    model, _ = build("resnet18")
+    x = torch.randn(1, 3, 32, 32)
+    a, b, c = (CAMEngine(model, "layer2", seed=seed, scorecam_batch_size=128)(x, targets=[1], methods=["smoothgradcam++", "sscam3"],
+                                                         normalize=False) for seed in (0, 0, 1))
+    for method in a:
+        assert torch.equal(a[method], b[method]) and not torch.equal(a[method], c[method]), method
+
+
+def test_smoothgradcampp_diff_variant_equals_the_difference_target_by_hand():
+    """meandiffsmoothgradcam++ = SmoothGradCAM++ whose every noisy backward takes
+    y_c - mean(others): torchcam's extractor given that target as a callable."""
+    tc = pytest.importorskip("torchcam.methods")
+    model, _ = build("resnet18")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    ours = CAMEngine(model, "layer2", seed=3)(x, targets=TARGETS, methods="meandiffsmoothgradcam++", normalize=False)
+    diff = [DiffTarget(c, "mean") for c in TARGETS]  # per-sample callables on one row of logits
+    with tc.SmoothGradCAMpp(model, "layer2", input_shape=(3, 64, 64)) as extractor:
+        torch.manual_seed(3)
+        scores = model(x)
+        torch.manual_seed(3)
+        (expected,) = extractor(scores=scores, targets=diff, normalized=False)
+    torch.testing.assert_close(ours["meandiffsmoothgradcam++"], expected, rtol=0, atol=1e-4 * float(expected.abs().max()))

@@ -31,7 +31,7 @@ from .channel import (
     xgradcam_weights,
 )
 from .eigen import eigencam, eigengradcam, first_component, kernel_component, kpcacam
-from .perturbation import ablationcam, scorecam
+from .perturbation import ablationcam, iscam, scorecam, smoothgradcampp, sscam
 from .registry import (
     HEAD_GRAPH,
     MODEL_PASSES,
@@ -68,6 +68,7 @@ GRADIENT_FREE: dict[str, MapFunction] = {"eigencam": eigencam, "scorecam": score
 MULTI_PASS: dict[str, tuple[MapFunction, tuple[str, ...]]] = {
     "shapleycam": (shapleycam, (HEAD_GRAPH,)),
     "fullgrad": (fullgrad, (MODEL_PASSES,)),
+    "smoothgradcam++": (smoothgradcampp, (MODEL_PASSES,)),
 }
 
 # Registration order: the paper's twelve first (their order in METHODS is relied on), then
@@ -95,7 +96,8 @@ for _prefix, _target in TARGET_PREFIXES.items():
         for _family, _fn in GRADIENT_WEIGHTINGS.items():
             register_method(f"{_prefix}{_family}", backprop=_target)(_fn)
 register_method("finercam", backprop="finer")(GRADIENT_WEIGHTINGS["gradcam"])  # pytorch-grad-cam's FinerCAM
-for _name, _fn in {"kpcacam": kpcacam, "fem": fem, "randomcam": randomcam, "cam": cam}.items():
+for _name, _fn in {"kpcacam": kpcacam, "fem": fem, "randomcam": randomcam, "cam": cam, "sscam": sscam,
+                   "iscam": iscam}.items():
     register_method(_name)(_fn)
 for _name, (_fn, _passes) in MULTI_PASS.items():
     register_method(_name, backprop="logit", passes=_passes)(_fn)
@@ -147,7 +149,7 @@ __all__ = [
     "CAMContext", "CAMMethod", "DIFF_BASES", "DIFF_TARGETS", "GRADIENT_FREE", "GRADIENT_METHODS", "GRADIENT_WEIGHTINGS",
     "HEAD_GRAPH", "METHODS", "MODEL_PASSES", "MULTI_PASS", "PAPER_METHODS", "PASSES", "TARGET_PREFIXES", "ablationcam",
     "available_methods", "bias_layers", "cam", "compose_target", "eigencam", "eigengradcam", "fem", "first_component", "fullgrad", "get_method",
-    "gradcam_elementwise", "gradcam_plusplus_weights", "gradcam_weights", "hessian_times_activations", "hirescam",
+    "gradcam_elementwise", "iscam", "gradcam_plusplus_weights", "gradcam_weights", "hessian_times_activations", "hirescam",
     "kernel_component", "kpcacam", "layercam", "methods_table", "randomcam", "register_method", "scorecam",
-    "shapleycam", "weighted_sum", "xgradcam_weights",
+    "shapleycam", "smoothgradcampp", "sscam", "weighted_sum", "xgradcam_weights",
 ]
