@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..outputs import _logits
 from ..targets import BACKPROP_TARGETS
 from .registry import CAMContext, eval_mode, require, weighted_sum
-from .scorecam import scorecam
+from .scorecam import _fast_layout, scorecam
 
 __all__ = ["ablationcam", "iscam", "scorecam", "smoothgradcampp", "sscam"]
 
@@ -86,7 +86,7 @@ def _masked_scores(ctx: CAMContext, masks: Tensor, scale: float = 1.0) -> Tensor
         scores = []
         for start in range(0, b * k, step):
             rows = owner[start : start + step]
-            batch = scale * (flat[start : start + step] * inputs[rows])
+            batch = _fast_layout(scale * (flat[start : start + step] * inputs[rows]))
             scores.append(_logits(ctx.model(batch)).gather(1, targets[rows, None]).squeeze(1).float() - base[rows])
     return torch.cat(scores).reshape(b, k)
 
