@@ -367,3 +367,59 @@ def test_smoothgradcampp_diff_variant_equals_the_difference_target_by_hand():
         torch.manual_seed(3)
         (expected,) = extractor(scores=scores, targets=diff, normalized=False)
     torch.testing.assert_close(ours["meandiffsmoothgradcam++"], expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
+
+
+# ------------------------------------------------------------------ guided backprop
+
+
+def grad_cam_guided(model, x, targets, target_fn=None):
+    """pytorch-grad-cam's guided backprop on a copy (it replaces the ReLUs and restores them
+    without inplace=True), one image at a time as it supports; ``target_fn(row) -> scalar``
+    backpropagates another target through its guided ReLUs by hand."""
+    import copy
+
+    from pytorch_grad_cam import GuidedBackpropReLUModel
+    from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUasModule
+    from pytorch_grad_cam.utils.find_layers import replace_all_layer_type_recursive
+
+    rows = []
+    for i, c in enumerate(targets):
+        clone = copy.deepcopy(model)
+        if target_fn is None:
+            rows.append(torch.from_numpy(GuidedBackpropReLUModel(clone, device="cpu")(x[i : i + 1], c)).permute(2, 0, 1))
+            continue
+        replace_all_layer_type_recursive(clone, torch.nn.ReLU, GuidedBackpropReLUasModule())
+        image = x[i : i + 1].clone().requires_grad_()
+        target_fn(c)(clone(image)[0]).backward()
+        rows.append(image.grad[0])
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet121"])
+def test_guided_backprop_and_guided_gradcam_match_pytorch_grad_cam(name):
+    from diffcam_lightning.cams import guided_backprop, guided_gradcam
+
+    model, layer_name = build(name)  # timm's DenseNet: torchvision's applies an in-place ReLU to
+    # features.norm5's output, which pytorch-grad-cam's GradCAM then reads as the layer's output
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    relus = [(m, m.inplace) for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    ours = guided_backprop(model, x, TARGETS)
+    expected = grad_cam_guided(model, x, TARGETS)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
+    cam = reference(model, layer_name, x, GradCAM, [ClassifierOutputTarget(c) for c in TARGETS])
+    combined = guided_gradcam(model, x, TARGETS, layer_name)
+    torch.testing.assert_close(combined, cam.unsqueeze(1) * expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
+    # the model's own modules untouched: the same ReLUs, still in place, no hook left
+    assert [(m, m.inplace) for m in model.modules() if isinstance(m, torch.nn.ReLU)] == relus
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_guided_backprop_diff_target_equals_the_difference_by_hand():
+    from diffcam_lightning.cams import guided_backprop
+
+    model, _ = build("resnet18")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    ours = guided_backprop(model, x, TARGETS, backprop=["mean", "lse"])
+    for kind in ("mean", "lse"):
+        expected = grad_cam_guided(model, x, TARGETS, lambda c, kind=kind: DiffTarget(c, kind))
+        torch.testing.assert_close(ours[kind], expected, rtol=0, atol=1e-4 * float(expected.abs().max()), msg=kind)

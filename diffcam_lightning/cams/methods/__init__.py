@@ -3,7 +3,8 @@
 Families (one module each): :mod:`.channel` (weightings of ``A`` and the one VJP's
 ``dT/dA``, and the gradient-free weightings), :mod:`.eigen` (principal components),
 :mod:`.perturbation` (ScoreCAM, AblationCAM: the model run again), :mod:`.second_order`
-(ShapleyCAM's Hessian term). :mod:`.registry` holds the registry and the context every
+(ShapleyCAM's Hessian term, FullGrad's bias gradients), :mod:`.guided` (guided backprop
+and Guided GradCAM: images, so functions rather than registry entries). :mod:`.registry` holds the registry and the context every
 method reads; this module only registers the names.
 
 A method that backpropagates a target is a weighting x a backprop target: every weighting
@@ -31,6 +32,7 @@ from .channel import (
     xgradcam_weights,
 )
 from .eigen import eigencam, eigengradcam, first_component, kernel_component, kpcacam
+from .guided import guided_backprop, guided_gradcam
 from .perturbation import ablationcam, iscam, scorecam, smoothgradcampp, sscam
 from .registry import (
     HEAD_GRAPH,
@@ -149,7 +151,7 @@ __all__ = [
     "CAMContext", "CAMMethod", "DIFF_BASES", "DIFF_TARGETS", "GRADIENT_FREE", "GRADIENT_METHODS", "GRADIENT_WEIGHTINGS",
     "HEAD_GRAPH", "METHODS", "MODEL_PASSES", "MULTI_PASS", "PAPER_METHODS", "PASSES", "TARGET_PREFIXES", "ablationcam",
     "available_methods", "bias_layers", "cam", "compose_target", "eigencam", "eigengradcam", "fem", "first_component", "fullgrad", "get_method",
-    "gradcam_elementwise", "iscam", "gradcam_plusplus_weights", "gradcam_weights", "hessian_times_activations", "hirescam",
+    "gradcam_elementwise", "guided_backprop", "guided_gradcam", "iscam", "gradcam_plusplus_weights", "gradcam_weights", "hessian_times_activations", "hirescam",
     "kernel_component", "kpcacam", "layercam", "methods_table", "randomcam", "register_method", "scorecam",
     "shapleycam", "smoothgradcampp", "sscam", "weighted_sum", "xgradcam_weights",
 ]
