@@ -423,3 +423,60 @@ def test_guided_backprop_diff_target_equals_the_difference_by_hand():
     for kind in ("mean", "lse"):
         expected = grad_cam_guided(model, x, TARGETS, lambda c, kind=kind: DiffTarget(c, kind))
         torch.testing.assert_close(ours[kind], expected, rtol=0, atol=1e-4 * float(expected.abs().max()), msg=kind)
+
+
+# ------------------------------------------------------------------ LeGrad
+
+VITS = [dict(image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=32, mlp_dim=64),
+        dict(image_size=48, patch_size=8, num_layers=4, num_heads=4, hidden_dim=48, mlp_dim=96)]
+
+
+def tiny_vit(config):
+    """A torchvision VisionTransformer (torchcam's LeGrad supports no other), random
+    weights; its head is zero-initialised by torchvision, so it gets random weights too."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(num_classes=10, **config).eval()
+    torch.nn.init.normal_(model.heads.head.weight)
+    return model
+
+
+@pytest.mark.parametrize("config", VITS, ids=["vit-3x32", "vit-4x48"])
+def test_legrad_matches_torchcam(config):
+    tc = pytest.importorskip("torchcam.methods")
+    from diffcam_lightning.cams import legrad
+
+    model = tiny_vit(config)
+    x = torch.randn(2, 3, config["image_size"], config["image_size"], generator=torch.Generator().manual_seed(1))
+    for blocks in (list(model.encoder.layers)[-2:], list(model.encoder.layers)):
+        ours = legrad(model, x, TARGETS, blocks=blocks)
+        with tc.LeGrad(model, blocks) as extractor:
+            model(x)
+            (expected,) = extractor(TARGETS, normalized=False)
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4 * float(expected.max()))
+        assert expected.max() > 0
+    # through the engine, every block (the engine's layer is only its forward's hook)
+    maps = CAMEngine(model, "encoder.layers.encoder_layer_1")(x, targets=TARGETS, methods="legrad")
+    assert_parity(maps["legrad"], minmax_normalize(ours), "engine legrad")
+
+
+@pytest.mark.parametrize("kind", ["mean", "lse"])
+def test_legrad_diff_variant_equals_torchcam_with_the_difference_as_its_score(kind):
+    """torchcam's LeGrad scores blocks by column c of a projection: giving it
+    y_c - beta(others) for every c is the difference target by hand."""
+    tc = pytest.importorskip("torchcam.methods")
+    from diffcam_lightning.cams.targets import beta
+
+    model = tiny_vit(VITS[0])
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+    def differences(tokens):
+        y = model.heads(model.encoder.ln(tokens.mean(dim=1)))
+        return torch.stack([y[:, c] - beta(y, torch.full((len(y),), c), kind) for c in range(y.shape[1])], dim=1)
+
+    ours = CAMEngine(model, "encoder.layers.encoder_layer_1")(x, targets=TARGETS, methods=f"{kind}difflegrad", normalize=False)
+    with tc.LeGrad(model, list(model.encoder.layers), score_projection=differences) as extractor:
+        model(x)
+        (expected,) = extractor(TARGETS, normalized=False)
+    torch.testing.assert_close(ours[f"{kind}difflegrad"], expected, rtol=0, atol=1e-4 * float(expected.max()))

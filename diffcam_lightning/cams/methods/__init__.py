@@ -33,6 +33,7 @@ from .channel import (
 )
 from .eigen import eigencam, eigengradcam, first_component, kernel_component, kpcacam
 from .guided import guided_backprop, guided_gradcam
+from .legrad import legrad, legrad_map
 from .perturbation import ablationcam, iscam, scorecam, smoothgradcampp, sscam
 from .registry import (
     HEAD_GRAPH,
@@ -71,6 +72,7 @@ MULTI_PASS: dict[str, tuple[MapFunction, tuple[str, ...]]] = {
     "shapleycam": (shapleycam, (HEAD_GRAPH,)),
     "fullgrad": (fullgrad, (MODEL_PASSES,)),
     "smoothgradcam++": (smoothgradcampp, (MODEL_PASSES,)),
+    "legrad": (legrad_map, (MODEL_PASSES,)),
 }
 
 # Registration order: the paper's twelve first (their order in METHODS is relied on), then
@@ -152,6 +154,6 @@ __all__ = [
     "HEAD_GRAPH", "METHODS", "MODEL_PASSES", "MULTI_PASS", "PAPER_METHODS", "PASSES", "TARGET_PREFIXES", "ablationcam",
     "available_methods", "bias_layers", "cam", "compose_target", "eigencam", "eigengradcam", "fem", "first_component", "fullgrad", "get_method",
     "gradcam_elementwise", "guided_backprop", "guided_gradcam", "iscam", "gradcam_plusplus_weights", "gradcam_weights", "hessian_times_activations", "hirescam",
-    "kernel_component", "kpcacam", "layercam", "methods_table", "randomcam", "register_method", "scorecam",
+    "kernel_component", "kpcacam", "layercam", "legrad", "methods_table", "randomcam", "register_method", "scorecam",
     "shapleycam", "smoothgradcampp", "sscam", "weighted_sum", "xgradcam_weights",
 ]
