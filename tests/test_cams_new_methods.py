@@ -480,3 +480,23 @@ def test_legrad_diff_variant_equals_torchcam_with_the_difference_as_its_score(ki
         model(x)
         (expected,) = extractor(TARGETS, normalized=False)
     torch.testing.assert_close(ours[f"{kind}difflegrad"], expected, rtol=0, atol=1e-4 * float(expected.max()))
+
+
+# ------------------------------------------------------------------ RefineCAM
+
+
+@pytest.mark.parametrize("name,layers", [("resnet18", ["layer2", "layer3", "layer4"]),
+                                         ("densenet121", ["features.denseblock3", "features.norm5"])])
+def test_refinecam_and_its_diff_variant_match_pytorch_grad_cam(name, layers):
+    from pytorch_grad_cam.refine_cam import RefineCAM
+
+    from diffcam_lightning.cams import refinecam
+
+    model, _ = build(name)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    modules = [dict(model.named_modules())[n] for n in layers]
+    for method, cam_targets in (("gradcam++", [ClassifierOutputTarget(c) for c in TARGETS]),
+                                ("meandiffgradcam++", [DiffTarget(c, "mean") for c in TARGETS])):
+        ours = refinecam(model, x, layers, TARGETS, method)
+        expected = torch.from_numpy(RefineCAM(model, modules)(x, targets=cam_targets))
+        assert_parity(ours, expected, f"{name} refinecam {method}")

@@ -34,6 +34,7 @@ from .channel import (
 from .eigen import eigencam, eigengradcam, first_component, kernel_component, kpcacam
 from .guided import guided_backprop, guided_gradcam
 from .legrad import legrad, legrad_map
+from .multilayer import refinecam
 from .perturbation import ablationcam, iscam, scorecam, smoothgradcampp, sscam
 from .registry import (
     HEAD_GRAPH,
@@ -154,6 +155,6 @@ __all__ = [
     "HEAD_GRAPH", "METHODS", "MODEL_PASSES", "MULTI_PASS", "PAPER_METHODS", "PASSES", "TARGET_PREFIXES", "ablationcam",
     "available_methods", "bias_layers", "cam", "compose_target", "eigencam", "eigengradcam", "fem", "first_component", "fullgrad", "get_method",
     "gradcam_elementwise", "guided_backprop", "guided_gradcam", "iscam", "gradcam_plusplus_weights", "gradcam_weights", "hessian_times_activations", "hirescam",
-    "kernel_component", "kpcacam", "layercam", "legrad", "methods_table", "randomcam", "register_method", "scorecam",
+    "kernel_component", "kpcacam", "layercam", "legrad", "methods_table", "randomcam", "refinecam", "register_method", "scorecam",
     "shapleycam", "smoothgradcampp", "sscam", "weighted_sum", "xgradcam_weights",
 ]
