@@ -182,7 +182,8 @@ def bench_scorecam(name: str, size: int, args, device: torch.device) -> dict[str
 # The methods added with the anchors' 2025-26 releases: ours vs the anchor's class at the
 # same batch, model, layer and targets (pytorch-grad-cam unless marked torchcam).
 NEW_METHODS = ("restgradcam", "finercam", "kpcacam", "fem", "randomcam", "shapleycam", "fullgrad", "cam",
-               "sscam", "iscam", "smoothgradcam++")
+               "sscam", "iscam", "smoothgradcam++", "guided_backprop", "refinecam")
+FUNCTIONS = ("guided_backprop", "refinecam")  # functions beside the registry
 TORCHCAM = {"cam": "CAM", "sscam": "SSCAM", "iscam": "ISCAM", "smoothgradcam++": "SmoothGradCAMpp"}
 
 
@@ -219,6 +220,37 @@ def bench_new(name: str, size: int, args, device: torch.device) -> dict[str, tup
     with torch.no_grad():
         targets = model(x).argmax(1).tolist()
 
+    refine_layers = [n for n, _ in model.named_children()][-5:-2] if name.startswith("resnet") else [engine.target_layer]
+
+    def function_pair(method: str) -> tuple[Callable[[], object], Callable[[], object]]:
+        """(ours, pytorch-grad-cam's) for the functions: guided backprop (one image at a
+        time on its side, as it supports), RefineCAM over three stages."""
+        import copy
+
+        from pytorch_grad_cam import GuidedBackpropReLUModel
+        from pytorch_grad_cam.refine_cam import RefineCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        from diffcam_lightning.cams import guided_backprop, refinecam
+
+        if method == "guided_backprop":
+            theirs_model = copy.deepcopy(model)  # it swaps the ReLUs (and drops inplace=True)
+            guided = GuidedBackpropReLUModel(theirs_model, device=str(device))
+            return (lambda: guided_backprop(model, x, targets),
+                    lambda: [guided(x[i : i + 1], c) for i, c in enumerate(targets)])
+        modules = [dict(model.named_modules())[n] for n in refine_layers]
+        cam_targets = [ClassifierOutputTarget(c) for c in targets]
+
+        def theirs():  # its hooks are released after each call, as ours are
+            reference = RefineCAM(model, modules)
+            try:
+                return reference(x, targets=cam_targets)
+            finally:
+                for base in reference.base_cam_per_layer:
+                    base.activations_and_grads.release()
+
+        return lambda: refinecam(model, x, refine_layers, targets), theirs
+
     def ours(method: str) -> Callable[[], object]:
         key = f"{method}@{args.samples}" if method in ("sscam", "iscam") else method
         return lambda: engine(x, targets=targets, methods=key, size="input")
@@ -230,7 +262,8 @@ def bench_new(name: str, size: int, args, device: torch.device) -> dict[str, tup
 
     fns = {}
     for method in args.methods:
-        fns[f"ours:{method}"], fns[f"anchor:{method}"] = ours(method), anchor(method)
+        pair = function_pair(method) if method in FUNCTIONS else (ours(method), anchor(method))
+        fns[f"ours:{method}"], fns[f"anchor:{method}"] = pair
     times = timed_interleaved(fns, args.warmup, args.repeats, device)
     return {m: (times[f"ours:{m}"], times[f"anchor:{m}"]) for m in args.methods}
 

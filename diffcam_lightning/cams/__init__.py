@@ -3,6 +3,7 @@
 from .engine import CAMEngine, CAMResult
 from .layers import KNOWN_LAYERS, resolve_layer
 from .methods import (
+    ALL_METHODS,
     DIFF_BASES,
     GRADIENT_METHODS,
     METHODS,
@@ -23,6 +24,7 @@ from .postprocess import minmax_normalize
 from .targets import BACKPROP_TARGETS, TARGET_VALUES, beta, finer_weighted_target, register_target
 
 __all__ = [
+    "ALL_METHODS",
     "BACKPROP_TARGETS",
     "TARGET_VALUES",
     "CAMContext",

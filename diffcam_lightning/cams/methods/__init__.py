@@ -132,7 +132,13 @@ _TARGETED = (*GRADIENT_WEIGHTINGS, *MULTI_PASS)
 DIFF_BASES: dict[str, str] = {f"{p}{f}": f for f in _TARGETED for p in DIFF_TARGETS}
 """Each DiffGradCAM-style variant -> the method with the same weighting on ``y_c``."""
 
-METHODS: tuple[str, ...] = available_methods()
+ALL_METHODS: tuple[str, ...] = available_methods()
+"""Every registered name."""
+_OPT_IN = ("sscam", "iscam", *(m for m in ALL_METHODS if _REGISTRY[m].compute is legrad_map))
+METHODS: tuple[str, ...] = tuple(m for m in ALL_METHODS if m not in _OPT_IN)
+"""The methods that run on any model with a feature-map or token layer: all but SSCAM and
+ISCAM (``num_samples`` x ScoreCAM's forwards) and LeGrad (torchvision ViTs), which are
+asked for by name (``ALL_METHODS``)."""
 GRADIENT_METHODS: tuple[str, ...] = tuple(
     m for m in METHODS if _REGISTRY[m].backprop is not None and not _REGISTRY[m].passes
 )
@@ -151,7 +157,7 @@ def methods_table() -> str:
 
 
 __all__ = [
-    "CAMContext", "CAMMethod", "DIFF_BASES", "DIFF_TARGETS", "GRADIENT_FREE", "GRADIENT_METHODS", "GRADIENT_WEIGHTINGS",
+    "ALL_METHODS", "CAMContext", "CAMMethod", "DIFF_BASES", "DIFF_TARGETS", "GRADIENT_FREE", "GRADIENT_METHODS", "GRADIENT_WEIGHTINGS",
     "HEAD_GRAPH", "METHODS", "MODEL_PASSES", "MULTI_PASS", "PAPER_METHODS", "PASSES", "TARGET_PREFIXES", "ablationcam",
     "available_methods", "bias_layers", "cam", "compose_target", "eigencam", "eigengradcam", "fem", "first_component", "fullgrad", "get_method",
     "gradcam_elementwise", "guided_backprop", "guided_gradcam", "iscam", "gradcam_plusplus_weights", "gradcam_weights", "hessian_times_activations", "hirescam",
