@@ -338,9 +338,10 @@ def main() -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.archs:
-        r = bench_architecture(name, ARCHITECTURES[name], args, device)
+        size = args.size or ARCHITECTURES[name]
+        r = bench_architecture(name, size, args, device)
         print(
-            f"| {name} ({ARCHITECTURES[name]} px, {r['layer']}) | {r['forward']:.1f} | {r['ours_all']:.1f} | {r['ref_all']:.1f} "
+            f"| {name} ({size} px, {r['layer']}) | {r['forward']:.1f} | {r['ours_all']:.1f} | {r['ref_all']:.1f} "
             f"| {r['ref_all'] / r['ours_all']:.1f}x | {r['ours_all'] / r['forward']:.2f}x "
             f"| {r['ours_gradcam']:.1f} | {r['ref_gradcam']:.1f} | {r['ref_gradcam'] / r['ours_gradcam']:.1f}x |",
             flush=True,

@@ -15,8 +15,8 @@ from .methods import (
     guided_backprop,
     guided_gradcam,
     legrad,
-    refinecam,
     methods_table,
+    refinecam,
     register_method,
     weighted_sum,
 )

@@ -76,7 +76,6 @@ def reference_cam(
     RandomCAM draws from NumPy's global RNG (seed it first).
     """
     import pytorch_grad_cam
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     if method not in REFERENCE_METHODS:
         raise ValueError(f"No pytorch-grad-cam reference for {method!r}; valid: {', '.join(REFERENCE_METHODS)}.")
