@@ -316,15 +316,15 @@ def few_samples():
             register_method(name)(functools.partial(fn, num_samples=3))
 
 
-@pytest.mark.parametrize("name,layer_name", [("resnet18", "layer2"), ("mobilenet_v2", "features.6")])
-def test_smoothed_methods_match_torchcam_at_the_same_seed(few_samples, name, layer_name):
+@pytest.mark.parametrize("name,layer_name,size", [("resnet18", "layer2", 32), ("mobilenet_v2", "features.6", 64)])
+def test_smoothed_methods_match_torchcam_at_the_same_seed(few_samples, name, layer_name, size):
     """The same noise as torchcam after torch.manual_seed(seed), from a private generator.
     Random-init MobileNet's maps are ~1e-17, where torchcam's normalisation (x / (max + 1e-8))
     is not a min-max: the raw maps are compared (relative 1e-4), and normalised on ResNet-18."""
     tc = pytest.importorskip("torchcam.methods")
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(num_classes=10).eval()
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     state = torch.get_rng_state()
     engine = CAMEngine(model, layer_name, scorecam_batch_size=256, seed=3)
     methods = [m for m in SMOOTHED if SMOOTHED[m]]
@@ -332,7 +332,7 @@ def test_smoothed_methods_match_torchcam_at_the_same_seed(few_samples, name, lay
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is not used
     for method in methods:
         kwargs = {"num_samples": 3, "batch_size": 256} if method != "smoothgradcam++" else {}
-        with getattr(tc, SMOOTHED[method])(model, layer_name, input_shape=(3, 64, 64), **kwargs) as extractor:
+        with getattr(tc, SMOOTHED[method])(model, layer_name, input_shape=(3, size, size), **kwargs) as extractor:
             torch.manual_seed(3)
             scores = model(x)
             torch.manual_seed(3)
