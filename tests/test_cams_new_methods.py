@@ -500,3 +500,39 @@ def test_refinecam_and_its_diff_variant_match_pytorch_grad_cam(name, layers):
         ours = refinecam(model, x, layers, TARGETS, method)
         expected = torch.from_numpy(RefineCAM(model, modules)(x, targets=cam_targets))
         assert_parity(ours, expected, f"{name} refinecam {method}")
+
+
+def model_state(model):
+    return (
+        {n: m.training for n, m in model.named_modules()},
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
+    )
+
+
+def assert_same_state(before, after):
+    assert before[0] == after[0]
+    assert before[1].keys() == after[1].keys() and all(torch.equal(before[1][k], after[1][k]) for k in before[1])
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(before[2], after[2]))
+    assert before[3] == after[3]
+
+
+def test_opt_in_methods_and_functions_leave_the_model_as_it_was(few_samples):
+    from diffcam_lightning.cams import guided_backprop, guided_gradcam, legrad, refinecam
+
+    model, _ = build("resnet18")
+    model.fc.train()  # a mixed mode (no BatchNorm in train mode: the statistics must not move at all)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.25)
+    x = torch.randn(1, 3, 32, 32)
+    before = model_state(model)
+    CAMEngine(model, "layer4", scorecam_batch_size=512)(x, targets=[1], methods=["sscam3", "iscam3", "smoothgradcam++"])
+    guided_backprop(model, x, [1], ["logit", "max"])
+    guided_gradcam(model, x, [1], "layer4", "maxdiffgradcam")
+    refinecam(model, x, ["layer3", "layer4"], [1])
+    assert_same_state(before, model_state(model))
+    vit = tiny_vit(VITS[0]).train()  # its dropout is 0: train mode changes nothing but must survive
+    before = model_state(vit)
+    legrad(vit, torch.randn(1, 3, 32, 32), [1], backprop=["logit", "mean"])
+    assert_same_state(before, model_state(vit))
