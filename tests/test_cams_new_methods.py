@@ -536,3 +536,15 @@ def test_opt_in_methods_and_functions_leave_the_model_as_it_was(few_samples):
     before = model_state(vit)
     legrad(vit, torch.randn(1, 3, 32, 32), [1], backprop=["logit", "mean"])
     assert_same_state(before, model_state(vit))
+
+
+def test_a_single_logit_model_refuses_the_contrastive_targets_only():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 1)).eval()
+    engine = CAMEngine(model, "1")
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="finergradcam compares the target class with the others"):
+        engine(x, methods=["restgradcam", "finergradcam"])
+    maps = engine(x, methods=["gradcam", "restgradcam"])  # 2 y - logsumexp(y) = y with one logit
+    torch.testing.assert_close(maps["restgradcam"], maps["gradcam"])

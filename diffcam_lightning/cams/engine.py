@@ -276,8 +276,12 @@ def _resolve_methods(methods: Union[str, Iterable[str]]) -> list[CAMMethod]:
 
 def _check_targets(targets: TargetSpec, logits: Tensor, methods: list[CAMMethod]) -> Tensor:
     batch, classes = logits.shape
-    if classes < 2 and any(m.backprop not in (None, "logit") for m in methods):
-        raise ValueError(f"DiffGradCAM methods need at least 2 classes; the model has {classes}.")
+    contrastive = [m.name for m in methods if m.backprop in ("mean", "max", "lse", "finer")]
+    if classes < 2 and contrastive:
+        raise ValueError(
+            f"{contrastive[0]} compares the target class with the others: it needs at least 2 classes; "
+            f"the model has {classes}."
+        )
     if targets is None:
         return logits.detach().argmax(dim=1)
     if isinstance(targets, numbers.Integral) or (isinstance(targets, Tensor) and targets.dim() == 0):
