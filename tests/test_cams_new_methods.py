@@ -548,3 +548,40 @@ def test_a_single_logit_model_refuses_the_contrastive_targets_only():
         engine(x, methods=["restgradcam", "finergradcam"])
     maps = engine(x, methods=["gradcam", "restgradcam"])  # 2 y - logsumexp(y) = y with one logit
     torch.testing.assert_close(maps["restgradcam"], maps["gradcam"])
+
+
+def tiny_timm_vit():
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=10).eval()
+    torch.nn.init.normal_(model.head.weight)
+    return model
+
+
+def test_legrad_on_a_timm_vit_reads_its_own_attention():
+    """No anchor runs LeGrad on timm's ViTs (ours only): its attention probabilities are
+    recomputed from the block's q/k/v, checked against the block's own output, so the maps
+    do not depend on timm's fused kernel; the Diff target equals the differences given by
+    hand as the block score; a block computing something else is refused."""
+    from diffcam_lightning.cams import legrad
+    from diffcam_lightning.cams.targets import beta
+
+    model = tiny_timm_vit()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    maps = legrad(model, x, TARGETS, backprop=["logit", "mean"])
+    assert maps["logit"].shape == (2, 4, 4) and maps["logit"].max() > 0
+    for block in model.blocks:
+        block.attn.fused_attn = not block.attn.fused_attn
+    torch.testing.assert_close(legrad(model, x, TARGETS), maps["logit"], rtol=0, atol=1e-6)
+
+    def differences(tokens):
+        y = model.forward_head(model.norm(tokens))
+        return torch.stack([y[:, c] - beta(y, torch.full((len(y),), c), "mean") for c in range(y.shape[1])], dim=1)
+
+    by_hand = legrad(model, x, TARGETS, score_projection=differences)
+    torch.testing.assert_close(maps["mean"], by_hand, rtol=0, atol=1e-6)
+    assert (maps["mean"] - maps["logit"]).abs().max() > 1e-4  # the target matters
+    model.blocks[1].attn.register_forward_hook(lambda m, i, o: o * 2)  # not what its q/k/v give
+    with pytest.raises(ValueError, match="legrad: block 'blocks.1'"):
+        legrad(model, x, TARGETS)
