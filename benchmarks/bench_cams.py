@@ -2,10 +2,10 @@
 
 Rows per architecture (medians over ``--repeats`` after ``--warmup`` runs):
 - ``forward``: a plain ``torch.no_grad()`` forward of the batch (the physical floor);
-- ``ours: all gradient CAMs``: one ``CAMEngine`` call for the 28 gradient methods (7
-  weightings x 4 backprop targets: GradCAM, GradCAM++, HiResCAM, XGradCAM, LayerCAM,
-  GradCAMElementWise, EigenGradCAM, each on y_c and on the three DiffGradCAM differences;
-  one forward, one batched VJP);
+- ``ours: all gradient CAMs``: one ``CAMEngine`` call for the methods of
+  ``GRADIENT_METHODS`` (7 weightings x 7 backprop targets: GradCAM, GradCAM++, HiResCAM,
+  XGradCAM, LayerCAM, GradCAMElementWise, EigenGradCAM, each on y_c, on the three
+  DiffGradCAM differences, ReST, FinerWeighted and p_c; one forward, one batched VJP);
 - ``pytorch-grad-cam: all, one at a time``: its class for each weighting, with a
   difference target for the Diff variants (28 forwards and backwards);
 - ``GradCAM alone`` for both;
@@ -14,6 +14,10 @@ Rows per architecture (medians over ``--repeats`` after ``--warmup`` runs):
   ``F.interpolate`` after its call).
 
 Each round runs every variant once (interleaved), so load changes hit all alike.
+
+``--new`` times the methods added in issue 22 (FinerCAM, KPCA-CAM, FEM, RandomCAM,
+ShapleyCAM, FullGrad, CAM, SSCAM, ISCAM, SmoothGradCAM++, a ReST target), each against its
+anchor's class at the same batch (``--samples`` noise samples for SSCAM/ISCAM on both sides).
 
 ``--scorecam`` times ScoreCAM instead: ours against pytorch-grad-cam's ``ScoreCAM`` at the
 same batch size of masked inputs, with the share of constant channels and the max map
@@ -27,6 +31,7 @@ Token and channels-last models (DeiT-S, Swin-T) run pytorch-grad-cam with the
     python benchmarks/bench_cams.py --device cuda --repeats 20
     python benchmarks/bench_cams.py --layercam              # the LayerCAM table
     python benchmarks/bench_cams.py --scorecam --archs resnet18 --batch 2 --size 128
+    python benchmarks/bench_cams.py --new --archs resnet18 --batch 2 --size 64
 """
 
 from __future__ import annotations
@@ -130,8 +135,9 @@ def svd_first_component(features: torch.Tensor) -> torch.Tensor:
 
 
 def with_first_component(fn: Callable[[torch.Tensor], torch.Tensor], call: Callable[[], object]) -> Callable[[], object]:
-    """``call`` with ``methods.first_component`` replaced by ``fn`` for its duration."""
-    from diffcam_lightning.cams import methods
+    """``call`` with ``methods.eigen.first_component`` (what EigenCAM and EigenGradCAM call)
+    replaced by ``fn`` for its duration."""
+    from diffcam_lightning.cams.methods import eigen as methods
 
     def run():
         current = methods.first_component
@@ -202,6 +208,107 @@ def bench_scorecam(name: str, size: int, args, device: torch.device) -> dict[str
     return {**times, "constant": constant, "diff": diff}
 
 
+# The methods added with the anchors' 2025-26 releases: ours vs the anchor's class at the
+# same batch, model, layer and targets (pytorch-grad-cam unless marked torchcam).
+NEW_METHODS = ("restgradcam", "finercam", "kpcacam", "fem", "randomcam", "shapleycam", "fullgrad", "cam",
+               "sscam", "iscam", "smoothgradcam++", "guided_backprop", "refinecam")
+FUNCTIONS = ("guided_backprop", "refinecam")  # functions beside the registry
+TORCHCAM = {"cam": "CAM", "sscam": "SSCAM", "iscam": "ISCAM", "smoothgradcam++": "SmoothGradCAMpp"}
+
+
+def torchcam_run(method: str, model, layer_name: str, x, targets, samples: int) -> Callable[[], object]:
+    import torchcam.methods as tc
+
+    kwargs = {"num_samples": samples, "batch_size": 32} if method in ("sscam", "iscam") else {}
+    if method == "cam":
+        kwargs["fc_layer"] = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+
+    def run():
+        with getattr(tc, TORCHCAM[method])(model, layer_name, input_shape=tuple(x.shape[1:]), **kwargs) as extractor:
+            (cams,) = extractor(class_idx=targets, scores=model(x))
+        return torch.nn.functional.interpolate(cams.unsqueeze(1), size=x.shape[-2:], mode="bilinear")
+
+    return run
+
+
+def bench_new(name: str, size: int, args, device: torch.device) -> dict[str, tuple[float, float]]:
+    """{method: (ours ms, anchor ms)} for each new method, interleaved rounds."""
+    import functools
+
+    from diffcam_lightning.cams.methods import _REGISTRY, iscam, register_method, sscam
+
+    for method, fn in (("sscam", sscam), ("iscam", iscam)):  # the anchor's sample count on both sides
+        key = f"{method}@{args.samples}"
+        if key not in _REGISTRY:
+            register_method(key)(functools.partial(fn, num_samples=args.samples))
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=1000).to(device).eval()
+    x = torch.randn(args.batch, 3, size, size, device=device)
+    engine = CAMEngine(model, scorecam_batch_size=32)
+    layer = dict(model.named_modules())[engine.target_layer]
+    with torch.no_grad():
+        targets = model(x).argmax(1).tolist()
+
+    refine_layers = [n for n, _ in model.named_children()][-5:-2] if name.startswith("resnet") else [engine.target_layer]
+
+    def function_pair(method: str) -> tuple[Callable[[], object], Callable[[], object]]:
+        """(ours, pytorch-grad-cam's) for the functions: guided backprop (one image at a
+        time on its side, as it supports), RefineCAM over three stages."""
+        import copy
+
+        from pytorch_grad_cam import GuidedBackpropReLUModel
+        from pytorch_grad_cam.refine_cam import RefineCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        from diffcam_lightning.cams import guided_backprop, refinecam
+
+        if method == "guided_backprop":
+            theirs_model = copy.deepcopy(model)  # it swaps the ReLUs (and drops inplace=True)
+            guided = GuidedBackpropReLUModel(theirs_model, device=str(device))
+            return (lambda: guided_backprop(model, x, targets),
+                    lambda: [guided(x[i : i + 1], c) for i, c in enumerate(targets)])
+        modules = [dict(model.named_modules())[n] for n in refine_layers]
+        cam_targets = [ClassifierOutputTarget(c) for c in targets]
+
+        def theirs():  # its hooks are released after each call, as ours are
+            reference = RefineCAM(model, modules)
+            try:
+                return reference(x, targets=cam_targets)
+            finally:
+                for base in reference.base_cam_per_layer:
+                    base.activations_and_grads.release()
+
+        return lambda: refinecam(model, x, refine_layers, targets), theirs
+
+    def ours(method: str) -> Callable[[], object]:
+        key = f"{method}@{args.samples}" if method in ("sscam", "iscam") else method
+        return lambda: engine(x, targets=targets, methods=key, size="input")
+
+    def anchor(method: str) -> Callable[[], object]:
+        if method in TORCHCAM:
+            return torchcam_run(method, model, engine.target_layer, x, targets, args.samples)
+        return lambda: reference_cam(model, layer, x, targets, method)
+
+    fns = {}
+    for method in args.methods:
+        pair = function_pair(method) if method in FUNCTIONS else (ours(method), anchor(method))
+        fns[f"ours:{method}"], fns[f"anchor:{method}"] = pair
+    times = timed_interleaved(fns, args.warmup, args.repeats, device)
+    return {m: (times[f"ours:{m}"], times[f"anchor:{m}"]) for m in args.methods}
+
+
+def main_new(args, device: torch.device) -> None:
+    print(f"SSCAM / ISCAM with {args.samples} samples on both sides\n")
+    print("| architecture | method | anchor | ours (ms) | anchor (ms) | anchor / ours |")
+    print("|---|---|---|---:|---:|---:|")
+    for name in args.archs:
+        size = args.size or ARCHITECTURES[name]
+        for method, (ours, theirs) in bench_new(name, size, args, device).items():
+            source = "torchcam 0.5" if method in TORCHCAM else "pytorch-grad-cam 1.5.7"
+            print(f"| {name} ({size} px) | {method} | {source} | {ours:.1f} | {theirs:.1f} | {theirs / ours:.1f}x |",
+                  flush=True)
+
+
 def main_scorecam(args, device: torch.device) -> None:
     print(
         "| architecture | constant channels | ours: ScoreCAM (ms) | pytorch-grad-cam: ScoreCAM (ms) | speed-up "
@@ -234,12 +341,18 @@ def main() -> None:
         "--eigen-baseline", action="store_true",
         help="also time the 28 with the full-SVD first principal component used before issue 20",
     )
+    parser.add_argument("--new", action="store_true", help="the methods added in issue 22, ours vs their anchor")
+    parser.add_argument("--methods", nargs="+", default=list(NEW_METHODS), choices=list(NEW_METHODS))
+    parser.add_argument("--samples", type=int, default=2, help="SSCAM / ISCAM noise samples (both sides)")
     args = parser.parse_args()
     device = torch.device(args.device)
     label = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {label}; torch {torch.__version__}; B={args.batch}; medians of {args.repeats} runs (ms)\n")
     if args.scorecam:
         main_scorecam(args, device)
+        return
+    if args.new:
+        main_new(args, device)
         return
     if args.layercam:
         print("| architecture | ours: LayerCAM | torchcam: LayerCAM | pytorch-grad-cam: LayerCAM | torchcam / ours | pytorch-grad-cam / ours |")
@@ -262,9 +375,10 @@ def main() -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.archs:
-        r = bench_architecture(name, ARCHITECTURES[name], args, device)
+        size = args.size or ARCHITECTURES[name]
+        r = bench_architecture(name, size, args, device)
         print(
-            f"| {name} ({ARCHITECTURES[name]} px, {r['layer']}) | {r['forward']:.1f} | {r['ours_all']:.1f} | {r['ref_all']:.1f} "
+            f"| {name} ({size} px, {r['layer']}) | {r['forward']:.1f} | {r['ours_all']:.1f} | {r['ref_all']:.1f} "
             f"| {r['ref_all'] / r['ours_all']:.1f}x | {r['ours_all'] / r['forward']:.2f}x "
             f"| {r['ours_gradcam']:.1f} | {r['ref_gradcam']:.1f} | {r['ref_gradcam'] / r['ours_gradcam']:.1f}x |",
             flush=True,

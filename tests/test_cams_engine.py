@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from diffcam_lightning import METHODS, CAMEngine
-from diffcam_lightning.cams import BACKPROP_TARGETS, GRADIENT_METHODS, beta, get_method
+from diffcam_lightning.cams import BACKPROP_TARGETS, DIFF_BASES, GRADIENT_METHODS, TARGET_VALUES, beta, get_method
 from diffcam_lightning.cams.methods import CAMContext
 from diffcam_lightning.cams.postprocess import minmax_normalize
 
@@ -54,7 +54,6 @@ def capture_activations(model, layer, x):
     return store["A"], logits
 
 
-DIFF_KIND = {"logit": None, "mean": "mean", "max": "max", "lse": "lse"}
 
 
 def target_scalar(logits, targets, kind):
@@ -69,7 +68,7 @@ def test_batched_vjp_equals_one_autograd_grad_per_target(tiny):
     acts, logits = capture_activations(model, model.features, x)
     for name in GRADIENT_METHODS:
         method = get_method(name)
-        scalar = target_scalar(logits, targets, DIFF_KIND[method.backprop]).sum()
+        scalar = TARGET_VALUES[method.backprop](logits, targets).sum()
         (grad,) = torch.autograd.grad(scalar, acts, retain_graph=True)
         ctx = CAMContext(acts.detach(), {method.backprop: grad}, backprop=method.backprop)
         expected = minmax_normalize(torch.relu(method.compute(ctx)))
@@ -144,8 +143,8 @@ def test_shared_logit_term_changes_gradcam_but_no_diffgradcam():
             p.normal_(0, 2.0)
     x = torch.randn(4, 3, 16, 16)
     targets = torch.tensor([0, 1, 2, 5])
-    diff_methods = [m for m in GRADIENT_METHODS if "diff" in m]
-    bases = sorted({get_method(m).name for m in GRADIENT_METHODS if "diff" not in m})
+    diff_methods = [m for m in GRADIENT_METHODS if m in DIFF_BASES]
+    bases = sorted({DIFF_BASES[m] for m in diff_methods})
     assert len(diff_methods) == 3 * len(bases) == 21  # every weighting has its three Diff variants
     clean = CAMEngine(plain, "features")(x, targets=targets, methods=[*bases, *diff_methods])
     hoax = CAMEngine(fooled, "features")(x, targets=targets, methods=[*bases, *diff_methods])

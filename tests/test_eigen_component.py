@@ -10,7 +10,7 @@ import timm
 import torch
 
 from diffcam_lightning import CAMEngine
-from diffcam_lightning.cams import methods
+from diffcam_lightning.cams.methods import eigen as methods
 
 pgc = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402

@@ -3,22 +3,30 @@
 from .engine import CAMEngine, CAMResult
 from .layers import KNOWN_LAYERS, resolve_layer
 from .methods import (
+    ALL_METHODS,
     DIFF_BASES,
     GRADIENT_METHODS,
     METHODS,
     PAPER_METHODS,
     CAMContext,
     CAMMethod,
+    compose_target,
     get_method,
+    guided_backprop,
+    guided_gradcam,
+    legrad,
     methods_table,
+    refinecam,
     register_method,
     weighted_sum,
 )
 from .postprocess import minmax_normalize
-from .targets import BACKPROP_TARGETS, beta, register_target
+from .targets import BACKPROP_TARGETS, TARGET_VALUES, beta, finer_weighted_target, register_target
 
 __all__ = [
+    "ALL_METHODS",
     "BACKPROP_TARGETS",
+    "TARGET_VALUES",
     "CAMContext",
     "CAMEngine",
     "CAMMethod",
@@ -29,7 +37,13 @@ __all__ = [
     "METHODS",
     "PAPER_METHODS",
     "beta",
+    "compose_target",
+    "finer_weighted_target",
     "get_method",
+    "guided_backprop",
+    "guided_gradcam",
+    "legrad",
+    "refinecam",
     "methods_table",
     "minmax_normalize",
     "register_method",

@@ -32,7 +32,7 @@ from .coupling import (
 )
 from .layers import LayerSpec, resolve_layer, reused_layer_error, zero_gradient_error
 from .layouts import Layout, LayoutHints, LayoutSpec, model_hints, resolve_layout
-from .methods import CAMContext, CAMMethod, get_method
+from .methods import HEAD_GRAPH, CAMContext, CAMMethod, get_method
 from .modes import eval_mode, preserved_buffers, preserved_rng
 from .outputs import OutputKey, classifier_width, logits_of
 from .postprocess import SizeSpec, postprocess, resolve_size
@@ -72,6 +72,7 @@ class CAMEngine:
     ``batch_coupling``: when a layer after the target mixes the batch (train-mode
     BatchNorm), ``"exact"`` takes one VJP row per image, ``"batched"`` one shared VJP;
     both warn once (see ``coupling.py``).
+    ``seed``: the draws of the stochastic methods (RandomCAM); the global RNGs are untouched.
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class CAMEngine:
         batch_coupling: str = "exact",
         layout: LayoutSpec = None,
         output_key: OutputKey = None,
+        seed: int = 0,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module; got {type(model).__name__}.")
@@ -93,6 +95,7 @@ class CAMEngine:
         self._coupling_warned = False
         self.layout = layout
         self.output_key = output_key
+        self.seed = int(seed)
         self._width = classifier_width(model)
         self._hints: Optional[LayoutHints] = None
         self._warned_unbatched = False
@@ -157,7 +160,8 @@ class CAMEngine:
             mixed = x.shape[0] > 1 and any(m.backprop is not None for m in chosen)  # gradients can mix
             per_image = self._per_image(probe.after if mixed else [], name)
             targets = _check_targets(targets, logits, chosen)
-            gradients = self._gradients(logits, raw, targets, chosen, create_graph, per_image)
+            keep_head = any(HEAD_GRAPH in m.passes for m in chosen)
+            gradients = self._gradients(logits, raw, targets, chosen, create_graph, per_image, keep_head)
             activations, gradients = _to_nchw(layout, name, raw, gradients)
             if not create_graph:
                 _refuse_blank_maps(self.model, name, x, activations, gradients, logits)
@@ -173,15 +177,20 @@ class CAMEngine:
                     layer=layer,
                     layout=layout,
                     raw_activations=raw.detach(),
+                    logits=logits.detach(),
+                    head=(logits, raw) if keep_head else None,
+                    seed=self.seed,
+                    methods=tuple(chosen),
                 )
                 maps = {}
                 # methods that run the model again (ScoreCAM, AblationCAM) do so in eval mode:
                 # no BatchNorm update, no dropout; every submodule's flag restored after
                 rerun = eval_mode(self.model) if any(m.backprop is None for m in chosen) else nullcontext()
+                grid_size = (int(activations.shape[-2]), int(activations.shape[-1]))
                 with rerun:
-                    for method in chosen:
+                    for method in chosen:  # maps at input size (FullGrad) go to the grid when size=None
                         ctx.backprop = method.backprop
-                        maps[method.name] = postprocess(method.compute(ctx), out_size, normalize)
+                        maps[method.name] = postprocess(method.compute(ctx), out_size or grid_size, normalize)
         if not create_graph:
             logits = logits.detach()
         grid = (int(activations.shape[-2]), int(activations.shape[-1]))
@@ -200,11 +209,12 @@ class CAMEngine:
         methods: list[CAMMethod],
         create_graph: bool,
         per_image: bool = False,
+        retain: bool = False,
     ) -> dict[str, Tensor]:
         """The batched VJP; one VJP per target (per image and target with ``per_image``)
-        where the graph cannot be batched."""
+        where the graph cannot be batched. ``retain`` keeps the head's graph (second-order methods)."""
         try:
-            return _batched_gradients(logits, activations, targets, methods, create_graph, per_image)
+            return _batched_gradients(logits, activations, targets, methods, create_graph, per_image, retain=retain)
         except RuntimeError as err:
             if "Batching rule not implemented" not in str(err) and "vmap" not in str(err):
                 raise
@@ -215,7 +225,9 @@ class CAMEngine:
                     "torch.compile; gradients now take one backward pass per target (same maps, more time).",
                     stacklevel=3,
                 )
-            return _batched_gradients(logits, activations, targets, methods, create_graph, per_image, batched=False)
+            return _batched_gradients(
+                logits, activations, targets, methods, create_graph, per_image, batched=False, retain=retain
+            )
 
     def _forward(self, x: Tensor, name: str, layer: nn.Module, full_graph: bool) -> tuple[Tensor, Tensor]:
         """Run the model once, capturing ``A``. Unless ``full_graph``, the network up to
@@ -312,8 +324,12 @@ def _resolve_methods(methods: Union[str, Iterable[str]]) -> list[CAMMethod]:
 
 def _check_targets(targets: TargetSpec, logits: Tensor, methods: list[CAMMethod]) -> Tensor:
     batch, classes = logits.shape
-    if classes < 2 and any(m.backprop not in (None, "logit") for m in methods):
-        raise ValueError(f"DiffGradCAM methods need at least 2 classes; the model has {classes}.")
+    contrastive = [m.name for m in methods if m.backprop in ("mean", "max", "lse", "finer")]
+    if classes < 2 and contrastive:
+        raise ValueError(
+            f"{contrastive[0]} compares the target class with the others: it needs at least 2 classes; "
+            f"the model has {classes}."
+        )
     if targets is None:
         return logits.detach().argmax(dim=1)
     if isinstance(targets, numbers.Integral) or (isinstance(targets, Tensor) and targets.dim() == 0):
@@ -341,6 +357,7 @@ def _batched_gradients(
     create_graph: bool,
     per_image: bool = False,
     batched: bool = True,
+    retain: bool = False,
 ) -> dict[str, Tensor]:
     """``{backprop target: dT/dA float32}`` (A's own layout) from one batched VJP, one row
     per image and target when ``per_image`` (layers after A mix the batch), or one VJP per
@@ -372,7 +389,7 @@ def _batched_gradients(
         grads = [
             torch.autograd.grad(
                 logits, activations, grad_outputs=v, create_graph=create_graph,
-                retain_graph=create_graph or i < len(names) - 1,
+                retain_graph=create_graph or retain or i < len(names) - 1,
             )[0]
             for i, v in enumerate(vectors)
         ]

@@ -22,13 +22,22 @@ _CLASSES = {
     "gradcamelementwise": "GradCAMElementWise",
     "eigengradcam": "EigenGradCAM",
 }
+_TARGETED = {**_CLASSES, "shapleycam": "ShapleyCAM", "fullgrad": "FullGrad"}
 REFERENCE_METHODS: dict[str, tuple[str, Optional[str]]] = {
-    **{name: (cls, None) for name, cls in _CLASSES.items()},
+    **{name: (cls, None) for name, cls in _TARGETED.items()},
     "eigencam": ("EigenCAM", None),
     "scorecam": ("ScoreCAM", None),
     "ablationcam": ("AblationCAM", None),
-    **{f"{k}diff{name}": (cls, k) for name, cls in _CLASSES.items() for k in ("mean", "max", "lse")},
+    "kpcacam": ("KPCA_CAM", None),
+    "fem": ("FEM", None),
+    "randomcam": ("RandomCAM", None),
+    "finercam": ("GradCAM", "finer"),
+    **{f"{k}diff{name}": (cls, k) for name, cls in _TARGETED.items() for k in ("mean", "max", "lse")},
+    **{f"{k}{name}": (cls, k) for name, cls in _TARGETED.items() for k in ("rest", "finer", "softmax")},
 }
+"""Our method -> (pytorch-grad-cam class, its target: None = y_c, a DiffGradCAM baseline,
+``rest``/``softmax``/``finer`` = its ClassifierOutputReST / ClassifierOutputSoftmaxTarget /
+FinerWeightedTarget)."""
 
 
 _EIGEN = ("EigenCAM", "EigenGradCAM")  # compared with their sign correction: sign_corrected()
@@ -96,16 +105,38 @@ def reference_cam(
 
     pytorch-grad-cam calls ``model.eval()`` and backpropagates into ``.grad``; every
     submodule's mode and every parameter's ``.grad`` are restored here afterwards.
+    Its RandomCAM draws from NumPy's global RNG (seed it first).
     """
     import pytorch_grad_cam
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     if method not in REFERENCE_METHODS:
         raise ValueError(f"No pytorch-grad-cam reference for {method!r}; valid: {', '.join(REFERENCE_METHODS)}.")
     class_name, kind = REFERENCE_METHODS[method]
-    cam_targets = [ClassifierOutputTarget(int(t)) if kind is None else DiffTarget(t, kind) for t in targets]
+    cam_targets = _targets(model, x, targets, kind)
+    layers = [] if class_name == "FullGrad" else [layer]
     cam_class = sign_corrected(class_name) if class_name in _EIGEN else getattr(pytorch_grad_cam, class_name)
     with preserved_modes(model), preserved_grads(model):
-        with cam_class(model, target_layers=[layer], reshape_transform=reshape_transform) as cam:
+        with cam_class(model, target_layers=layers, reshape_transform=reshape_transform) as cam:
             cam.batch_size = scorecam_batch_size  # read by its ScoreCAM only
             return cam(x, targets=cam_targets)
+
+
+def _targets(model: nn.Module, x: Tensor, targets: Sequence[int], kind: Optional[str]) -> list:
+    """pytorch-grad-cam's target objects for our backprop target ``kind``."""
+    from pytorch_grad_cam.utils import model_targets as mt
+
+    from .targets import nearest_classes
+
+    if kind is None:
+        return [mt.ClassifierOutputTarget(int(t)) for t in targets]
+    if kind == "rest":
+        return [mt.ClassifierOutputReST(int(t)) for t in targets]
+    if kind == "softmax":
+        return [mt.ClassifierOutputSoftmaxTarget(int(t)) for t in targets]
+    if kind == "finer":
+        with torch.no_grad():
+            logits = model(x)
+        classes = torch.as_tensor(list(targets), device=logits.device)
+        others = nearest_classes(logits, classes, (1, 2, 3)).tolist()
+        return [mt.FinerWeightedTarget(int(t), o, 1.0) for t, o in zip(targets, others)]
+    return [DiffTarget(t, kind) for t in targets]

@@ -1,0 +1,121 @@
+"""The one method registry: what a method reads (:class:`CAMContext`) and how it is found.
+
+A method maps a :class:`CAMContext` (activations ``A [B, K, h, w]``, the gradient of its
+backprop target ``g``, the model and input for the methods that run it again) to a raw map
+``[B, h, w]``. The engine applies ReLU, resizing and normalisation afterwards, identically
+for all. Lookup is case-insensitive: ``get_method("MeanDiffGradCAM++")`` works.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+# Extra passes a method may need beyond the one forward + one batched VJP. The engine keeps
+# what they need for the call; a method with any of them cannot be trained through.
+HEAD_GRAPH = "head_graph"  # the logits' graph back to A (second-order terms: ShapleyCAM)
+MODEL_PASSES = "model_passes"  # its own forwards/backwards of the whole model (FullGrad, guided backprop)
+PASSES = (HEAD_GRAPH, MODEL_PASSES)
+
+
+@dataclass
+class CAMContext:
+    """Everything a method may read. ``gradients`` maps backprop target -> ``dT/dA``."""
+
+    activations: Tensor
+    gradients: dict[str, Tensor] = field(default_factory=dict)
+    model: Optional[nn.Module] = None
+    inputs: Optional[Tensor] = None
+    targets: Optional[Tensor] = None
+    scorecam_batch_size: int = 32
+    backprop: Optional[str] = None
+    layer: Optional[nn.Module] = None  # the target layer (AblationCAM replaces its output)
+    layout: Optional[Any] = None  # the layer's resolved Layout (AblationCAM ablates in the layer's own layout)
+    raw_activations: Optional[Tensor] = None  # the layer's output before the layout conversion
+    logits: Optional[Tensor] = None  # the call's logits [B, C] (detached)
+    head: Optional[tuple[Tensor, Tensor]] = None  # (logits, raw A) with the head's graph, for HEAD_GRAPH methods
+    seed: int = 0  # the stochastic methods' seed (RandomCAM, SSCAM, ISCAM, SmoothGradCAM++)
+    cache: dict[str, Any] = field(default_factory=dict)  # passes shared by the methods of one call
+    methods: tuple["CAMMethod", ...] = ()  # the call's methods (a shared pass serves all their targets)
+
+    @property
+    def grad(self) -> Tensor:
+        """The gradient of the current method's backprop target."""
+        if self.backprop is None:
+            raise KeyError("CAMContext.grad: the current method has no backprop target (it is gradient-free).")
+        return self.gradients[self.backprop]
+
+
+MapFunction = Callable[[CAMContext], Tensor]
+
+
+@dataclass(frozen=True)
+class CAMMethod:
+    """A registered method. ``backprop`` names its target in ``BACKPROP_TARGETS``
+    (``None`` for gradient-free methods); ``passes`` the extra passes it needs (``PASSES``)."""
+
+    name: str
+    compute: MapFunction
+    backprop: Optional[str] = None
+    passes: tuple[str, ...] = ()
+
+
+_REGISTRY: dict[str, CAMMethod] = {}
+
+
+def register_method(
+    name: str, backprop: Optional[str] = None, passes: tuple[str, ...] = ()
+) -> Callable[[MapFunction], MapFunction]:
+    """Register ``fn(ctx) -> raw map [B, h, w]`` under ``name`` (stored lower case)."""
+    unknown = [p for p in passes if p not in PASSES]
+    if unknown:
+        raise ValueError(f"Unknown passes {unknown} for CAM method {name!r}; valid: {', '.join(PASSES)}.")
+
+    def decorator(fn: MapFunction) -> MapFunction:
+        key = name.lower()
+        if key in _REGISTRY:
+            raise ValueError(f"CAM method {name!r} is already registered.")
+        _REGISTRY[key] = CAMMethod(key, fn, backprop, tuple(passes))
+        return fn
+
+    return decorator
+
+
+def available_methods() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def get_method(name: str) -> CAMMethod:
+    key = str(name).lower()
+    if key not in _REGISTRY:
+        raise ValueError(f"Unknown CAM method {name!r}. Valid methods: {', '.join(_REGISTRY)}.")
+    return _REGISTRY[key]
+
+
+def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
+    """``sum_k w_k A_k`` for weights ``[B, K]``."""
+    return torch.einsum("bk,bkhw->bhw", weights, activations)
+
+
+def require(ctx: CAMContext, method: str, *names: str) -> None:
+    """Refuse a context that lacks what ``method`` reads (a method called outside the engine)."""
+    missing = [n for n in names if getattr(ctx, n) is None]
+    if missing:
+        raise ValueError(f"{method} needs {', '.join(missing)} in its context; run it through CAMEngine.")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode for a method's own passes (no BatchNorm statistics move, no
+    dropout), each submodule's mode restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
