@@ -19,8 +19,24 @@ Definitions (the ground truth is measured, never read from the alarm's signals):
   epoch >= 1.
 
 Thresholds: for each rule, on seed 0 only, the threshold that catches the most visibly
-fooled seed-0 runs in time with no false alarm on the seed-0 controls (the midpoint of the
-best interval); then the alarm is scored on seeds 1-2, which played no part in it.
+fooled seed-0 runs in time with no false alarm on the clean controls it is chosen on (the
+midpoint between the attack values it needs and the clean edge); then the alarm is scored on
+seeds 1-2. The clean controls a rule is chosen on are the seed-0 synthetic controls (epochs
+>= 1) and, for every rule with a *fooled* verdict, the real-network controls too (the clean
+pretrained EfficientNet-Lite0 on the shipped photos, whole and centre crops: seedless, one
+audit each, so they belong to the choosing set, not the held-out one). The *imprecise* rule
+(behaviour_agreement) is chosen on the synthetic controls only: the goal counts fooling
+alarms, and an imprecise verdict on a clean model is allowed (the photos' values are
+reported beside it).
+
+The rules are then scored twice on the held-out seeds: *as chosen on seed 0* (every rule
+that got a threshold) and *as shipped* (CAMAudit's default rules: every chosen rule but
+those in ``SHIPPED_OFF``, scored in the first table at the threshold chosen on the seed-0
+synthetic controls alone, its opt-in threshold). ``deletion_gap`` ships off because, with the
+real-network controls counted, no threshold separates them from the seed-0 fooled runs. That
+decision was
+taken after the held-out rows and the real-network controls had been seen, so the "as
+shipped" held-out figures are not a clean held-out estimate.
 """
 
 from __future__ import annotations
@@ -57,6 +73,7 @@ CANDIDATES = (
     Rule("sham", "sham_mse", below=True, gated=False, scope=("gradcam",)),
 )
 DEFAULTS = {"dependence": 0.55, "drift": 0.1, "sham": 0.1}  # the shipped map-statistics rules, kept as they were
+SHIPPED_OFF = {"deletion_gap"}  # opt-in in CAMAudit (alarm.py): it calls the clean real network fooled
 
 
 def load() -> dict[str, list[dict]]:
@@ -72,6 +89,17 @@ def load() -> dict[str, list[dict]]:
     out = {n: [e[i] for i in sorted(e)] for n, e in runs.items()}
     epochs = max((len(r) for r in out.values()), default=0)
     return {n: r for n, r in out.items() if len(r) == epochs and [x["epoch"] for x in r] == list(range(epochs))}
+
+
+def photo_rows() -> dict[str, dict]:
+    """The real-network one-shot audits, keyed by view; gated like CAMAudit (decided share)."""
+    path = RESULTS / "behaviour" / "photos.jsonl"
+    rows = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            rows[r["view"]] = {**r, "audit_acc": r.get("decided/behaviour", 0.0)}
+    return rows
 
 
 def decides(row: dict) -> bool:
@@ -125,11 +153,14 @@ def goal(rows: list[dict], seen: Optional[int], alarm: Optional[int]) -> Optiona
     return alarm is not None and alarm <= seen + LAG
 
 
-def choose(runs: dict[str, list[dict]], clean: dict[str, float], rule: Rule) -> tuple[Optional[float], str]:
-    """The threshold with the most goal-met seed-0 attacks and no false alarm on seed-0 controls."""
+def choose(runs: dict[str, list[dict]], clean: dict[str, float], rule: Rule,
+           extra: tuple[dict, ...] = ()) -> tuple[Optional[float], str]:
+    """The threshold with the most goal-met seed-0 attacks and no false alarm on the seed-0
+    controls and the ``extra`` clean one-shot rows (the real-network controls)."""
     controls = [r for n, r in runs.items() if r[0]["kind"] == "control"]
     attacks = [(r, visible(r, clean)) for n, r in runs.items() if r[0]["kind"] == "attack"]
-    clean_vals = [v for r in controls for row in r[1:] if (decides(row) or not rule.gated) for _, v in values(row, rule)]
+    clean_rows = [row for r in controls for row in r[1:]] + list(extra)
+    clean_vals = [v for row in clean_rows if (decides(row) or not rule.gated) for _, v in values(row, rule)]
     if not clean_vals:
         return None, "no clean value"
     edge = min(clean_vals) if rule.below else max(clean_vals)
@@ -203,13 +234,13 @@ def table(runs: dict[str, list[dict]], clean: dict[str, float], rules: dict[Rule
             g = goal(rows, seen, alarm)
             total += g is not None
             met += bool(g)
-            status = "n/a (not fooled)" if g is None else ("yes" if g else "**no**")
+            status = "n/a (not fooled)" if g is None else ("yes" if g else "**no**" + (f"; imprecise at {imprecise}" if imprecise else ""))
             ms = attacked_methods(last)
             if g is False:
                 at = next(r for r in rows if r["epoch"] == min(seen + LAG, len(rows) - 1))
                 why = f"at epoch {at['epoch']}: " + "; ".join(
                     f"{rule.name} {'min' if rule.below else 'max'} {extreme(at, rule):.3f} vs {t}"
-                    for rule, t in rules.items() if rule.verdict == "fooled" and rule.gated)
+                    for rule, t in rules.items() if rule.verdict == "fooled")
         point = ", ".join(f"{rows[1][f'pointing/{m}']:.2f} -> {last[f'pointing/{m}']:.2f}" for m in ms)
         nocue = f"{last['acc_no_cue']:.2f}" if "acc_no_cue" in last else "-"
         lines.append(f"| {name} | {last['audit_acc']:.2f} | {nocue} | {point} | {fmt(seen)} | {fmt(alarm)} | "
@@ -222,13 +253,9 @@ def table(runs: dict[str, list[dict]], clean: dict[str, float], rules: dict[Rule
 def photos(rules: dict[Rule, float]) -> list[str]:
     """The one-shot audits of the real network, judged with the chosen thresholds (CAMAudit's
     own gate: the share of behaviour images it decides)."""
-    path = RESULTS / "behaviour" / "photos.jsonl"
-    if not path.exists():
+    rows = photo_rows()
+    if not rows:
         return ["(not run)"]
-    rows = {}
-    for line in path.read_text().splitlines():
-        r = json.loads(line)
-        rows[r["view"]] = {**r, "audit_acc": r.get("decided/behaviour", 0.0)}
     lines = ["| view | images | verdict | rules that fired (method: value) | decided |", "|---|---|---|---|---|"]
     for view, r in rows.items():
         fired = {rule: fires(r, rule, t) for rule, t in rules.items()}
@@ -244,17 +271,29 @@ def main() -> None:
     runs = load()
     seed0 = {n: r for n, r in runs.items() if r[0]["seed"] == 0}
     clean = clean_pointing(seed0)
+    real = tuple(photo_rows().values())
     chosen: dict[Rule, float] = {}
     notes = []
     for rule in CANDIDATES:
         if rule.name in DEFAULTS:
             chosen[rule] = DEFAULTS[rule.name]
-            notes.append(f"| {rule.name} | {'<' if rule.below else '>'} {DEFAULTS[rule.name]} | shipped default (map statistics), kept |")
+            notes.append(f"| {rule.name} | {'<' if rule.below else '>'} {DEFAULTS[rule.name]} | shipped default (map statistics), kept | yes |")
             continue
-        t, why = choose(seed0, clean, rule)
-        notes.append(f"| {rule.name} | {'-' if t is None else ('<' if rule.below else '>') + ' ' + str(t)} | {why} |")
+        extra = real if rule.verdict == "fooled" else ()
+        t, why = choose(seed0, clean, rule, extra)
+        if rule.verdict != "fooled" and real:
+            vals = [v for r in real if decides(r) for _, v in values(r, rule)]
+            why += f"; real-network controls not counted (imprecise verdict), their {'min' if rule.below else 'max'} {extreme({'x': 0}, rule) if not vals else (min(vals) if rule.below else max(vals)):.3f}"
+        elif real:
+            why += " (the real-network controls counted)"
+        if t is None and rule.name in SHIPPED_OFF:  # its opt-in threshold: chosen as first, on the synthetic controls
+            t, first = choose(seed0, clean, rule)
+            why += f"; opt-in threshold {t}, chosen on the seed-0 synthetic controls alone: {first}"
+        shipped = "no (opt-in)" if rule.name in SHIPPED_OFF else "yes"
+        notes.append(f"| {rule.name} | {'-' if t is None else ('<' if rule.below else '>') + ' ' + str(t)} | {why} | {shipped} |")
         if t is not None:
             chosen[rule] = t
+    shipped_rules = {r: t for r, t in chosen.items() if r.name not in SHIPPED_OFF}
     held = {1, 2}
     out = [
         "# Behaviour-grounded audit: thresholds chosen on seed 0, scored on seeds 1-2",
@@ -262,21 +301,41 @@ def main() -> None:
         "Produced by `python experiments/behaviour_audit_summary.py` from the rows of "
         "`experiments/behaviour_audit.py` and `experiments/behaviour_photos.py` (definitions in the summary script's docstring).",
         "",
-        "## Thresholds (chosen on seed 0 only)",
+        "**Read this first.** Two held-out tables follow. *As chosen on seed 0 (all rules)* scores every rule at the "
+        "threshold chosen on the seed-0 synthetic runs before the held-out rows were seen (`deletion_gap` at 0.326): "
+        "a clean held-out estimate. *As shipped* scores CAMAudit's default rules, which leave `deletion_gap` out "
+        "(opt-in): counting the real-network controls as clean controls, no `deletion_gap` threshold catches a seed-0 "
+        "fooled run without calling them fooled. The decision to ship `deletion_gap` off was taken **after** the held-out rows "
+        "and the real-network controls had been seen (it calls the clean pretrained EfficientNet-Lite0 fooled), so "
+        "the *as shipped* held-out figures are **not** a clean held-out estimate.",
         "",
-        "| rule | threshold | why |",
-        "|---|---|---|",
+        "## Thresholds (chosen on seed 0; the fooling rules also on the real-network controls)",
+        "",
+        "| rule | threshold | why | on by default |",
+        "|---|---|---|---|",
         *notes,
         "",
-        "## Held out: seeds 1-2",
+        "## Held out: seeds 1-2, as chosen on seed 0 (all rules, deletion_gap < 0.326)",
         "",
         *table(runs, clean, chosen, held),
         "",
-        "## Seed 0 (where the thresholds were chosen)",
+        "## Held out: seeds 1-2, as shipped (default rules: without deletion_gap)",
+        "",
+        *table(runs, clean, shipped_rules, held),
+        "",
+        "## Seed 0 (where the thresholds were chosen), all rules",
         "",
         *table(runs, clean, chosen, {0}),
         "",
-        "## Clean pretrained EfficientNet-Lite0, one-shot (`trainer.validate`, `reference=None`)",
+        "## Seed 0, as shipped (default rules)",
+        "",
+        *table(runs, clean, shipped_rules, {0}),
+        "",
+        "## Clean pretrained EfficientNet-Lite0, one-shot (`trainer.validate`, `reference=None`), as shipped (default rules)",
+        "",
+        *photos(shipped_rules),
+        "",
+        "## The same, with every rule as chosen (deletion_gap on)",
         "",
         *photos(chosen),
         "",

@@ -75,7 +75,7 @@ def test_audit_maps_gathers_batches_in_order():
 
 def test_rules_fire_by_name_method_and_value():
     rules = build_rules(None, ("meandiffgradcam", "gradcam"), 0.1, 0.1)
-    assert [r.name for r in rules] == list(ALARM_RULES)
+    assert [r.name for r in rules] == [n for n, r in ALARM_RULES.items() if r.default]
     t = ALARM_RULES["dependence"].threshold
     values = {
         "dependence/gradcam": t + 0.1, "dependence/lsediffgradcam": t - 0.1, "dependence/eigencam": 0.0,
@@ -86,7 +86,7 @@ def test_rules_fire_by_name_method_and_value():
     assert [(f.rule, f.method) for f in fired] == [("dependence", "lsediffgradcam")]
     assert "rule 'dependence' on lsediffgradcam" in fired[0].message() and f"{t - 0.1:.4f}" in fired[0].message()
     off = build_rules({"dependence": None}, ("meandiffgradcam", "gradcam"), 0.1, None)
-    assert [r.name for r in off] == [n for n in ALARM_RULES if n not in ("dependence", "sham")]  # + behavioural rules
+    assert [r.name for r in off] == [n for n, r in ALARM_RULES.items() if r.default and n not in ("dependence", "sham")]
     assert evaluate(values, off) == []
     with pytest.raises(ValueError, match="Unknown CAMAudit alarm rule 'spred'; valid: dependence"):
         build_rules({"spred": 0.1}, ("meandiffgradcam", "gradcam"), 0.1, 0.1)
@@ -94,10 +94,26 @@ def test_rules_fire_by_name_method_and_value():
 
 def test_camaudit_takes_rule_thresholds():
     audit = CAMAudit(alarm_rules={"dependence": 0.3}, sham_threshold=None)
-    behavioural = {n: r.threshold for n, r in ALARM_RULES.items() if r.gate is not None}  # issue 18's rules
+    behavioural = {n: r.threshold for n, r in ALARM_RULES.items() if r.gate is not None and r.default}  # issue 18's
     assert {r.name: r.threshold for r in audit.rules} == {"dependence": 0.3, "drift": ALARM_RULES["drift"].threshold, **behavioural}
     with pytest.raises(ValueError, match="alarm rule"):
         CAMAudit(alarm_rules={"nope": 1.0})
+
+
+def test_deletion_gap_is_opt_in_and_switched_on_by_name():
+    """A clean pretrained EfficientNet-Lite0 has a deletion gap of -0.001..0.30 on the shipped
+    photos (experiments/results/behaviour_audit.md): the rule ships off, its signal is still logged."""
+    pair = ("meandiffgradcam", "gradcam")
+    assert "deletion_gap" in ALARM_RULES and not ALARM_RULES["deletion_gap"].default
+    assert "deletion_gap" not in [r.name for r in build_rules(None, pair, 0.1, 0.1)]
+    assert "deletion_gap" not in [r.name for r in CAMAudit().rules]
+    values = {"decided/behaviour": 1.0, "deletion_gap/gradcam": 0.0}
+    assert evaluate(values, build_rules(None, pair, 0.1, 0.1)) == []
+    threshold = ALARM_RULES["deletion_gap"].threshold  # the measured one: 0.326
+    on = CAMAudit(alarm_rules={"deletion_gap": threshold}).rules
+    assert [(r.name, r.threshold) for r in on if r.name == "deletion_gap"] == [("deletion_gap", threshold)]
+    assert [(f.rule, f.method, f.verdict) for f in evaluate(values, on)] == [("deletion_gap", "gradcam", "fooled")]
+    assert "deletion_gap" not in [r.name for r in CAMAudit(alarm_rules={"deletion_gap": None}).rules]
 
 
 def _fit(regime: str, epochs: int = 6) -> tuple[CAMAudit, list[str]]:

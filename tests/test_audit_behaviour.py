@@ -83,12 +83,14 @@ def test_behaviour_options_and_verdicts():
         BehaviourOptions(fraction=1.5)
     with pytest.raises(ValueError, match="valid keys: occlusion_grid"):
         CAMAudit(behaviour_options={"grid": 2})
-    rules = build_rules(None, ("meandiffgradcam", "gradcam"), 0.1, 0.1)
+    rules = build_rules(None, ("meandiffgradcam", "gradcam"), 0.1, 0.1)  # the shipped defaults
     decided = {"decided/behaviour": 1.0}
-    low_agreement = {**decided, "behaviour_agreement/gradcam": -1.0, "deletion_gap/gradcam": 5.0}
-    assert verdict(evaluate(low_agreement, rules)) == "imprecise"
-    fooled = {**low_agreement, "deletion_gap/gradcam": -1.0}
+    low_agreement = {**decided, "behaviour_agreement/gradcam": -1.0, "deletion_gap/gradcam": -1.0}
+    assert verdict(evaluate(low_agreement, rules)) == "imprecise"  # deletion_gap is opt-in: not judged by default
+    fooled = {**low_agreement, "plausibility_gap/gradcam": 0.5}
     assert verdict(evaluate(fooled, rules)) == "fooled"
+    with_gap = build_rules({"deletion_gap": ALARM_RULES["deletion_gap"].threshold}, ("meandiffgradcam", "gradcam"), 0.1, 0.1)
+    assert verdict(evaluate(low_agreement, with_gap)) == "fooled"  # switched on by name, at its measured threshold
     assert verdict(evaluate({**fooled, "decided/behaviour": 0.0}, rules)) is None  # an undecided model is not judged
     assert verdict([]) is None and isinstance(evaluate(fooled, rules)[0], Firing)
     assert ALARM_RULES["plausibility_gap"].verdict == "fooled"

@@ -12,7 +12,8 @@ coarse or off by a region: worth knowing, not an attack). A behavioural rule onl
 audit where the model decides most of the behaviour images (``gate``): the explanation of a
 model at chance has no decision to be faithful to. Thresholds are measured, not chosen:
 see ``experiments/behaviour_audit.py`` (chosen on seed 0, scored on held-out seeds) and
-``docs/audit-detection.md``.
+``docs/audit-detection.md``. ``deletion_gap`` is opt-in (it calls a clean pretrained network
+fooled); every other rule is on by default.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ VERDICTS = ("fooled", "imprecise")
 class AlarmRule:
     """Fires when ``<signal>/<method>`` is below (``below=True``) or above ``threshold``
     for any of ``methods`` (``None``: every audited gradient method), with ``verdict``;
-    ``gate = (key, minimum)``: judged only when the audit's ``key`` value is >= ``minimum``."""
+    ``gate = (key, minimum)``: judged only when the audit's ``key`` value is >= ``minimum``;
+    ``default=False``: an opt-in rule, active only when ``alarm_rules`` gives it a threshold."""
 
     name: str
     signal: str
@@ -39,6 +41,7 @@ class AlarmRule:
     meaning: str = ""
     verdict: str = "fooled"
     gate: Optional[tuple[str, float]] = None
+    default: bool = True
 
     def crossed(self, value: float) -> bool:
         return value < self.threshold if self.below else value > self.threshold
@@ -75,7 +78,11 @@ DEFAULT_SHAM_THRESHOLD = 0.1
 # The behavioural rules: chosen on seed 0 of experiments/behaviour_audit.py, scored on seeds 1-2
 # (experiments/results/behaviour_audit.md, docs/audit-detection.md): each the midpoint between the
 # seed-0 clean controls' extreme (epochs >= 1, the model deciding) and the attack values it must catch.
-DEFAULT_DELETION_GAP_THRESHOLD = 0.326  # clean min 0.334 (CE on the cue data, epoch 1)
+# deletion_gap is opt-in (default=False): chosen on the seed-0 synthetic controls alone at 0.326
+# (clean min 0.334, CE on the cue data, epoch 1), but a clean pretrained EfficientNet-Lite0 on the
+# shipped photos sits at -0.001..0.30: counting it as a clean control, no threshold catches a
+# seed-0 fooled run. Its signal is still logged; alarm_rules={"deletion_gap": 0.326} turns it on.
+DEFAULT_DELETION_GAP_THRESHOLD = 0.326
 DEFAULT_PLAUSIBILITY_GAP_THRESHOLD = 0.047  # clean max 0.032 (CE on the cue data)
 DEFAULT_AGREEMENT_THRESHOLD = 0.464  # clean min 0.546; an "imprecise" verdict, not a fooling alarm
 BEHAVIOUR_GATE = ("decided/behaviour", 0.5)  # the share of behaviour images whose prediction is the explained class
@@ -83,7 +90,8 @@ ALARM_RULES: dict[str, AlarmRule] = {}
 
 
 def register_rule(rule: AlarmRule) -> AlarmRule:
-    """Add a default rule (``CAMAudit(alarm_rules={name: threshold or None})`` tunes or disables it)."""
+    """Add a rule (``CAMAudit(alarm_rules={name: threshold or None})`` tunes, disables or,
+    for an opt-in rule, enables it)."""
     ALARM_RULES[rule.name] = rule
     return rule
 
@@ -97,7 +105,7 @@ register_rule(AlarmRule(
 ))
 register_rule(AlarmRule("sham", "sham_mse", DEFAULT_SHAM_THRESHOLD, below=True, meaning="MSE to the border SHAM"))
 register_rule(AlarmRule(
-    "deletion_gap", "deletion_gap", DEFAULT_DELETION_GAP_THRESHOLD, below=True, gate=BEHAVIOUR_GATE,
+    "deletion_gap", "deletion_gap", DEFAULT_DELETION_GAP_THRESHOLD, below=True, gate=BEHAVIOUR_GATE, default=False,
     meaning="covering the map's top region hurts the decision hardly more than covering random regions "
     "(log-probability drop, top minus random)",
 ))
@@ -117,10 +125,13 @@ def build_rules(
     drift_threshold: Optional[float],
     sham_threshold: Optional[float],
 ) -> list[AlarmRule]:
-    """The active rules: defaults, with the paper's two rules on ``alarm_pair`` at the given
-    thresholds, then ``overrides`` (``{rule: threshold}``; ``None`` disables the rule)."""
+    """The active rules: the default ones, with the paper's two rules on ``alarm_pair`` at the
+    given thresholds, then ``overrides`` (``{rule: threshold}``; ``None`` disables a rule, a
+    threshold enables an opt-in one such as ``deletion_gap``)."""
     variant, base = alarm_pair
-    thresholds: dict[str, Optional[float]] = {name: rule.threshold for name, rule in ALARM_RULES.items()}
+    thresholds: dict[str, Optional[float]] = {
+        name: rule.threshold if rule.default else None for name, rule in ALARM_RULES.items()
+    }
     thresholds.update(drift=drift_threshold, sham=sham_threshold)
     for name, value in (overrides or {}).items():
         if name not in ALARM_RULES:

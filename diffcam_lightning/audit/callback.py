@@ -110,7 +110,7 @@ class CAMAudit(Callback):
             ``alarm_pair`` exceeds ``drift_threshold``, or the SHAM MSE of ``alarm_pair[1]``
             falls below ``sham_threshold`` (``None`` disables a rule).
         alarm_rules: ``{rule: threshold}`` for the other rules of ``audit.alarm.ALARM_RULES``
-            (e.g. ``dependence``, which needs no knowledge of the attack); ``None`` disables one.
+            (e.g. ``dependence``); ``None`` disables one, a threshold enables the opt-in ``deletion_gap``.
         cam_class: explain the true ``label`` (default) or the ``prediction``.
         dataset: a map-style dataset to take the audit set from instead of the val data.
         batch_size: audit images per engine call.
