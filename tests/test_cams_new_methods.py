@@ -15,7 +15,6 @@ pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam import (  # noqa: E402
     FEM,
     KPCA_CAM,
-    EigenGradCAM,
     FullGrad,
     GradCAM,
     GradCAMPlusPlus,
@@ -36,7 +35,7 @@ from pytorch_grad_cam.utils.model_targets import (  # noqa: E402
 from diffcam_lightning import CAMEngine  # noqa: E402
 from diffcam_lightning.cams import BACKPROP_TARGETS, DIFF_BASES, GRADIENT_METHODS, TARGET_VALUES, get_method  # noqa: E402
 from diffcam_lightning.cams.postprocess import minmax_normalize  # noqa: E402
-from diffcam_lightning.cams.reference import DiffTarget  # noqa: E402
+from diffcam_lightning.cams.reference import DiffTarget, sign_corrected  # noqa: E402
 from diffcam_lightning.cams.targets import nearest_classes  # noqa: E402
 
 TARGETS = [1, 7]
@@ -76,7 +75,7 @@ def assert_parity(ours, expected, label):
 
 TARGET_CLASSES = {"rest": ClassifierOutputReST, "softmax": ClassifierOutputSoftmaxTarget}
 WEIGHTINGS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "xgradcam": XGradCAM,
-              "layercam": LayerCAM, "eigengradcam": EigenGradCAM}
+              "layercam": LayerCAM, "eigengradcam": sign_corrected("EigenGradCAM")}  # the documented sign (methods.salient_sign)
 
 
 @pytest.mark.parametrize("target", ["rest", "softmax", "finer"])
@@ -276,8 +275,9 @@ NEW_METHODS = ["restgradcam", "finercam", "softmaxgradcam++", "kpcacam", "fem", 
 
 
 def test_new_methods_leave_the_model_as_it_was():
-    """Modes, .grad and hooks as they were; BatchNorm statistics as after the engine's one
-    forward (train-mode here): FullGrad's own forward runs in eval mode and moves nothing."""
+    """Modes, .grad, hooks and BatchNorm statistics as they were: an explanation call
+    (create_graph=False) restores train-mode statistics after the engine's one forward, and
+    FullGrad's own forward runs in eval mode and moves nothing."""
     import copy
 
     model, layer_name = build("resnet18")
@@ -287,8 +287,6 @@ def test_new_methods_leave_the_model_as_it_was():
         p.grad = torch.full_like(p, 0.5)
     x = torch.randn(2, 3, 64, 64)
     plain = copy.deepcopy(model)
-    with torch.no_grad():
-        plain(x)  # what the engine's one forward does to train-mode statistics
     modes = {n: m.training for n, m in model.named_modules()}
     hooks = sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
     CAMEngine(model, "layer4")(x, targets=TARGETS, methods=NEW_METHODS)
@@ -525,7 +523,7 @@ def test_opt_in_methods_and_functions_leave_the_model_as_it_was(few_samples):
     model.fc.train()  # a mixed mode (no BatchNorm in train mode: the statistics must not move at all)
     for p in model.parameters():
         p.grad = torch.full_like(p, 0.25)
-    x = torch.randn(1, 3, 32, 32)
+    x = torch.randn(1, 3, 64, 64)  # layer4's grid is 2x2 (a 1x1 grid is refused)
     before = model_state(model)
     CAMEngine(model, "layer4", scorecam_batch_size=512)(x, targets=[1], methods=["sscam3", "iscam3", "smoothgradcam++"])
     guided_backprop(model, x, [1], ["logit", "max"])
