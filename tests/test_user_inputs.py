@@ -267,7 +267,7 @@ def test_a_second_explain_into_the_same_folder_is_refused_or_replaces_the_first(
     out = tmp_path / "out"
 
     def explain(folder: str, *extra: str) -> None:
-        main(["explain", "--output_dir", str(out), *quiet, "--model", "timm:test_resnet", "--image_size", "32",
+        main(["explain", "--output_dir", str(out), *quiet, "--model", "timm:test_resnet", "--image_size", "64",
               "--methods", "gradcam", "--images", str(tmp_path / folder), *extra])
 
     explain("red")

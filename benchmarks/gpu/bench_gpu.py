@@ -102,7 +102,7 @@ def cam_rows(cfg: dict, device: torch.device, results: Results, budget: Budget) 
     import timm
 
     from diffcam_lightning import CAMEngine
-    from diffcam_lightning.cams import GRADIENT_METHODS
+    from diffcam_lightning.cams import DIFF_FAMILY_METHODS as GRADIENT_METHODS  # the 28
 
     for name, size, kwargs in cfg["cam_archs"]:
         for precision in ("fp32", "bf16"):
@@ -355,9 +355,9 @@ def explain_rows(cfg: dict, device: torch.device, results: Results, budget: Budg
 # ---------------------------------------------------------------- configuration and report
 def config(dry_run: bool) -> dict:
     if dry_run:  # timm's tiny test models, few repeats: the same code paths in seconds
-        return dict(cam_archs=[("test_resnet", 32, {}), ("test_vit", 32, {"img_size": 32})], batch=2, warmup=0, repeats=1,
-                    scorecam_archs=[("test_resnet", 32, {})], scorecam_batch=1, scorecam_repeats=1,
-                    train_archs=[("test_resnet", 32)], audit_arch="test_resnet", audit_size=32, audit_steps=4,
+        return dict(cam_archs=[("test_resnet", 64, {}), ("test_vit", 32, {"img_size": 32})], batch=2, warmup=0, repeats=1,
+                    scorecam_archs=[("test_resnet", 64, {})], scorecam_batch=1, scorecam_repeats=1,
+                    train_archs=[("test_resnet", 64)], audit_arch="test_resnet", audit_size=64, audit_steps=4,
                     explain_images=4, explain_batch=2, explain_workers=2, explain_rounds=1, reserve_s=0)  # fmt: skip
     paper = [("densenet121", 224, {}), ("resnet50", 224, {}), ("inception_v3", 299, {}), ("convnext_tiny", 224, {})]
     return dict(cam_archs=paper + [("deit_small_patch16_224", 224, {}), ("swin_tiny_patch4_window7_224", 224, {})],

@@ -5,6 +5,7 @@ from .layers import KNOWN_LAYERS, resolve_layer
 from .methods import (
     ALL_METHODS,
     DIFF_BASES,
+    DIFF_FAMILY_METHODS,
     GRADIENT_METHODS,
     METHODS,
     PAPER_METHODS,
@@ -32,6 +33,7 @@ __all__ = [
     "CAMMethod",
     "CAMResult",
     "DIFF_BASES",
+    "DIFF_FAMILY_METHODS",
     "GRADIENT_METHODS",
     "KNOWN_LAYERS",
     "METHODS",

@@ -33,7 +33,7 @@ from .coupling import (
 from .layers import LayerSpec, resolve_layer, reused_layer_error, zero_gradient_error
 from .layouts import Layout, LayoutHints, LayoutSpec, model_hints, resolve_layout
 from .methods import HEAD_GRAPH, CAMContext, CAMMethod, get_method
-from .modes import eval_mode, preserved_buffers, preserved_rng
+from .modes import eval_mode, preserved_buffers, preserved_rng, unfused_attention
 from .outputs import OutputKey, classifier_width, logits_of
 from .postprocess import SizeSpec, postprocess, resolve_size
 from .targets import BACKPROP_TARGETS
@@ -100,6 +100,7 @@ class CAMEngine:
         self._hints: Optional[LayoutHints] = None
         self._warned_unbatched = False
         self.last_layout: Optional[Layout] = None  # the layout of the latest call
+        self._checked_layers: set[str] = set()  # layers whose all-zero gradient check has run
         self._layer_spec = target_layer
         self._layer: Optional[tuple[str, nn.Module]] = None
         if target_layer is not None:  # fail fast on a bad name
@@ -154,17 +155,23 @@ class CAMEngine:
             if self._layer is None:
                 self._layer = resolve_layer(self.model, None, x)
             name, layer = self._layer
-            with CouplingProbe(self.model, layer) as probe:
+            keep_head = any(HEAD_GRAPH in m.passes for m in chosen)
+            attention = unfused_attention(self.model) if keep_head else nullcontext()
+            with attention, CouplingProbe(self.model, layer) as probe:
                 logits, raw = self._forward(x, name, layer, full_graph=create_graph)
             layout = self.last_layout = self._layout(name, layer, raw, x)
             mixed = x.shape[0] > 1 and any(m.backprop is not None for m in chosen)  # gradients can mix
             per_image = self._per_image(probe.after if mixed else [], name)
             targets = _check_targets(targets, logits, chosen)
-            keep_head = any(HEAD_GRAPH in m.passes for m in chosen)
             gradients = self._gradients(logits, raw, targets, chosen, create_graph, per_image, keep_head)
             activations, gradients = _to_nchw(layout, name, raw, gradients)
             if not create_graph:
-                _refuse_blank_maps(self.model, name, x, activations, gradients, logits)
+                # the all-zero gradient check reads a value back to the host, so it runs on the
+                # engine's first call at each layer (a layer the gradient cannot reach is a
+                # property of the model): later calls' gradient path has no host-device sync
+                check = name not in self._checked_layers
+                _refuse_blank_maps(self.model, name, x, activations, gradients if check else {}, logits)
+                self._checked_layers.add(name)
             # float32 maps even under autocast: einsum/matmul would otherwise run in bf16/fp16
             with torch.set_grad_enabled(create_graph), torch.autocast(x.device.type, enabled=False):
                 ctx = CAMContext(

@@ -87,3 +87,19 @@ def preserved_rng() -> Iterator[None]:
         yield
     finally:
         restore_rng(state)
+
+
+@contextlib.contextmanager
+def unfused_attention(model: nn.Module) -> Iterator[None]:
+    """timm's attention modules on their unfused (equal) path for the duration, restored
+    after: a method that differentiates the head twice (ShapleyCAM's Hessian term) needs the
+    double backward that PyTorch's fused CPU attention lacks ("derivative for
+    aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented")."""
+    changed = [m for m in model.modules() if getattr(m, "fused_attn", False) is True]
+    for module in changed:
+        module.fused_attn = False  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for module in changed:
+            module.fused_attn = True  # type: ignore[assignment]

@@ -143,6 +143,11 @@ GRADIENT_METHODS: tuple[str, ...] = tuple(
     m for m in METHODS if _REGISTRY[m].backprop is not None and not _REGISTRY[m].passes
 )
 """The methods made of the one forward + one batched VJP (differentiable: trainable)."""
+DIFF_FAMILY_METHODS: tuple[str, ...] = tuple(
+    f"{prefix}{weighting}" for weighting in GRADIENT_WEIGHTINGS for prefix in ("", *DIFF_TARGETS)
+)
+"""The 28 gradient CAMs of the paper's families: each weighting with ``y_c`` and the three
+DiffGradCAM targets (what the benchmarks compare with pytorch-grad-cam as "the 28")."""
 PAPER_METHODS: tuple[str, ...] = METHODS[:12]
 
 
@@ -178,6 +183,7 @@ __all__ = [
     "gradcam_plusplus_weights",
     "gradcam_weights",
     "GRADIENT_FREE",
+    "DIFF_FAMILY_METHODS",
     "GRADIENT_METHODS",
     "GRADIENT_WEIGHTINGS",
     "guided_backprop",
