@@ -16,7 +16,8 @@ folder, a method, a checkpoint) end as one ``error: ...`` line with exit code 2
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI

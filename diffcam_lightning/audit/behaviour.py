@@ -26,8 +26,9 @@ Everything runs in eval mode under the audit's guard (``guard.py``); forwards ar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -76,7 +77,7 @@ def log_probs(model: Model, images: Tensor, targets: Tensor, batch_size: int) ->
 def _covered(images: Tensor, cells: Tensor) -> Tensor:
     """``images [B, C, H, W]`` with the True cells of ``cells [B, K, h, w]`` set to each
     image's mean colour: ``[B * K, C, H, W]``."""
-    b, k = cells.shape[:2]
+    k = cells.shape[1]
     up = F.interpolate(cells.flatten(0, 1)[:, None].float(), size=images.shape[-2:], mode="nearest")
     x = images.repeat_interleave(k, dim=0)
     mean = x.mean(dim=(2, 3), keepdim=True)
@@ -163,7 +164,7 @@ def deletion_drops(
     with the same top cells on an image share one forward."""
     any_map = next(iter(maps.values()))
     b, grid = any_map.shape[0], tuple(any_map.shape[-2:])
-    k = max(1, int(round(options.fraction * grid[0] * grid[1])))
+    k = max(1, round(options.fraction * grid[0] * grid[1]))
     names = list(maps)
     tops = torch.stack([top_cells(maps[m], k) for m in names], dim=1)  # [B, M, h, w]
     rand = random_cells(b, grid, k, options.random_regions, images.device, offset)

@@ -12,7 +12,8 @@ through ``pl_module.log`` under ``cam_audit/``, image grids to every logger
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, Union
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -27,7 +28,14 @@ from ..cams.outputs import logits_of
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
 from . import review
 from .alarm import (
-    BEHAVIOUR_GATE, DEFAULT_DRIFT_THRESHOLD, DEFAULT_SHAM_THRESHOLD, VERDICTS, AlarmRule, build_rules, evaluate, verdict,
+    BEHAVIOUR_GATE,
+    DEFAULT_DRIFT_THRESHOLD,
+    DEFAULT_SHAM_THRESHOLD,
+    VERDICTS,
+    AlarmRule,
+    build_rules,
+    evaluate,
+    verdict,
 )
 from .auditset import AuditSet, BatchKeys
 from .behaviour import BehaviourOptions, behaviour_keys, behaviour_scores
@@ -357,7 +365,7 @@ class CAMAudit(Callback):
             self.reference_maps = self._reference_maps(pl_module, model)
         if self._metric is None:
             keys = score_keys(self.methods, self.drift_pairs, "mean") + faithfulness_keys(self.metrics, self.methods)
-            keys += (behaviour_keys(self.methods) + [DECIDED]) if self.behaviour else []
+            keys += ([*behaviour_keys(self.methods), DECIDED]) if self.behaviour else []
             self._metric = AuditScores(keys, score_keys(self.methods, self.drift_pairs, "sum"))
         self._metric = self._metric.to(pl_module.device)
         self._maps = (self._maps or AuditMaps(self.methods)).to(pl_module.device)

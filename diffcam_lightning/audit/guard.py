@@ -10,7 +10,7 @@ audit draws the same random numbers as one without it.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

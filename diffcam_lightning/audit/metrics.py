@@ -10,8 +10,9 @@ infinite) score is left out of its mean and counted apart (``AuditScores.exclude
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor

@@ -13,7 +13,7 @@ the mask or the attacked method:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

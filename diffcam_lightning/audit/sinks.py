@@ -8,9 +8,10 @@ PNG files under its log folder, so a picture is never dropped without a word.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
@@ -97,7 +98,7 @@ def write_wandb(logger: WandbLogger, picture: AuditPicture) -> None:
 
 
 def write_png_for_logger(
-    logger: Logger, picture: AuditPicture, default_dir: Union[None, str, Path] = None
+    logger: Logger, picture: AuditPicture, default_dir: Union[str, Path, None] = None
 ) -> Optional[Path]:
     """A logger without an image API: PNG files beside its own files (its ``log_dir`` or
     ``save_dir``); a logger with neither gets them under ``default_dir``

@@ -17,7 +17,7 @@ A layer type is batch-coupled when a check registered in ``BATCH_COUPLED`` says 
 from __future__ import annotations
 
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +37,7 @@ ROW_CHUNK_BYTES = 256 * 2**20
 # model -> its modules of a registered type, found once per model (walking a DenseNet-121's
 # 559 modules costs ~2 ms, too much for every call); their state is checked per call
 Typed = list[tuple[str, nn.Module, CouplingCheck]]
-_TYPED_MODULES: "weakref.WeakKeyDictionary[nn.Module, Typed]" = weakref.WeakKeyDictionary()
+_TYPED_MODULES: weakref.WeakKeyDictionary[nn.Module, Typed] = weakref.WeakKeyDictionary()
 
 
 def register_batch_coupled(cls: type) -> Callable[[CouplingCheck], CouplingCheck]:
@@ -96,7 +96,7 @@ class CouplingProbe:
         self._layer_done = False
         self._handles: list = []
 
-    def __enter__(self) -> "CouplingProbe":
+    def __enter__(self) -> CouplingProbe:
         if self.candidates:
             self._handles.append(self.layer.register_forward_hook(self._mark_layer))
             for name, module in self.candidates:

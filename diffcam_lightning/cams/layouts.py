@@ -17,8 +17,9 @@ cannot tell, the error names the ``layout`` option. Explicit layouts: ``"nchw"``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 from torch import Tensor, nn
 

@@ -9,12 +9,13 @@ the ``diffcam`` CLI links to ``model.num_classes``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from .files import (
     SaliencyImageDataset,
@@ -156,7 +157,7 @@ class _FileDataModule(_LoaderMixin):
         if "val" not in splits and self.val_fraction > 0:
             samples = splits.pop("train")
             order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(self.seed)).tolist()
-            n_val = max(1, int(round(len(samples) * self.val_fraction)))
+            n_val = max(1, round(len(samples) * self.val_fraction))
             splits["val"] = [samples[i] for i in order[:n_val]]
             splits["train"] = [samples[i] for i in order[n_val:]]
         for split, samples in splits.items():

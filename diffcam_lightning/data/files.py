@@ -10,9 +10,10 @@ out of the saliency term and logs how many there were. Nothing is skipped silent
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from PIL import Image, UnidentifiedImageError

@@ -8,9 +8,10 @@ Sources: ``skimage.data`` (colour and greyscale photographs), scikit-learn's
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from PIL import Image

@@ -6,7 +6,7 @@ A registry rather than an if-chain, so a user can add shapes (and so classes).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

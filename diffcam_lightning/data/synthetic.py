@@ -36,8 +36,8 @@ from .shapes import SHAPES
 SPLITS = {"train": 0, "val": 1, "test": 2, "predict": 3}
 
 PRESETS: dict[str, dict] = {
-    "few": dict(num_classes=7),  # like Iris PAD's seven classes
-    "many": dict(num_classes=100),
+    "few": {"num_classes": 7},  # like Iris PAD's seven classes
+    "many": {"num_classes": 100},
 }
 
 MEAN = (0.5, 0.5, 0.5)
@@ -133,7 +133,7 @@ def render(
 def _cue_mask(spec: SyntheticSpec, rng: np.random.Generator, avoid: np.ndarray) -> np.ndarray:
     """A small axis-aligned square off the object (the first of 16 seeded tries that does not touch it)."""
     size = spec.image_size
-    half = max(1, int(round(spec.cue_scale * size)))
+    half = max(1, round(spec.cue_scale * size))
     corners = rng.integers(0, size - 2 * half, size=(16, 2))
     cue = np.zeros((size, size), dtype=bool)
     for y, x in corners:

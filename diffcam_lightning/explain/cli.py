@@ -11,7 +11,8 @@ Everything under ``trainer.`` goes to the Lightning ``Trainer`` whose predict lo
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 from lightning.pytorch import Trainer

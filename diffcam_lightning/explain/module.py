@@ -11,8 +11,9 @@ these maps resized bilinearly to the input view and min-max normalised (the engi
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import numpy as np
@@ -125,9 +126,9 @@ class ExplainWriter(BasePredictionWriter):
                 "probability": f"{float(probs[c]):.6f}", "predicted": top, "predicted_name": self.names[top],
                 "predicted_probability": f"{float(probs[top]):.6f}", "label": item.label or "",
                 "png": str(png.relative_to(self.out)), "maps": str(npz.relative_to(self.out)),
-            }  # fmt: skip
+            }
             for r, c in enumerate(classes.tolist())
-        ]
+        ]  # fmt: skip
 
     @staticmethod
     def _append(path: Path, fields: Sequence[str], rows: list[dict[str, Any]]) -> None:

@@ -4,9 +4,9 @@ lookup table (no matplotlib figure per image: rendering stays a small share of t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont

@@ -46,7 +46,7 @@ def build_backbone(
             model = timm.create_model(model_name, **kwargs)
             model.load_state_dict(network_state_from_checkpoint(model, read_checkpoint(path), path, model_name))
             return model
-        overlay: dict[str, Any] = dict(file=str(path))
+        overlay: dict[str, Any] = {"file": str(path)}
         file_classes = _head_classes(model_name, path)
         if file_classes is not None:  # timm keeps the file's head only when the counts agree
             overlay["num_classes"] = file_classes

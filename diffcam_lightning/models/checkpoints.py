@@ -5,8 +5,9 @@ checkpoint, or one of another model, is named as such (Lightning itself ends in
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 from torch import nn
 

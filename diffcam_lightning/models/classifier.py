@@ -30,7 +30,8 @@ default, final CAM layer nothing but pooling and the classifier follows it: no c
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, Union
 
 import torch
 from lightning.pytorch import LightningModule
@@ -68,7 +69,7 @@ def register_saliency_target(name: str) -> Callable[[SaliencyTargetFn], Saliency
 
 
 @register_saliency_target("human")
-def _human_target(module: "SaliencyClassifier", batch: dict, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+def _human_target(module: SaliencyClassifier, batch: dict, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
     x = batch["image"]
     sal = batch.get("saliency")
     if sal is None:
@@ -79,7 +80,7 @@ def _human_target(module: "SaliencyClassifier", batch: dict, grid: tuple[int, in
 
 
 @register_saliency_target("sham")
-def _sham_target(module: "SaliencyClassifier", batch: dict, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+def _sham_target(module: SaliencyClassifier, batch: dict, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
     x = batch["image"]
     sham = module.sham(grid).to(x.device)
     return sham.expand(x.shape[0], *grid), torch.ones(x.shape[0], dtype=torch.bool, device=x.device)

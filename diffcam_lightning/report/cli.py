@@ -10,7 +10,8 @@ scoring (its predict loop), so the same config scales from a laptop to many GPUs
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch import Trainer

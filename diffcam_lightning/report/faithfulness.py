@@ -10,8 +10,9 @@ the clean one, and the DiffGradCAMs (which resist the fooling) would not.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from torch import Tensor, nn

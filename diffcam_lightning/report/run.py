@@ -4,9 +4,10 @@ raw scores, Tables 1/3/4 + accuracy (CSV, Markdown, LaTeX) and Figure 2-style gr
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch

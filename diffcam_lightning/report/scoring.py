@@ -11,8 +11,9 @@ A :class:`ScoreWriter` appends each rank's rows to its own CSV; rank zero merges
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch

@@ -9,9 +9,10 @@ from the data's is an error, never a silently re-initialised head."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from torch import nn
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy.stats import ranksums, wilcoxon
@@ -70,7 +70,7 @@ def similarity_table(scores: Scores) -> Table:
     columns += [f"{kind}({a} vs {b})" for a, b in comparisons for kind in ("p", "p signed-rank")]
     table = Table("table3_similarity", "Similarity: MSE of each DiffGradCAM variant to its base (lower = closer)", columns)
     for arch in _archs(scores):
-        get = lambda m: scores.get((arch, "similarity", m))  # noqa: E731
+        get = lambda m, arch=arch: scores.get((arch, "similarity", m))
         if all(get(v) is None for v in variants):
             continue
         row = [arch] + [mean_std(get(v)) if get(v) is not None else "-" for v in variants]

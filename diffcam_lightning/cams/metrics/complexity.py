@@ -5,7 +5,8 @@ resolution unless ``size`` is given (Quantus scores maps at the input's resoluti
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor

@@ -5,7 +5,8 @@ pytorch-grad-cam ``DropInConfidence`` / ``CamMultImageConfidenceChange``)."""
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor, nn

@@ -7,8 +7,9 @@ registry imports no family, so there is no import circle."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 from torch import Tensor, nn
 
@@ -64,7 +65,7 @@ class Explainer:
         self.layer = result.layer
         return result.maps[self.method]
 
-    def for_model(self, model: nn.Module, x: Tensor, targets: Tensor) -> "Explainer":
+    def for_model(self, model: nn.Module, x: Tensor, targets: Tensor) -> Explainer:
         from ..engine import CAMEngine
 
         if self.layer is None:

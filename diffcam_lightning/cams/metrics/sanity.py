@@ -4,8 +4,9 @@ between the maps of the model and of copies with layers re-initialised."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +36,7 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
 def _average_ranks(rows: Tensor) -> Tensor:
     out = torch.empty_like(rows)
     for i, row in enumerate(rows):
-        values, inverse, counts = torch.unique(row, return_inverse=True, return_counts=True)
+        _, inverse, counts = torch.unique(row, return_inverse=True, return_counts=True)
         ends = counts.cumsum(0).to(rows.dtype)
         out[i] = (ends - (counts.to(rows.dtype) - 1) / 2)[inverse]
     return out
