@@ -49,7 +49,7 @@ def _open(path: Path, mode: str, where: str, what: str) -> Image.Image:
         raise DataError(f"Cannot read {what} file {str(path)!r} ({where}): {err}") from err
 
 
-class SaliencyImageDataset(Dataset):
+class SaliencyImageDataset(Dataset[dict[str, Tensor]]):
     """Samples -> ``{"image", "label", "saliency" [H, W], "has_saliency"}``."""
 
     def __init__(self, samples: Sequence[Sample], classes: Sequence[str], transform: PairedTransform) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import colorsys
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from .shapes import SHAPES
 
 SPLITS = {"train": 0, "val": 1, "test": 2, "predict": 3}
 
-PRESETS: dict[str, dict] = {
+PRESETS: dict[str, dict[str, Any]] = {
     "few": {"num_classes": 7},  # like Iris PAD's seven classes
     "many": {"num_classes": 100},
 }
@@ -144,7 +144,7 @@ def _cue_mask(spec: SyntheticSpec, rng: np.random.Generator, avoid: np.ndarray) 
     return cue
 
 
-class SyntheticShapes(Dataset):
+class SyntheticShapes(Dataset[dict[str, Tensor]]):
     """``length`` samples of one split; sample ``i`` depends only on ``(seed, split, i)``.
 
     Returns ``{"image": [3, H, W] normalised with mean/std 0.5, "label": long,

@@ -42,7 +42,8 @@ def register_pattern(name: str) -> Callable[[Priority], Priority]:
 
 
 def _grid(h: int, w: int) -> tuple[Tensor, Tensor]:
-    return torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    i, j = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return i, j
 
 
 def _ring(h: int, w: int) -> Tensor:
@@ -115,7 +116,8 @@ def _most_symmetric_part(orbit: list[Pixel], count: int, h: int, w: int) -> list
     half_turn: list[Symmetry] = [lambda i, j: (i, j), lambda i, j: (h - 1 - i, w - 1 - j)]
     quarter_turns = [*half_turn, lambda i, j: (j, w - 1 - i), lambda i, j: (h - 1 - j, i)]
     subgroups = ([quarter_turns] if h == w else []) + [half_turn, [lambda i, j: (i, j)]]
-    left, picked = list(orbit), []
+    left = list(orbit)
+    picked: list[Pixel] = []
     for group in subgroups:
         for part in _orbits(left, group):
             if len(part) <= count - len(picked):
