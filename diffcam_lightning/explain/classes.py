@@ -82,6 +82,7 @@ class TargetChoice:
             return None
         if self.mode == "label":
             return labels
+        assert self.index is not None  # parse gives the fixed mode its class
         return torch.full_like(labels, int(self.index))
 
     def more(self, logits: Tensor) -> list[Tensor]:

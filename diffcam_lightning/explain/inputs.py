@@ -77,11 +77,11 @@ def collect_images(paths: Sequence[str]) -> list[ImageItem]:
     return items
 
 
-class ExplainDataset(Dataset):
+class ExplainDataset(Dataset[dict[str, Any]]):
     """``{"image": Tensor[3, H, W], "index", "ok", "error"}``; an undecodable image gives
     ``ok=False`` with the reason and a zero image of the same size."""
 
-    def __init__(self, items: Sequence[ImageItem], transform: Callable[[Image.Image, None], tuple[Tensor, None]], size: tuple[int, int]):
+    def __init__(self, items: Sequence[ImageItem], transform: Callable[[Image.Image, Optional[Image.Image]], tuple[Tensor, Optional[Tensor]]], size: tuple[int, int]) -> None:
         self.items, self.transform, self.size = list(items), transform, size
 
     def __len__(self) -> int:
