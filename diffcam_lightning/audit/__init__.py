@@ -1,16 +1,20 @@
 """CAM auditing during training: the ``CAMAudit`` callback, its scores and its grids."""
 
-from .alarm import ALARM_RULES, VERDICTS, AlarmRule, Firing, build_rules, evaluate, register_rule, verdict
+from .alarm import (
+    ALARM_RULES,
+    DEFAULT_DRIFT_THRESHOLD,
+    DEFAULT_SHAM_THRESHOLD,
+    VERDICTS,
+    AlarmRule,
+    Firing,
+    build_rules,
+    evaluate,
+    register_rule,
+    verdict,
+)
 from .auditset import AuditSet, BatchKeys, split_batch
 from .behaviour import BehaviourOptions, behaviour_scores, deletion_drops, occlusion
-from .callback import (
-    CAM_CLASSES,
-    DEFAULT_DRIFT_THRESHOLD,
-    DEFAULT_METHODS,
-    DEFAULT_SHAM_THRESHOLD,
-    CAMAudit,
-    default_drift_pairs,
-)
+from .callback import CAM_CLASSES, DEFAULT_METHODS, CAMAudit, default_drift_pairs
 from .metrics import (
     SCORE_FAMILIES,
     SCORE_KEYS,

@@ -17,8 +17,9 @@ see ``experiments/behaviour_audit.py`` (chosen on seed 0, scored on held-out see
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 from ..cams import GRADIENT_METHODS
 

@@ -44,7 +44,7 @@ class AuditSet:
         def cut(t: Optional[Tensor]) -> Optional[Tensor]:
             return None if t is None else t[start:stop]
 
-        return AuditSet(cut(self.images), cut(self.labels), cut(self.saliency), cut(self.has_saliency))
+        return AuditSet(self.images[start:stop], cut(self.labels), cut(self.saliency), cut(self.has_saliency))
 
     def shard(self, rank: int, world_size: int) -> AuditSet:
         """The contiguous block of rank ``rank`` (rank 0 holds the first images)."""
@@ -59,14 +59,17 @@ class AuditSet:
         def move(t: Optional[Tensor]) -> Optional[Tensor]:
             return None if t is None else t.to(device)
 
-        return AuditSet(move(self.images), move(self.labels), move(self.saliency), move(self.has_saliency))
+        return AuditSet(self.images.to(device), move(self.labels), move(self.saliency), move(self.has_saliency))
 
     def state_dict(self) -> dict[str, Optional[Tensor]]:
         return {"images": self.images, "labels": self.labels, "saliency": self.saliency, "has_saliency": self.has_saliency}
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Optional[Tensor]]) -> AuditSet:
-        return cls(state["images"], state.get("labels"), state.get("saliency"), state.get("has_saliency"))
+        images = state["images"]
+        if images is None:
+            raise ValueError("An AuditSet state needs its 'images' tensor; got None.")
+        return cls(images, state.get("labels"), state.get("saliency"), state.get("has_saliency"))
 
     @classmethod
     def from_batches(
@@ -88,7 +91,7 @@ class AuditSet:
 
     @classmethod
     def from_dataset(
-        cls, dataset: Dataset, size: int, keys: BatchKeys = BatchKeys(), need_label: bool = False
+        cls, dataset: Dataset[Any], size: int, keys: BatchKeys = BatchKeys(), need_label: bool = False
     ) -> AuditSet:
         """The first ``size`` items of a map-style dataset, collated like a DataLoader does."""
         n = min(size, len(dataset))  # type: ignore[arg-type]
@@ -169,7 +172,8 @@ def _labels(label: Any, batch: int) -> Union[str, Tensor, None]:
         bad = ~(torch.isfinite(label) & (label == label.round()) & (label >= 0))
         if bool(bad.any()):
             return f"holds floats that are no class indices (e.g. {label[bad][:3].tolist()})"
-    return label.long()
+    indices: Tensor = label.long()
+    return indices
 
 
 def _concat(parts: list[AuditSet]) -> AuditSet:
@@ -179,4 +183,4 @@ def _concat(parts: list[AuditSet]) -> AuditSet:
             return None
         return torch.cat(values)
 
-    return AuditSet(cat("images"), cat("labels"), cat("saliency"), cat("has_saliency"))
+    return AuditSet(torch.cat([p.images for p in parts]), cat("labels"), cat("saliency"), cat("has_saliency"))

@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, TypeVar, Union, cast
 
 import numpy as np
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
@@ -43,15 +43,18 @@ class AuditPicture:
         return array.permute(1, 2, 0).cpu().numpy()
 
 
-GridWriter = Callable[[Logger, AuditPicture], None]
+GridWriter = Callable[[Logger, AuditPicture], object]
 _WRITERS: dict[type, GridWriter] = {}
+LoggerT = TypeVar("LoggerT", bound=Logger)
 
 
-def register_grid_writer(logger_type: type) -> Callable[[GridWriter], GridWriter]:
+def register_grid_writer(
+    logger_type: type[LoggerT],
+) -> Callable[[Callable[[LoggerT, AuditPicture], object]], Callable[[LoggerT, AuditPicture], object]]:
     """Register ``fn(logger, picture)`` for ``logger_type`` and its subclasses."""
 
-    def decorator(fn: GridWriter) -> GridWriter:
-        _WRITERS[logger_type] = fn
+    def decorator(fn: Callable[[LoggerT, AuditPicture], object]) -> Callable[[LoggerT, AuditPicture], object]:
+        _WRITERS[logger_type] = cast(GridWriter, fn)  # looked up by the logger's class: fn gets only a logger_type
         return fn
 
     return decorator
