@@ -63,7 +63,8 @@ class Explainer:
     def __call__(self, x: Tensor, targets: Tensor) -> Tensor:
         result = self.engine.compute(x, targets, self.method, **self.compute)
         self.layer = result.layer
-        return result.maps[self.method]
+        maps: Tensor = result.maps[self.method]
+        return maps
 
     def for_model(self, model: nn.Module, x: Tensor, targets: Tensor) -> Explainer:
         from ..engine import CAMEngine

@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..layers import LayerSpec
 from .common import PROGRESS_AFTER, _progress, metric
 
 
@@ -67,7 +68,7 @@ def randomization_check(
     x: Tensor,
     method: str = "gradcam",
     targets: Optional[Tensor] = None,
-    target_layer=None,
+    target_layer: LayerSpec = None,
     mode: str = "cascading",
     layers: Optional[Sequence[str]] = None,
     seed: int = 0,
