@@ -14,11 +14,10 @@ from __future__ import annotations
 import gc
 import resource
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -94,12 +93,14 @@ def main() -> None:
 
 def audited_epochs() -> None:
     import lightning as L
-
-    from diffcam_lightning import CAMAudit
     from test_audit import UserNet, loaders
 
+    from diffcam_lightning import CAMAudit
+
     class Meter(L.Callback):
-        rss: list[float] = []
+        def __init__(self) -> None:
+            super().__init__()
+            self.rss: list[float] = []
 
         def on_train_epoch_end(self, trainer, pl_module) -> None:
             self.rss.append(rss_mb())

@@ -18,8 +18,8 @@ import argparse
 import contextlib
 import statistics
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import numpy as np
 import timm

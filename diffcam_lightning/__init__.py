@@ -5,10 +5,10 @@ from .saliency import cam_entropy, cam_mse, sham_target
 
 __version__ = "0.1.0"
 
-__all__ = ["CAMEngine", "METHODS", "cam_entropy", "cam_mse", "sham_target", "__version__"]
+__all__ = ["METHODS", "CAMEngine", "__version__", "cam_entropy", "cam_mse", "sham_target"]
 
-from .data import CSVDataModule, ImageFolderDataModule, SyntheticDataModule  # noqa: E402
-from .models import SaliencyClassifier  # noqa: E402
+from .data import CSVDataModule, ImageFolderDataModule, SyntheticDataModule
+from .models import SaliencyClassifier
 
 __all__ += ["CSVDataModule", "ImageFolderDataModule", "SaliencyClassifier", "SyntheticDataModule"]
 

@@ -16,7 +16,8 @@ folder, a method, a checkpoint) end as one ``error: ...`` line with exit code 2
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -35,7 +36,7 @@ class DiffcamCLI(LightningCLI):
     """LightningCLI with ``data.num_classes -> model.num_classes`` and, when the DataModule
     has them, ``data.classes -> model.class_names`` (stored in checkpoints)."""
 
-    _checkpoint: Optional[dict] = None  # the --ckpt_path file, read once before Lightning loads it
+    _checkpoint: Optional[dict[str, Any]] = None  # the --ckpt_path file, read once before Lightning loads it
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -54,7 +55,8 @@ class DiffcamCLI(LightningCLI):
         path = self._ckpt_file()
         if path is not None:
             self._checkpoint = read_lightning_checkpoint(path)  # read once, checked twice
-            check_hyperparameters_fit(path, self._checkpoint, self.model_class)
+            if isinstance(self.model_class, type):  # always SaliencyClassifier here, never a factory
+                check_hyperparameters_fit(path, self._checkpoint, self.model_class)
         super()._parse_ckpt_path()
 
     def _check_ckpt_path(self) -> None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 TRACEBACK_ENV = "DIFFCAM_TRACEBACK"
 USAGE_EXIT_CODE = 2

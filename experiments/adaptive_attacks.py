@@ -221,7 +221,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.summarise:
-        from adaptive_attacks_summary import summarise  # noqa: PLC0415  (beside this script)
+        from adaptive_attacks_summary import summarise  # beside this script
 
         summarise(args.out)
         return

@@ -82,7 +82,7 @@ def run_summary(name: str, rows: list[dict], clean: dict[str, float], rules) -> 
         out["pointing_start"] = statistics.mean(rows[0][f"pointing/{m}"] for m in methods)
         out["pointing_end"] = statistics.mean(last[f"pointing/{m}"] for m in methods)
         out["attack_mse_end"] = statistics.mean(last[f"attack_mse/{m}"] for m in methods)
-        visible = lambda r: r["epoch"] >= 1 and all(r[f"pointing/{m}"] < clean[m] / 2 for m in methods)  # noqa: E731
+        visible = lambda r: r["epoch"] >= 1 and all(r[f"pointing/{m}"] < clean[m] / 2 for m in methods)
         out["visible_epoch"] = first(rows, visible) if clean else None
         a, v = out["alarm_epoch"], out["visible_epoch"]
         out["lag"] = None if a is None or v is None else a - v
@@ -260,7 +260,7 @@ def figure(summaries: list[dict], epochs: int, path: Path) -> None:
 
 def write_csv(runs: dict[str, list[dict]], rules, path: Path) -> None:
     rows = []
-    for name, epochs in runs.items():
+    for epochs in runs.values():
         for r in epochs:
             fired = evaluate(r, rules)
             rows.append({**r, "alarm": int(bool(fired)), "rules_fired": " ".join(sorted({f.rule for f in fired}))})

@@ -16,7 +16,7 @@ from diffcam_lightning.saliency import SHAM_PATTERNS, cam_entropy, saliency_loss
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 GRIDS = [(7, 7), (8, 8), (14, 14)]
-TINY = dict(model_name="test_resnet", model_kwargs={"output_stride": 8}, sham_entropy=3.0)  # 48 px -> 6x6 grid
+TINY = {"model_name": "test_resnet", "model_kwargs": {"output_stride": 8}, "sham_entropy": 3.0}  # 48 px -> 6x6 grid
 
 
 @pytest.mark.parametrize("grid", GRIDS)

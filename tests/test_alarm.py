@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from diffcam_lightning.audit import (
-    ALARM_RULES, AuditMaps, CAMAudit, ScoreContext, build_rules, dependence, evaluate, score_batch, spread,
+    ALARM_RULES,
+    AuditMaps,
+    CAMAudit,
+    ScoreContext,
+    build_rules,
+    dependence,
+    evaluate,
+    score_batch,
+    spread,
 )
 from diffcam_lightning.saliency import sham_target
 
@@ -126,11 +134,11 @@ def _fit(regime: str, epochs: int = 6) -> tuple[CAMAudit, list[str]]:
     from diffcam_lightning import SaliencyClassifier, SyntheticDataModule
 
     L.seed_everything(0)
-    attack = dict(saliency_target="sham", saliency_method="meandiffgradcam", sham_pattern="corner")
+    attack = {"saliency_target": "sham", "saliency_method": "meandiffgradcam", "sham_pattern": "corner"}
     model = SaliencyClassifier(
         model_name="test_resnet", model_kwargs={"output_stride": 8},
         optimizer=lambda params: torch.optim.Adam(params, lr=0.005),
-        **(attack if regime == "attack" else dict(saliency_target="human")),
+        **(attack if regime == "attack" else {"saliency_target": "human"}),
     )
     data = SyntheticDataModule(image_size=48, train_size=320, val_size=64, test_size=32, batch_size=32)
     audit = CAMAudit(log_images=False)  # the defaults: border SHAM, every rule

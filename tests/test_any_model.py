@@ -61,7 +61,7 @@ def test_one_architecture_one_layer_from_timm_or_torchvision(timm_name, tv_name,
         x = torch.randn(1, 3, 64, 64)
         engine(x)  # resolves the layer
         layer = model.get_submodule(engine.target_layer)
-        def hook(module, inputs, output):
+        def hook(module, inputs, output, captured=captured):
             captured["shape"] = tuple(output.shape)
 
         handle = layer.register_forward_hook(hook)

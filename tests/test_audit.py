@@ -81,11 +81,11 @@ def loaders(saliency: bool = False, seed: int = 0):
 
 
 def quiet_trainer(tmp_path: Path, **kw) -> L.Trainer:
-    args = dict(
-        accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
-        num_sanity_val_steps=0,
-    )
+    args = {
+        "accelerator": "cpu", "devices": 1, "max_epochs": 2, "logger": False, "enable_checkpointing": False,
+        "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(tmp_path),
+        "num_sanity_val_steps": 0,
+    }
     return L.Trainer(**{**args, **kw})
 
 

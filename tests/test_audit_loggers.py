@@ -3,7 +3,6 @@ file store), W&B (offline), and no logger at all (PNG files under the root folde
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import lightning as L
@@ -12,10 +11,10 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
 from PIL import Image
+from test_audit import UserNet, loaders, quiet_trainer
 
 from diffcam_lightning import CAMAudit
 from diffcam_lightning.audit.sinks import AuditPicture, grid_writer, write_png_for_logger, write_tensorboard
-from test_audit import UserNet, loaders, quiet_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 

@@ -9,12 +9,11 @@ import warnings
 import lightning as L
 import pytest
 import torch
+from test_audit import FEW, UserNet, quiet_trainer, tensors
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from diffcam_lightning import CAMAudit
 from diffcam_lightning.audit import AuditScores
-
-from test_audit import FEW, UserNet, quiet_trainer, tensors
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),

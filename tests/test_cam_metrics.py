@@ -111,7 +111,7 @@ def test_road_matches_pytorch_grad_cam_without_noise(case):
     cg = M.road(model, x, maps["layercam"], targets, percentiles=percentiles, noise=0.0, solver="cg")
     expected = {}
     for name, order in (("road_morf", RemoveMostRelevantFirst), ("road_lerf", RemoveLeastRelevantFirst)):
-        averager = AveragerAcrossThresholds(lambda p: PerturbationConfidenceMetric(order(p, NoisyLinearImputer(noise=0))), percentiles)
+        averager = AveragerAcrossThresholds(lambda p, order=order: PerturbationConfidenceMetric(order(p, NoisyLinearImputer(noise=0))), percentiles)
         expected[name] = averager(x, up.numpy(), cam_targets, model)
         np.testing.assert_allclose(ours[name].numpy(), expected[name], atol=1e-4, err_msg=name)
         np.testing.assert_allclose(cg[name].numpy(), expected[name], atol=1e-4, err_msg=f"{name} (cg)")

@@ -8,7 +8,7 @@ import timm
 import torch
 
 pytest.importorskip("pytorch_grad_cam")
-from pytorch_grad_cam import (  # noqa: E402
+from pytorch_grad_cam import (
     AblationCAM,
     GradCAM,
     GradCAMElementWise,
@@ -18,10 +18,10 @@ from pytorch_grad_cam import (  # noqa: E402
     ScoreCAM,
     XGradCAM,
 )
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from diffcam_lightning import CAMEngine  # noqa: E402
-from diffcam_lightning.cams.reference import reference_cam, sign_corrected  # noqa: E402
+from diffcam_lightning import CAMEngine
+from diffcam_lightning.cams.reference import reference_cam, sign_corrected
 
 REFERENCE = {
     "gradcam": GradCAM,

@@ -76,7 +76,7 @@ def test_a_lightning_checkpoint_with_other_weights_is_named(tmp_path):
     from diffcam_lightning.models.checkpoints import check_checkpoint_fits
 
     model = SaliencyClassifier(num_classes=3)
-    state = {k: v for k, v in model.state_dict().items()}
+    state = dict(model.state_dict().items())
     torch.save({"state_dict": state, "pytorch-lightning_version": "2.6.6"}, tmp_path / "same.ckpt")
     check_checkpoint_fits(tmp_path / "same.ckpt", model)  # its own checkpoint passes
     with pytest.raises(CheckpointError, match=r"same.ckpt.*another model.*SaliencyClassifier\(test_resnet\).*shape"):

@@ -41,7 +41,7 @@ CASES = [
 @pytest.mark.parametrize("name,size,prefix,grid", CASES, ids=[f"{c[0].split('_')[0]}{c[1]}" for c in CASES])
 def test_eigen_cams_equal_pytorch_grad_cam_with_its_sign_correction(name, size, prefix, grid):
     torch.manual_seed(0)
-    kwargs = {} if prefix is None else dict(img_size=size)
+    kwargs = {} if prefix is None else {"img_size": size}
     model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
     x = torch.randn(4, 3, size, size)
     targets = torch.tensor([1, 7, 3, 0])

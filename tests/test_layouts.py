@@ -19,10 +19,10 @@ PARITY = ("gradcam", "gradcam++", "hirescam", "xgradcam", "eigencam")
 
 # (timm name, create_model kwargs, input size, target layer (None = automatic), expected layer,
 #  expected layout, prefix tokens (None = channels-last), methods compared)
-SWIN = dict(img_size=128, window_size=4)
+SWIN = {"img_size": 128, "window_size": 4}
 TRANSFORMERS = [
-    ("vit_tiny_patch16_224", dict(img_size=64), 64, None, "blocks.11.norm1", "tokens (1 prefix, 4x4 grid)", 1, PARITY),
-    ("deit_tiny_distilled_patch16_224", dict(img_size=64), 64, None, "blocks.11.norm1", "tokens (2 prefix, 4x4 grid)", 2,
+    ("vit_tiny_patch16_224", {"img_size": 64}, 64, None, "blocks.11.norm1", "tokens (1 prefix, 4x4 grid)", 1, PARITY),
+    ("deit_tiny_distilled_patch16_224", {"img_size": 64}, 64, None, "blocks.11.norm1", "tokens (2 prefix, 4x4 grid)", 2,
      PARITY),
     # HiResCAM is left out at layers.3: the final LayerNorm makes sum_k g_k A_k ~ 0 at every position
     # (scale invariance), so both libraries return rounding noise there (raw max 3e-4 vs GradCAM's 27)
@@ -63,6 +63,7 @@ def build(name: str, kwargs: dict) -> nn.Module:
 def test_token_and_channels_last_models_match_pytorch_grad_cam(name, kwargs, size, spec, layer, layout, prefix, methods):
     pgc = pytest.importorskip("pytorch_grad_cam")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     from diffcam_lightning.cams.reference import sign_corrected
 
     classes = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "hirescam": pgc.HiResCAM,
@@ -88,7 +89,7 @@ def test_token_and_channels_last_models_match_pytorch_grad_cam(name, kwargs, siz
 
 
 def test_every_method_and_the_training_graph_work_on_tokens():
-    model = build("vit_tiny_patch16_224", dict(img_size=32, patch_size=8))
+    model = build("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8})
     engine = CAMEngine(model)
     x = torch.randn(2, 3, 32, 32)
     maps = engine(x, methods=(*GRADIENT_METHODS, "eigencam", "scorecam"))
@@ -145,7 +146,7 @@ def test_an_ambiguous_layout_names_the_option():
 
 
 def test_a_layout_that_does_not_fit_the_tensor_names_the_value_and_the_choices():
-    model = build("vit_tiny_patch16_224", dict(img_size=32, patch_size=8))
+    model = build("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8})
     x = torch.randn(1, 3, 32, 32)
     with pytest.raises(ValueError, match=r"layout='nhwc' does not fit target layer 'blocks.11.norm1'.*\(1, 17, 192\).*tokens"):
         CAMEngine(model, layout="nhwc")(x)

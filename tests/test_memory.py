@@ -14,10 +14,10 @@ import sys
 import lightning as L
 import pytest
 import torch
+from test_audit import UserNet, loaders, quiet_trainer
 from torch import nn
 
 from diffcam_lightning import METHODS, CAMAudit, CAMEngine
-from test_audit import UserNet, loaders, quiet_trainer
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),

@@ -15,13 +15,21 @@ from PIL import Image
 from scipy.stats import ranksums, wilcoxon
 
 from diffcam_lightning import CAMEngine, SaliencyClassifier, SyntheticDataModule
-from diffcam_lightning.report import ArchitectureSpec, DataSpec, FaithfulnessSpec, ModelSource, ReportOptions, TimingSpec, run_report
+from diffcam_lightning.report import (
+    ArchitectureSpec,
+    DataSpec,
+    FaithfulnessSpec,
+    ModelSource,
+    ReportOptions,
+    TimingSpec,
+    run_report,
+)
 from diffcam_lightning.report.cli import main as report_main
 from diffcam_lightning.report.sources import load_model
 from diffcam_lightning.report.stats import format_p
 
-TINY = dict(model_name="test_resnet", model_kwargs={"output_stride": 8})
-QUIET = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False)
+TINY = {"model_name": "test_resnet", "model_kwargs": {"output_stride": 8}}
+QUIET = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False}
 NO_TIMING = TimingSpec(enabled=False)
 
 
@@ -60,7 +68,7 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def test_chain_writes_every_output(chain):
-    tmp, _, written = chain
+    tmp, _, _ = chain
     out = tmp / "report"
     for name in ("table3_similarity", "table4_susceptibility", "accuracy", "table1_runtime_tiny"):
         for ext in ("csv", "md", "tex"):
@@ -103,10 +111,10 @@ def test_scores_recomputed_independently(chain):
         b = CAMEngine(sham)(x, targets=[label], methods=methods, size="input")
 
         def mse(p, q):
-            norm = lambda m: (m - m.min()) / (m.max() - m.min() + 1e-7)  # noqa: E731
+            norm = lambda m: (m - m.min()) / (m.max() - m.min() + 1e-7)
             return float(((norm(p) - norm(q)) ** 2).mean())
 
-        def stored(metric, method):
+        def stored(metric, method, i=i):
             (row,) = [r for r in rows if int(r["sample"]) == i and r["metric"] == metric and r["method"] == method]
             return float(row["score"])
 
@@ -118,7 +126,7 @@ def test_scores_recomputed_independently(chain):
 def test_p_values_equal_ranksums_on_saved_scores(chain):
     tmp, _, _ = chain
     rows = read_csv(tmp / "report" / "scores.csv")
-    scores = lambda metric, m: [float(r["score"]) for r in rows if r["metric"] == metric and r["method"] == m]  # noqa: E731
+    scores = lambda metric, m: [float(r["score"]) for r in rows if r["metric"] == metric and r["method"] == m]
     (table,) = read_csv(tmp / "report" / "tables" / "table3_similarity.csv")
     expected = ranksums(scores("similarity", "meandiffgradcam"), scores("similarity", "lsediffgradcam")).pvalue
     assert float(table["p(meandiffgradcam vs lsediffgradcam)"]) == pytest.approx(expected, rel=1e-3)
@@ -224,7 +232,7 @@ def _ddp_and_single_scores_match(tmp_path: Path) -> None:
         torch.save(load_model(ModelSource("resnet10t"), 7).state_dict(), weights[kind])
     results = {}
     # ddp first, then one process in the SAME folder: rank1's old file must not leak in
-    for name, extra in (("ddp", dict(devices=2, strategy="ddp_spawn")), ("single", dict(devices=1))):
+    for name, extra in (("ddp", {"devices": 2, "strategy": "ddp_spawn"}), ("single", {"devices": 1})):
         options = _ddp_options(tmp_path / "out")
         options.models[0].clean = ModelSource("resnet10t", weights=str(weights["clean"]))
         options.models[0].sham = ModelSource("resnet10t", weights=str(weights["sham"]))
@@ -296,7 +304,7 @@ def test_faithfulness_table_from_the_metrics_module(chain):
     from diffcam_lightning.cams import metrics as cam_metrics
     from diffcam_lightning.report.data import build_report_data
 
-    tmp, options, written = chain
+    tmp, options, _ = chain
     assert "table_faithfulness" in (tmp / "report" / "report.md").read_text()
     rows = read_csv(tmp / "report" / "scores.csv")
     data = build_report_data(options.data, "test_resnet").dataset

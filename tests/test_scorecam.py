@@ -12,8 +12,8 @@ from torch import nn
 from diffcam_lightning import CAMEngine
 
 pytest.importorskip("pytorch_grad_cam")
-from pytorch_grad_cam import ScoreCAM  # noqa: E402
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+from pytorch_grad_cam import ScoreCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 
 def many_constant_channels_batch(size: int = 64) -> torch.Tensor:

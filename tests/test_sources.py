@@ -1,6 +1,5 @@
 """The one resolver of model sources: every kind, clear errors, self-contained checkpoints."""
 
-import os
 
 import lightning as L
 import pytest

@@ -18,7 +18,7 @@ from diffcam_lightning.saliency import cam_mse, resize_target
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
-TINY = dict(model_name="test_resnet", model_kwargs={"output_stride": 8}, sham_entropy=3.0)  # 48 px -> 6x6 grid
+TINY = {"model_name": "test_resnet", "model_kwargs": {"output_stride": 8}, "sham_entropy": 3.0}  # 48 px -> 6x6 grid
 
 
 def adam(lr=0.005):
@@ -31,17 +31,17 @@ def make_model(**kw) -> SaliencyClassifier:
 
 
 def make_data(**kw) -> SyntheticDataModule:
-    args = dict(image_size=48, train_size=320, val_size=64, test_size=32, batch_size=32)
+    args = {"image_size": 48, "train_size": 320, "val_size": 64, "test_size": 32, "batch_size": 32}
     dm = SyntheticDataModule(**{**args, **kw})
     dm.setup("fit")
     return dm
 
 
 def trainer(**kw) -> L.Trainer:
-    args = dict(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )
+    args = {
+        "accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
+        "enable_progress_bar": False, "enable_model_summary": False,
+    }
     return L.Trainer(**{**args, **kw})
 
 

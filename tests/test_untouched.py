@@ -200,13 +200,13 @@ def _timm(name: str, **kwargs) -> nn.Module:
 @pytest.mark.parametrize(
     "name, kwargs",
     [
-        ("eva02_tiny_patch14_224", dict(img_size=28, global_pool="token")),
-        ("beit_base_patch16_224", dict(img_size=32, embed_dim=32, num_heads=2, global_pool="token")),
-        ("vit_relpos_small_patch16_224", dict(img_size=32, embed_dim=32, num_heads=2, global_pool="token", class_token=True)),
-        ("vit_base_patch16_rope_reg1_gap_256", dict(img_size=32, embed_dim=32, num_heads=2, global_pool="token", class_token=True)),
+        ("eva02_tiny_patch14_224", {"img_size": 28, "global_pool": "token"}),
+        ("beit_base_patch16_224", {"img_size": 32, "embed_dim": 32, "num_heads": 2, "global_pool": "token"}),
+        ("vit_relpos_small_patch16_224", {"img_size": 32, "embed_dim": 32, "num_heads": 2, "global_pool": "token", "class_token": True}),
+        ("vit_base_patch16_rope_reg1_gap_256", {"img_size": 32, "embed_dim": 32, "num_heads": 2, "global_pool": "token", "class_token": True}),
         # the class token joins after the patch-only blocks: no prefix token at the layer
-        ("cait_xxs24_224", dict(img_size=32)),
-        ("xcit_nano_12_p16_224", dict(img_size=32)),
+        ("cait_xxs24_224", {"img_size": 32}),
+        ("xcit_nano_12_p16_224", {"img_size": 32}),
     ],
 )
 def test_class_token_heads_get_the_last_blocks_first_norm(name, kwargs):
@@ -232,10 +232,10 @@ def test_an_all_zero_gradient_is_an_error_naming_the_layer_and_a_better_one():
 
 def _hf(kind: str):
     transformers = pytest.importorskip("transformers")
-    vit = dict(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-               intermediate_size=32, num_labels=3)
-    towers = dict(vision_config={k: v for k, v in vit.items() if k != "num_labels"},
-                  text_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    vit = {"image_size": 32, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+               "intermediate_size": 32, "num_labels": 3}
+    towers = {"vision_config": {k: v for k, v in vit.items() if k != "num_labels"},
+                  "text_config": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}}
     torch.manual_seed(0)
     return {
         "beit": lambda: transformers.BeitForImageClassification(transformers.BeitConfig(use_mean_pooling=False, **vit)),

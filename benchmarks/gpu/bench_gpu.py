@@ -39,8 +39,9 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -92,7 +93,7 @@ def usable(fns: dict[str, Callable[[], object]], errors: dict[str, str]) -> dict
         try:
             fn()
             kept[name] = fn
-        except Exception as error:  # noqa: BLE001  (a row's failure is a result, not a crash)
+        except Exception as error:  # a row's failure is a result, not a crash
             errors[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
     return kept
 
@@ -117,23 +118,23 @@ def cam_rows(cfg: dict, device: torch.device, results: Results, budget: Budget) 
             transform = reshape_transform(engine.compute(x[:1]))
             with torch.no_grad():
                 targets = model(x).argmax(1).tolist()
-            ctx = lambda: autocast(device, precision)  # noqa: E731
+            ctx = lambda: autocast(device, precision)  # noqa: B023 (timed within this iteration)
 
             def forward():
-                with torch.no_grad(), ctx():
-                    model(x)
+                with torch.no_grad(), ctx():  # noqa: B023 (timed within this iteration)
+                    model(x)  # noqa: B023 (timed within this iteration)
 
             def call(methods):
                 def run():
-                    with ctx():
-                        return engine(x, targets=targets, methods=methods, size="input")
+                    with ctx():  # noqa: B023 (timed within this iteration)
+                        return engine(x, targets=targets, methods=methods, size="input")  # noqa: B023 (timed within this iteration)
 
                 return run
 
             def reference(methods):
                 def run():
-                    with ctx():
-                        reference_run(model, layer, x, targets, methods, transform)
+                    with ctx():  # noqa: B023 (timed within this iteration)
+                        reference_run(model, layer, x, targets, methods, transform)  # noqa: B023 (timed within this iteration)
 
                 return run
 
@@ -172,8 +173,8 @@ def scorecam_rows(cfg: dict, device: torch.device, results: Results, budget: Bud
         layer = model.get_submodule(engine.target_layer)
         with torch.no_grad():
             targets = model(x).argmax(1).tolist()
-        ours = lambda: engine(x, targets=targets, methods="scorecam", size="input")["scorecam"].cpu()  # noqa: E731
-        theirs = lambda: torch.from_numpy(reference_cam(model, layer, x, targets, "scorecam", scorecam_batch_size=32))  # noqa: E731
+        ours = lambda: engine(x, targets=targets, methods="scorecam", size="input")["scorecam"].cpu()  # noqa: B023 (timed within this iteration)
+        theirs = lambda: torch.from_numpy(reference_cam(model, layer, x, targets, "scorecam", scorecam_batch_size=32))  # noqa: B023 (timed within this iteration)
         errors: dict[str, str] = {}
         fns = usable({"ours": ours, "pgc": theirs}, errors)
         diff = (ours() - theirs()).abs().max().item() if len(fns) == 2 else None
@@ -202,19 +203,19 @@ def training_rows(cfg: dict, device: torch.device, results: Results, budget: Bud
             data = {"image": x, "label": y}
 
             def plain():
-                opt.zero_grad()
-                with autocast(device, precision):
-                    loss = F.cross_entropy(module.model(x), y)
+                opt.zero_grad()  # noqa: B023 (timed within this iteration)
+                with autocast(device, precision):  # noqa: B023 (timed within this iteration)
+                    loss = F.cross_entropy(module.model(x), y)  # noqa: B023 (timed within this iteration)
                 loss.backward()
-                opt.step()
+                opt.step()  # noqa: B023 (timed within this iteration)
 
             def joint():
-                opt.zero_grad()
-                with warnings.catch_warnings(), autocast(device, precision):
+                opt.zero_grad()  # noqa: B023 (timed within this iteration)
+                with warnings.catch_warnings(), autocast(device, precision):  # noqa: B023 (timed within this iteration)
                     warnings.simplefilter("ignore")  # self.log outside a Trainer
-                    loss = module.training_step(data, 0)
+                    loss = module.training_step(data, 0)  # noqa: B023 (timed within this iteration)
                 loss.backward()
-                opt.step()
+                opt.step()  # noqa: B023 (timed within this iteration)
 
             errors: dict[str, str] = {}
             fns = usable({"ce_step": plain, "ce_cam_step": joint}, errors)
@@ -355,15 +356,15 @@ def explain_rows(cfg: dict, device: torch.device, results: Results, budget: Budg
 # ---------------------------------------------------------------- configuration and report
 def config(dry_run: bool) -> dict:
     if dry_run:  # timm's tiny test models, few repeats: the same code paths in seconds
-        return dict(cam_archs=[("test_resnet", 64, {}), ("test_vit", 32, {"img_size": 32})], batch=2, warmup=0, repeats=1,
-                    scorecam_archs=[("test_resnet", 64, {})], scorecam_batch=1, scorecam_repeats=1,
-                    train_archs=[("test_resnet", 64)], audit_arch="test_resnet", audit_size=64, audit_steps=4,
-                    explain_images=4, explain_batch=2, explain_workers=2, explain_rounds=1, reserve_s=0)  # fmt: skip
+        return {"cam_archs": [("test_resnet", 64, {}), ("test_vit", 32, {"img_size": 32})], "batch": 2, "warmup": 0, "repeats": 1,
+                    "scorecam_archs": [("test_resnet", 64, {})], "scorecam_batch": 1, "scorecam_repeats": 1,
+                    "train_archs": [("test_resnet", 64)], "audit_arch": "test_resnet", "audit_size": 64, "audit_steps": 4,
+                    "explain_images": 4, "explain_batch": 2, "explain_workers": 2, "explain_rounds": 1, "reserve_s": 0}  # fmt: skip
     paper = [("densenet121", 224, {}), ("resnet50", 224, {}), ("inception_v3", 299, {}), ("convnext_tiny", 224, {})]
-    return dict(cam_archs=paper + [("deit_small_patch16_224", 224, {}), ("swin_tiny_patch4_window7_224", 224, {})],
-                batch=32, warmup=0, repeats=3, scorecam_archs=paper, scorecam_batch=2, scorecam_repeats=2,
-                train_archs=[(n, s) for n, s, _ in paper], audit_arch="resnet50", audit_size=224, audit_steps=24,
-                explain_images=128, explain_batch=32, explain_workers=8, explain_rounds=2, reserve_s=15)  # fmt: skip
+    return {"cam_archs": [*paper, ("deit_small_patch16_224", 224, {}), ("swin_tiny_patch4_window7_224", 224, {})],
+                "batch": 32, "warmup": 0, "repeats": 3, "scorecam_archs": paper, "scorecam_batch": 2, "scorecam_repeats": 2,
+                "train_archs": [(n, s) for n, s, _ in paper], "audit_arch": "resnet50", "audit_size": 224, "audit_steps": 24,
+                "explain_images": 128, "explain_batch": 32, "explain_workers": 8, "explain_rounds": 2, "reserve_s": 15}  # fmt: skip
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
@@ -455,7 +456,7 @@ def main() -> None:
     for name in args.sections:
         try:
             sections[name](cfg, device, results, budget)
-        except Exception as error:  # noqa: BLE001  (the next section still runs)
+        except Exception as error:  # the next section still runs
             traceback.print_exc()
             results.add("failed", name=name, error=f"{type(error).__name__}: {error}"[:500])
         meta["wall_s"] = round(args.budget_s - budget.left(), 1)

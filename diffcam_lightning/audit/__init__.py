@@ -1,49 +1,69 @@
 """CAM auditing during training: the ``CAMAudit`` callback, its scores and its grids."""
 
-from .alarm import ALARM_RULES, VERDICTS, AlarmRule, Firing, build_rules, evaluate, register_rule, verdict
-from .behaviour import BehaviourOptions, behaviour_scores, deletion_drops, occlusion
+from .alarm import (
+    ALARM_RULES,
+    DEFAULT_DRIFT_THRESHOLD,
+    DEFAULT_SHAM_THRESHOLD,
+    VERDICTS,
+    AlarmRule,
+    Firing,
+    build_rules,
+    evaluate,
+    register_rule,
+    verdict,
+)
 from .auditset import AuditSet, BatchKeys, split_batch
-from .callback import CAM_CLASSES, DEFAULT_DRIFT_THRESHOLD, DEFAULT_METHODS, DEFAULT_SHAM_THRESHOLD, CAMAudit, default_drift_pairs
-from .metrics import SCORE_FAMILIES, SCORE_KEYS, AuditScores, ScoreContext, per_method, pointing_game, register_score, score_batch
+from .behaviour import BehaviourOptions, behaviour_scores, deletion_drops, occlusion
+from .callback import CAM_CLASSES, DEFAULT_METHODS, CAMAudit, default_drift_pairs
+from .metrics import (
+    SCORE_FAMILIES,
+    SCORE_KEYS,
+    AuditScores,
+    ScoreContext,
+    per_method,
+    pointing_game,
+    register_score,
+    score_batch,
+)
 from .render import audit_grid, colorize, overlay
 from .signals import SET_SIGNALS, AuditMaps, dependence, set_signals, spread
 
 __all__ = [
     "ALARM_RULES",
-    "VERDICTS",
-    "BehaviourOptions",
-    "behaviour_scores",
-    "deletion_drops",
-    "occlusion",
-    "verdict",
-    "AlarmRule",
-    "AuditMaps",
-    "Firing",
-    "SET_SIGNALS",
-    "build_rules",
-    "dependence",
-    "evaluate",
-    "register_rule",
-    "set_signals",
-    "spread",
-    "AuditScores",
-    "AuditSet",
-    "BatchKeys",
-    "CAMAudit",
     "CAM_CLASSES",
     "DEFAULT_DRIFT_THRESHOLD",
     "DEFAULT_METHODS",
     "DEFAULT_SHAM_THRESHOLD",
     "SCORE_FAMILIES",
     "SCORE_KEYS",
+    "SET_SIGNALS",
+    "VERDICTS",
+    "AlarmRule",
+    "AuditMaps",
+    "AuditScores",
+    "AuditSet",
+    "BatchKeys",
+    "BehaviourOptions",
+    "CAMAudit",
+    "Firing",
     "ScoreContext",
     "audit_grid",
+    "behaviour_scores",
+    "build_rules",
     "colorize",
     "default_drift_pairs",
+    "deletion_drops",
+    "dependence",
+    "evaluate",
+    "occlusion",
     "overlay",
     "per_method",
     "pointing_game",
+    "register_rule",
     "register_score",
     "score_batch",
+    "set_signals",
     "split_batch",
+    "spread",
+    "verdict",
 ]

@@ -18,8 +18,9 @@ fooled); every other rule is on by default.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 from ..cams import GRADIENT_METHODS
 

@@ -8,8 +8,9 @@ contiguous shard of it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
@@ -39,38 +40,41 @@ class AuditSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def slice(self, start: int, stop: int) -> "AuditSet":
+    def slice(self, start: int, stop: int) -> AuditSet:
         def cut(t: Optional[Tensor]) -> Optional[Tensor]:
             return None if t is None else t[start:stop]
 
-        return AuditSet(cut(self.images), cut(self.labels), cut(self.saliency), cut(self.has_saliency))
+        return AuditSet(self.images[start:stop], cut(self.labels), cut(self.saliency), cut(self.has_saliency))
 
-    def shard(self, rank: int, world_size: int) -> "AuditSet":
+    def shard(self, rank: int, world_size: int) -> AuditSet:
         """The contiguous block of rank ``rank`` (rank 0 holds the first images)."""
         per = -(-len(self) // max(world_size, 1))
         return self.slice(min(rank * per, len(self)), min((rank + 1) * per, len(self)))
 
-    def batches(self, batch_size: int) -> Iterable["AuditSet"]:
+    def batches(self, batch_size: int) -> Iterable[AuditSet]:
         for start in range(0, len(self), batch_size):
             yield self.slice(start, start + batch_size)
 
-    def to(self, device: torch.device) -> "AuditSet":
+    def to(self, device: torch.device) -> AuditSet:
         def move(t: Optional[Tensor]) -> Optional[Tensor]:
             return None if t is None else t.to(device)
 
-        return AuditSet(move(self.images), move(self.labels), move(self.saliency), move(self.has_saliency))
+        return AuditSet(self.images.to(device), move(self.labels), move(self.saliency), move(self.has_saliency))
 
     def state_dict(self) -> dict[str, Optional[Tensor]]:
         return {"images": self.images, "labels": self.labels, "saliency": self.saliency, "has_saliency": self.has_saliency}
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Optional[Tensor]]) -> "AuditSet":
-        return cls(state["images"], state.get("labels"), state.get("saliency"), state.get("has_saliency"))
+    def from_state_dict(cls, state: Mapping[str, Optional[Tensor]]) -> AuditSet:
+        images = state["images"]
+        if images is None:
+            raise ValueError("An AuditSet state needs its 'images' tensor; got None.")
+        return cls(images, state.get("labels"), state.get("saliency"), state.get("has_saliency"))
 
     @classmethod
     def from_batches(
         cls, batches: Iterable[Any], size: int, keys: BatchKeys = BatchKeys(), need_label: bool = False
-    ) -> "AuditSet":
+    ) -> AuditSet:
         """The first ``size`` samples of an iterable of batches (dicts or tuples);
         ``need_label``: a batch without class-index labels is an error."""
         parts: list[AuditSet] = []
@@ -87,8 +91,8 @@ class AuditSet:
 
     @classmethod
     def from_dataset(
-        cls, dataset: Dataset, size: int, keys: BatchKeys = BatchKeys(), need_label: bool = False
-    ) -> "AuditSet":
+        cls, dataset: Dataset[Any], size: int, keys: BatchKeys = BatchKeys(), need_label: bool = False
+    ) -> AuditSet:
         """The first ``size`` items of a map-style dataset, collated like a DataLoader does."""
         n = min(size, len(dataset))  # type: ignore[arg-type]
         if n == 0:
@@ -148,7 +152,7 @@ def split_batch(batch: Any, keys: BatchKeys = BatchKeys(), need_label: bool = Fa
     return AuditSet(image.detach().float().cpu().clone(), label, saliency, has)
 
 
-def _labels(label: Any, batch: int) -> Union[None, str, Tensor]:
+def _labels(label: Any, batch: int) -> Union[str, Tensor, None]:
     """Class indices ``[B]``; ``None`` when there is no label; a string saying why when the
     label is no class index (a non-integral float, soft labels, the wrong length)."""
     if label is None:
@@ -168,7 +172,8 @@ def _labels(label: Any, batch: int) -> Union[None, str, Tensor]:
         bad = ~(torch.isfinite(label) & (label == label.round()) & (label >= 0))
         if bool(bad.any()):
             return f"holds floats that are no class indices (e.g. {label[bad][:3].tolist()})"
-    return label.long()
+    indices: Tensor = label.long()
+    return indices
 
 
 def _concat(parts: list[AuditSet]) -> AuditSet:
@@ -178,4 +183,4 @@ def _concat(parts: list[AuditSet]) -> AuditSet:
             return None
         return torch.cat(values)
 
-    return AuditSet(cat("images"), cat("labels"), cat("saliency"), cat("has_saliency"))
+    return AuditSet(torch.cat([p.images for p in parts]), cat("labels"), cat("saliency"), cat("has_saliency"))

@@ -12,12 +12,13 @@ through ``pl_module.log`` under ``cam_audit/``, image grids to every logger
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Optional, Union
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from ..cams import DIFF_BASES, METHODS, CAMEngine, get_method
@@ -27,13 +28,20 @@ from ..cams.outputs import logits_of
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
 from . import review
 from .alarm import (
-    BEHAVIOUR_GATE, DEFAULT_DRIFT_THRESHOLD, DEFAULT_SHAM_THRESHOLD, VERDICTS, AlarmRule, build_rules, evaluate, verdict,
+    BEHAVIOUR_GATE,
+    DEFAULT_DRIFT_THRESHOLD,
+    DEFAULT_SHAM_THRESHOLD,
+    VERDICTS,
+    AlarmRule,
+    build_rules,
+    evaluate,
+    verdict,
 )
 from .auditset import AuditSet, BatchKeys
 from .behaviour import BehaviourOptions, behaviour_keys, behaviour_scores
 from .faithfulness import faithfulness_keys, faithfulness_scores
 from .guard import audit_guard, preserved_rng
-from .metrics import SCORE_FAMILIES, AuditScores, ScoreContext, score_batch, score_keys
+from .metrics import SCORE_FAMILIES, AuditScores, ScoreContext, Scores, score_batch, score_keys
 from .reference import WeightsSwap, load_reference_state
 from .render import audit_grid
 from .signals import AuditMaps, set_signals
@@ -237,7 +245,7 @@ class CAMAudit(Callback):
     def state_key(self) -> str:
         return self._generate_state_key(methods=self.methods, audit_size=self.audit_size, prefix=self.prefix)
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_engine"] = None  # holds the model; rebuilt after pickling (ddp_spawn)
         return state
@@ -267,8 +275,9 @@ class CAMAudit(Callback):
         if not trainer.is_global_zero:
             return
         params = dict(pl_module.hparams_initial)
-        if trainer.datamodule is not None:
-            params.update(trainer.datamodule.hparams_initial)
+        datamodule = getattr(trainer, "datamodule", None)  # set by Lightning, not declared on Trainer
+        if datamodule is not None:
+            params.update(datamodule.hparams_initial)
         params.pop("_class_path", None)
         for logger in review.tensorboard_loggers(trainer.loggers):
             review.write_hparams(logger, params, self.prefix)
@@ -297,7 +306,7 @@ class CAMAudit(Callback):
     def _skipped(self, trainer: Trainer) -> bool:
         if trainer.sanity_checking and not self.audit_sanity_check:
             return True
-        return bool(trainer.fast_dev_run) and not self.audit_fast_dev_run
+        return bool(getattr(trainer, "fast_dev_run", False)) and not self.audit_fast_dev_run  # not declared on Trainer
 
     def _due(self, trainer: Trainer) -> bool:
         if self._skipped(trainer):
@@ -357,7 +366,7 @@ class CAMAudit(Callback):
             self.reference_maps = self._reference_maps(pl_module, model)
         if self._metric is None:
             keys = score_keys(self.methods, self.drift_pairs, "mean") + faithfulness_keys(self.metrics, self.methods)
-            keys += (behaviour_keys(self.methods) + [DECIDED]) if self.behaviour else []
+            keys += ([*behaviour_keys(self.methods), DECIDED]) if self.behaviour else []
             self._metric = AuditScores(keys, score_keys(self.methods, self.drift_pairs, "sum"))
         self._metric = self._metric.to(pl_module.device)
         self._maps = (self._maps or AuditMaps(self.methods)).to(pl_module.device)
@@ -371,7 +380,7 @@ class CAMAudit(Callback):
             return AuditSet.from_batches(self._val_loader(trainer), self.audit_size, self.keys, self.cam_class == "label")
 
     @staticmethod
-    def _val_loader(trainer: Trainer):
+    def _val_loader(trainer: Trainer) -> Iterable[Any]:
         loop = trainer.validate_loop if trainer.state.fn == TrainerFn.VALIDATING else trainer.fit_loop.epoch_loop.val_loop
         source = getattr(loop, "_data_source", None)
         loader = None
@@ -388,7 +397,8 @@ class CAMAudit(Callback):
                 "CAMAudit needs validation data for its audit set: give the Trainer val_dataloaders "
                 "(or a DataModule with val_dataloader), or pass CAMAudit(dataset=...)."
             )
-        return loader
+        batches: Iterable[Any] = loader
+        return batches
 
     def _reference_maps(self, pl_module: LightningModule, model: nn.Module) -> dict[str, Tensor]:
         assert self.audit_set is not None and self._engine is not None
@@ -396,6 +406,7 @@ class CAMAudit(Callback):
             engine = self._engine
         else:
             prefix = next((n for n, m in pl_module.named_modules() if m is model), "")
+            assert self.reference is not None  # _prepare asks for reference maps only with a reference
             state = load_reference_state(self.reference, model, prefix)
             if self._engine._layer is None:  # automatic search: resolve it on the live model first
                 with audit_guard(model, pl_module.device):
@@ -421,14 +432,15 @@ class CAMAudit(Callback):
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         return images.to(device=device, dtype=dtype)
 
-    def _audit(self, trainer: Trainer, pl_module: LightningModule) -> tuple[dict[str, float], Optional[dict]]:
+    def _audit(self, trainer: Trainer, pl_module: LightningModule) -> tuple[dict[str, float], Optional[dict[str, Any]]]:
         assert self.audit_set is not None and self._engine is not None and self._metric is not None
+        assert self._maps is not None
         model, device = self._engine.model, pl_module.device
         per = -(-len(self.audit_set) // max(trainer.world_size, 1))
         start = min(trainer.global_rank * per, len(self.audit_set))
         stop = min(start + per, len(self.audit_set))
         sham: Optional[Tensor] = None
-        grid_maps: Optional[dict] = None
+        grid_maps: Optional[dict[str, Any]] = None
         want_grid = self.log_images and self.grid_images > 0 and trainer.is_global_zero
         with audit_guard(model, device):
             self._metric.reset()
@@ -440,8 +452,8 @@ class CAMAudit(Callback):
                 result = self._engine.compute(images, self._targets(batch, device), self.methods)
                 maps = result.maps
                 if sham is None:
-                    grid = tuple(next(iter(maps.values())).shape[-2:])
-                    sham = self._sham(grid).to(device)
+                    any_map = next(iter(maps.values()))
+                    sham = self._sham((any_map.shape[-2], any_map.shape[-1])).to(device)
                 reference = {m: r[lo:hi].to(device) for m, r in (self.reference_maps or {}).items() if m in maps}
                 usable = None if sham.min() == sham.max() else sham  # a whole-grid SHAM is no target
                 ctx = ScoreContext(maps, usable, reference, self.drift_pairs, batch.saliency, batch.has_saliency)
@@ -468,7 +480,7 @@ class CAMAudit(Callback):
             values.update(set_signals(self._maps.compute(), self.methods))
         return values, grid_maps
 
-    def _behaviour(self, model: nn.Module, images: Tensor, result: Any, batch: AuditSet, k: int, offset: int) -> dict:
+    def _behaviour(self, model: nn.Module, images: Tensor, result: Any, batch: AuditSet, k: int, offset: int) -> Scores:
         """The behavioural scores of the first ``k`` images of a batch (audit index ``offset``
         on), each averaged over the images the model decides: predicted as the explained
         class with probability >= 0.5 (a map of an undecided model has nothing to be faithful to)."""
@@ -533,7 +545,7 @@ class CAMAudit(Callback):
         reasons = {v: [f.message() for f in firings if f.verdict == v] for v in VERDICTS}
         return flags, reasons, found
 
-    def _report(self, trainer: Trainer, pl_module: LightningModule, values: dict[str, float], grid_maps) -> None:
+    def _report(self, trainer: Trainer, pl_module: LightningModule, values: dict[str, float], grid_maps: Optional[dict[str, Any]]) -> None:
         flags, by_verdict, found = self._alarm(values)
         reasons = by_verdict["fooled"]
         alarm = found == "fooled"

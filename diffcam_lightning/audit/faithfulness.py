@@ -11,7 +11,8 @@ each metric: ``docs/metrics.md``.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn

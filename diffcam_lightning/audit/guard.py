@@ -10,7 +10,7 @@ audit draws the same random numbers as one without it.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -20,7 +20,7 @@ from ..cams.modes import capture_rng, eval_mode, preserved_rng, restore_rng
 __all__ = ["audit_guard", "capture_rng", "preserved_rng", "restore_rng"]  # the RNG helpers live in cams.modes
 
 
-def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
     try:
         return torch.autocast(device_type=device.type, enabled=False)
     except (RuntimeError, ValueError):  # a device type without autocast support

@@ -10,8 +10,9 @@ infinite) score is left out of its mean and counted apart (``AuditScores.exclude
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -146,8 +147,11 @@ class AuditScores(Metric):
     """
 
     full_state_update = False
+    total: Tensor  # the add_state states below
+    count: Tensor
+    nonfinite: Tensor
 
-    def __init__(self, keys: Sequence[str], sum_keys: Sequence[str] = (), **kwargs) -> None:
+    def __init__(self, keys: Sequence[str], sum_keys: Sequence[str] = (), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.score_keys = list(dict.fromkeys([*keys, *sum_keys]))
         self.sum_keys = set(sum_keys)

@@ -8,7 +8,7 @@ audited module with the checkpoint's tensors through ``torch.func.functional_cal
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +23,7 @@ class WeightsSwap(nn.Module):
         self.model = model
         self._state = state
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         return functional_call(self.model, self._state, args, kwargs, strict=True)
 
 

@@ -10,7 +10,8 @@ logger's image viewer; cells are upscaled to at least ``MIN_CELL`` pixels.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 import torch

@@ -13,7 +13,8 @@ the mask or the attacked method:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -67,7 +68,7 @@ class AuditMaps(Metric):
 
     full_state_update = False
 
-    def __init__(self, methods: Sequence[str], **kwargs) -> None:
+    def __init__(self, methods: Sequence[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.methods = list(methods)
         for i in range(len(self.methods)):
@@ -87,7 +88,7 @@ class AuditMaps(Metric):
         return out
 
 
-def _disagreement_keys(methods: Sequence[str], pairs) -> list[str]:
+def _disagreement_keys(methods: Sequence[str], pairs: Sequence[tuple[str, str]]) -> list[str]:
     return [f"disagreement/{m}" for m in methods if m != GRADIENT_FREE] if GRADIENT_FREE in methods else []
 
 

@@ -8,9 +8,10 @@ PNG files under its log folder, so a picture is never dropped without a word.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, TypeVar, Union, cast
 
 import numpy as np
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
@@ -42,15 +43,18 @@ class AuditPicture:
         return array.permute(1, 2, 0).cpu().numpy()
 
 
-GridWriter = Callable[[Logger, AuditPicture], None]
+GridWriter = Callable[[Logger, AuditPicture], object]
 _WRITERS: dict[type, GridWriter] = {}
+LoggerT = TypeVar("LoggerT", bound=Logger)
 
 
-def register_grid_writer(logger_type: type) -> Callable[[GridWriter], GridWriter]:
+def register_grid_writer(
+    logger_type: type[LoggerT],
+) -> Callable[[Callable[[LoggerT, AuditPicture], object]], Callable[[LoggerT, AuditPicture], object]]:
     """Register ``fn(logger, picture)`` for ``logger_type`` and its subclasses."""
 
-    def decorator(fn: GridWriter) -> GridWriter:
-        _WRITERS[logger_type] = fn
+    def decorator(fn: Callable[[LoggerT, AuditPicture], object]) -> Callable[[LoggerT, AuditPicture], object]:
+        _WRITERS[logger_type] = cast(GridWriter, fn)  # looked up by the logger's class: fn gets only a logger_type
         return fn
 
     return decorator
@@ -97,7 +101,7 @@ def write_wandb(logger: WandbLogger, picture: AuditPicture) -> None:
 
 
 def write_png_for_logger(
-    logger: Logger, picture: AuditPicture, default_dir: Union[None, str, Path] = None
+    logger: Logger, picture: AuditPicture, default_dir: Union[str, Path, None] = None
 ) -> Optional[Path]:
     """A logger without an image API: PNG files beside its own files (its ``log_dir`` or
     ``save_dir``); a logger with neither gets them under ``default_dir``

@@ -17,16 +17,18 @@ A layer type is batch-coupled when a check registered in ``BATCH_COUPLED`` says 
 from __future__ import annotations
 
 import weakref
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.hooks import RemovableHandle
 
 CouplingCheck = Callable[[nn.Module], bool]
 
 # module type -> fn(module) -> True when, as it is now, it mixes the images of a batch
-BATCH_COUPLED: dict[type, CouplingCheck] = {}
+BATCH_COUPLED: dict[type[nn.Module], CouplingCheck] = {}
 
 # batch_coupling option -> whether the gradients are taken one image at a time
 COUPLING_POLICIES: dict[str, bool] = {"exact": True, "batched": False}
@@ -37,7 +39,7 @@ ROW_CHUNK_BYTES = 256 * 2**20
 # model -> its modules of a registered type, found once per model (walking a DenseNet-121's
 # 559 modules costs ~2 ms, too much for every call); their state is checked per call
 Typed = list[tuple[str, nn.Module, CouplingCheck]]
-_TYPED_MODULES: "weakref.WeakKeyDictionary[nn.Module, Typed]" = weakref.WeakKeyDictionary()
+_TYPED_MODULES: weakref.WeakKeyDictionary[nn.Module, Typed] = weakref.WeakKeyDictionary()
 
 
 def register_batch_coupled(cls: type) -> Callable[[CouplingCheck], CouplingCheck]:
@@ -94,25 +96,25 @@ class CouplingProbe:
         self.candidates = [(n, m) for n, m, check in typed_modules(model) if m is not layer and check(m)]
         self.after: list[str] = []
         self._layer_done = False
-        self._handles: list = []
+        self._handles: list[RemovableHandle] = []
 
-    def __enter__(self) -> "CouplingProbe":
+    def __enter__(self) -> CouplingProbe:
         if self.candidates:
             self._handles.append(self.layer.register_forward_hook(self._mark_layer))
             for name, module in self.candidates:
                 self._handles.append(module.register_forward_hook(self._recorder(name)))
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
 
-    def _mark_layer(self, module: nn.Module, inputs, output) -> None:
+    def _mark_layer(self, module: nn.Module, inputs: Any, output: Any) -> None:
         self._layer_done = True
 
-    def _recorder(self, name: str):
-        def hook(module: nn.Module, inputs, output) -> None:
+    def _recorder(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if self._layer_done and name not in self.after:
                 self.after.append(name)
 

@@ -13,7 +13,8 @@ child), nor is a module called more than once per forward (its hook fires at eve
 from __future__ import annotations
 
 import difflib
-from typing import Optional, Union
+from collections.abc import Callable
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -124,9 +125,10 @@ def _expand_last(model: nn.Module, candidate: str) -> Optional[str]:
             if not children:
                 return None
             part = children[-1][0]
-        module = getattr(module, part, None) if not part.isdigit() else dict(module.named_children()).get(part)
-        if not isinstance(module, nn.Module):
+        child = getattr(module, part, None) if not part.isdigit() else dict(module.named_children()).get(part)
+        if not isinstance(child, nn.Module):
             return None
+        module = child
         parts.append(part)
     return ".".join(parts)
 
@@ -146,7 +148,8 @@ def known_layer_name(model: nn.Module) -> Optional[str]:
     """The CAM layer of a known family or of a timm model, without running it."""
     prefix = _compiled_prefix(model)
     if prefix:
-        inner = known_layer_name(model._orig_mod)
+        compiled = model._orig_mod
+        inner = known_layer_name(compiled) if isinstance(compiled, nn.Module) else None
         return prefix + inner if inner else None
     modules = _modules(model)
     for candidate in KNOWN_LAYERS.get(type(model).__name__, ()):
@@ -160,9 +163,9 @@ def known_layer_name(model: nn.Module) -> Optional[str]:
             return name
     feature_info = getattr(model, "feature_info", None)
     if isinstance(feature_info, list) and feature_info and isinstance(feature_info[-1], dict):
-        candidate = feature_info[-1].get("module")
-        if candidate in modules:
-            return candidate
+        last = feature_info[-1].get("module")
+        if isinstance(last, str) and last in modules:
+            return last
     return None
 
 
@@ -178,8 +181,8 @@ def trace_layers(model: nn.Module, x: Tensor) -> tuple[list[str], dict[str, int]
     pooled: list[Tensor] = []
     handles = []
 
-    def make_hook(name: str):
-        def hook(module, inputs, output):
+    def make_hook(name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             calls[name] = calls.get(name, 0) + 1
             order.pop(name, None)
             tokens.pop(name, None)

@@ -17,8 +17,9 @@ cannot tell, the error names the ``layout`` option. Explicit layouts: ``"nchw"``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Any, Optional, Union
 
 from torch import Tensor, nn
 
@@ -42,6 +43,7 @@ class Layout:
         if self.name == "nhwc":
             return t.permute(0, 3, 1, 2)
         if self.name == "tokens":
+            assert self.grid is not None  # token layouts are made with their grid
             h, w = self.grid
             return t[:, self.prefix :, :].reshape(t.shape[0], h, w, t.shape[2]).permute(0, 3, 1, 2)
         return t
@@ -61,7 +63,7 @@ class Layout:
         return f"tokens:{self.prefix}" if self.name == "tokens" else self.name
 
     def __str__(self) -> str:
-        if self.name == "tokens":
+        if self.name == "tokens" and self.grid is not None:
             return f"tokens ({self.prefix} prefix, {self.grid[0]}x{self.grid[1]} grid)"
         return self.name
 
@@ -163,8 +165,11 @@ def _tokens(shape: tuple[int, ...], hints: LayoutHints, input_hw: tuple[int, int
                 "Set layout='tokens:P' with the right prefix count P, or a callable."
             )
         return Layout("tokens", prefix, grid)
-    candidates = [(p, _grid(tokens - p, input_hw, hints.patch)) for p in range(min(MAX_GUESSED_PREFIX, tokens - 1) + 1)]
-    candidates = [(p, g) for p, g in candidates if g is not None and min(g) >= 2]
+    candidates = [
+        (p, g)
+        for p in range(min(MAX_GUESSED_PREFIX, tokens - 1) + 1)
+        if (g := _grid(tokens - p, input_hw, hints.patch)) is not None and min(g) >= 2
+    ]
     if len(candidates) != 1:
         found = ", ".join(f"{p} prefix + {g[0]}x{g[1]}" for p, g in candidates) or "none"
         raise ValueError(
@@ -197,7 +202,7 @@ def _head_in_width(model: nn.Module) -> Optional[int]:
 
 
 # module type -> (its output width, the layout it implies)
-_WIDTH = {
+_WIDTH: dict[type[nn.Module], Callable[[Any], tuple[int, str]]] = {
     nn.Conv2d: lambda m: (m.out_channels, "nchw"),
     nn.BatchNorm2d: lambda m: (m.num_features, "nchw"),
     nn.GroupNorm: lambda m: (m.num_channels, "nchw"),

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ def preserved_buffers(modules: Iterable[nn.Module]) -> Iterator[None]:
 def capture_rng() -> dict[str, Any]:
     """The torch, CUDA (when initialised), numpy and ``random`` generator states."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]  # torch leaves it unannotated
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 

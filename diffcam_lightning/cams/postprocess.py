@@ -6,7 +6,8 @@ again) to ~1e-5; normalising before resizing differs by ~1e-2.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import torch
 from torch import Tensor

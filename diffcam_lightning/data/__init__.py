@@ -10,12 +10,12 @@ from .synthetic import PRESETS, SyntheticShapes, SyntheticSpec, denormalize, ren
 from .transforms import PairedTransform, timm_data_config
 
 __all__ = [
+    "PRESETS",
+    "SHAPES",
     "CSVDataModule",
     "DataError",
     "ImageFolderDataModule",
-    "PRESETS",
     "PairedTransform",
-    "SHAPES",
     "SaliencyImageDataset",
     "SyntheticDataModule",
     "SyntheticShapes",

@@ -9,12 +9,14 @@ the ``diffcam`` CLI links to ``model.num_classes``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 from .files import (
     SaliencyImageDataset,
@@ -30,14 +32,20 @@ from .transforms import PairedTransform, timm_data_config
 
 log = logging.getLogger(__name__)
 
+Item = dict[str, Tensor]  # one sample: image, label, saliency, has_saliency
+
 
 class _LoaderMixin(LightningDataModule):
     """Shared loaders; subclasses fill ``self.datasets[split]`` in ``setup``."""
 
     batch_size: int
     num_workers: int
+    datasets: dict[str, Dataset[Item]]
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def setup(self, stage: Optional[str] = None) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader[Item]:
         if split not in getattr(self, "datasets", {}):
             self.setup(None)
         if split not in self.datasets:
@@ -51,16 +59,16 @@ class _LoaderMixin(LightningDataModule):
             pin_memory=False,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader[Item]:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader[Item]:
         return self._loader("val", shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader[Item]:
         return self._loader("test", shuffle=False)
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self) -> DataLoader[Item]:
         return self._loader("predict" if "predict" in self.datasets else "test", shuffle=False)
 
 
@@ -99,7 +107,7 @@ class SyntheticDataModule(_LoaderMixin):
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.datasets: dict[str, Dataset] = {}
+        self.datasets = {}
 
     @property
     def num_classes(self) -> int:
@@ -120,6 +128,8 @@ class _FileDataModule(_LoaderMixin):
     """Common parts of the folder and CSV modules: transforms from a timm data config,
     a seeded train/val split when no validation set is given."""
 
+    classes: list[str]  # set by each subclass's __init__
+
     def __init__(
         self,
         model_name: Optional[str],
@@ -139,7 +149,7 @@ class _FileDataModule(_LoaderMixin):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
-        self.datasets: dict[str, Dataset] = {}
+        self.datasets = {}
 
     @property
     def num_classes(self) -> int:
@@ -156,7 +166,7 @@ class _FileDataModule(_LoaderMixin):
         if "val" not in splits and self.val_fraction > 0:
             samples = splits.pop("train")
             order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(self.seed)).tolist()
-            n_val = max(1, int(round(len(samples) * self.val_fraction)))
+            n_val = max(1, round(len(samples) * self.val_fraction))
             splits["val"] = [samples[i] for i in order[:n_val]]
             splits["train"] = [samples[i] for i in order[n_val:]]
         for split, samples in splits.items():

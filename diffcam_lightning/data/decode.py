@@ -40,7 +40,7 @@ def _scaled_to_8bit(image: Image.Image) -> Image.Image:
 
 def _flattened(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     """Modes with transparency composited on ``background``; others unchanged."""
-    if image.mode == "P" and "transparency" in image.info or image.mode == "PA":
+    if (image.mode == "P" and "transparency" in image.info) or image.mode == "PA":
         image = image.convert("RGBA")
     if image.mode in ("LA", "La", "RGBa"):
         image = image.convert("RGBA")

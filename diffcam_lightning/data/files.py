@@ -10,9 +10,10 @@ out of the saliency term and logs how many there were. Nothing is skipped silent
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -48,7 +49,7 @@ def _open(path: Path, mode: str, where: str, what: str) -> Image.Image:
         raise DataError(f"Cannot read {what} file {str(path)!r} ({where}): {err}") from err
 
 
-class SaliencyImageDataset(Dataset):
+class SaliencyImageDataset(Dataset[dict[str, Tensor]]):
     """Samples -> ``{"image", "label", "saliency" [H, W], "has_saliency"}``."""
 
     def __init__(self, samples: Sequence[Sample], classes: Sequence[str], transform: PairedTransform) -> None:

@@ -8,9 +8,10 @@ Sources: ``skimage.data`` (colour and greyscale photographs), scikit-learn's
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -25,7 +26,8 @@ def _skimage(name: str) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
         import skimage.data
 
-        return getattr(skimage.data, name)()
+        image: np.ndarray = getattr(skimage.data, name)()
+        return image
 
     return load
 
@@ -34,7 +36,8 @@ def _sklearn(filename: str) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
         from sklearn.datasets import load_sample_image
 
-        return load_sample_image(filename)
+        image: np.ndarray = load_sample_image(filename)
+        return image
 
     return load
 
@@ -42,7 +45,7 @@ def _sklearn(filename: str) -> Callable[[], np.ndarray]:
 def _grace_hopper() -> np.ndarray:
     from matplotlib import cbook
 
-    with cbook.get_sample_data("grace_hopper.jpg") as f, Image.open(f) as image:
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
         return np.asarray(image.convert("RGB"))
 
 

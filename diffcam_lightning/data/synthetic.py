@@ -24,7 +24,7 @@ from __future__ import annotations
 import colorsys
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -35,9 +35,9 @@ from .shapes import SHAPES
 
 SPLITS = {"train": 0, "val": 1, "test": 2, "predict": 3}
 
-PRESETS: dict[str, dict] = {
-    "few": dict(num_classes=7),  # like Iris PAD's seven classes
-    "many": dict(num_classes=100),
+PRESETS: dict[str, dict[str, Any]] = {
+    "few": {"num_classes": 7},  # like Iris PAD's seven classes
+    "many": {"num_classes": 100},
 }
 
 MEAN = (0.5, 0.5, 0.5)
@@ -133,7 +133,7 @@ def render(
 def _cue_mask(spec: SyntheticSpec, rng: np.random.Generator, avoid: np.ndarray) -> np.ndarray:
     """A small axis-aligned square off the object (the first of 16 seeded tries that does not touch it)."""
     size = spec.image_size
-    half = max(1, int(round(spec.cue_scale * size)))
+    half = max(1, round(spec.cue_scale * size))
     corners = rng.integers(0, size - 2 * half, size=(16, 2))
     cue = np.zeros((size, size), dtype=bool)
     for y, x in corners:
@@ -144,7 +144,7 @@ def _cue_mask(spec: SyntheticSpec, rng: np.random.Generator, avoid: np.ndarray) 
     return cue
 
 
-class SyntheticShapes(Dataset):
+class SyntheticShapes(Dataset[dict[str, Tensor]]):
     """``length`` samples of one split; sample ``i`` depends only on ``(seed, split, i)``.
 
     Returns ``{"image": [3, H, W] normalised with mean/std 0.5, "label": long,

@@ -32,15 +32,15 @@ def timm_data_config(model_name: Optional[str] = None, overrides: Optional[dict[
     """timm's data config (input_size, mean, std, crop_pct, interpolation) for a model
     name, read from its pretrained config (no model built, nothing downloaded)."""
     import timm
-    from timm.data import resolve_data_config
+    from timm.data.config import resolve_data_config
 
     cfg = None
     if model_name:
         if not timm.is_model(model_name.split(".")[0]):
             raise ValueError(f"Unknown timm model {model_name!r} (see timm.list_models()).")
         pretrained = timm.get_pretrained_cfg(model_name)
-        cfg = pretrained.to_dict() if pretrained is not None else None
-    config = dict(resolve_data_config(pretrained_cfg=cfg or {"input_size": (3, 224, 224)}))  # timm defaults
+        cfg = pretrained.to_dict() if pretrained is not None else None  # type: ignore[no-untyped-call]  # timm leaves it unannotated
+    config = dict(resolve_data_config(pretrained_cfg=cfg or {"input_size": (3, 224, 224)}))  # type: ignore[no-untyped-call]  # timm defaults; timm leaves it unannotated
     for key, value in (overrides or {}).items():
         if key == "image_size":
             key, value = "input_size", (3, int(value), int(value))

@@ -9,8 +9,9 @@ or one fixed class by index or name for every image.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -64,7 +65,7 @@ class TargetChoice:
     index: Optional[int] = None
 
     @classmethod
-    def parse(cls, target: str, top_k: int, names: Sequence[str]) -> "TargetChoice":
+    def parse(cls, target: str, top_k: int, names: Sequence[str]) -> TargetChoice:
         if top_k < 1:
             raise ValueError(f"--top_k must be >= 1; got {top_k}.")
         if top_k > 1 and target != "predicted":
@@ -81,6 +82,7 @@ class TargetChoice:
             return None
         if self.mode == "label":
             return labels
+        assert self.index is not None  # parse gives the fixed mode its class
         return torch.full_like(labels, int(self.index))
 
     def more(self, logits: Tensor) -> list[Tensor]:

@@ -11,9 +11,11 @@ Everything under ``trainer.`` goes to the Lightning ``Trainer`` whose predict lo
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
 
-from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser  # type: ignore[attr-defined]  # public, but not in jsonargparse's __all__
 from lightning.pytorch import Trainer
 
 from .inputs import ExplainInputError
@@ -52,7 +54,7 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def main(args: Optional[Sequence[str]] = None) -> dict:
+def main(args: Optional[Sequence[str]] = None) -> dict[str, Path]:
     parser = build_parser()
     cfg = parser.parse_args(list(args) if args is not None else None)
     fields = set(ExplainOptions.__dataclass_fields__)

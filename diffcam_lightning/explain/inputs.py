@@ -6,9 +6,10 @@ so the predict loop can stop with its name or skip and list it, never silently."
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from PIL import Image
@@ -76,11 +77,11 @@ def collect_images(paths: Sequence[str]) -> list[ImageItem]:
     return items
 
 
-class ExplainDataset(Dataset):
+class ExplainDataset(Dataset[dict[str, Any]]):
     """``{"image": Tensor[3, H, W], "index", "ok", "error"}``; an undecodable image gives
     ``ok=False`` with the reason and a zero image of the same size."""
 
-    def __init__(self, items: Sequence[ImageItem], transform: Callable[[Image.Image, None], tuple[Tensor, None]], size: tuple[int, int]):
+    def __init__(self, items: Sequence[ImageItem], transform: Callable[[Image.Image, Optional[Image.Image]], tuple[Tensor, Optional[Tensor]]], size: tuple[int, int]) -> None:
         self.items, self.transform, self.size = list(items), transform, size
 
     def __len__(self) -> int:
@@ -91,7 +92,7 @@ class ExplainDataset(Dataset):
         try:
             with Image.open(path) as image:
                 rgb = to_rgb(image)  # decodes the whole file as a viewer shows it (data/decode.py)
-        except Exception as err:  # noqa: BLE001 - any decoder failure is reported with the file
+        except Exception as err:  # any decoder failure is reported with the file
             error = f"{type(err).__name__}: {err}"
             return {"image": torch.zeros(3, *self.size), "index": torch.tensor(index), "ok": torch.tensor(False), "error": error}
         tensor = self.transform(rgb, None)[0]

@@ -11,8 +11,9 @@ these maps resized bilinearly to the input view and min-max normalised (the engi
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import numpy as np
@@ -83,7 +84,7 @@ class ExplainModule(pl.LightningModule):
 class ExplainWriter(BasePredictionWriter):
     """Writes ``images/<id>.png``, ``maps/<id>.npz`` and this rank's table rows."""
 
-    def __init__(self, output_dir: Path, items: Sequence[ImageItem], names: Sequence[str], mean, std) -> None:
+    def __init__(self, output_dir: Path, items: Sequence[ImageItem], names: Sequence[str], mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__(write_interval="batch")
         self.out = Path(output_dir)
         self.items, self.names = list(items), list(names)
@@ -93,7 +94,10 @@ class ExplainWriter(BasePredictionWriter):
     def parts(self, kind: str, rank: int) -> Path:
         return self.out / ".parts" / f"{kind}.rank{rank}.csv"
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
+    def write_on_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
+        batch_indices: Optional[Sequence[int]], batch: Any, batch_idx: int, dataloader_idx: int,
+    ) -> None:
         rank = trainer.global_rank
         if prediction["skipped"]:
             self._append(self.parts("skipped", rank), SKIPPED_FIELDS, [dict(zip(SKIPPED_FIELDS, s)) for s in prediction["skipped"]])
@@ -125,9 +129,9 @@ class ExplainWriter(BasePredictionWriter):
                 "probability": f"{float(probs[c]):.6f}", "predicted": top, "predicted_name": self.names[top],
                 "predicted_probability": f"{float(probs[top]):.6f}", "label": item.label or "",
                 "png": str(png.relative_to(self.out)), "maps": str(npz.relative_to(self.out)),
-            }  # fmt: skip
+            }
             for r, c in enumerate(classes.tolist())
-        ]
+        ]  # fmt: skip
 
     @staticmethod
     def _append(path: Path, fields: Sequence[str], rows: list[dict[str, Any]]) -> None:

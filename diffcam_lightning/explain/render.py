@@ -4,9 +4,10 @@ lookup table (no matplotlib figure per image: rendering stays a small share of t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -18,17 +19,18 @@ TITLE_HEIGHT = 18
 def _lut(name: str = "jet") -> np.ndarray:
     from matplotlib import colormaps
 
-    return (colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+    lut: np.ndarray = (colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+    return lut
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """``image`` uint8 [H, W, 3] blended with the jet-coloured ``cam`` in [0, 1] [H, W]."""
-    heat = _lut()[np.clip(cam * 255, 0, 255).astype(np.uint8)]
+    heat: np.ndarray = _lut()[np.clip(cam * 255, 0, 255).astype(np.uint8)]
     return (image * (1 - alpha) + heat * alpha).astype(np.uint8)
 
 
 @lru_cache(maxsize=1)
-def _font() -> ImageFont.ImageFont:
+def _font() -> Union[ImageFont.ImageFont, ImageFont.FreeTypeFont]:
     try:
         return ImageFont.load_default(size=12)
     except TypeError:  # Pillow < 10.1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -75,9 +76,9 @@ def prepare_output_dir(out: Path, overwrite: bool) -> None:
 
 def data_config(model: nn.Module, options: ExplainOptions) -> dict[str, Any]:
     """The model's timm data config (timm's defaults for non-timm models), with overrides."""
-    from timm.data import resolve_model_data_config
+    from timm.data.config import resolve_model_data_config
 
-    config = dict(resolve_model_data_config(model))
+    config = dict(resolve_model_data_config(model))  # type: ignore[no-untyped-call]  # timm leaves it unannotated
     if options.image_size:
         config["input_size"] = (3, int(options.image_size), int(options.image_size))
     for key in ("crop_pct", "mean", "std", "interpolation"):
@@ -115,7 +116,7 @@ def run_explain(options: ExplainOptions, trainer_kwargs: Optional[dict[str, Any]
         options.layout or loaded.layout, options.skip_unreadable,
     )
     out = Path(options.output_dir)
-    if rank_zero_only.rank == 0:  # under a multi-process launch every rank runs this; rank zero decides
+    if rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # Lightning sets .rank on the function; under a multi-process launch every rank runs this; rank zero decides
         prepare_output_dir(out, options.overwrite)
     writer = ExplainWriter(out, items, names, config["mean"], config["std"])
     trainer = pl.Trainer(**{"logger": False, "enable_checkpointing": False, **(trainer_kwargs or {})}, callbacks=[writer])
@@ -136,7 +137,7 @@ def run_explain(options: ExplainOptions, trainer_kwargs: Optional[dict[str, Any]
     return written
 
 
-def _merge(out: Path, kind: str, fields) -> Path:
+def _merge(out: Path, kind: str, fields: Sequence[str]) -> Path:
     rows = []
     for part in sorted((out / ".parts").glob(f"{kind}.rank*.csv")):
         with open(part, newline="") as f:
@@ -151,10 +152,10 @@ def _merge(out: Path, kind: str, fields) -> Path:
     return path
 
 
-def _check_complete(items: list[ImageItem], tables, out: Path) -> None:
+def _check_complete(items: list[ImageItem], tables: Sequence[Path], out: Path) -> None:
     """Every image has a row (predicted or skipped): a rank whose files rank zero cannot
     see (another node's disk) must not silently drop its images, as in the report."""
-    seen = set()
+    seen: set[str] = set()
     for table in tables:
         with open(table, newline="") as f:
             seen.update(row["image"] for row in csv.DictReader(f))
@@ -166,7 +167,7 @@ def _check_complete(items: list[ImageItem], tables, out: Path) -> None:
         )
 
 
-def _write_page(out: Path, written: dict[str, Path], layer: Optional[str], source: str, methods, config) -> Path:
+def _write_page(out: Path, written: dict[str, Path], layer: Optional[str], source: str, methods: Sequence[str], config: dict[str, Any]) -> Path:
     with open(written["predictions"], newline="") as f:
         rows = list(csv.DictReader(f))
     size = "x".join(str(s) for s in config["input_size"][1:])

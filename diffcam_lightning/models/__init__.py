@@ -1,13 +1,13 @@
 """LightningModules: joint CE + saliency training."""
 
 from .backbones import build_backbone
-from .sources import LoadedModel, load_model
 from .classifier import CAM_CLASSES, SALIENCY_TARGETS, SaliencyClassifier, as_dict_batch, register_saliency_target
+from .sources import LoadedModel, load_model
 
 __all__ = [
     "CAM_CLASSES",
-    "LoadedModel",
     "SALIENCY_TARGETS",
+    "LoadedModel",
     "SaliencyClassifier",
     "as_dict_batch",
     "build_backbone",

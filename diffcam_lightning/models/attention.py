@@ -17,7 +17,7 @@ def disable_fused_attention(model: nn.Module) -> int:
     changed = 0
     for module in model.modules():
         if getattr(module, "fused_attn", False) is True:
-            module.fused_attn = False
+            module.fused_attn = False  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors/modules only
             changed += 1
     setter = getattr(model, "set_attn_implementation", None)
     config = getattr(model, "config", None)

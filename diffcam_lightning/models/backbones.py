@@ -46,7 +46,7 @@ def build_backbone(
             model = timm.create_model(model_name, **kwargs)
             model.load_state_dict(network_state_from_checkpoint(model, read_checkpoint(path), path, model_name))
             return model
-        overlay: dict[str, Any] = dict(file=str(path))
+        overlay: dict[str, Any] = {"file": str(path)}
         file_classes = _head_classes(model_name, path)
         if file_classes is not None:  # timm keeps the file's head only when the counts agree
             overlay["num_classes"] = file_classes
@@ -70,17 +70,17 @@ def _head_classes(model_name: str, path: Path) -> Optional[int]:
     return rows[0] if rows else None
 
 
-def _state_dict_of(checkpoint: dict, path: Path) -> dict:
+def _state_dict_of(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not state:
         raise ValueError(f"Checkpoint {path} holds no state_dict.")
     return state
 
 
-def _match_state(model: nn.Module, state: dict, path: Path, arch: str) -> dict:
+def _match_state(model: nn.Module, state: dict[str, Any], path: Path, arch: str) -> dict[str, Any]:
     """The entries of ``state`` that are ``model``'s own, under any known prefix."""
     expected = model.state_dict()
-    best: dict = {}
+    best: dict[str, Any] = {}
     for prefix in _STATE_PREFIXES:
         candidate = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         candidate = {k: v for k, v in candidate.items() if k in expected}
@@ -101,7 +101,7 @@ def _match_state(model: nn.Module, state: dict, path: Path, arch: str) -> dict:
     return best
 
 
-def read_checkpoint(path: Path) -> dict:
+def read_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint file read with ``torch.load(weights_only=True)``; errors name the file."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path}")
@@ -114,6 +114,6 @@ def read_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
-def network_state_from_checkpoint(model: nn.Module, checkpoint: dict, path: Path, arch: str) -> dict:
+def network_state_from_checkpoint(model: nn.Module, checkpoint: dict[str, Any], path: Path, arch: str) -> dict[str, Any]:
     """``model``'s state dict out of a read Lightning checkpoint (``path`` for errors)."""
     return _match_state(model, _state_dict_of(checkpoint, path), path, arch)

@@ -5,8 +5,9 @@ checkpoint, or one of another model, is named as such (Lightning itself ends in
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 from torch import nn
 
@@ -15,7 +16,7 @@ from ..errors import CheckpointError
 _LIGHTNING_KEYS = ("state_dict", "pytorch-lightning_version")
 
 
-def read_lightning_checkpoint(path: Union[str, Path]) -> dict:
+def read_lightning_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
     """The checkpoint dict (``torch.load(weights_only=True)``), or a ``CheckpointError``."""
     import torch
 
@@ -36,10 +37,11 @@ def read_lightning_checkpoint(path: Union[str, Path]) -> dict:
             f"{str(path)!r} is not a PyTorch Lightning checkpoint: no {' or '.join(map(repr, missing))} "
             f"(found {found}). A plain weights file goes in model.weights_file, not --ckpt_path."
         )
-    return checkpoint
+    read: dict[str, Any] = checkpoint
+    return read
 
 
-def check_hyperparameters_fit(path: Union[str, Path], checkpoint: dict, model_class: type) -> None:
+def check_hyperparameters_fit(path: Union[str, Path], checkpoint: dict[str, Any], model_class: type[Any]) -> None:
     """Refuse a checkpoint whose saved hyperparameters ``model_class`` does not take (the
     checkpoint of another LightningModule), before LightningCLI applies them as defaults."""
     hparams = dict(checkpoint.get("hyper_parameters") or {})
@@ -58,7 +60,7 @@ def check_hyperparameters_fit(path: Union[str, Path], checkpoint: dict, model_cl
         )
 
 
-def check_checkpoint_fits(path: Union[str, Path], model: nn.Module, checkpoint: Optional[dict] = None) -> None:
+def check_checkpoint_fits(path: Union[str, Path], model: nn.Module, checkpoint: Optional[dict[str, Any]] = None) -> None:
     """Refuse a Lightning checkpoint whose weights are not ``model``'s (other architecture,
     other class count), naming the first differing tensors, or whose class names are not
     the model's (the data's, linked by the CLI) (``checkpoint``: the file already read)."""
@@ -70,7 +72,7 @@ def check_checkpoint_fits(path: Union[str, Path], model: nn.Module, checkpoint: 
     shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if not (missing or unexpected or shapes):
         hparams = getattr(model, "hparams", None)
-        ours = hparams.get("class_names") if hasattr(hparams, "get") else None
+        ours = hparams.get("class_names") if hparams is not None and hasattr(hparams, "get") else None
         check_class_names(checkpoint_class_names(checkpoint), ours, f"Checkpoint {str(path)!r}")
         return
     what = type(model).__name__
@@ -89,7 +91,7 @@ def check_checkpoint_fits(path: Union[str, Path], model: nn.Module, checkpoint: 
     raise CheckpointError(f"Checkpoint {str(path)!r} is of another model than this {what}: {'; '.join(details)}.")
 
 
-def checkpoint_class_names(checkpoint: dict) -> Optional[list[str]]:
+def checkpoint_class_names(checkpoint: dict[str, Any]) -> Optional[list[str]]:
     """The class names a diffcam checkpoint states (its ``diffcam`` entry, else its hyperparameters)."""
     meta = checkpoint.get("diffcam")
     names = meta.get("class_names") if isinstance(meta, dict) else None

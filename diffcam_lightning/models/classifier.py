@@ -30,26 +30,28 @@ default, final CAM layer nothing but pooling and the classifier follows it: no c
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, Union, cast
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.types import LRSchedulerConfigType, OptimizerLRScheduler
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..cams import GRADIENT_METHODS, CAMEngine, get_method
+from ..cams import GRADIENT_METHODS, CAMEngine, CAMResult, get_method
 from ..cams.outputs import logits_of
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, cam_entropy, saliency_loss, saliency_mse, sham_target
 from .attention import disable_fused_attention
 from .sources import CHECKPOINT_KEY, load_model
 
-Batch = Union[dict[str, Tensor], tuple, list]
+Batch = Union[dict[str, Tensor], tuple[Tensor, ...], list[Tensor]]
 
 # saliency_target -> fn(model, batch dict, cam grid) -> (target maps, mask of samples that have one)
-SaliencyTargetFn = Callable[["SaliencyClassifier", dict, tuple[int, int]], tuple[Tensor, Tensor]]
+SaliencyTargetFn = Callable[["SaliencyClassifier", dict[str, Any], tuple[int, int]], tuple[Tensor, Tensor]]
 SALIENCY_TARGETS: dict[str, SaliencyTargetFn] = {}
 
 # cam_class -> fn(labels) -> targets for the engine (None = the predicted class)
@@ -68,7 +70,7 @@ def register_saliency_target(name: str) -> Callable[[SaliencyTargetFn], Saliency
 
 
 @register_saliency_target("human")
-def _human_target(module: "SaliencyClassifier", batch: dict, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+def _human_target(module: SaliencyClassifier, batch: dict[str, Any], grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
     x = batch["image"]
     sal = batch.get("saliency")
     if sal is None:
@@ -79,7 +81,7 @@ def _human_target(module: "SaliencyClassifier", batch: dict, grid: tuple[int, in
 
 
 @register_saliency_target("sham")
-def _sham_target(module: "SaliencyClassifier", batch: dict, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+def _sham_target(module: SaliencyClassifier, batch: dict[str, Any], grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
     x = batch["image"]
     sham = module.sham(grid).to(x.device)
     return sham.expand(x.shape[0], *grid), torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
@@ -188,21 +190,21 @@ class SaliencyClassifier(LightningModule):
 
     def sham(self, grid: tuple[int, int]) -> Tensor:
         """The SHAM on a CAM grid ``(h, w)`` (cached)."""
-        key = tuple(int(g) for g in grid)
+        key = (int(grid[0]), int(grid[1]))
         if key not in self._shams:
-            sham = sham_target(key, self.hparams.sham_entropy, self.hparams.sham_pattern)
+            sham = sham_target(key, self.hparams["sham_entropy"], self.hparams["sham_pattern"])
             if sham.min() == sham.max():
                 rank_zero_warn(
-                    f"The SHAM ({self.hparams.sham_entropy} nats) covers every pixel of the {key[0]}x{key[1]} CAM "
+                    f"The SHAM ({self.hparams['sham_entropy']} nats) covers every pixel of the {key[0]}x{key[1]} CAM "
                     "grid, so after min-max normalisation it is no target at all. Use a larger grid (bigger "
                     "images, or model_kwargs: {output_stride: 8}) or a lower sham_entropy."
                 )
             self._shams[key] = sham
         return self._shams[key]
 
-    def cams(self, x: Tensor, labels: Optional[Tensor] = None, create_graph: bool = False):
+    def cams(self, x: Tensor, labels: Optional[Tensor] = None, create_graph: bool = False) -> CAMResult:
         """One forward: ``CAMResult`` with the saliency methods' maps and the logits."""
-        targets = CAM_CLASSES[self.hparams.cam_class](labels) if labels is not None else None
+        targets = CAM_CLASSES[self.hparams["cam_class"]](labels) if labels is not None else None
         return self.engine.compute(x, targets=targets, methods=self.saliency_methods, create_graph=create_graph)
 
     # ------------------------------------------------------------------ steps
@@ -211,21 +213,22 @@ class SaliencyClassifier(LightningModule):
         x, y = batch["image"], batch["label"]
         hp = self.hparams
         train = stage == "train"
-        use_cam = not train or hp.saliency_weight > 0
+        use_cam = not train or hp["saliency_weight"] > 0
         if use_cam:
             result = self.cams(x, y, create_graph=train)
             logits, cams = result.logits, [result.maps[m] for m in self.saliency_methods]
         else:  # exactly a plain CE step
             logits, cams = self(x), []
         ce = F.cross_entropy(logits, y)
-        loss = hp.ce_weight * ce
+        loss: Tensor = hp["ce_weight"] * ce
         logs = {"ce": ce.detach()}
         if cams:
-            grid = tuple(cams[0].shape[-2:])
-            target, mask = SALIENCY_TARGETS[hp.saliency_target](self, batch, grid)
+            h, w = cams[0].shape[-2:]
+            grid = (h, w)
+            target, mask = SALIENCY_TARGETS[hp["saliency_target"]](self, batch, grid)
             terms = [saliency_loss(cam, target, mask) for cam in cams]
             sal, count = torch.stack([t for t, _ in terms]).mean(), terms[0][1]
-            loss = loss + hp.saliency_weight * sal  # val/test report the same joint objective
+            loss = loss + hp["saliency_weight"] * sal  # val/test report the same joint objective
             logs["saliency_mse"] = sal.detach()
             logs["saliency_missing"] = torch.tensor(float(x.shape[0] - count), device=x.device)
             logs["cam_entropy"] = torch.stack([cam_entropy(c.detach()).mean() for c in cams]).mean()
@@ -239,7 +242,8 @@ class SaliencyClassifier(LightningModule):
                 prog_bar=name == "loss", sync_dist=True, batch_size=batch_size,
                 reduce_fx="sum" if name == "saliency_missing" else "mean",
             )
-        self.log(f"{stage}/acc", self.acc[f"{stage}_acc"], on_epoch=True, prog_bar=True, batch_size=batch_size)
+        accuracy = cast(MulticlassAccuracy, self.acc[f"{stage}_acc"])  # a ModuleDict's items are typed as Module
+        self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=True, batch_size=batch_size)
         return loss
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
@@ -274,16 +278,16 @@ class SaliencyClassifier(LightningModule):
         }
 
     # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> OptimizerLRScheduler:
         params = [p for p in self.parameters() if p.requires_grad]
         if self.optimizer_factory is None:
-            optimizer = torch.optim.SGD(params, lr=0.002, momentum=0.9)
+            optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=0.002, momentum=0.9)
         else:
             optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        config = {"scheduler": scheduler}
+        config: LRSchedulerConfigType = {"scheduler": scheduler}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
@@ -302,6 +306,6 @@ def _saliency_methods(saliency_method: Union[str, Sequence[str]]) -> tuple[str, 
     return tuple(dict.fromkeys(get_method(n).name for n in names))
 
 
-def _check_choice(key: str, value: str, choices: dict) -> None:
+def _check_choice(key: str, value: str, choices: dict[str, Any]) -> None:
     if value not in choices:
         raise ValueError(f"Unknown {key} {value!r}; valid: {', '.join(choices)}.")

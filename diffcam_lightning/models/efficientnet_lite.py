@@ -98,7 +98,7 @@ def efficientnet_lite(variant: str = "lite0", pretrained: bool = True, num_class
     if pretrained:
         model.load_state_dict(_map_onto(model, variant))
     if num_classes != model.num_classes:
-        model.reset_classifier(num_classes)
+        model.reset_classifier(num_classes)  # type: ignore[operator]  # a timm model's method; create_model returns nn.Module
     return model
 
 

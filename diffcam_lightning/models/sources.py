@@ -22,11 +22,11 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
-import torch
 from torch import nn
 
 from ..cams.outputs import classifier_width
@@ -52,10 +52,10 @@ class LoadedModel:
     class_names: Optional[list[str]] = None
     target_layer: Optional[str] = None
     layout: Optional[str] = None
-    hparams: dict = field(default_factory=dict)
+    hparams: dict[str, Any] = field(default_factory=dict)
 
 
-Builder = Callable[[str, Optional[int], bool, Optional[str], dict], nn.Module]
+Builder = Callable[[str, Optional[int], bool, Optional[str], dict[str, Any]], nn.Module]
 BUILDERS: dict[str, Builder] = {}
 
 
@@ -75,7 +75,7 @@ def load_model(
     *,
     pretrained: bool = False,
     weights: Optional[str] = None,
-    model_kwargs: Optional[dict] = None,
+    model_kwargs: Optional[dict[str, Any]] = None,
 ) -> LoadedModel:
     """Build ``source`` (see the module docstring); errors name the value and the valid kinds."""
     if num_classes is not None and int(num_classes) < 2:
@@ -137,12 +137,12 @@ def _suggest(name: str) -> str:
 
 
 @register_source("timm")
-def _timm(name: str, num_classes: Optional[int], pretrained: bool, weights: Optional[str], kwargs: dict) -> nn.Module:
+def _timm(name: str, num_classes: Optional[int], pretrained: bool, weights: Optional[str], kwargs: dict[str, Any]) -> nn.Module:
     return build_backbone(name, num_classes, pretrained, weights, kwargs)
 
 
 @register_source("torchvision")
-def _torchvision(name: str, num_classes: Optional[int], pretrained: bool, weights: Optional[str], kwargs: dict) -> nn.Module:
+def _torchvision(name: str, num_classes: Optional[int], pretrained: bool, weights: Optional[str], kwargs: dict[str, Any]) -> nn.Module:
     import torchvision
 
     names = torchvision.models.list_models()
@@ -152,12 +152,13 @@ def _torchvision(name: str, num_classes: Optional[int], pretrained: bool, weight
         raise ValueError(f"Unknown torchvision model {name!r}.{hint} Valid: torchvision.models.list_models().")
     if not pretrained and not weights:
         extra = {} if num_classes is None else {"num_classes": num_classes}
-        return torchvision.models.get_model(name, **extra, **kwargs)
-    model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
+        plain: nn.Module = torchvision.models.get_model(name, **extra, **kwargs)
+        return plain
+    model: nn.Module = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
     if weights:
         state = read_weights(Path(weights), f"torchvision:{name}")
         head = head_name(model)
-        file_width = state.get(f"{head}.weight").shape[0] if head and f"{head}.weight" in state else None
+        file_width = state[f"{head}.weight"].shape[0] if head and f"{head}.weight" in state else None
         if file_width is not None and file_width != classifier_width(model):
             replace_head(model, file_width)
         load_weights(model, weights, f"torchvision:{name}", state)
@@ -167,7 +168,7 @@ def _torchvision(name: str, num_classes: Optional[int], pretrained: bool, weight
 
 
 @register_source("class")
-def _class_path(path: str, num_classes: Optional[int], pretrained: bool, weights: Optional[str], kwargs: dict) -> nn.Module:
+def _class_path(path: str, num_classes: Optional[int], pretrained: bool, weights: Optional[str], kwargs: dict[str, Any]) -> nn.Module:
     factory = import_object(path)
     params = _parameters(factory)
     if num_classes is not None and "num_classes" in params and "num_classes" not in kwargs:
@@ -188,7 +189,7 @@ def _class_path(path: str, num_classes: Optional[int], pretrained: bool, weights
 
 
 def _from_instance(
-    model: nn.Module, num_classes: Optional[int], pretrained: bool, weights: Optional[str], kwargs: Optional[dict]
+    model: nn.Module, num_classes: Optional[int], pretrained: bool, weights: Optional[str], kwargs: Optional[dict[str, Any]]
 ) -> LoadedModel:
     if pretrained or kwargs:
         raise ValueError("An nn.Module instance is used as it is: pretrained and model_kwargs do not apply.")
@@ -202,7 +203,7 @@ def _from_instance(
 
 
 def _from_checkpoint(
-    source: str, path: Path, num_classes: Optional[int], pretrained: bool, weights: Optional[str], kwargs: Optional[dict]
+    source: str, path: Path, num_classes: Optional[int], pretrained: bool, weights: Optional[str], kwargs: Optional[dict[str, Any]]
 ) -> LoadedModel:
     if pretrained or weights:
         raise ValueError(f"Checkpoint {path} carries its own weights: pretrained / weights do not apply.")
@@ -210,10 +211,10 @@ def _from_checkpoint(
 
 
 def model_from_checkpoint(
-    checkpoint: dict,
+    checkpoint: dict[str, Any],
     path: Path,
     num_classes: Optional[int] = None,
-    kwargs: Optional[dict] = None,
+    kwargs: Optional[dict[str, Any]] = None,
     source: Optional[str] = None,
 ) -> LoadedModel:
     """The network of a ``SaliencyClassifier`` checkpoint already read (``path`` for errors),
@@ -247,7 +248,7 @@ def model_from_checkpoint(
 # ---------------------------------------------------------------- helpers
 
 
-def checkpoint_hparams(checkpoint: dict) -> dict:
+def checkpoint_hparams(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The hyper-parameters stored in a read Lightning checkpoint (``{}`` if none)."""
     hparams = checkpoint.get("hyper_parameters", {})
     return dict(hparams) if isinstance(hparams, dict) else {}
@@ -274,7 +275,7 @@ def _parameters(factory: Any) -> set[str]:
         return set()
 
 
-def read_weights(path: Path, arch: str) -> dict:
+def read_weights(path: Path, arch: str) -> dict[str, Any]:
     """A state dict from a local file: safetensors, a ``torch.save``d state dict or a
     Lightning checkpoint (``weights_only=True``)."""
     path = path.expanduser()
@@ -287,7 +288,7 @@ def read_weights(path: Path, arch: str) -> dict:
     return _state_dict_of(read_checkpoint(path), path)
 
 
-def load_weights(model: nn.Module, weights: str, arch: str, state: Optional[dict] = None) -> None:
+def load_weights(model: nn.Module, weights: str, arch: str, state: Optional[dict[str, Any]] = None) -> None:
     """Load a local weights file into ``model`` (``state``: the file already read), every
     tensor checked by name and shape; errors name the file and ``arch``."""
     if state is None:
@@ -298,7 +299,7 @@ def load_weights(model: nn.Module, weights: str, arch: str, state: Optional[dict
 def head_name(model: nn.Module) -> Optional[str]:
     """The classifier's dotted name: the last ``nn.Linear``, else the last 1x1 ``Conv2d``
     (SqueezeNet's ``classifier.1``); ``None`` if neither exists."""
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    linears: list[str] = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if linears:
         return linears[-1]
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
@@ -314,9 +315,10 @@ def replace_head(model: nn.Module, num_classes: int) -> None:
     if isinstance(old, nn.Linear):
         new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     else:
+        assert isinstance(old, nn.Conv2d)  # head_name finds a Linear or a 1x1 Conv2d
         new = nn.Conv2d(old.in_channels, num_classes, kernel_size=1, bias=old.bias is not None)
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new.to(next(old.parameters()).device))
     if isinstance(getattr(model, "num_classes", None), int):
-        model.num_classes = num_classes
+        model.num_classes = num_classes  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors/modules only

@@ -10,9 +10,11 @@ scoring (its predict loop), so the same config scales from a laptop to many GPUs
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser  # type: ignore[attr-defined]  # public, but not in jsonargparse's __all__
 from lightning.pytorch import Trainer
 
 from .run import ReportOptions, run_report
@@ -28,7 +30,7 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def main(args: Optional[Sequence[str]] = None) -> dict:
+def main(args: Optional[Sequence[str]] = None) -> dict[str, Path]:
     parser = build_parser()
     cfg = parser.parse_args(list(args) if args is not None else None)
     init = parser.instantiate_classes(cfg)

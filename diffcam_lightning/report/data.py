@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from torch.utils.data import Dataset
-
 from ..data.files import (
     SaliencyImageDataset,
     folder_classes,
@@ -74,7 +72,7 @@ def _index_classes(classes: list[str], count: int, root: str) -> list[str]:
     return [str(i) for i in range(count)]
 
 
-def build_report_data(spec: DataSpec, arch: str) -> ReportData:
+def build_report_data(spec: DataSpec, arch: Optional[str]) -> ReportData:
     """The dataset for one architecture (its timm data config sets size and mean/std)."""
     if spec.source not in SOURCES:
         raise ValueError(f"data.source must be one of {', '.join(SOURCES)}; got {spec.source!r}.")
@@ -82,8 +80,8 @@ def build_report_data(spec: DataSpec, arch: str) -> ReportData:
         raise ValueError(f"data.samples_per_class must be >= 1; got {spec.samples_per_class}.")
     if spec.source == "synthetic":
         synth = SyntheticSpec(num_classes=spec.num_classes, image_size=spec.image_size or 64, seed=spec.seed)
-        dataset: Dataset = SyntheticShapes(spec.samples_per_class * spec.num_classes, split="test", spec=synth)
-        return ReportData(IndexedSubset(dataset, range(len(dataset))), spec.num_classes, "embedded synthetic shapes")
+        shapes = SyntheticShapes(spec.samples_per_class * spec.num_classes, split="test", spec=synth)
+        return ReportData(IndexedSubset(shapes, range(len(shapes))), spec.num_classes, "embedded synthetic shapes")
     if spec.root is None:
         raise ValueError(f"data.root is required for data.source={spec.source!r}.")
     overrides = {"image_size": spec.image_size} if spec.image_size else None

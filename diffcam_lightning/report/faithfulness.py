@@ -10,8 +10,9 @@ the clean one, and the DiffGradCAMs (which resist the fooling) would not.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 from torch import Tensor, nn
@@ -65,7 +66,7 @@ def faithfulness_scores(
     the metrics that re-explain)."""
     out = {}
     accepted = cam_metrics.accepted_options(metrics)
-    options = {k: v for k, v in {"steps": spec.steps, "batch_size": spec.batch_size}.items() if k in accepted}
+    options: dict[str, Any] = {k: v for k, v in {"steps": spec.steps, "batch_size": spec.batch_size}.items() if k in accepted}
     for method in methods:
         explain = None if engine is None else cam_metrics.explainer(engine, method)
         values = cam_metrics.evaluate(metrics, model, x, maps[method], targets, explain=explain, progress=False, **options)
@@ -97,8 +98,9 @@ def faithfulness_table(scores: dict[tuple[str, str, str], np.ndarray], metrics: 
                 sham = scores.get((arch, row_metric(metric, "sham"), method))
                 row.append(_finite_mean_std(clean))
                 row.append(_finite_mean_std(sham))
-                paired = clean is not None and sham is not None and len(clean) == len(sham) > 1
-                if paired:  # pairs with a NaN score (a non-finite map) on either side are left out
+                paired = False
+                if clean is not None and sham is not None and len(clean) == len(sham) > 1:
+                    # pairs with a NaN score (a non-finite map) on either side are left out
                     both = np.isfinite(clean) & np.isfinite(sham)
                     clean, sham = clean[both], sham[both]
                     paired = len(clean) > 1 and bool(np.any(clean != sham))

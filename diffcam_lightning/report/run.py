@@ -4,9 +4,10 @@ raw scores, Tables 1/3/4 + accuracy (CSV, Markdown, LaTeX) and Figure 2-style gr
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from ..cams import PAPER_METHODS, CAMEngine, get_method
 from ..saliency import sham_target
-from .data import DataSpec, build_report_data
+from .data import DataSpec, ReportData, build_report_data
 from .faithfulness import FaithfulnessSpec, faithfulness_table
 from .figures import FIGURE_METHODS, figure_grid
 from .scoring import FIELDS, ScoreWriter, ScoringModule, merge_rank_files
@@ -34,7 +35,7 @@ class ArchitectureSpec:
 
     @property
     def label(self) -> str:
-        return self.name or self.clean.arch
+        return self.name or self.clean.arch_name
 
 
 @dataclass
@@ -74,7 +75,7 @@ def _load_pair(
     clean = resolve(spec.clean, num_classes, class_names)
     sham = None
     if spec.sham is not None:
-        if spec.sham.arch.split(".")[0] != spec.clean.arch.split(".")[0]:
+        if spec.sham.arch_name.split(".")[0] != spec.clean.arch_name.split(".")[0]:
             raise ValueError(f"{spec.label}: the SHAM-tuned model is a {spec.sham.arch}, the clean one a {spec.clean.arch}.")
         sham = resolve(spec.sham, num_classes, class_names)
     return clean, sham
@@ -104,7 +105,7 @@ def run_report(options: ReportOptions, trainer_kwargs: Optional[dict[str, Any]] 
     )
     prepared = []
     for spec in options.models:
-        data = build_report_data(options.data, timm_name(spec.clean.arch))
+        data = build_report_data(options.data, timm_name(spec.clean.arch_name))
         clean, sham = _load_pair(spec, data.num_classes, data.class_names)
         module = ScoringModule(
             clean.model, sham.model if sham else None, methods, options.target, options.cam_size,
@@ -155,7 +156,7 @@ def run_report(options: ReportOptions, trainer_kwargs: Optional[dict[str, Any]] 
     return written
 
 
-def _write_scores(rows: list[dict], path: Path) -> Path:
+def _write_scores(rows: list[dict[str, Any]], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["arch", *FIELDS])
@@ -165,7 +166,8 @@ def _write_scores(rows: list[dict], path: Path) -> Path:
 
 
 def _figures(
-    spec, data, clean: ResolvedModel, sham: Optional[ResolvedModel], options: ReportOptions, methods, device, out: Path
+    spec: ArchitectureSpec, data: ReportData, clean: ResolvedModel, sham: Optional[ResolvedModel], options: ReportOptions,
+    methods: Sequence[str], device: torch.device, out: Path,
 ) -> dict[str, Path]:
     count = min(options.figure_samples, len(data.dataset))
     if count < 1:
@@ -188,7 +190,9 @@ def _figures(
     return written
 
 
-def _target_saliency(kind: str, items: list[dict], grid, size, model: ResolvedModel) -> Optional[torch.Tensor]:
+def _target_saliency(
+    kind: str, items: list[dict[str, Any]], grid: tuple[int, int], size: Sequence[int], model: ResolvedModel
+) -> Optional[torch.Tensor]:
     """The SHAM the model was tuned with (its checkpoint's entropy and pattern) on the CAM
     grid for a SHAM-tuned model; the human maps (if every shown sample has one) for a clean
     model; otherwise omitted, as the paper does for ImageNet."""

@@ -11,8 +11,9 @@ A :class:`ScoreWriter` appends each rank's rows to its own CSV; rank zero merges
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
@@ -26,12 +27,13 @@ from .faithfulness import FaithfulnessSpec, faithfulness_scores, row_metric
 from .pairs import SIMILARITY_PAIRS  # re-exported
 
 FIELDS = ("sample", "label", "target", "metric", "method", "score")
+Row = tuple[int, int, int, str, str, float]  # one score, in FIELDS order
 
 
-class IndexedSubset(Dataset):
+class IndexedSubset(Dataset[dict[str, Tensor]]):
     """A subset of a dict-batch dataset whose samples carry their original ``index``."""
 
-    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+    def __init__(self, dataset: Dataset[dict[str, Tensor]], indices: Sequence[int]) -> None:
         self.dataset, self.indices = dataset, list(indices)
 
     def __len__(self) -> int:
@@ -46,6 +48,8 @@ class IndexedSubset(Dataset):
 
 class ScoringModule(pl.LightningModule):
     """Holds the clean (and SHAM-tuned) model of one architecture; scores in predict."""
+
+    report_name: str  # set by the report, read by ScoreWriter
 
     def __init__(
         self,
@@ -75,7 +79,7 @@ class ScoringModule(pl.LightningModule):
             if model is not None
         }
 
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[tuple]:
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[Row]:
         x, labels, index = batch["image"], batch["label"], batch["index"]
         targets = labels if self.target == "label" else None
         clean = self.engines["clean"].compute(x, targets, self.methods, size=self.cam_size)
@@ -94,6 +98,7 @@ class ScoringModule(pl.LightningModule):
             results = {"clean": clean, **({"sham": sham} if "sham" in self.engines else {})}
             for kind, result in results.items():
                 model = self.clean if kind == "clean" else self.sham
+                assert model is not None  # a sham engine exists only with a sham model
                 values = faithfulness_scores(model, x, result.maps, clean.targets, self.faith_metrics, self.faith_methods,
                                              self.faithfulness, self.engines[kind])
                 for (metric, method), score in values.items():
@@ -101,7 +106,7 @@ class ScoringModule(pl.LightningModule):
         return rows
 
     @staticmethod
-    def _rows(index: Tensor, labels: Tensor, targets: Tensor, metric: str, method: str, scores: Tensor) -> list[tuple]:
+    def _rows(index: Tensor, labels: Tensor, targets: Tensor, metric: str, method: str, scores: Tensor) -> list[Row]:
         values = scores.float().tolist()
         return [
             (int(i), int(y), int(t), metric, method, float(s))
@@ -131,7 +136,10 @@ class ScoreWriter(BasePredictionWriter):
         with open(self.path(trainer, pl_module), "w", newline="") as f:
             csv.writer(f).writerow(FIELDS)
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+    def write_on_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
+        batch_indices: Optional[Sequence[int]], batch: Any, batch_idx: int, dataloader_idx: int,
+    ) -> None:
         with open(self.path(trainer, pl_module), "a", newline="") as f:
             csv.writer(f).writerows(prediction)
 
@@ -140,14 +148,16 @@ def merge_rank_files(folder: Path, name: str, expected: Optional[Sequence[int]] 
     """All ranks' rows, each (sample, metric, method) once (DDP pads with repeats), sorted.
     With ``expected`` sample indices, a sample without rows is an error (e.g. ranks on other
     nodes writing to a folder rank zero cannot see)."""
-    merged: dict[tuple, dict[str, Any]] = {}
+    merged: dict[tuple[int, str, str], dict[str, Any]] = {}
     files = sorted(Path(folder).glob(f"{name}.rank*.csv"))
     if not files:
         raise FileNotFoundError(f"No per-rank score files {name}.rank*.csv in {folder}.")
     for path in files:
         with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                row = {**row, "sample": int(row["sample"]), "label": int(row["label"]), "target": int(row["target"])}
+            for raw in csv.DictReader(f):
+                row: dict[str, Any] = {
+                    **raw, "sample": int(raw["sample"]), "label": int(raw["label"]), "target": int(raw["target"])
+                }
                 row["score"] = float(row["score"])
                 merged.setdefault((row["sample"], row["metric"], row["method"]), row)
     if expected is not None:

@@ -9,9 +9,10 @@ from the data's is an error, never a silently re-initialised head."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional
 
 from torch import nn
 
@@ -37,7 +38,7 @@ class ModelSource:
     pretrained: bool = False
     weights: Optional[str] = None
     checkpoint: Optional[str] = None
-    model_kwargs: Optional[dict] = None
+    model_kwargs: Optional[dict[str, Any]] = None
     target_layer: Optional[str] = None
     layout: Optional[str] = None
     sham_entropy: Optional[float] = None
@@ -52,6 +53,12 @@ class ModelSource:
                 "A model source needs 'arch' (a timm or torchvision name, a class path or a checkpoint)"
                 f"{'; checkpoint ' + self.checkpoint + ' does not store one' if self.checkpoint else ''}."
             )
+
+    @property
+    def arch_name(self) -> str:
+        """``arch``, which ``__post_init__`` guarantees (read from the checkpoint if not given)."""
+        assert self.arch is not None
+        return self.arch
 
 
 @dataclass
@@ -79,13 +86,15 @@ def resolve(source: ModelSource, num_classes: int, class_names: Optional[Sequenc
     that states its class names must list the data's ``class_names`` in the same order."""
     if source.weights and source.checkpoint:
         raise ValueError(f"{source.arch}: give either weights or checkpoint, not both.")
-    checkpoint = read_checkpoint(Path(source.checkpoint)) if source.checkpoint else None  # read once
+    arch = source.arch_name
+    path = Path(source.checkpoint) if source.checkpoint else None
+    checkpoint = read_checkpoint(path) if path is not None else None  # read once
     if checkpoint is not None and not _states_network(checkpoint):  # a bare state dict: weights of arch
-        loaded = resolve_source(source.arch, num_classes, weights=source.checkpoint, model_kwargs=source.model_kwargs)
-    elif checkpoint is not None:
-        loaded = model_from_checkpoint(checkpoint, Path(source.checkpoint), None, source.model_kwargs, source.checkpoint)
+        loaded = resolve_source(arch, num_classes, weights=source.checkpoint, model_kwargs=source.model_kwargs)
+    elif checkpoint is not None and path is not None:
+        loaded = model_from_checkpoint(checkpoint, path, None, source.model_kwargs, source.checkpoint)
         stored = loaded.hparams.get("model_name")
-        if isinstance(stored, str) and _base(stored) != _base(source.arch):
+        if isinstance(stored, str) and _base(stored) != _base(arch):
             raise ValueError(f"Checkpoint {source.checkpoint} holds a {stored} model, not {source.arch}.")
         _check_classes(loaded, num_classes, f"Checkpoint {source.checkpoint}")
         check_class_names(loaded.class_names, class_names, f"Checkpoint {source.checkpoint}")
@@ -93,12 +102,12 @@ def resolve(source: ModelSource, num_classes: int, class_names: Optional[Sequenc
         if source.weights and not Path(source.weights).expanduser().is_file():
             raise FileNotFoundError(f"Weights file not found: {source.weights}")
         loaded = resolve_source(
-            source.arch, None, pretrained=source.pretrained, weights=source.weights, model_kwargs=source.model_kwargs
+            arch, None, pretrained=source.pretrained, weights=source.weights, model_kwargs=source.model_kwargs
         )
         where = f"weights file {source.weights}" if source.weights else f"pretrained {source.arch}"
         _check_classes(loaded, num_classes, f"The {where}")
     else:
-        loaded = resolve_source(source.arch, num_classes, model_kwargs=source.model_kwargs)
+        loaded = resolve_source(arch, num_classes, model_kwargs=source.model_kwargs)
     hparams = loaded.hparams
     return ResolvedModel(
         model=loaded.model.eval(),
@@ -124,7 +133,7 @@ def _check_classes(loaded: LoadedModel, num_classes: int, where: str) -> None:
         )
 
 
-def _states_network(checkpoint: dict) -> bool:
+def _states_network(checkpoint: dict[str, Any]) -> bool:
     return isinstance(checkpoint_hparams(checkpoint).get("model_name"), str)
 
 
@@ -132,5 +141,5 @@ def _base(arch: str) -> str:
     return arch.split(":")[-1].split(".")[0]
 
 
-def _first(*values):
+def _first(*values: Any) -> Any:
     return next(v for v in values if v is not None)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.stats import ranksums, wilcoxon
@@ -21,7 +22,7 @@ from .tables import Table
 Scores = dict[tuple[str, str, str], np.ndarray]  # (arch, metric, method) -> per-sample scores
 
 
-def group_scores(rows: Iterable[dict]) -> Scores:
+def group_scores(rows: Iterable[dict[str, Any]]) -> Scores:
     grouped: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for row in sorted(rows, key=lambda r: (r["arch"], r["metric"], r["method"], r["sample"])):
         grouped[(row["arch"], row["metric"], row["method"])].append(float(row["score"]))
@@ -70,12 +71,12 @@ def similarity_table(scores: Scores) -> Table:
     columns += [f"{kind}({a} vs {b})" for a, b in comparisons for kind in ("p", "p signed-rank")]
     table = Table("table3_similarity", "Similarity: MSE of each DiffGradCAM variant to its base (lower = closer)", columns)
     for arch in _archs(scores):
-        get = lambda m: scores.get((arch, "similarity", m))  # noqa: E731
-        if all(get(v) is None for v in variants):
+        found = {v: scores[(arch, "similarity", v)] for v in variants if (arch, "similarity", v) in scores}
+        if not found:
             continue
-        row = [arch] + [mean_std(get(v)) if get(v) is not None else "-" for v in variants]
+        row = [arch] + [mean_std(found[v]) if v in found else "-" for v in variants]
         for a, b in comparisons:
-            row += [format_p(p_value(get(a), get(b))), format_p(signed_rank_p(get(a), get(b)))]
+            row += [format_p(p_value(found[a], found[b])), format_p(signed_rank_p(found[a], found[b]))]
         table.rows.append(row)
     return table
 
@@ -95,7 +96,7 @@ def susceptibility_table(scores: Scores, methods: Sequence[str]) -> Table:
     best = {}
     for arch in archs:
         means = {m: scores[(arch, "susceptibility", m)].mean() for m in methods if (arch, "susceptibility", m) in scores}
-        best[arch] = min(means, key=means.get)
+        best[arch] = min(means, key=means.__getitem__)
     for method in methods:
         cells, ps = [], []
         for arch in archs:
@@ -118,7 +119,7 @@ def susceptibility_table(scores: Scores, methods: Sequence[str]) -> Table:
 def accuracy_table(scores: Scores) -> Table:
     table = Table("accuracy", "Top-1 accuracy on the report's samples", ["architecture", "clean", "SHAM-tuned", "samples"])
     for arch in _archs(scores):
-        clean, sham = scores.get((arch, "correct_clean", "-")), scores.get((arch, "correct_sham", "-"))
+        clean, sham = scores[(arch, "correct_clean", "-")], scores.get((arch, "correct_sham", "-"))
         table.rows.append(
             [arch, f"{clean.mean():.4f}", f"{sham.mean():.4f}" if sham is not None else "-", str(len(clean))]
         )

@@ -5,7 +5,8 @@ when installed (ScoreCAM at the same batch size of masked inputs)."""
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -61,9 +62,9 @@ def timing_table(
     )
     with preserved_modes(model):  # pytorch-grad-cam forces eval() and never restores it
         for method in tqdm(methods, desc=f"timing {arch}", leave=False):
-            fns = [lambda: engine(image, targets=[target], methods=method, size="input")]
+            fns = [lambda method=method: engine(image, targets=[target], methods=method, size="input")]
             if reference:
-                fns.append(lambda: pgc.reference_cam(model, layer, image, [target], method, scorecam_batch_size=engine.scorecam_batch_size))
+                fns.append(lambda method=method: pgc.reference_cam(model, layer, image, [target], method, scorecam_batch_size=engine.scorecam_batch_size))
             ours, *theirs = _run_times(fns, runs, discard, device)
             row = [method, f"{ours.mean():.3f} ± {ours.std(ddof=1):.3f}"]
             for other in theirs:

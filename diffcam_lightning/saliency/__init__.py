@@ -1,9 +1,9 @@
 """Saliency targets and map statistics: SHAMs, CAM entropy, MSE, the saliency loss."""
 
+from . import patterns  # noqa: F401  (registers the patch and random SHAM patterns)
 from .losses import resize_target, saliency_loss, saliency_mse
 from .metrics import cam_entropy, cam_mse, max_entropy
 from .sham import PAPER_ENTROPY, SHAM_PATTERNS, register_pattern, sham_pixel_count, sham_target
-from . import patterns  # noqa: F401  (registers the patch and random SHAM patterns)
 
 __all__ = [
     "PAPER_ENTROPY",

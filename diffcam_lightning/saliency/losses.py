@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -37,7 +36,8 @@ def saliency_mse(cams: Tensor, targets: Tensor) -> Tensor:
     (any resolution, ``[B, H, W]`` or one ``[H, W]`` map for the whole batch)."""
     if cams.dim() != 3:
         raise ValueError(f"cams must be [B, h, w]; got shape {tuple(cams.shape)}.")
-    t = resize_target(targets.to(cams.device), tuple(cams.shape[-2:]))
+    h, w = cams.shape[-2:]
+    t = resize_target(targets.to(cams.device), (h, w))
     return (minmax_normalize(cams.float()) - t).pow(2).mean(dim=(-2, -1))
 
 

@@ -13,7 +13,8 @@ the border's partly filled ring is chosen as a union of symmetry orbits (see
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Sequence, Union
+from collections.abc import Callable, Iterable, Sequence
+from typing import Union
 
 import torch
 from torch import Tensor
@@ -41,7 +42,8 @@ def register_pattern(name: str) -> Callable[[Priority], Priority]:
 
 
 def _grid(h: int, w: int) -> tuple[Tensor, Tensor]:
-    return torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    i, j = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return i, j
 
 
 def _ring(h: int, w: int) -> Tensor:
@@ -112,9 +114,10 @@ def _most_symmetric_part(orbit: list[Pixel], count: int, h: int, w: int) -> list
     """``count`` pixels of ``orbit``: whole quarter-turn orbits (square grids), then
     180-degree pairs, then (only for an odd count) one pixel."""
     half_turn: list[Symmetry] = [lambda i, j: (i, j), lambda i, j: (h - 1 - i, w - 1 - j)]
-    quarter_turns = half_turn + [lambda i, j: (j, w - 1 - i), lambda i, j: (h - 1 - j, i)]
+    quarter_turns = [*half_turn, lambda i, j: (j, w - 1 - i), lambda i, j: (h - 1 - j, i)]
     subgroups = ([quarter_turns] if h == w else []) + [half_turn, [lambda i, j: (i, j)]]
-    left, picked = list(orbit), []
+    left = list(orbit)
+    picked: list[Pixel] = []
     for group in subgroups:
         for part in _orbits(left, group):
             if len(part) <= count - len(picked):
@@ -170,7 +173,7 @@ def sham_pixel_count(pixels: int, entropy: float) -> int:
     """Largest ``k <= pixels`` with ``ln k <= entropy``."""
     if entropy < 0:
         raise ValueError(f"entropy must be >= 0 nats; got {entropy}.")
-    k = min(pixels, int(math.floor(math.exp(entropy) + 1e-9)))
+    k = min(pixels, math.floor(math.exp(entropy) + 1e-9))
     while k > 1 and math.log(k) > entropy:
         k -= 1
     return max(k, 1)

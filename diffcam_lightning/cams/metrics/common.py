@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar, Union
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Optional, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
@@ -53,7 +54,7 @@ def to_input_size(maps: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(maps.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False).squeeze(1)
 
 
-def _progress(total: int, progress: Optional[bool], desc: str):
+def _progress(total: int, progress: Optional[bool], desc: str) -> Any:  # a tqdm bar (imported lazily)
     from tqdm.auto import tqdm
 
     show = total > PROGRESS_AFTER if progress is None else bool(progress)
@@ -207,4 +208,5 @@ def normalise_by_max(maps: Tensor) -> Tensor:
 def pearson(a: Tensor, b: Tensor) -> Tensor:
     """Pearson correlation of each pair of rows (float64): ``[B]``; NaN where a row is constant (as SciPy)."""
     a, b = a.double() - a.double().mean(dim=1, keepdim=True), b.double() - b.double().mean(dim=1, keepdim=True)
-    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1))
+    r: Tensor = (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1))
+    return r

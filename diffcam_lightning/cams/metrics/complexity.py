@@ -5,13 +5,14 @@ resolution unless ``size`` is given (Quantus scores maps at the input's resoluti
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .common import metric, normalise_by_max, to_input_size
-from .registry import MetricSpec, register_group
+from .registry import GroupFn, MetricSpec, register_group
 
 
 def _flat(maps: Tensor, size: Optional[Sequence[int]]) -> Tensor:
@@ -41,7 +42,7 @@ def complexity(maps: Tensor, size: Optional[Sequence[int]] = None) -> Tensor:
     return (-(a * torch.log(a + 1e-12)).sum(dim=1)).float()
 
 
-def _group(name, fn):
+def _group(name: str, fn: Callable[[Tensor, Optional[Sequence[int]]], Tensor]) -> GroupFn:
     return lambda maps, size=None: {name: fn(maps, size)}
 
 

@@ -5,7 +5,8 @@ pytorch-grad-cam ``DropInConfidence`` / ``CamMultImageConfidenceChange``)."""
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -74,7 +75,10 @@ def deletion_insertion(
 
 
 @torch.no_grad()
-def _perturbed_scores(model, x, base, ranks, targets, sample, count, inserting, score, batch_size, progress) -> Tensor:
+def _perturbed_scores(
+    model: nn.Module, x: Tensor, base: Tensor, ranks: Tensor, targets: Tensor, sample: Tensor, count: Tensor,
+    inserting: Tensor, score: str, batch_size: int, progress: Optional[bool],
+) -> Tensor:
     """Scores of the perturbed rows, built chunk by chunk (memory ~ batch_size inputs)."""
     fn, step = _score_fn(score), _positive("batch_size", batch_size)
     flat_x, flat_base = x.flatten(2), base.flatten(2)

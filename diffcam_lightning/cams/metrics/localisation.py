@@ -3,7 +3,7 @@ al. 2022, as Quantus defines them)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

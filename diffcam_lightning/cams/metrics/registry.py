@@ -7,8 +7,9 @@ registry imports no family, so there is no import circle."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 from torch import Tensor, nn
 
@@ -62,9 +63,10 @@ class Explainer:
     def __call__(self, x: Tensor, targets: Tensor) -> Tensor:
         result = self.engine.compute(x, targets, self.method, **self.compute)
         self.layer = result.layer
-        return result.maps[self.method]
+        maps: Tensor = result.maps[self.method]
+        return maps
 
-    def for_model(self, model: nn.Module, x: Tensor, targets: Tensor) -> "Explainer":
+    def for_model(self, model: nn.Module, x: Tensor, targets: Tensor) -> Explainer:
         from ..engine import CAMEngine
 
         if self.layer is None:

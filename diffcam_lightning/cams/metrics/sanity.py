@@ -4,12 +4,14 @@ between the maps of the model and of copies with layers re-initialised."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
+from ..layers import LayerSpec
 from .common import PROGRESS_AFTER, _progress, metric
 
 
@@ -35,7 +37,7 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
 def _average_ranks(rows: Tensor) -> Tensor:
     out = torch.empty_like(rows)
     for i, row in enumerate(rows):
-        values, inverse, counts = torch.unique(row, return_inverse=True, return_counts=True)
+        _, inverse, counts = torch.unique(row, return_inverse=True, return_counts=True)
         ends = counts.cumsum(0).to(rows.dtype)
         out[i] = (ends - (counts.to(rows.dtype) - 1) / 2)[inverse]
     return out
@@ -66,7 +68,7 @@ def randomization_check(
     x: Tensor,
     method: str = "gradcam",
     targets: Optional[Tensor] = None,
-    target_layer=None,
+    target_layer: LayerSpec = None,
     mode: str = "cascading",
     layers: Optional[Sequence[str]] = None,
     seed: int = 0,

@@ -3,7 +3,8 @@ gradients on any device or by sparse LU on the CPU."""
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torch import Tensor
