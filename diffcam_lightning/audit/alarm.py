@@ -18,8 +18,9 @@ fooled); every other rule is on by default.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 from ..cams import GRADIENT_METHODS
 
@@ -138,10 +139,11 @@ def build_rules(
             raise ValueError(f"Unknown CAMAudit alarm rule {name!r}; valid: {', '.join(ALARM_RULES)}.")
         thresholds[name] = value
     scopes = {"drift": (variant,), "sham": (base,)}
+    active = {name: value for name, value in thresholds.items() if value is not None}
     return [
-        replace(rule, threshold=float(thresholds[name]), methods=scopes.get(name, rule.methods))
+        replace(rule, threshold=float(active[name]), methods=scopes.get(name, rule.methods))
         for name, rule in ALARM_RULES.items()
-        if thresholds[name] is not None
+        if name in active
     ]
 
 

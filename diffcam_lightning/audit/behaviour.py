@@ -26,8 +26,9 @@ Everything runs in eval mode under the audit's guard (``guard.py``); forwards ar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -76,7 +77,7 @@ def log_probs(model: Model, images: Tensor, targets: Tensor, batch_size: int) ->
 def _covered(images: Tensor, cells: Tensor) -> Tensor:
     """``images [B, C, H, W]`` with the True cells of ``cells [B, K, h, w]`` set to each
     image's mean colour: ``[B * K, C, H, W]``."""
-    b, k = cells.shape[:2]
+    _b, k = cells.shape[:2]
     up = F.interpolate(cells.flatten(0, 1)[:, None].float(), size=images.shape[-2:], mode="nearest")
     x = images.repeat_interleave(k, dim=0)
     mean = x.mean(dim=(2, 3), keepdim=True)
@@ -162,8 +163,8 @@ def deletion_drops(
     """``({method: drop [B] of its top cells}, mean drop [B] of the random cells)``; methods
     with the same top cells on an image share one forward."""
     any_map = next(iter(maps.values()))
-    b, grid = any_map.shape[0], tuple(any_map.shape[-2:])
-    k = max(1, int(round(options.fraction * grid[0] * grid[1])))
+    b, grid = any_map.shape[0], (int(any_map.shape[-2]), int(any_map.shape[-1]))
+    k = max(1, round(options.fraction * grid[0] * grid[1]))
     names = list(maps)
     tops = torch.stack([top_cells(maps[m], k) for m in names], dim=1)  # [B, M, h, w]
     rand = random_cells(b, grid, k, options.random_regions, images.device, offset)
@@ -205,10 +206,11 @@ def behaviour_scores(
     """``({"<signal>/<method>": (values [B], mask [B] | None)}, occlusion drops [B, gh, gw])``
     for one audit batch (``targets``: the explained class of each image; ``offset``: the
     audit index of its first image, which fixes its random regions)."""
-    grid = tuple(next(iter(maps.values())).shape[-2:])
+    any_map = next(iter(maps.values()))
+    grid = (int(any_map.shape[-2]), int(any_map.shape[-1]))
     base = log_probs(model, images, targets, options.batch_size)
     drops = occlusion(model, images, targets, grid, options, base)
-    regions = tuple(drops.shape[-2:])
+    regions = (int(drops.shape[-2]), int(drops.shape[-1]))
     top, rand = deletion_drops(model, images, targets, maps, options, base, offset)
     out: Scores = {}
     for m, x in maps.items():
