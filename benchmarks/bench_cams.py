@@ -39,10 +39,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import timm
 import torch
+
 from diffcam_lightning import CAMEngine
 from diffcam_lightning.cams import GRADIENT_METHODS
 from diffcam_lightning.cams.reference import reference_cam

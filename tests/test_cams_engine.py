@@ -14,7 +14,7 @@ from diffcam_lightning.cams.methods import CAMContext
 from diffcam_lightning.cams.postprocess import minmax_normalize
 
 pytest.importorskip("pytorch_grad_cam")
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus  # noqa: E402
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 
 
 class TinyNet(nn.Module):

@@ -12,7 +12,7 @@ import torch
 import torchvision
 
 pytest.importorskip("pytorch_grad_cam")
-from pytorch_grad_cam import (  # noqa: E402
+from pytorch_grad_cam import (
     FEM,
     KPCA_CAM,
     FullGrad,
@@ -24,19 +24,19 @@ from pytorch_grad_cam import (  # noqa: E402
     ShapleyCAM,
     XGradCAM,
 )
-from pytorch_grad_cam.finer_cam import FinerCAM  # noqa: E402
-from pytorch_grad_cam.utils.model_targets import (  # noqa: E402
+from pytorch_grad_cam.finer_cam import FinerCAM
+from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputReST,
     ClassifierOutputSoftmaxTarget,
     ClassifierOutputTarget,
     FinerWeightedTarget,
 )
 
-from diffcam_lightning import CAMEngine  # noqa: E402
-from diffcam_lightning.cams import BACKPROP_TARGETS, DIFF_BASES, GRADIENT_METHODS, TARGET_VALUES, get_method  # noqa: E402
-from diffcam_lightning.cams.postprocess import minmax_normalize  # noqa: E402
-from diffcam_lightning.cams.reference import DiffTarget, sign_corrected  # noqa: E402
-from diffcam_lightning.cams.targets import nearest_classes  # noqa: E402
+from diffcam_lightning import CAMEngine
+from diffcam_lightning.cams import BACKPROP_TARGETS, DIFF_BASES, GRADIENT_METHODS, TARGET_VALUES, get_method
+from diffcam_lightning.cams.postprocess import minmax_normalize
+from diffcam_lightning.cams.reference import DiffTarget, sign_corrected
+from diffcam_lightning.cams.targets import nearest_classes
 
 TARGETS = [1, 7]
 ARCHS = ["resnet18", "densenet121"]
@@ -280,7 +280,7 @@ def test_new_methods_leave_the_model_as_it_was():
     FullGrad's own forward runs in eval mode and moves nothing."""
     import copy
 
-    model, layer_name = build("resnet18")
+    model, _layer_name = build("resnet18")
     model.train()
     model.layer1.eval()  # a mixed mode must survive
     for p in model.parameters():
@@ -425,8 +425,8 @@ def test_guided_backprop_diff_target_equals_the_difference_by_hand():
 
 # ------------------------------------------------------------------ LeGrad
 
-VITS = [dict(image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=32, mlp_dim=64),
-        dict(image_size=48, patch_size=8, num_layers=4, num_heads=4, hidden_dim=48, mlp_dim=96)]
+VITS = [{"image_size": 32, "patch_size": 8, "num_layers": 3, "num_heads": 2, "hidden_dim": 32, "mlp_dim": 64},
+        {"image_size": 48, "patch_size": 8, "num_layers": 4, "num_heads": 4, "hidden_dim": 48, "mlp_dim": 96}]
 
 
 def tiny_vit(config):

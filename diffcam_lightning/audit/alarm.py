@@ -139,10 +139,11 @@ def build_rules(
             raise ValueError(f"Unknown CAMAudit alarm rule {name!r}; valid: {', '.join(ALARM_RULES)}.")
         thresholds[name] = value
     scopes = {"drift": (variant,), "sham": (base,)}
+    active = {name: value for name, value in thresholds.items() if value is not None}
     return [
-        replace(rule, threshold=float(thresholds[name]), methods=scopes.get(name, rule.methods))
+        replace(rule, threshold=float(active[name]), methods=scopes.get(name, rule.methods))
         for name, rule in ALARM_RULES.items()
-        if thresholds[name] is not None
+        if name in active
     ]
 
 

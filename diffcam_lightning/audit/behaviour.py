@@ -163,7 +163,7 @@ def deletion_drops(
     """``({method: drop [B] of its top cells}, mean drop [B] of the random cells)``; methods
     with the same top cells on an image share one forward."""
     any_map = next(iter(maps.values()))
-    b, grid = any_map.shape[0], (any_map.shape[-2], any_map.shape[-1])
+    b, grid = any_map.shape[0], (int(any_map.shape[-2]), int(any_map.shape[-1]))
     k = max(1, round(options.fraction * grid[0] * grid[1]))
     names = list(maps)
     tops = torch.stack([top_cells(maps[m], k) for m in names], dim=1)  # [B, M, h, w]
@@ -207,10 +207,10 @@ def behaviour_scores(
     for one audit batch (``targets``: the explained class of each image; ``offset``: the
     audit index of its first image, which fixes its random regions)."""
     any_map = next(iter(maps.values()))
-    grid = (any_map.shape[-2], any_map.shape[-1])
+    grid = (int(any_map.shape[-2]), int(any_map.shape[-1]))
     base = log_probs(model, images, targets, options.batch_size)
     drops = occlusion(model, images, targets, grid, options, base)
-    regions = (drops.shape[-2], drops.shape[-1])
+    regions = (int(drops.shape[-2]), int(drops.shape[-1]))
     top, rand = deletion_drops(model, images, targets, maps, options, base, offset)
     out: Scores = {}
     for m, x in maps.items():

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -143,7 +144,7 @@ class CAMEngine:
         """
         _check_input(x)
         chosen = _resolve_methods(methods)
-        out_size = resolve_size(size, tuple(x.shape[-2:]))
+        out_size = resolve_size(size, (int(x.shape[-2]), int(x.shape[-1])))
         # an explanation (no create_graph) leaves train-mode BatchNorm statistics as they were
         # (restored after the backward pass, which reads them)
         # and every random generator (a train-mode dropout's masks draw from them)
@@ -243,7 +244,7 @@ class CAMEngine:
         captured: dict[str, Tensor] = {}
         calls = [0]
 
-        def hook(module: nn.Module, inputs, output):
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> Tensor:
             calls[0] += 1
             if not isinstance(output, Tensor) or output.dim() not in (3, 4):
                 shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
@@ -375,6 +376,7 @@ def _batched_gradients(
     vectors = torch.stack([BACKPROP_TARGETS[name](logits, targets) for name in names])
     if not create_graph:
         vectors = vectors.detach()
+    grads: Union[Tensor, list[Tensor]]  # [T, B, K, h, w] or T tensors [B, K, h, w]
     if per_image and batched:
         grads = per_image_gradients(logits, activations, vectors, create_graph)
     elif per_image:  # one image row at a time: exact where nothing can be batched

@@ -4,10 +4,15 @@ run-time table; needs ``pip install grad-cam``."""
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 from .modes import preserved_grads, preserved_modes
 from .targets import beta
@@ -43,7 +48,7 @@ FinerWeightedTarget)."""
 _EIGEN = ("EigenCAM", "EigenGradCAM")  # compared with their sign correction: sign_corrected()
 
 
-def salient_sign_numpy(projections):
+def salient_sign_numpy(projections: NDArray[Any]) -> NDArray[np.float32]:
     """pytorch-grad-cam's own sign correction (``get_2d_projection_with_sign_correction``,
     Seg-Eigen-CAM eq. 13) on ``[B, h, w]`` projections: flip a map when ``|min| > |max|``."""
     import numpy as np
@@ -52,7 +57,7 @@ def salient_sign_numpy(projections):
     return np.where(flip[:, None, None], -projections, projections).astype(np.float32)
 
 
-def sign_corrected(class_name: str):
+def sign_corrected(class_name: str) -> type[Any]:
     """pytorch-grad-cam's ``EigenCAM`` / ``EigenGradCAM`` with the sign convention ours
     documents (``methods.salient_sign``): its own SVD, then its own sign correction. Its
     plain classes keep whichever sign numpy's LAPACK returns, which no solver reproduces."""
@@ -63,7 +68,15 @@ def sign_corrected(class_name: str):
     use_grads = class_name == "EigenGradCAM"
 
     class SignCorrected(base):  # type: ignore[misc, valid-type]
-        def get_cam_image(self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth):
+        def get_cam_image(
+            self,
+            input_tensor: Tensor,
+            target_layer: nn.Module,
+            target_category: Any,
+            activations: NDArray[Any],
+            grads: NDArray[Any],
+            eigen_smooth: bool,
+        ) -> NDArray[np.float32]:
             return salient_sign_numpy(get_2d_projection(grads * activations if use_grads else activations))
 
     SignCorrected.__name__ = f"SignCorrected{class_name}"
@@ -97,7 +110,7 @@ def reference_cam(
     method: str,
     reshape_transform: Optional[Callable[[Tensor], Tensor]] = None,
     scorecam_batch_size: int = 32,
-):
+) -> NDArray[np.float32]:
     """One method through pytorch-grad-cam: a numpy array ``[B, H, W]`` at input size
     (``reshape_transform``: its option for token / channels-last layers). ScoreCAM runs
     its masked inputs in batches of ``scorecam_batch_size`` (its default is 16; ours is
@@ -118,10 +131,11 @@ def reference_cam(
     with preserved_modes(model), preserved_grads(model):
         with cam_class(model, target_layers=layers, reshape_transform=reshape_transform) as cam:
             cam.batch_size = scorecam_batch_size  # read by its ScoreCAM only
-            return cam(x, targets=cam_targets)
+            maps: NDArray[np.float32] = cam(x, targets=cam_targets)
+            return maps
 
 
-def _targets(model: nn.Module, x: Tensor, targets: Sequence[int], kind: Optional[str]) -> list:
+def _targets(model: nn.Module, x: Tensor, targets: Sequence[int], kind: Optional[str]) -> list[Any]:
     """pytorch-grad-cam's target objects for our backprop target ``kind``."""
     from pytorch_grad_cam.utils import model_targets as mt
 

@@ -22,7 +22,7 @@ not written out, and for tests and references.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -170,7 +170,7 @@ def _picked(logits: Tensor, targets: Tensor) -> Tensor:
 
 TARGET_VALUES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "logit": _picked,
-    **{kind: (lambda kind: lambda y, c: _picked(y, c) - beta(y, c, kind))(kind) for kind in BASELINES},
+    **{kind: (lambda kind: lambda y, c: _picked(y, c) - beta(y, c, kind))(kind) for kind in BASELINES},  # noqa: B023 (bound by the outer lambda)
     "rest": lambda y, c: 2 * _picked(y, c) - torch.logsumexp(y, 1),
     "softmax": lambda y, c: _picked(torch.softmax(y, 1), c),
     "finer": finer_weighted_value(),

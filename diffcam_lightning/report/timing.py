@@ -62,7 +62,7 @@ def timing_table(
     )
     with preserved_modes(model):  # pytorch-grad-cam forces eval() and never restores it
         for method in tqdm(methods, desc=f"timing {arch}", leave=False):
-            fns = [lambda method=method: engine(image, targets=[target], methods=method, size="input")]
+            fns: list[Callable[[], object]] = [lambda method=method: engine(image, targets=[target], methods=method, size="input")]
             if reference:
                 fns.append(lambda method=method: pgc.reference_cam(model, layer, image, [target], method, scorecam_batch_size=engine.scorecam_batch_size))
             ours, *theirs = _run_times(fns, runs, discard, device)

@@ -4,13 +4,14 @@ RandomCAM, the original CAM's head weights)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .registry import CAMContext, MapFunction, require, weighted_sum
+from .registry import CAMContext, MapFunction, present, require, weighted_sum
 
 Weighting = Callable[[Tensor, Tensor], Tensor]
 
@@ -99,7 +100,8 @@ def cam(ctx: CAMContext) -> Tensor:
     a globally average-pooled target layer. Refused (not a silently wrong map) unless the
     logits are exactly ``W mean(A) + b``: the head must be pooling then that layer."""
     require(ctx, "cam", "model", "targets", "logits")
-    head = pooled_linear_head(ctx.model.model if hasattr(ctx.model, "key") else ctx.model)
+    model = present(ctx.model, "cam", "model")
+    head = pooled_linear_head(cast(nn.Module, model.model) if hasattr(model, "key") else model)
     acts = ctx.activations
     weight = head.weight.detach().to(acts.dtype)
     if weight.shape[1] != acts.shape[1]:
@@ -111,8 +113,9 @@ def cam(ctx: CAMContext) -> Tensor:
     if head.bias is not None:
         expected = expected + head.bias.detach().to(acts.dtype)
     # to the logits' own precision (bf16 under autocast), relative to their scale
-    tolerance = max(1e-3, 8 * torch.finfo(ctx.logits.dtype).eps) * float(ctx.logits.abs().max()) + 1e-6
-    logits = ctx.logits.to(acts.dtype)
+    call_logits = present(ctx.logits, "cam", "logits")
+    tolerance = max(1e-3, 8 * torch.finfo(call_logits.dtype).eps) * float(call_logits.abs().max()) + 1e-6
+    logits = call_logits.to(acts.dtype)
     if expected.shape != logits.shape or not torch.allclose(expected, logits, rtol=0, atol=tolerance):
         raise ValueError(
             "cam: the logits are not the last nn.Linear of the target layer's global average pool "

@@ -59,7 +59,8 @@ def _top_eigenvector(gram: Tensor) -> Tensor:
     arbitrary: ``eigh`` on CPU; elsewhere :func:`top_eigenvector_by_squaring`, because
     ``eigh`` on CUDA reads its error flags back to the host (a synchronisation)."""
     if gram.device.type == "cpu":
-        return torch.linalg.eigh(gram).eigenvectors[..., -1]
+        vectors: Tensor = torch.linalg.eigh(gram).eigenvectors
+        return vectors[..., -1]
     return top_eigenvector_by_squaring(gram)
 
 
@@ -74,11 +75,12 @@ def top_eigenvector_by_squaring(gram: Tensor, squarings: int = 16) -> Tensor:
         power = power @ power
         power = power / power.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(tiny)[:, None, None]
     column = power.diagonal(dim1=1, dim2=2).argmax(dim=1)  # the largest column of a rank-1 projector
-    vector = power.gather(2, column[:, None, None].expand(-1, power.shape[1], 1))
+    vector: Tensor = power.gather(2, column[:, None, None].expand(-1, power.shape[1], 1))
     for _ in range(2):
         vector = vector / vector.norm(dim=1, keepdim=True).clamp_min(tiny)
         vector = gram @ vector
-    return (vector / vector.norm(dim=1, keepdim=True).clamp_min(tiny)).squeeze(-1)
+    unit: Tensor = (vector / vector.norm(dim=1, keepdim=True).clamp_min(tiny)).squeeze(-1)
+    return unit
 
 
 def salient_sign(projection: Tensor) -> Tensor:
@@ -109,7 +111,9 @@ def kernel_component(features: Tensor, gamma: float | None = None, coef0: float 
     flat = flat - flat.mean(dim=1, keepdim=True)
     kernel = torch.tanh((1.0 / k if gamma is None else gamma) * flat @ flat.transpose(1, 2) + coef0)
     kernel = kernel - kernel.mean(dim=1, keepdim=True) - kernel.mean(dim=2, keepdim=True) + kernel.mean(dim=(1, 2), keepdim=True)
-    values, vectors = torch.linalg.eigh(kernel)  # ascending
+    eigen = torch.linalg.eigh(kernel)  # ascending
+    values: Tensor = eigen.eigenvalues
+    vectors: Tensor = eigen.eigenvectors
     top, value = vectors[..., -1], values[..., -1].clamp(min=0)
     largest = top.abs().argmax(dim=1, keepdim=True)
     top = top * torch.sign(top.gather(1, largest))

@@ -7,7 +7,8 @@ call only (the model's modules are not replaced); one forward serves every targe
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -22,24 +23,26 @@ class _GuidedReLU(torch.autograd.Function):
     output and the gradient are positive (the ReLU's own backward follows)."""
 
     @staticmethod
-    def forward(ctx, output: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, output: Tensor) -> Tensor:
         ctx.save_for_backward(output)
         return output.clone()
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        output: Tensor
         (output,) = ctx.saved_tensors
         return grad * (output > 0).to(grad.dtype) * (grad > 0).to(grad.dtype)
 
 
-def _guide(module: nn.Module, args, output: Tensor) -> Tensor:
-    return _GuidedReLU.apply(output)
+def _guide(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+    guided: Tensor = _GuidedReLU.apply(output)
+    return guided
 
 
 def guided_backprop(
     model: nn.Module,
     x: Tensor,
-    targets: Union[None, int, Sequence[int], Tensor] = None,
+    targets: Union[int, Sequence[int], Tensor, None] = None,
     backprop: Union[str, Sequence[str]] = "logit",
 ) -> Union[Tensor, dict[str, Tensor]]:
     """Guided-backprop input gradients ``[B, C, H, W]`` of the backprop target(s) (names of
@@ -71,7 +74,7 @@ def guided_backprop(
 def guided_gradcam(
     model: nn.Module,
     x: Tensor,
-    targets: Union[None, int, Sequence[int], Tensor] = None,
+    targets: Union[int, Sequence[int], Tensor, None] = None,
     target_layer: Optional[Union[str, nn.Module]] = None,
     method: str = "gradcam",
 ) -> Tensor:
@@ -86,10 +89,11 @@ def guided_gradcam(
         raise ValueError(f"guided_gradcam needs a gradient method; {method!r} backpropagates no target.")
     result = CAMEngine(model, target_layer).compute(x, targets, chosen.name, size="input")
     guided = guided_backprop(model, x, result.targets, chosen.backprop)
+    assert isinstance(guided, Tensor)  # one backprop target (a str) gives one tensor
     return result.maps[chosen.name].unsqueeze(1) * guided
 
 
-def _classes(targets: Union[None, int, Sequence[int], Tensor], logits: Tensor) -> Tensor:
+def _classes(targets: Union[int, Sequence[int], Tensor, None], logits: Tensor) -> Tensor:
     if targets is None:
         return logits.detach().argmax(dim=1)
     classes = torch.as_tensor([int(targets)] * logits.shape[0] if isinstance(targets, int) else targets)

@@ -10,15 +10,17 @@ explicitly and checked against its own output); anything else is refused by name
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from math import isqrt
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Optional, Union, cast
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from ..targets import BACKPROP_TARGETS
 from .guided import _classes
-from .registry import CAMContext, eval_mode, require
+from .registry import CAMContext, eval_mode, present, require
 
 
 def _is_timm_attention(module: object) -> bool:
@@ -63,14 +65,16 @@ def torchvision_projection(model: nn.Module) -> Callable[[Tensor], Tensor]:
     norm, heads = getattr(getattr(model, "encoder", None), "ln", None), getattr(model, "heads", None)
     if isinstance(norm, nn.Module) and isinstance(heads, nn.Module):
         return lambda tokens: heads(norm(tokens.mean(dim=1)))
-    if callable(getattr(model, "forward_head", None)) and isinstance(getattr(model, "norm", None), nn.Module):
-        return lambda tokens: model.forward_head(model.norm(tokens))
+    forward_head, final_norm = getattr(model, "forward_head", None), getattr(model, "norm", None)
+    if callable(forward_head) and isinstance(final_norm, nn.Module):
+        return lambda tokens: forward_head(final_norm(tokens))
     raise ValueError("legrad: pass score_projection (tokens [B, N, D] -> logits [B, C]) for models other than "
                      "torchvision's and timm's VisionTransformer.")
 
 
-def _timm_attention(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """timm ``Attention.forward`` (eval, no mask) with its probabilities ``[B, H, N, N]`` explicit."""
+def _timm_attention(module: Any, x: Tensor) -> tuple[Tensor, Tensor]:
+    """timm ``Attention.forward`` (eval, no mask) with its probabilities ``[B, H, N, N]`` explicit
+    (``module`` is a timm ``Attention``, read by its submodules' names: untyped here)."""
     b, n, _ = x.shape
     q, k, v = module.qkv(x).reshape(b, n, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = module.q_norm(q), module.k_norm(k)
@@ -84,7 +88,7 @@ def _timm_attention(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
 def legrad(
     model: nn.Module,
     x: Tensor,
-    targets: Union[None, int, Sequence[int], Tensor] = None,
+    targets: Union[int, Sequence[int], Tensor, None] = None,
     blocks: Optional[Sequence[Union[str, nn.Module]]] = None,
     backprop: Union[str, Sequence[str]] = "logit",
     score_projection: Optional[Callable[[Tensor], Tensor]] = None,
@@ -97,15 +101,17 @@ def legrad(
     chosen = _blocks(model, blocks)
     attentions: dict[str, Tensor] = {}
     tokens: dict[str, Tensor] = {}
-    handles = []
+    handles: list[RemovableHandle] = []
 
-    def ask_weights(name: str):
-        def hook(module, args, kwargs):
+    def ask_weights(name: str) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
             return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
         return hook
 
-    def keep_weights(name: str):
-        def hook(module: nn.MultiheadAttention, args, kwargs, output):
+    def keep_weights(name: str) -> Callable[..., Any]:
+        def hook(
+            module: nn.MultiheadAttention, args: tuple[Any, ...], kwargs: dict[str, Any], output: tuple[Tensor, Tensor]
+        ) -> tuple[Tensor, Tensor]:
             # the output recomputed from the returned probabilities, so they are on the graph
             attention = attentions[name] = output[1]
             value = args[2] if len(args) > 2 else kwargs["value"]
@@ -117,8 +123,8 @@ def legrad(
             return module.out_proj(mixed), attention
         return hook
 
-    def timm_weights(name: str):
-        def hook(module: nn.Module, args, kwargs, output: Tensor) -> Tensor:
+    def timm_weights(name: str) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Tensor) -> Tensor:
             if kwargs.get("attn_mask") is not None or kwargs.get("is_causal"):
                 raise ValueError(f"legrad: block {name!r} is called with an attention mask; not supported.")
             recomputed, attentions[name] = _timm_attention(module, args[0] if args else kwargs["x"])
@@ -131,6 +137,7 @@ def legrad(
 
     for name, block in chosen:
         attention = _attention_of(block)
+        assert attention is not None  # _blocks refused a block without one
         if isinstance(attention, nn.MultiheadAttention):
             handles.append(attention.register_forward_pre_hook(ask_weights(name), with_kwargs=True))
             handles.append(attention.register_forward_hook(keep_weights(name), with_kwargs=True))
@@ -168,7 +175,12 @@ def legrad_map(ctx: CAMContext) -> Tensor:
     target layer is not used; the patch-grid map is resized to the layer's grid)."""
     require(ctx, "legrad", "model", "inputs", "targets")
     if "legrad" not in ctx.cache:
-        model = ctx.model.model if hasattr(ctx.model, "key") else ctx.model  # unwrap the engine's logits view
-        names = list(dict.fromkeys(m.backprop for m in ctx.methods if m.compute is legrad_map)) or [ctx.backprop]
-        ctx.cache["legrad"] = legrad(model, ctx.inputs, ctx.targets, backprop=names)
-    return ctx.cache["legrad"][ctx.backprop]
+        model = present(ctx.model, "legrad", "model")
+        if hasattr(model, "key"):  # unwrap the engine's logits view
+            model = cast(nn.Module, model.model)
+        backprop = present(ctx.backprop, "legrad", "backprop")
+        names = list(dict.fromkeys(m.backprop for m in ctx.methods if m.compute is legrad_map and m.backprop is not None))
+        inputs, targets = present(ctx.inputs, "legrad", "inputs"), present(ctx.targets, "legrad", "targets")
+        ctx.cache["legrad"] = legrad(model, inputs, targets, backprop=names or [backprop])
+    maps: dict[str, Tensor] = ctx.cache["legrad"]
+    return maps[present(ctx.backprop, "legrad", "backprop")]

@@ -4,7 +4,8 @@ denoises early layers). One engine call per layer."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +17,7 @@ def refinecam(
     model: nn.Module,
     x: Tensor,
     layers: Sequence[Union[str, nn.Module]],
-    targets: Union[None, int, Sequence[int], Tensor] = None,
+    targets: Union[int, Sequence[int], Tensor, None] = None,
     method: str = "gradcam++",
 ) -> Tensor:
     """RefineCAM ``[B, H, W]``: the min-max normalised product of ``method``'s normalised
@@ -32,4 +33,5 @@ def refinecam(
         targets = result.targets  # the first layer's predicted classes for every layer
         maps = next(iter(result.maps.values()))
         product = maps if product is None else product * maps
+    assert product is not None  # layers is not empty
     return minmax_normalize(torch.relu(product))

@@ -4,12 +4,14 @@ ScoreCAMs) or perturbed activations (AblationCAM)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from ..outputs import _logits
 from ..targets import BACKPROP_TARGETS
-from .registry import CAMContext, eval_mode, require, weighted_sum
+from .registry import CAMContext, eval_mode, present, require, weighted_sum
 from .scorecam import _fast_layout, scorecam
 
 __all__ = ["ablationcam", "iscam", "scorecam", "smoothgradcampp", "sscam"]
@@ -37,7 +39,7 @@ def ablationcam(ctx: CAMContext) -> Tensor:
         raise ValueError("ablationcam needs a named layout ('nchw', 'nhwc' or 'tokens'), not a layout callable.")
     raw = (ctx.raw_activations if ctx.raw_activations is not None else acts).detach()
 
-    def ablate(module: nn.Module, args, output: Tensor) -> Tensor:
+    def ablate(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
         ablated = raw[chunk["owner"]].to(output.dtype).clone().movedim(channel_dim, 1)
         ablated[torch.arange(len(ablated), device=acts.device), chunk["channel"]] = 0
         return ablated.movedim(1, channel_dim)
@@ -76,18 +78,20 @@ def _upsampled_masks(acts: Tensor, size: tuple[int, int]) -> Tensor:
 def _masked_scores(ctx: CAMContext, masks: Tensor, scale: float = 1.0) -> Tensor:
     """The target logit of every image times each of its masks ``[B, K, H, W]`` (times
     ``scale``), minus the unmasked image's: ``[B, K]``, in batches of ``scorecam_batch_size``."""
-    inputs, targets = ctx.inputs.detach(), ctx.targets
+    model = present(ctx.model, "a ScoreCAM", "model")
+    inputs = present(ctx.inputs, "a ScoreCAM", "inputs").detach()
+    targets = present(ctx.targets, "a ScoreCAM", "targets")
     b, k = masks.shape[:2]
     owner = torch.arange(b, device=inputs.device).repeat_interleave(k)
     flat = masks.reshape(b * k, 1, *masks.shape[2:])
     step = max(1, int(ctx.scorecam_batch_size))
-    with eval_mode(ctx.model), torch.inference_mode():
-        base = _logits(ctx.model(inputs)).gather(1, targets[:, None]).squeeze(1).float()
+    with eval_mode(model), torch.inference_mode():
+        base = _logits(model(inputs)).gather(1, targets[:, None]).squeeze(1).float()
         scores = []
         for start in range(0, b * k, step):
             rows = owner[start : start + step]
             batch = _fast_layout(scale * (flat[start : start + step] * inputs[rows]))
-            scores.append(_logits(ctx.model(batch)).gather(1, targets[rows, None]).squeeze(1).float() - base[rows])
+            scores.append(_logits(model(batch)).gather(1, targets[rows, None]).squeeze(1).float() - base[rows])
     return torch.cat(scores).reshape(b, k)
 
 
@@ -103,7 +107,8 @@ def sscam(ctx: CAMContext, num_samples: int = 35, std: float = 2.0) -> Tensor:
     activations (drawn from ``ctx.seed``, not the global RNG)."""
     require(ctx, "sscam", "model", "inputs", "targets")
     acts = ctx.activations.detach()
-    masks = _upsampled_masks(acts, tuple(ctx.inputs.shape[-2:]))
+    inputs = present(ctx.inputs, "sscam", "inputs")
+    masks = _upsampled_masks(acts, (int(inputs.shape[-2]), int(inputs.shape[-1])))
     generator = torch.Generator().manual_seed(ctx.seed)
     total = torch.zeros(acts.shape[:2], device=acts.device)
     for _ in range(num_samples):
@@ -116,7 +121,8 @@ def iscam(ctx: CAMContext, num_samples: int = 10) -> Tensor:
     masked inputs scaled by the cumulative coefficients ``sum_{j<=i} j / N``."""
     require(ctx, "iscam", "model", "inputs", "targets")
     acts = ctx.activations.detach()
-    masks = _upsampled_masks(acts, tuple(ctx.inputs.shape[-2:]))
+    inputs = present(ctx.inputs, "iscam", "inputs")
+    masks = _upsampled_masks(acts, (int(inputs.shape[-2]), int(inputs.shape[-1])))
     total = torch.zeros(acts.shape[:2], device=acts.device)
     coeff = 0.0
     for i in range(num_samples):
@@ -128,31 +134,35 @@ def iscam(ctx: CAMContext, num_samples: int = 10) -> Tensor:
 def _noisy_gradients(ctx: CAMContext, names: list[str], num_samples: int, std: float) -> dict[str, Tensor]:
     """SmoothGradCAM++ maps for every target in ``names`` from ``num_samples`` noisy
     forwards (eval mode, modes restored), each shared by all the targets."""
-    x = ctx.inputs.detach()
+    method = "smoothgradcam++"
+    x = present(ctx.inputs, method, "inputs").detach()
+    model = present(ctx.model, method, "model")
+    targets = present(ctx.targets, method, "targets")
+    layout = present(ctx.layout, method, "layout")
     generator = torch.Generator().manual_seed(ctx.seed)
     captured: list[Tensor] = []
 
-    def capture(module: nn.Module, args, output: Tensor) -> Tensor:
+    def capture(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
         captured.append(output)
         return output.clone()
 
-    sums = {name: [0.0, 0.0] for name in names}  # sum of g^2, sum of g^3
+    sums: dict[str, list[Tensor | float]] = {name: [0.0, 0.0] for name in names}  # sum of g^2, sum of g^3
     last: dict[str, Tensor] = {}
-    handle = ctx.layer.register_forward_hook(capture)
+    handle = present(ctx.layer, method, "layer").register_forward_hook(capture)
     try:
-        with eval_mode(ctx.model), torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             for _ in range(num_samples):
                 captured.clear()
                 noisy = (x + noise(x.shape, std, generator).to(x.device, x.dtype)).requires_grad_()
-                logits = _logits(ctx.model(noisy))
+                logits = _logits(model(noisy))
                 for i, name in enumerate(names):
-                    vector = BACKPROP_TARGETS[name](logits, ctx.targets).detach()
+                    vector = BACKPROP_TARGETS[name](logits, targets).detach()
                     (grad,) = torch.autograd.grad(logits, captured[0], vector, retain_graph=i < len(names) - 1)
-                    grad = ctx.layout.convert(grad).float()
+                    grad = layout.convert(grad).float()
                     sums[name][0] = sums[name][0] + grad.pow(2)
                     sums[name][1] = sums[name][1] + grad.pow(3)
                     last[name] = grad
-            final = ctx.layout.convert(captured[0].detach()).float()
+            final = layout.convert(captured[0].detach()).float()
     finally:
         handle.remove()
     maps = {}
@@ -171,6 +181,8 @@ def smoothgradcampp(ctx: CAMContext, num_samples: int = 4, std: float = 0.3) -> 
     require(ctx, "smoothgradcam++", "model", "inputs", "targets", "layer", "layout")
     key = f"smoothgrad:{num_samples}:{std}"
     if key not in ctx.cache:
-        names = list(dict.fromkeys(m.backprop for m in ctx.methods if m.compute is smoothgradcampp))
-        ctx.cache[key] = _noisy_gradients(ctx, names or [ctx.backprop], num_samples, std)
-    return ctx.cache[key][ctx.backprop]
+        backprop = present(ctx.backprop, "smoothgradcam++", "backprop")
+        names = list(dict.fromkeys(m.backprop for m in ctx.methods if m.compute is smoothgradcampp and m.backprop is not None))
+        ctx.cache[key] = _noisy_gradients(ctx, names or [backprop], num_samples, std)
+    maps: dict[str, Tensor] = ctx.cache[key]
+    return maps[present(ctx.backprop, "smoothgradcam++", "backprop")]

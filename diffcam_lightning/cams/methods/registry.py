@@ -8,12 +8,18 @@ for all. Lookup is case-insensitive: ``get_method("MeanDiffGradCAM++")`` works.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from ..layouts import Layout
+
+T = TypeVar("T")
 
 # Extra passes a method may need beyond the one forward + one batched VJP. The engine keeps
 # what they need for the call; a method with any of them cannot be trained through.
@@ -34,13 +40,13 @@ class CAMContext:
     scorecam_batch_size: int = 32
     backprop: Optional[str] = None
     layer: Optional[nn.Module] = None  # the target layer (AblationCAM replaces its output)
-    layout: Optional[Any] = None  # the layer's resolved Layout (AblationCAM ablates in the layer's own layout)
+    layout: Optional[Layout] = None  # the layer's resolved Layout (AblationCAM ablates in the layer's own layout)
     raw_activations: Optional[Tensor] = None  # the layer's output before the layout conversion
     logits: Optional[Tensor] = None  # the call's logits [B, C] (detached)
     head: Optional[tuple[Tensor, Tensor]] = None  # (logits, raw A) with the head's graph, for HEAD_GRAPH methods
     seed: int = 0  # the stochastic methods' seed (RandomCAM, SSCAM, ISCAM, SmoothGradCAM++)
     cache: dict[str, Any] = field(default_factory=dict)  # passes shared by the methods of one call
-    methods: tuple["CAMMethod", ...] = ()  # the call's methods (a shared pass serves all their targets)
+    methods: tuple[CAMMethod, ...] = ()  # the call's methods (a shared pass serves all their targets)
 
     @property
     def grad(self) -> Tensor:
@@ -106,6 +112,13 @@ def require(ctx: CAMContext, method: str, *names: str) -> None:
     missing = [n for n in names if getattr(ctx, n) is None]
     if missing:
         raise ValueError(f"{method} needs {', '.join(missing)} in its context; run it through CAMEngine.")
+
+
+def present(value: Optional[T], method: str, name: str) -> T:
+    """``value`` when it is in the context, typed as present; else the refusal of :func:`require`."""
+    if value is None:
+        raise ValueError(f"{method} needs {name} in its context; run it through CAMEngine.")
+    return value
 
 
 @contextmanager

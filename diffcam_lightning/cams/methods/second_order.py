@@ -6,13 +6,15 @@ every bias of the network and at the input, from its own forward shared by all i
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from ..outputs import logits_of
 from ..postprocess import resize
 from ..targets import BACKPROP_TARGETS
-from .registry import CAMContext, eval_mode, require, weighted_sum
+from .registry import CAMContext, eval_mode, present, require, weighted_sum
 
 
 def hessian_times_activations(ctx: CAMContext, target: str) -> Tensor:
@@ -21,23 +23,28 @@ def hessian_times_activations(ctx: CAMContext, target: str) -> Tensor:
     key = f"hvp:{target}"
     if key not in ctx.cache:
         require(ctx, "a second-order method", "head", "targets", "layout")
-        logits, raw = ctx.head
+        logits, raw = present(ctx.head, "a second-order method", "head")
+        targets = present(ctx.targets, "a second-order method", "targets")
+        layout = present(ctx.layout, "a second-order method", "layout")
         with torch.enable_grad():
-            vector = BACKPROP_TARGETS[target](logits, ctx.targets)  # in the graph: its curvature counts
+            vector = BACKPROP_TARGETS[target](logits, targets)  # in the graph: its curvature counts
             (grad,) = torch.autograd.grad(logits, raw, grad_outputs=vector, create_graph=True, retain_graph=True)
             if grad.requires_grad:
                 (hvp,) = torch.autograd.grad(grad, raw, grad_outputs=raw.detach(), retain_graph=True, allow_unused=True)
             else:  # a head linear in A with a target linear in y: no curvature
                 hvp = None
         hvp = torch.zeros_like(raw) if hvp is None else hvp
-        ctx.cache[key] = ctx.layout.convert(hvp.detach()).float()
-    return ctx.cache[key]
+        ctx.cache[key] = layout.convert(hvp.detach()).float()
+    cached: Tensor = ctx.cache[key]
+    return cached
 
 
 def shapleycam(ctx: CAMContext) -> Tensor:
     """ShapleyCAM (Cai 2025): GradCAM's weights with the second-order term of a Taylor
     Shapley value, ``w_k = mean_hw (g - H A / 2)_k`` (pytorch-grad-cam's ShapleyCAM)."""
-    weights = (ctx.grad - 0.5 * hessian_times_activations(ctx, ctx.backprop)).mean(dim=(2, 3))
+    weights = (ctx.grad - 0.5 * hessian_times_activations(ctx, present(ctx.backprop, "shapleycam", "backprop"))).mean(
+        dim=(2, 3)
+    )
     return weighted_sum(weights, ctx.activations)
 
 
@@ -51,13 +58,15 @@ def bias_layers(model: nn.Module) -> list[tuple[nn.Module, Tensor]]:
     ``nn.BatchNorm2d`` with a bias (exact types, as pytorch-grad-cam: a subclass such as
     timm's ``BatchNormAct2d`` may fold an activation into its output), BatchNorm's bias
     taken at its running statistics, ``beta - mu * gamma / sqrt(var + eps)``."""
-    found = []
+    found: list[tuple[nn.Module, Tensor]] = []
     for module in model.modules():
-        if type(module) not in (nn.Conv2d, nn.BatchNorm2d) or module.bias is None:
+        if type(module) not in (nn.Conv2d, nn.BatchNorm2d) or not isinstance(module, (nn.Conv2d, nn.BatchNorm2d)):
+            continue
+        if module.bias is None:
             continue
         bias = module.bias.detach()
         if isinstance(module, nn.BatchNorm2d):
-            if module.running_mean is None:
+            if module.running_mean is None or module.running_var is None:
                 raise ValueError("fullgrad needs BatchNorm2d layers with running statistics (track_running_stats=True).")
             bias = bias - module.running_mean * module.weight.detach() / torch.sqrt(module.running_var + module.eps)
         found.append((module, bias))
@@ -74,22 +83,25 @@ def _scaled_channels(maps: Tensor) -> Tensor:
 def _fullgrad_maps(ctx: CAMContext, names: list[str]) -> dict[str, Tensor]:
     """FullGrad maps at input size for every target in ``names``: one forward of the whole
     model (in eval mode, modes restored) and one backward per target."""
-    model, size = ctx.model, tuple(ctx.inputs.shape[-2:])
+    model = present(ctx.model, "fullgrad", "model")
+    inputs = present(ctx.inputs, "fullgrad", "inputs")
+    targets = present(ctx.targets, "fullgrad", "targets")
+    size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
     layers = bias_layers(model)
     outputs: list[Tensor] = []
 
-    def capture(module: nn.Module, args, output: Tensor) -> Tensor:
+    def capture(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
         outputs.append(output)
         return output.clone()  # an in-place ReLU after the layer must not rewrite what is differentiated
 
     handles = [module.register_forward_hook(capture) for module, _ in layers]
-    x = ctx.inputs.detach().clone().requires_grad_()
+    x = inputs.detach().clone().requires_grad_()
     try:
         with eval_mode(model), torch.enable_grad():
             logits = logits_of(model(x))
             maps = {}
             for i, name in enumerate(names):
-                vector = BACKPROP_TARGETS[name](logits, ctx.targets).detach()
+                vector = BACKPROP_TARGETS[name](logits, targets).detach()
                 grads = torch.autograd.grad(logits, [x, *outputs], grad_outputs=vector, retain_graph=i < len(names) - 1)
                 total = _scaled_channels((x.detach() * grads[0]).abs())
                 for (_, bias), grad in zip(layers, grads[1:]):
@@ -109,6 +121,8 @@ def fullgrad(ctx: CAMContext) -> Tensor:
     FullGrad target of the call."""
     require(ctx, "fullgrad", "model", "inputs", "targets")
     if "fullgrad" not in ctx.cache:
-        names = list(dict.fromkeys(m.backprop for m in ctx.methods if m.compute is fullgrad))
-        ctx.cache["fullgrad"] = _fullgrad_maps(ctx, names or [ctx.backprop])
-    return ctx.cache["fullgrad"][ctx.backprop]
+        backprop = present(ctx.backprop, "fullgrad", "backprop")
+        names = list(dict.fromkeys(m.backprop for m in ctx.methods if m.compute is fullgrad and m.backprop is not None))
+        ctx.cache["fullgrad"] = _fullgrad_maps(ctx, names or [backprop])
+    maps: dict[str, Tensor] = ctx.cache["fullgrad"]
+    return maps[present(ctx.backprop, "fullgrad", "backprop")]
