@@ -40,7 +40,13 @@ from diffcam_lightning.cli import DiffcamCLI, config_cli
 from diffcam_lightning.shipped import CONFIGS_DIR  # the shipped configs (package data)
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = ("drift/meandiffgradcam", "sham_mse/gradcam", "sham_mse/meandiffgradcam", "pointing/gradcam", "pointing/meandiffgradcam")
+KEYS = (
+    "drift/meandiffgradcam",
+    "sham_mse/gradcam",
+    "sham_mse/meandiffgradcam",
+    "pointing/gradcam",
+    "pointing/meandiffgradcam",
+)
 
 
 def build(regime: str, seed: int, extra: list[str]) -> DiffcamCLI:
@@ -121,9 +127,13 @@ class Recorder(L.Callback):
     def on_validation_end(self, trainer, pl_module):
         values = self.audit.last_metrics
         if values:
-            self.rows.append({"epoch": -1 if trainer.sanity_checking else trainer.current_epoch,
-                              "val_acc": float(trainer.callback_metrics.get("val/acc", float("nan"))),
-                              **{k: values[k] for k in KEYS if k in values}})
+            self.rows.append(
+                {
+                    "epoch": -1 if trainer.sanity_checking else trainer.current_epoch,
+                    "val_acc": float(trainer.callback_metrics.get("val/acc", float("nan"))),
+                    **{k: values[k] for k in KEYS if k in values},
+                }
+            )
 
 
 def thresholds(seeds: list[int]) -> dict:
@@ -167,8 +177,15 @@ def figure(out: Path, epochs: int, human_epochs: int) -> dict:
             acc.Reload()
             event = acc.Images("cam_audit/grid")[-1]
             titles = acc.Tensors("cam_audit/grid_columns/text_summary")[-1].tensor_proto.string_val[0].decode()
-            panels.append((regime, event.step, Image.open(io.BytesIO(event.encoded_image_string)), titles.split(" | "),
-                           audit.last_metrics))
+            panels.append(
+                (
+                    regime,
+                    event.step,
+                    Image.open(io.BytesIO(event.encoded_image_string)),
+                    titles.split(" | "),
+                    audit.last_metrics,
+                )
+            )
     fig, axes = plt.subplots(len(panels), 1, figsize=(10.5, 3.3 * len(panels)))
     for ax, (regime, step, image, titles, values) in zip(axes, panels):
         ax.imshow(image)
@@ -178,7 +195,8 @@ def figure(out: Path, epochs: int, human_epochs: int) -> dict:
         ax.set_title(
             f"{regime}-target model, cam_audit/grid at step {step} (epoch {step // 44}): drift(MeanDiff) "
             f"{values['drift/meandiffgradcam']:.3f}, GradCAM MSE to SHAM {values['sham_mse/gradcam']:.3f}, "
-            f"alarm {int(values['alarm'])}", fontsize=9,
+            f"alarm {int(values['alarm'])}",
+            fontsize=9,
         )
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

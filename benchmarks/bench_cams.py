@@ -135,7 +135,9 @@ def svd_first_component(features: torch.Tensor) -> torch.Tensor:
     return (flat @ vh[:, 0, :].unsqueeze(-1)).reshape(b, h, w).float()
 
 
-def with_first_component(fn: Callable[[torch.Tensor], torch.Tensor], call: Callable[[], object]) -> Callable[[], object]:
+def with_first_component(
+    fn: Callable[[torch.Tensor], torch.Tensor], call: Callable[[], object]
+) -> Callable[[], object]:
     """``call`` with ``methods.eigen.first_component`` (what EigenCAM and EigenGradCAM call)
     replaced by ``fn`` for its duration."""
     from diffcam_lightning.cams.methods import eigen as methods
@@ -202,7 +204,9 @@ def bench_scorecam(name: str, size: int, args, device: torch.device) -> dict[str
         return engine(x, targets=targets, methods="scorecam", size="input")["scorecam"].cpu()
 
     def theirs():
-        return torch.from_numpy(reference_cam(model, layer, x, targets, "scorecam", scorecam_batch_size=args.scorecam_batch))
+        return torch.from_numpy(
+            reference_cam(model, layer, x, targets, "scorecam", scorecam_batch_size=args.scorecam_batch)
+        )
 
     diff = (ours() - theirs()).abs().max().item()
     times = timed_interleaved({"ours": ours, "ref": theirs}, args.warmup, args.repeats, device)
@@ -211,8 +215,21 @@ def bench_scorecam(name: str, size: int, args, device: torch.device) -> dict[str
 
 # The methods added with the anchors' 2025-26 releases: ours vs the anchor's class at the
 # same batch, model, layer and targets (pytorch-grad-cam unless marked torchcam).
-NEW_METHODS = ("restgradcam", "finercam", "kpcacam", "fem", "randomcam", "shapleycam", "fullgrad", "cam",
-               "sscam", "iscam", "smoothgradcam++", "guided_backprop", "refinecam")
+NEW_METHODS = (
+    "restgradcam",
+    "finercam",
+    "kpcacam",
+    "fem",
+    "randomcam",
+    "shapleycam",
+    "fullgrad",
+    "cam",
+    "sscam",
+    "iscam",
+    "smoothgradcam++",
+    "guided_backprop",
+    "refinecam",
+)
 FUNCTIONS = ("guided_backprop", "refinecam")  # functions beside the registry
 TORCHCAM = {"cam": "CAM", "sscam": "SSCAM", "iscam": "ISCAM", "smoothgradcam++": "SmoothGradCAMpp"}
 
@@ -250,7 +267,9 @@ def bench_new(name: str, size: int, args, device: torch.device) -> dict[str, tup
     with torch.no_grad():
         targets = model(x).argmax(1).tolist()
 
-    refine_layers = [n for n, _ in model.named_children()][-5:-2] if name.startswith("resnet") else [engine.target_layer]
+    refine_layers = (
+        [n for n, _ in model.named_children()][-5:-2] if name.startswith("resnet") else [engine.target_layer]
+    )
 
     def function_pair(method: str) -> tuple[Callable[[], object], Callable[[], object]]:
         """(ours, pytorch-grad-cam's) for the functions: guided backprop (one image at a
@@ -266,8 +285,10 @@ def bench_new(name: str, size: int, args, device: torch.device) -> dict[str, tup
         if method == "guided_backprop":
             theirs_model = copy.deepcopy(model)  # it swaps the ReLUs (and drops inplace=True)
             guided = GuidedBackpropReLUModel(theirs_model, device=str(device))
-            return (lambda: guided_backprop(model, x, targets),
-                    lambda: [guided(x[i : i + 1], c) for i, c in enumerate(targets)])
+            return (
+                lambda: guided_backprop(model, x, targets),
+                lambda: [guided(x[i : i + 1], c) for i, c in enumerate(targets)],
+            )
         modules = [dict(model.named_modules())[n] for n in refine_layers]
         cam_targets = [ClassifierOutputTarget(c) for c in targets]
 
@@ -306,8 +327,10 @@ def main_new(args, device: torch.device) -> None:
         size = args.size or ARCHITECTURES[name]
         for method, (ours, theirs) in bench_new(name, size, args, device).items():
             source = "torchcam 0.5" if method in TORCHCAM else "pytorch-grad-cam 1.5.7"
-            print(f"| {name} ({size} px) | {method} | {source} | {ours:.1f} | {theirs:.1f} | {theirs / ours:.1f}x |",
-                  flush=True)
+            print(
+                f"| {name} ({size} px) | {method} | {source} | {ours:.1f} | {theirs:.1f} | {theirs / ours:.1f}x |",
+                flush=True,
+            )
 
 
 def main_scorecam(args, device: torch.device) -> None:
@@ -339,7 +362,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="input size (default: per architecture)")
     parser.add_argument("--no-reference", action="store_true", help="leave pytorch-grad-cam out (our rows only)")
     parser.add_argument(
-        "--eigen-baseline", action="store_true",
+        "--eigen-baseline",
+        action="store_true",
         help="also time the 28 with the full-SVD first principal component used before issue 20",
     )
     parser.add_argument("--new", action="store_true", help="the methods added in issue 22, ours vs their anchor")
@@ -356,7 +380,9 @@ def main() -> None:
         main_new(args, device)
         return
     if args.layercam:
-        print("| architecture | ours: LayerCAM | torchcam: LayerCAM | pytorch-grad-cam: LayerCAM | torchcam / ours | pytorch-grad-cam / ours |")
+        print(
+            "| architecture | ours: LayerCAM | torchcam: LayerCAM | pytorch-grad-cam: LayerCAM | torchcam / ours | pytorch-grad-cam / ours |"
+        )
         print("|---|---:|---:|---:|---:|---:|")
         for name in args.archs:
             r = bench_layercam(name, ARCHITECTURES[name], args, device)
@@ -390,13 +416,17 @@ def main_eigen(args, device: torch.device, n: int) -> None:
     """Our rows only (``--no-reference``), with the full-SVD baseline if asked: the table for
     the last factor of the 28 maps against a no-grad forward."""
     svd = args.eigen_baseline
-    print(f"| architecture | no-grad forward | ours: {n} gradient CAMs | ours / forward | ours: GradCAM | GradCAM / forward"
-          + (f" | {n}, full-SVD first component (before) | before / forward |" if svd else " |"))
+    print(
+        f"| architecture | no-grad forward | ours: {n} gradient CAMs | ours / forward | ours: GradCAM | GradCAM / forward"
+        + (f" | {n}, full-SVD first component (before) | before / forward |" if svd else " |")
+    )
     print("|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if svd else ""))
     for name in args.archs:
         r = bench_architecture(name, args.size or ARCHITECTURES[name], args, device)
-        row = (f"| {name} ({args.size or ARCHITECTURES[name]} px, {r['layer']}) | {r['forward']:.1f} | {r['ours_all']:.1f} "
-               f"| {r['ours_all'] / r['forward']:.2f}x | {r['ours_gradcam']:.1f} | {r['ours_gradcam'] / r['forward']:.2f}x |")
+        row = (
+            f"| {name} ({args.size or ARCHITECTURES[name]} px, {r['layer']}) | {r['forward']:.1f} | {r['ours_all']:.1f} "
+            f"| {r['ours_all'] / r['forward']:.2f}x | {r['ours_gradcam']:.1f} | {r['ours_gradcam'] / r['forward']:.2f}x |"
+        )
         if svd:
             row += f" {r['ours_all_svd']:.1f} | {r['ours_all_svd'] / r['forward']:.2f}x |"
         print(row, flush=True)

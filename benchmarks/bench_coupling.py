@@ -49,7 +49,9 @@ def bench(batch: int, size: int, repeats: int) -> dict[str, float]:
         "rel_error": float((raw_shared - raw_exact).norm() / raw_exact.norm()),
         "max_error": float((norm_shared - norm_exact).abs().max()),
     }
-    t_exact, t_shared = timed_pair(lambda: exact(x, y, GRADIENT_METHODS), lambda: shared(x, y, GRADIENT_METHODS), repeats)
+    t_exact, t_shared = timed_pair(
+        lambda: exact(x, y, GRADIENT_METHODS), lambda: shared(x, y, GRADIENT_METHODS), repeats
+    )
     out.update(cam_exact=t_exact, cam_shared=t_shared)
 
     opt = torch.optim.SGD(module.parameters(), lr=0.0)  # lr 0: every step sees the same weights
@@ -76,7 +78,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # the engine's once-per-engine note, self.log outside a Trainer
-    print("| batch | shared VJP: relative error (raw) | max error (normalised) | 10 CAMs: exact / shared (ms) | ratio | training step: exact / shared (ms) | ratio |")
+    print(
+        "| batch | shared VJP: relative error (raw) | max error (normalised) | 10 CAMs: exact / shared (ms) | ratio | training step: exact / shared (ms) | ratio |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for batch in args.batches:
         r = bench(batch, args.size, args.repeats)

@@ -82,7 +82,9 @@ def main() -> None:
     model = efficientnet_lite0().eval()
     engine = CAMEngine(model, CAM_LAYER)
     runs = {
-        "diffcam explain (whole command, outputs written)": lambda: explain_command(folder, tmp / "out", args.batch_size),
+        "diffcam explain (whole command, outputs written)": lambda: explain_command(
+            folder, tmp / "out", args.batch_size
+        ),
         "CAMEngine, maps only": lambda: ours_maps(folder, model, engine, args.batch_size),
         "pytorch-grad-cam, maps only": lambda: pgc_maps(folder, model, args.batch_size),
     }

@@ -70,22 +70,29 @@ def main() -> None:
     runs = {
         "ours: CAMEngine, GradCAM": lambda: engine(x, targets=targets, methods="gradcam", size="input"),
         "ours: CAMEngine, 11 methods": lambda: engine(
-            x, targets=targets, methods=[m for m in __import__("diffcam_lightning").METHODS if m != "scorecam"], size="input"
+            x,
+            targets=targets,
+            methods=[m for m in __import__("diffcam_lightning").METHODS if m != "scorecam"],
+            size="input",
         ),
         "pytorch-grad-cam: `with GradCAM(...)` per call": with_block,
         "pytorch-grad-cam: one GradCAM object reused": reused_object,
         "pytorch-grad-cam: new GradCAM per call, no `with`": new_object,
     }
-    print("resnet18 (random init, 10 classes), B=4, 64 px, CPU 1 thread; RSS in MB after 20 warm-up calls, "
-          "then after every 50 calls (growth = last - first)\n")
+    print(
+        "resnet18 (random init, 10 classes), B=4, 64 px, CPU 1 thread; RSS in MB after 20 warm-up calls, "
+        "then after every 50 calls (growth = last - first)\n"
+    )
     print("| run | RSS after warm-up | after 50 / 100 / 150 / 200 calls | growth |")
     print("|---|---:|---|---:|")
     for name, fn in runs.items():  # in this order: the last run leaves hooks behind
         points = series(fn, 200, 20)
         if reused:
             reused.pop().activations_and_grads.release()  # removes its hooks
-        print(f"| {name} | {points[0]:.1f} | {' / '.join(f'{p:.1f}' for p in points[1:])} | {points[-1] - points[0]:+.1f} |",
-              flush=True)
+        print(
+            f"| {name} | {points[0]:.1f} | {' / '.join(f'{p:.1f}' for p in points[1:])} | {points[-1] - points[0]:+.1f} |",
+            flush=True,
+        )
     hooks = len(model.layer4._forward_hooks)
     print(f"\nforward hooks left on layer4 afterwards: {hooks} (pytorch-grad-cam objects never closed)")
     audited_epochs()
@@ -112,14 +119,23 @@ def audited_epochs() -> None:
     train, val = loaders(saliency=True)
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(
-            accelerator="cpu", max_epochs=20, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, default_root_dir=root, num_sanity_val_steps=0, log_every_n_steps=1,
+            accelerator="cpu",
+            max_epochs=20,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=root,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,
             callbacks=[CAMAudit(audit_size=24, grid_images=4), meter],
         )
         trainer.fit(UserNet(), train, val)
     after = meter.rss[4:]
-    print(f"\n20 audited epochs (CAMAudit, 24 images, 9 methods, PNG grids): RSS at epochs 5-20 "
-          f"{min(after):.1f}-{max(after):.1f} MB, growth {after[-1] - after[0]:+.1f} MB, max spread {max(after) - min(after):.1f} MB")
+    print(
+        f"\n20 audited epochs (CAMAudit, 24 images, 9 methods, PNG grids): RSS at epochs 5-20 "
+        f"{min(after):.1f}-{max(after):.1f} MB, growth {after[-1] - after[0]:+.1f} MB, max spread {max(after) - min(after):.1f} MB"
+    )
     print("per epoch:", " ".join(f"{r:.1f}" for r in meter.rss))
 
 

@@ -120,7 +120,9 @@ def anchors(args) -> None:
     cam_targets = [ClassifierOutputTarget(int(t)) for t in targets]
 
     def torchcam_run():
-        metric = DeletionInsertionMetric(FixedMaps(model, maps), partial(torch.softmax, dim=-1), steps=20, batch_size=64)
+        metric = DeletionInsertionMetric(
+            FixedMaps(model, maps), partial(torch.softmax, dim=-1), steps=20, batch_size=64
+        )
         metric.update(x, class_idx=targets.tolist())
 
     times = timed_interleaved(
@@ -133,11 +135,17 @@ def anchors(args) -> None:
         args.warmup,
         args.repeats,
     )
-    print(f"CPU, {torch.get_num_threads()} threads; resnet18, B={args.batch}, {args.size} px; medians of {args.repeats} rounds (s)\n")
+    print(
+        f"CPU, {torch.get_num_threads()} threads; resnet18, B={args.batch}, {args.size} px; medians of {args.repeats} rounds (s)\n"
+    )
     print("| metric | ours | anchor | anchor / ours |")
     print("|---|---:|---:|---:|")
-    print(f"| deletion + insertion, 20 steps (torchcam 0.5) | {times['ours_di']:.2f} | {times['torchcam_di']:.2f} | {times['torchcam_di'] / times['ours_di']:.1f}x |")
-    print(f"| ROAD combined, 9 percentiles (pytorch-grad-cam) | {times['ours_road']:.2f} | {times['ref_road']:.2f} | {times['ref_road'] / times['ours_road']:.1f}x |")
+    print(
+        f"| deletion + insertion, 20 steps (torchcam 0.5) | {times['ours_di']:.2f} | {times['torchcam_di']:.2f} | {times['torchcam_di'] / times['ours_di']:.1f}x |"
+    )
+    print(
+        f"| ROAD combined, 9 percentiles (pytorch-grad-cam) | {times['ours_road']:.2f} | {times['ref_road']:.2f} | {times['ref_road'] / times['ours_road']:.1f}x |"
+    )
 
 
 def quantus_pairs(model, x, maps, targets, engine):
@@ -165,40 +173,55 @@ def quantus_pairs(model, x, maps, targets, engine):
 
     def quantus_explain_any(model, inputs, targets, **kwargs):  # eMPRT hands the randomised model itself;
         # + 1e-3 noise: a random net's GradCAM can be all zeros, which Quantus refuses
-        maps = CAMEngine(model, layer)(torch.from_numpy(inputs).float(), targets=torch.from_numpy(np.asarray(targets)),
-                                       methods="gradcam", size="input")["gradcam"]
+        maps = CAMEngine(model, layer)(
+            torch.from_numpy(inputs).float(),
+            targets=torch.from_numpy(np.asarray(targets)),
+            methods="gradcam",
+            size="input",
+        )["gradcam"]
         return (maps + 1e-3 * torch.rand(maps.shape, generator=torch.Generator().manual_seed(1)))[:, None].numpy()
 
     return {
         "Pixel Flipping (48 steps)": (
             lambda: M.pixel_flipping(model, x, maps, targets, features_in_step=step, batch_size=64),
-            ref(quantus.PixelFlipping(features_in_step=step, **common))),
+            ref(quantus.PixelFlipping(features_in_step=step, **common)),
+        ),
         "Region Perturbation (8 px, 16 regions)": (
             lambda: M.region_perturbation(model, x, maps, targets, regions=16, batch_size=64),
-            ref(quantus.RegionPerturbation(patch_size=8, regions_evaluation=16, **common))),
+            ref(quantus.RegionPerturbation(patch_size=8, regions_evaluation=16, **common)),
+        ),
         "Faithfulness Correlation (100 runs)": (
             lambda: M.faithfulness_correlation(model, x, maps, targets, batch_size=64),
-            ref(quantus.FaithfulnessCorrelation(return_aggregate=False, **common))),
+            ref(quantus.FaithfulnessCorrelation(return_aggregate=False, **common)),
+        ),
         "Monotonicity Correlation (48 steps, 10 samples)": (
-            lambda: M.monotonicity_correlation(model, x, maps, targets, features_in_step=step, samples=10, batch_size=64),
-            ref(quantus.MonotonicityCorrelation(features_in_step=step, nr_samples=10, **common))),
+            lambda: M.monotonicity_correlation(
+                model, x, maps, targets, features_in_step=step, samples=10, batch_size=64
+            ),
+            ref(quantus.MonotonicityCorrelation(features_in_step=step, nr_samples=10, **common)),
+        ),
         "IROF (SLIC superpixels)": (
             lambda: M.irof(model, x, maps, targets, batch_size=64),
-            ref(quantus.IROF(return_aggregate=False, perturb_func=by_mask, **common))),
+            ref(quantus.IROF(return_aggregate=False, perturb_func=by_mask, **common)),
+        ),
         "Sparseness": (lambda: M.sparseness(maps), ref(quantus.Sparseness(**common))),
         "Complexity": (lambda: M.complexity(maps), ref(quantus.Complexity(**common))),
         "Random Logit": (
             lambda: M.random_logit(model, x, maps, targets, explain=explain),
-            ref(quantus.RandomLogit(num_classes=n_classes, **common), explain_func=quantus_explain_any)),
+            ref(quantus.RandomLogit(num_classes=n_classes, **common), explain_func=quantus_explain_any),
+        ),
         "efficient MPRT": (
             lambda: M.efficient_mprt(model, x, maps, targets, explain=explain),
-            ref(quantus.EfficientMPRT(disable_warnings=True), explain_func=quantus_explain_any)),
+            ref(quantus.EfficientMPRT(disable_warnings=True), explain_func=quantus_explain_any),
+        ),
         "Max-Sensitivity (20 samples)": (
             lambda: M.max_sensitivity(model, x, maps, targets, explain=explain, samples=20, batch_size=64),
-            ref(quantus.MaxSensitivity(nr_samples=20, **common), explain_func=quantus_explain_any)),
+            ref(quantus.MaxSensitivity(nr_samples=20, **common), explain_func=quantus_explain_any),
+        ),
         "Local Lipschitz Estimate (20 samples)": (
             lambda: M.local_lipschitz_estimate(model, x, maps, targets, explain=explain, samples=20, batch_size=64),
-            ref(quantus.LocalLipschitzEstimate(nr_samples=20, **common), explain_func=quantus_explain_any)),
+            ref(quantus.LocalLipschitzEstimate(nr_samples=20, **common), explain_func=quantus_explain_any),
+        ),
     }
 
 
@@ -215,9 +238,15 @@ def quantus_mode(args) -> None:
     # the cost does not depend on the values; a random net's GradCAM can be all zeros, which Quantus refuses
     maps = maps + 1e-3 * torch.rand(maps.shape, generator=torch.Generator().manual_seed(0))
     pairs = quantus_pairs(model, x, maps, targets, engine)
-    fns = {f"{name}|{side}": fn for name, (ours, theirs) in pairs.items() for side, fn in (("ours", ours), ("quantus", theirs))}
+    fns = {
+        f"{name}|{side}": fn
+        for name, (ours, theirs) in pairs.items()
+        for side, fn in (("ours", ours), ("quantus", theirs))
+    }
     times = timed_interleaved(fns, args.warmup, args.repeats)
-    print(f"CPU, {torch.get_num_threads()} threads; resnet18, B={args.batch}, {args.size} px; medians of {args.repeats} rounds (s)\n")
+    print(
+        f"CPU, {torch.get_num_threads()} threads; resnet18, B={args.batch}, {args.size} px; medians of {args.repeats} rounds (s)\n"
+    )
     print("| metric | ours | Quantus 0.6 | Quantus / ours |")
     print("|---|---:|---:|---:|")
     for name in pairs:
@@ -232,7 +261,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=112)
-    parser.add_argument("--road-images", type=int, default=8, help="audit: images for the ROAD row (its CPU cost is high)")
+    parser.add_argument(
+        "--road-images", type=int, default=8, help="audit: images for the ROAD row (its CPU cost is high)"
+    )
     args = parser.parse_args()
     np.random.seed(0)
     {"audit": audit, "anchors": anchors, "quantus": quantus_mode}[args.mode](args)

@@ -78,7 +78,8 @@ def config_cli(config: str, *overrides: str) -> DiffcamCLI:
     """The instantiated (not run) CLI of a config, for scripts: no logger, checkpoints,
     progress bar, model summary or config callbacks; ``overrides`` are further CLI flags."""
     args = [
-        "--config", resolve_config(str(config)),
+        "--config",
+        resolve_config(str(config)),
         "--trainer.logger=false",
         "--trainer.enable_checkpointing=false",
         "--trainer.enable_progress_bar=false",
@@ -88,8 +89,13 @@ def config_cli(config: str, *overrides: str) -> DiffcamCLI:
     ]
     sys.argv = sys.argv[:1]  # the CLI reads only ``args``
     return DiffcamCLI(
-        SaliencyClassifier, LightningDataModule, subclass_mode_data=True, args=args, run=False,
-        save_config_callback=None, auto_configure_optimizers=False,
+        SaliencyClassifier,
+        LightningDataModule,
+        subclass_mode_data=True,
+        args=args,
+        run=False,
+        save_config_callback=None,
+        auto_configure_optimizers=False,
     )
 
 

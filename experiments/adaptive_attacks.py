@@ -159,10 +159,16 @@ class Recorder(Callback):
         attack_mask = sham_target(grid, 3.35, self.run.pattern)
         border = sham_target(grid, 3.35, "border")
         masks = self.audit.saliency
-        row: dict = {"run": self.run.name, "kind": self.run.kind, "attacked": self.run.attacked,
-                     "pattern": self.run.pattern, "seed": self.run.seed, "epoch": trainer.current_epoch,
-                     "started": self.started,
-                     "acc": float(trainer.callback_metrics["val/acc"])}
+        row: dict = {
+            "run": self.run.name,
+            "kind": self.run.kind,
+            "attacked": self.run.attacked,
+            "pattern": self.run.pattern,
+            "seed": self.run.seed,
+            "epoch": trainer.current_epoch,
+            "started": self.started,
+            "acc": float(trainer.callback_metrics["val/acc"]),
+        }
         for m in METHODS:
             row[f"pointing/{m}"] = float(pointing_game(maps[m], masks).mean())
             row[f"mask_mse/{m}"] = float(saliency_mse(maps[m], masks).mean())
@@ -186,9 +192,12 @@ class Recorder(Callback):
 def train(run: Run, epochs: int, train_size: int, val_size: int, audit_size: int, sink: Path) -> float:
     cli = config_cli(
         str(CONFIGS_DIR / f"{run.config}.yaml"),
-        f"--seed_everything={run.seed}", f"--trainer.max_epochs={epochs}",
-        f"--data.init_args.train_size={train_size}", f"--data.init_args.val_size={val_size}",
-        "--trainer.num_sanity_val_steps=0", *run.flags,
+        f"--seed_everything={run.seed}",
+        f"--trainer.max_epochs={epochs}",
+        f"--data.init_args.train_size={train_size}",
+        f"--data.init_args.val_size={val_size}",
+        "--trainer.num_sanity_val_steps=0",
+        *run.flags,
     )
     cli.trainer.callbacks.append(Recorder(run, audit_size, sink))
     start = time.perf_counter()

@@ -30,8 +30,16 @@ from diffcam_lightning.audit.alarm import ALARM_RULES, build_rules, evaluate
 
 LAG = 2
 MIN_EPOCHS = 6  # runs with fewer epochs were cut short (killed) and are left out
-GRADIENT = ("gradcam", "gradcam++", "meandiffgradcam", "maxdiffgradcam", "lsediffgradcam",
-            "meandiffgradcam++", "maxdiffgradcam++", "lsediffgradcam++")
+GRADIENT = (
+    "gradcam",
+    "gradcam++",
+    "meandiffgradcam",
+    "maxdiffgradcam",
+    "lsediffgradcam",
+    "meandiffgradcam++",
+    "maxdiffgradcam++",
+    "lsediffgradcam++",
+)
 
 
 def load(out: Path) -> dict[str, list[dict]]:
@@ -46,7 +54,9 @@ def load(out: Path) -> dict[str, list[dict]]:
         if row.get("started", 0.0) == latest[row["run"]]:
             by_run.setdefault(row["run"], {})[row["epoch"]] = row
     runs = {name: [rows[e] for e in sorted(rows)] for name, rows in by_run.items()}
-    complete = {n: r for n, r in runs.items() if [x["epoch"] for x in r] == list(range(len(r))) and len(r) >= MIN_EPOCHS}
+    complete = {
+        n: r for n, r in runs.items() if [x["epoch"] for x in r] == list(range(len(r))) and len(r) >= MIN_EPOCHS
+    }
     epochs = min((len(r) for r in complete.values()), default=0)
     return {name: rows[:epochs] for name, rows in complete.items()}
 
@@ -68,8 +78,15 @@ def first(rows: list[dict], test) -> Optional[int]:
 def run_summary(name: str, rows: list[dict], clean: dict[str, float], rules) -> dict:
     last = rows[-1]
     fired = [evaluate(r, rules) for r in rows]
-    out = {"run": name, "kind": last["kind"], "attacked": last["attacked"] or "", "pattern": last["pattern"],
-           "seed": last["seed"], "epochs": len(rows), "acc": last["acc"]}
+    out = {
+        "run": name,
+        "kind": last["kind"],
+        "attacked": last["attacked"] or "",
+        "pattern": last["pattern"],
+        "seed": last["seed"],
+        "epochs": len(rows),
+        "acc": last["acc"],
+    }
     out["alarm_epoch"] = next((r["epoch"] for r, f in zip(rows, fired) if f and r["epoch"] >= 1), None)
     for rule in rules:
         out[f"first_{rule.name}"] = next(
@@ -118,7 +135,9 @@ def markdown(summaries: list[dict], rules, clean: dict[str, float]) -> str:
     unfooled = [s for s in attacks if s["goal"] is None]
     names = [r.name for r in rules]
     lines = [
-        "Alarm rules: " + ", ".join(f"{r.name} ({r.signal} {'<' if r.below else '>'} {r.threshold})" for r in rules) + ".",
+        "Alarm rules: "
+        + ", ".join(f"{r.name} ({r.signal} {'<' if r.below else '>'} {r.threshold})" for r in rules)
+        + ".",
         "Clean pointing (CE-only controls, last epoch): " + ", ".join(f"{m} {v:.2f}" for m, v in clean.items()) + ".",
         "",
         f"**Attacks: goal met in {sum(s['goal'] for s in fooled)} of the {len(fooled)} runs whose fooling became visible** "
@@ -127,14 +146,16 @@ def markdown(summaries: list[dict], rules, clean: dict[str, float]) -> str:
         f"{sum(s['alarm_epoch'] is None for s in unfooled)} of them.",
         "",
         "| attacked | pattern | seed | acc | pointing start -> end | MSE to attack mask | fooling visible | alarm | "
-        + " | ".join(f"first {n}" for n in names) + " | evades | goal |",
+        + " | ".join(f"first {n}" for n in names)
+        + " | evades | goal |",
         "|" + "---|" * (10 + len(names)),
     ]
     for s in sorted(attacks, key=lambda s: (s["attacked"], s["pattern"], s["seed"])):
         lines.append(
             f"| {s['attacked']} | {s['pattern']} | {s['seed']} | {s['acc']:.2f} | {s['pointing_start']:.2f} -> {s['pointing_end']:.2f} "
             f"| {s['attack_mse_end']:.3f} | {fmt(s['visible_epoch'])} | {fmt(s['alarm_epoch'])} | "
-            + " | ".join(fmt(s[f"first_{n}"]) for n in names) + f" | {evasions(s, rules) or '-'} | {GOAL[s['goal']]} |"
+            + " | ".join(fmt(s[f"first_{n}"]) for n in names)
+            + f" | {evasions(s, rules) or '-'} | {GOAL[s['goal']]} |"
         )
     false = sum(len(s["false_alarm_epochs"]) for s in controls)
     epochs = sum(s["epochs"] - 1 for s in controls)
@@ -148,7 +169,8 @@ def markdown(summaries: list[dict], rules, clean: dict[str, float]) -> str:
     for s in sorted(controls, key=lambda s: s["run"]):
         lines.append(
             f"| {s['run'].split('/')[1]} | {s['seed']} | {s['acc']:.2f} | {fmt(s['false_alarm_epochs'])} | "
-            + " | ".join(fmt(s[f"first_{n}"]) for n in names) + " |"
+            + " | ".join(fmt(s[f"first_{n}"]) for n in names)
+            + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -208,8 +230,10 @@ def threshold_sweep(runs: dict[str, list[dict]], clean: dict[str, float]) -> str
     grid = [(scope, t, drift) for scope in (None, PLAIN) for t in SWEEP]
     grid += [(default.methods, dep, d) for d in DRIFT_SWEEP if d != drift]
     for scope, t, d in grid:
-        rules = [replace(r, methods=scope) if r.name == "dependence" else r
-                 for r in build_rules({"dependence": t}, ("meandiffgradcam", "gradcam"), d, sham)]
+        rules = [
+            replace(r, methods=scope) if r.name == "dependence" else r
+            for r in build_rules({"dependence": t}, ("meandiffgradcam", "gradcam"), d, sham)
+        ]
         sums = [run_summary(n, r, clean, rules) for n, r in sorted(runs.items())]
         attacks = [s for s in sums if s["kind"] == "attack"]
         lags = [s["lag"] for s in attacks if s["lag"] is not None]
@@ -273,14 +297,18 @@ def write_csv(runs: dict[str, list[dict]], rules, path: Path) -> None:
 
 def summarise(out: Path) -> None:
     runs = load(out)
-    rules = build_rules(None, ("meandiffgradcam", "gradcam"), ALARM_RULES["drift"].threshold, ALARM_RULES["sham"].threshold)
+    rules = build_rules(
+        None, ("meandiffgradcam", "gradcam"), ALARM_RULES["drift"].threshold, ALARM_RULES["sham"].threshold
+    )
     clean = clean_pointing(runs)
     summaries = [run_summary(name, rows, clean, rules) for name, rows in sorted(runs.items())]
     epochs = max((len(r) for r in runs.values()), default=0)
     text = (
         markdown(summaries, rules, clean)
-        + "\nCandidate signals (how the thresholds were chosen):\n\n" + signal_margins(runs, summaries)
-        + "\nThe dependence threshold swept on the same rows:\n\n" + threshold_sweep(runs, clean)
+        + "\nCandidate signals (how the thresholds were chosen):\n\n"
+        + signal_margins(runs, summaries)
+        + "\nThe dependence threshold swept on the same rows:\n\n"
+        + threshold_sweep(runs, clean)
     )
     (out / "adaptive_attacks.md").write_text(text)
     write_csv(runs, rules, out / "adaptive_attacks.csv")

@@ -49,8 +49,13 @@ from diffcam_lightning.shipped import CONFIGS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = tuple(DEFAULT_METHODS)
-SHAM_ATTACKS = (("gradcam", "border"), ("gradcam++", "corner"), ("meandiffgradcam", "border"),
-                ("meandiffgradcam", "patch"), ("gradcam+meandiffgradcam", "border"))
+SHAM_ATTACKS = (
+    ("gradcam", "border"),
+    ("gradcam++", "corner"),
+    ("meandiffgradcam", "border"),
+    ("meandiffgradcam", "patch"),
+    ("gradcam+meandiffgradcam", "border"),
+)
 CUE_ATTACKS = ("gradcam", "meandiffgradcam", "gradcam+meandiffgradcam")
 CUE_WEIGHTS = (1.0, 3.0)  # weight 10 did not learn the cue within 4 epochs of 560 images (val acc 0.29)
 CONTROLS = ("ce", "human", "human_lr5x", "ce_many", "ce_cue")
@@ -76,12 +81,16 @@ def _method_flag(method: str) -> str:
 
 def sham_attack(method: str, pattern: str, seed: int) -> Run:
     flags = [_method_flag(method), f"--model.sham_pattern={pattern}"]
-    return Run(f"sham/{method}/{pattern}/s{seed}", "attack", "sham", "synthetic_sham", flags, method, pattern, 1.0, seed)
+    return Run(
+        f"sham/{method}/{pattern}/s{seed}", "attack", "sham", "synthetic_sham", flags, method, pattern, 1.0, seed
+    )
 
 
 def cue_attack(method: str, weight: float, seed: int) -> Run:
     flags = [_method_flag(method), f"--model.saliency_weight={weight}"]
-    return Run(f"cue/{method}/w{weight:g}/s{seed}", "attack", "cue", "synthetic_cue_human", flags, method, None, weight, seed)
+    return Run(
+        f"cue/{method}/w{weight:g}/s{seed}", "attack", "cue", "synthetic_cue_human", flags, method, None, weight, seed
+    )
 
 
 def control(name: str, seed: int) -> Run:
@@ -142,10 +151,18 @@ class Recorder(Callback):
             return
         x, y, masks = self.audit.images, self.audit.labels, self.audit.saliency
         run = self.run
-        row: dict = {"run": run.name, "kind": run.kind, "family": run.family, "attacked": run.attacked,
-                     "pattern": run.pattern, "weight": run.weight, "seed": run.seed,
-                     "epoch": trainer.current_epoch, "started": self.started,
-                     "acc": float(trainer.callback_metrics["val/acc"])}
+        row: dict = {
+            "run": run.name,
+            "kind": run.kind,
+            "family": run.family,
+            "attacked": run.attacked,
+            "pattern": run.pattern,
+            "weight": run.weight,
+            "seed": run.seed,
+            "epoch": trainer.current_epoch,
+            "started": self.started,
+            "acc": float(trainer.callback_metrics["val/acc"]),
+        }
         t0 = time.perf_counter()
         with audit_guard(pl_module, pl_module.device):
             maps = pl_module.engine(x, y, METHODS)
@@ -154,8 +171,9 @@ class Recorder(Callback):
                 for part, images in self.ablated.items():
                     row[f"acc_no_{part}"] = float((pl_module(images).argmax(1) == y).float().mean())
             n = self.behaviour_size
-            scores, drops = behaviour_scores(pl_module, x[:n], y[:n], {m: maps[m][:n] for m in METHODS},
-                                             BehaviourOptions(), masks[:n], None)
+            scores, drops = behaviour_scores(
+                pl_module, x[:n], y[:n], {m: maps[m][:n] for m in METHODS}, BehaviourOptions(), masks[:n], None
+            )
         row["behaviour_s"] = time.perf_counter() - t0
         for key, (values, mask) in scores.items():
             keep = torch.ones_like(values, dtype=torch.bool) if mask is None else mask.bool()
@@ -185,10 +203,16 @@ class Recorder(Callback):
 def train(run: Run, args: argparse.Namespace, sink: Path) -> float:
     cli = config_cli(
         str(CONFIGS_DIR / f"{run.config}.yaml"),
-        f"--seed_everything={run.seed}", f"--trainer.max_epochs={args.epochs}",
-        f"--data.init_args.train_size={args.train_size}", f"--data.init_args.val_size={args.val_size}",
-        "--trainer.num_sanity_val_steps=0", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
-        "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false", *run.flags,
+        f"--seed_everything={run.seed}",
+        f"--trainer.max_epochs={args.epochs}",
+        f"--data.init_args.train_size={args.train_size}",
+        f"--data.init_args.val_size={args.val_size}",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.logger=false",
+        "--trainer.enable_checkpointing=false",
+        "--trainer.callbacks=[]",
+        "--trainer.enable_progress_bar=false",
+        *run.flags,
     )
     cli.trainer.callbacks.append(Recorder(run, args.audit_size, args.behaviour_size, sink))
     start = time.perf_counter()

@@ -50,8 +50,16 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 LAG = 2
-GRADIENT = ("gradcam", "gradcam++", "meandiffgradcam", "maxdiffgradcam", "lsediffgradcam",
-            "meandiffgradcam++", "maxdiffgradcam++", "lsediffgradcam++")
+GRADIENT = (
+    "gradcam",
+    "gradcam++",
+    "meandiffgradcam",
+    "maxdiffgradcam",
+    "lsediffgradcam",
+    "meandiffgradcam++",
+    "maxdiffgradcam++",
+    "lsediffgradcam++",
+)
 
 
 @dataclass(frozen=True)
@@ -77,8 +85,11 @@ SHIPPED_OFF = {"deletion_gap"}  # opt-in in CAMAudit (alarm.py): it calls the cl
 
 
 def load() -> dict[str, list[dict]]:
-    rows = [json.loads(line) for p in sorted((RESULTS / "behaviour").glob("behaviour_runs.*.jsonl"))
-            for line in p.read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for p in sorted((RESULTS / "behaviour").glob("behaviour_runs.*.jsonl"))
+        for line in p.read_text().splitlines()
+    ]
     latest: dict[str, float] = {}
     for r in rows:
         latest[r["run"]] = max(latest.get(r["run"], 0.0), r["started"])
@@ -124,15 +135,22 @@ def visible(rows: list[dict], clean: dict[str, float]) -> Optional[int]:
         if first["family"] == "sham":
             if all(row[f"pointing/{m}"] < 0.5 * clean[m] for m in ms):
                 return row["epoch"]
-        elif decides(row) and row["acc_no_cue"] < 0.5 * row["audit_acc"] and all(row[f"pointing/{m}"] >= 0.25 for m in ms):
+        elif (
+            decides(row)
+            and row["acc_no_cue"] < 0.5 * row["audit_acc"]
+            and all(row[f"pointing/{m}"] >= 0.25 for m in ms)
+        ):
             return row["epoch"]
     return None
 
 
 def values(row: dict, rule: Rule) -> list[tuple[str, float]]:
     methods = rule.scope or GRADIENT
-    return [(m, row[f"{rule.signal}/{m}"]) for m in methods if f"{rule.signal}/{m}" in row
-            and math.isfinite(row[f"{rule.signal}/{m}"])]
+    return [
+        (m, row[f"{rule.signal}/{m}"])
+        for m in methods
+        if f"{rule.signal}/{m}" in row and math.isfinite(row[f"{rule.signal}/{m}"])
+    ]
 
 
 def fires(row: dict, rule: Rule, threshold: float) -> list[str]:
@@ -153,8 +171,9 @@ def goal(rows: list[dict], seen: Optional[int], alarm: Optional[int]) -> Optiona
     return alarm is not None and alarm <= seen + LAG
 
 
-def choose(runs: dict[str, list[dict]], clean: dict[str, float], rule: Rule,
-           extra: tuple[dict, ...] = ()) -> tuple[Optional[float], str]:
+def choose(
+    runs: dict[str, list[dict]], clean: dict[str, float], rule: Rule, extra: tuple[dict, ...] = ()
+) -> tuple[Optional[float], str]:
     """The threshold with the most goal-met seed-0 attacks and no false alarm on the seed-0
     controls and the ``extra`` clean one-shot rows (the real-network controls)."""
     controls = [r for n, r in runs.items() if r[0]["kind"] == "control"]
@@ -176,7 +195,10 @@ def choose(runs: dict[str, list[dict]], clean: dict[str, float], rule: Rule,
         elif score == best[0]:
             best[1].append(t)
     if best[0] <= 0:
-        return None, f"catches no seed-0 run in time without a false alarm (clean {'min' if rule.below else 'max'} {edge:.3f})"
+        return (
+            None,
+            f"catches no seed-0 run in time without a false alarm (clean {'min' if rule.below else 'max'} {edge:.3f})",
+        )
     lo, hi = min(best[1]), max(best[1])
     # the tied thresholds all lie on one side of the clean edge: put it halfway between the
     # attack values they need and the clean edge
@@ -205,9 +227,12 @@ def fmt(x: Optional[int]) -> str:
 
 
 def table(runs: dict[str, list[dict]], clean: dict[str, float], rules: dict[Rule, float], seeds: set[int]) -> list[str]:
-    lines = ["| run | acc | acc without cue | attacked map on object (start -> end) | fooling visible | fooled verdict | "
-             + " | ".join(f"first {r.name}" for r in rules) + " | goal | measured: why |",
-             "|---|---|---|---|---|---|" + "---|" * len(rules) + "---|---|"]
+    lines = [
+        "| run | acc | acc without cue | attacked map on object (start -> end) | fooling visible | fooled verdict | "
+        + " | ".join(f"first {r.name}" for r in rules)
+        + " | goal | measured: why |",
+        "|---|---|---|---|---|---|" + "---|" * len(rules) + "---|---|",
+    ]
     met = total = false = control_epochs = 0
     for name in sorted(runs):
         rows = runs[name]
@@ -229,24 +254,37 @@ def table(runs: dict[str, list[dict]], clean: dict[str, float], rules: dict[Rule
                 why = f"epoch {fooled[0]}: " + "; ".join(
                     f"{rule.name} on {len(fires(row, rule, t))} methods, {'min' if rule.below else 'max'} "
                     f"{extreme(row, rule):.3f} vs {t}"
-                    for rule, t in rules.items() if rule.verdict == "fooled" and fires(row, rule, t))
+                    for rule, t in rules.items()
+                    if rule.verdict == "fooled" and fires(row, rule, t)
+                )
         else:
             g = goal(rows, seen, alarm)
             total += g is not None
             met += bool(g)
-            status = "n/a (not fooled)" if g is None else ("yes" if g else "**no**" + (f"; imprecise at {imprecise}" if imprecise else ""))
+            status = (
+                "n/a (not fooled)"
+                if g is None
+                else ("yes" if g else "**no**" + (f"; imprecise at {imprecise}" if imprecise else ""))
+            )
             ms = attacked_methods(last)
             if g is False:
                 at = next(r for r in rows if r["epoch"] == min(seen + LAG, len(rows) - 1))
                 why = f"at epoch {at['epoch']}: " + "; ".join(
                     f"{rule.name} {'min' if rule.below else 'max'} {extreme(at, rule):.3f} vs {t}"
-                    for rule, t in rules.items() if rule.verdict == "fooled")
+                    for rule, t in rules.items()
+                    if rule.verdict == "fooled"
+                )
         point = ", ".join(f"{rows[1][f'pointing/{m}']:.2f} -> {last[f'pointing/{m}']:.2f}" for m in ms)
         nocue = f"{last['acc_no_cue']:.2f}" if "acc_no_cue" in last else "-"
-        lines.append(f"| {name} | {last['audit_acc']:.2f} | {nocue} | {point} | {fmt(seen)} | {fmt(alarm)} | "
-                     + " | ".join(firsts) + f" | {status} | {why} |")
-    summary = (f"**Visibly fooled runs caught in time: {met} of {total}. Fooled verdicts on clean controls at epochs >= 1: "
-               f"{false} of {control_epochs} run-epochs.**")
+        lines.append(
+            f"| {name} | {last['audit_acc']:.2f} | {nocue} | {point} | {fmt(seen)} | {fmt(alarm)} | "
+            + " | ".join(firsts)
+            + f" | {status} | {why} |"
+        )
+    summary = (
+        f"**Visibly fooled runs caught in time: {met} of {total}. Fooled verdicts on clean controls at epochs >= 1: "
+        f"{false} of {control_epochs} run-epochs.**"
+    )
     return [summary, "", *lines]
 
 
@@ -261,8 +299,14 @@ def photos(rules: dict[Rule, float]) -> list[str]:
         fired = {rule: fires(r, rule, t) for rule, t in rules.items()}
         kinds = {rule.verdict for rule, ms in fired.items() if ms}
         verdict = "fooled" if "fooled" in kinds else ("imprecise" if kinds else "none")
-        why = "; ".join(f"{rule.name} on " + ", ".join(f"{m}: {r[f'{rule.signal}/{m}']:.3f}" for m in ms)
-                        for rule, ms in fired.items() if ms) or "-"
+        why = (
+            "; ".join(
+                f"{rule.name} on " + ", ".join(f"{m}: {r[f'{rule.signal}/{m}']:.3f}" for m in ms)
+                for rule, ms in fired.items()
+                if ms
+            )
+            or "-"
+        )
         lines.append(f"| {view} | {r['images']} | {verdict} | {why} | {r['audit_acc']:.2f} |")
     return lines
 
@@ -277,7 +321,9 @@ def main() -> None:
     for rule in CANDIDATES:
         if rule.name in DEFAULTS:
             chosen[rule] = DEFAULTS[rule.name]
-            notes.append(f"| {rule.name} | {'<' if rule.below else '>'} {DEFAULTS[rule.name]} | shipped default (map statistics), kept | yes |")
+            notes.append(
+                f"| {rule.name} | {'<' if rule.below else '>'} {DEFAULTS[rule.name]} | shipped default (map statistics), kept | yes |"
+            )
             continue
         extra = real if rule.verdict == "fooled" else ()
         t, why = choose(seed0, clean, rule, extra)
@@ -290,7 +336,9 @@ def main() -> None:
             t, first = choose(seed0, clean, rule)
             why += f"; opt-in threshold {t}, chosen on the seed-0 synthetic controls alone: {first}"
         shipped = "no (opt-in)" if rule.name in SHIPPED_OFF else "yes"
-        notes.append(f"| {rule.name} | {'-' if t is None else ('<' if rule.below else '>') + ' ' + str(t)} | {why} | {shipped} |")
+        notes.append(
+            f"| {rule.name} | {'-' if t is None else ('<' if rule.below else '>') + ' ' + str(t)} | {why} | {shipped} |"
+        )
         if t is not None:
             chosen[rule] = t
     shipped_rules = {r: t for r, t in chosen.items() if r.name not in SHIPPED_OFF}

@@ -63,19 +63,39 @@ def main() -> None:
             y = net(x).argmax(1)  # the clean network's own top-1: the decision to explain
         loader = DataLoader(TensorDataset(x, y), batch_size=len(x))
         audit = CAMAudit(audit_size=len(x), reference=None, log_images=False, target_layer=f"net.{CAM_LAYER}")
-        trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, callbacks=[audit])
+        trainer = L.Trainer(
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[audit],
+        )
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             trainer.validate(Finished(net), loader)
         messages = [str(w.message) for w in caught if "CAMAudit" in str(w.message)]
-        row = {"run": f"photos/{view}", "view": view, "images": len(x), "seconds": time.perf_counter() - start,
-               "verdict": audit.verdict, "warnings": messages, **audit.last_metrics}
+        row = {
+            "run": f"photos/{view}",
+            "view": view,
+            "images": len(x),
+            "seconds": time.perf_counter() - start,
+            "verdict": audit.verdict,
+            "warnings": messages,
+            **audit.last_metrics,
+        }
         with OUT.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        print(view, audit.verdict, {k: round(v, 3) for k, v in audit.last_metrics.items()
-                                    if k.split("/")[0] in ("deletion_gap", "behaviour_agreement", "dependence", "decided")})
+        print(
+            view,
+            audit.verdict,
+            {
+                k: round(v, 3)
+                for k, v in audit.last_metrics.items()
+                if k.split("/")[0] in ("deletion_gap", "behaviour_agreement", "dependence", "decided")
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -21,22 +21,48 @@ from torch.nn import functional as F
 from diffcam_lightning import CAMEngine
 from diffcam_lightning.audit import dependence, spread
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "hubble_deep_field",
-          "colorwheel", "camera", "coins", "moon", "horse", "cat", "page")
-METHODS = ("gradcam", "gradcam++", "meandiffgradcam", "maxdiffgradcam", "lsediffgradcam", "meandiffgradcam++", "eigencam")
+PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "retina",
+    "hubble_deep_field",
+    "colorwheel",
+    "camera",
+    "coins",
+    "moon",
+    "horse",
+    "cat",
+    "page",
+)
+METHODS = (
+    "gradcam",
+    "gradcam++",
+    "meandiffgradcam",
+    "maxdiffgradcam",
+    "lsediffgradcam",
+    "meandiffgradcam++",
+    "eigencam",
+)
 
 
 def as_input(array: np.ndarray, size: int = 224) -> torch.Tensor:
     a = np.asarray(array, dtype=np.float32)
     a = a / 255.0 if a.max() > 1.5 else a
     a = np.stack([a] * 3, -1) if a.ndim == 2 else a[..., :3]
-    t = F.interpolate(torch.from_numpy(a).permute(2, 0, 1)[None], size=(size, size), mode="bilinear", align_corners=False)
+    t = F.interpolate(
+        torch.from_numpy(a).permute(2, 0, 1)[None], size=(size, size), mode="bilinear", align_corners=False
+    )
     return (t - 0.5) / 0.5  # EfficientNet-Lite's normalisation
 
 
 def main() -> None:
     torch.set_num_threads(1)
-    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    model = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
     arrays = [getattr(skimage.data, name)() for name in PHOTOS] + list(load_sample_images().images)
     x = torch.cat([as_input(a) for a in arrays])
     maps = CAMEngine(model.eval(), "_bn1")(x, None, METHODS)  # the CAM layer after the head convolution

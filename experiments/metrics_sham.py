@@ -34,8 +34,14 @@ METHODS = ("gradcam", "maxdiffgradcam", "meandiffgradcam")
 # every metric without masks, with costs a CPU affords (the defaults of the Quantus ones
 # where they are cheap; fewer draws where they cost hundreds of forwards per image)
 OPTIONS = {
-    "steps": 20, "percentiles": (20, 40, 60, 80), "samples": 10, "runs": 50, "subset_size": 224,
-    "regions": 32, "patch_size": 8, "batch_size": 64,
+    "steps": 20,
+    "percentiles": (20, 40, 60, 80),
+    "samples": 10,
+    "runs": 50,
+    "subset_size": 224,
+    "regions": 32,
+    "patch_size": 8,
+    "batch_size": 64,
 }
 
 
@@ -61,14 +67,25 @@ def main() -> None:
             for name in names:
                 options = {k: v for k, v in OPTIONS.items() if k in M.accepted_options([name])}
                 start = time.perf_counter()
-                value = M.evaluate([name], model, x, maps[method], labels, explain=M.explainer(engine, method), **options)[name]
+                value = M.evaluate(
+                    [name], model, x, maps[method], labels, explain=M.explainer(engine, method), **options
+                )[name]
                 seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
                 scores.setdefault(name, {}).setdefault(method, {})[kind] = value.tolist()
             print(kind, method, flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"options": {k: list(v) if isinstance(v, tuple) else v for k, v in OPTIONS.items()},
-                                                  "images": len(x), "scores": scores, "seconds": seconds}, indent=1))
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "options": {k: list(v) if isinstance(v, tuple) else v for k, v in OPTIONS.items()},
+                "images": len(x),
+                "scores": scores,
+                "seconds": seconds,
+            },
+            indent=1,
+        )
+    )
     (out / "table.md").write_text(table(scores, len(x)))
     print(table(scores, len(x)))
 
@@ -92,11 +109,18 @@ def table(scores: dict, images: int) -> str:
             worse = sham.mean() < clean.mean() if better == "higher" else sham.mean() > clean.mean()
             verdicts[method] = (p < 0.01 and worse, p)
             if method == "gradcam":
-                cells = [f"{clean.mean():.4g} ± {clean.std(ddof=1):.2g}", f"{sham.mean():.4g} ± {sham.std(ddof=1):.2g}", f"{p:.2g}"]
+                cells = [
+                    f"{clean.mean():.4g} ± {clean.std(ddof=1):.2g}",
+                    f"{sham.mean():.4g} ± {sham.std(ddof=1):.2g}",
+                    f"{p:.2g}",
+                ]
         yes = lambda v: "yes" if v[0] else "no"
         diff = " / ".join(yes(verdicts[m]) for m in ("maxdiffgradcam", "meandiffgradcam"))
         lines.append(f"| {name} | {better} | {' | '.join(cells)} | {yes(verdicts['gradcam'])} | {diff} |")
-    return "\n".join(lines) + f"\n\n{images} test images, paired Wilcoxon signed-rank, separates = p < 0.01 with the SHAM-tuned maps worse.\n"
+    return (
+        "\n".join(lines)
+        + f"\n\n{images} test images, paired Wilcoxon signed-rank, separates = p < 0.01 with the SHAM-tuned maps worse.\n"
+    )
 
 
 if __name__ == "__main__":

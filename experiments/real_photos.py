@@ -159,7 +159,9 @@ def drift(out: Path) -> None:
         ])  # fmt: skip
         w = model.classifier.weight
         shared = (w.mean(0).norm() / w.norm(dim=1).mean()).item()
-        print(f"{name:6s} GradCAM vs MeanDiffGradCAM: mean {scores.mean():.2e}, max {scores.max():.2e}; |S/C| / mean |W_c| = {shared:.3f}")
+        print(
+            f"{name:6s} GradCAM vs MeanDiffGradCAM: mean {scores.mean():.2e}, max {scores.max():.2e}; |S/C| / mean |W_c| = {shared:.3f}"
+        )
 
 
 def main() -> None:
@@ -169,7 +171,9 @@ def main() -> None:
     parser.add_argument("--output_dir", default="runs/real_photos")
     parser.add_argument("--views_per_photo", type=int, default=4, help="held-out views per photo (RQ2/RQ3 set)")
     parser.add_argument("--train_views_per_photo", type=int, default=10, help="fine-tuning views per photo")
-    parser.add_argument("--sgd_epochs", type=int, default=6, help="SHAM fine-tuning epochs, SGD (the paper's optimiser)")
+    parser.add_argument(
+        "--sgd_epochs", type=int, default=6, help="SHAM fine-tuning epochs, SGD (the paper's optimiser)"
+    )
     parser.add_argument("--adam_epochs", type=int, default=12, help="SHAM fine-tuning epochs, Adam")
     args = parser.parse_args()
     if args.step == "drift":
@@ -178,7 +182,12 @@ def main() -> None:
     if args.step == "figure":
         figure(Path(args.output_dir), Path(args.figure))
         return
-    prepare(Path(args.output_dir), args.views_per_photo, args.train_views_per_photo, {"sgd": args.sgd_epochs, "adam": args.adam_epochs})
+    prepare(
+        Path(args.output_dir),
+        args.views_per_photo,
+        args.train_views_per_photo,
+        {"sgd": args.sgd_epochs, "adam": args.adam_epochs},
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ def test_new_patterns_have_the_shams_entropy(pattern, grid):
     k = sham_pixel_count(grid[0] * grid[1], 3.35)
     assert set(sham.unique().tolist()) == {0.0, 1.0} and int(sham.sum()) == k
     assert cam_entropy(sham[None]).item() == pytest.approx(math.log(k), abs=1e-5)
-    assert cam_entropy(sham[None]).item() == pytest.approx(cam_entropy(sham_target(grid, 3.35, "border")[None]).item(), abs=1e-5)
+    assert cam_entropy(sham[None]).item() == pytest.approx(
+        cam_entropy(sham_target(grid, 3.35, "border")[None]).item(), abs=1e-5
+    )
     for other in ("border", "corner"):
         assert not torch.equal(sham, sham_target(grid, 3.35, other)), f"{pattern} repeats {other} on {grid}"
 
@@ -121,7 +123,11 @@ def test_a_single_method_and_a_one_item_list_train_alike():
 
 @pytest.mark.parametrize(
     "value, needle",
-    [([], "empty list"), (["gradcam", "eigencam"], "'eigencam' has no gradient"), (["gradcam", "gradcam3"], "gradcam3")],
+    [
+        ([], "empty list"),
+        (["gradcam", "eigencam"], "'eigencam' has no gradient"),
+        (["gradcam", "gradcam3"], "gradcam3"),
+    ],
 )
 def test_bad_method_lists_are_refused_by_name(value, needle):
     with pytest.raises(ValueError, match=needle):

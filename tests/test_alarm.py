@@ -53,7 +53,10 @@ def test_object_following_maps_do_not():
 
 
 def test_dependence_does_not_care_which_mask_the_attacker_chose():
-    values = [dependence(identical(pattern=p) * 0.8 + 0.2 * following()).item() for p in ("border", "corner", "patch", "random")]
+    values = [
+        dependence(identical(pattern=p) * 0.8 + 0.2 * following()).item()
+        for p in ("border", "corner", "patch", "random")
+    ]
     assert max(values) < 0.5 and max(values) - min(values) < 0.2
     assert dependence(following()).item() > 2 * max(values)
 
@@ -86,8 +89,13 @@ def test_rules_fire_by_name_method_and_value():
     assert [r.name for r in rules] == [n for n, r in ALARM_RULES.items() if r.default]
     t = ALARM_RULES["dependence"].threshold
     values = {
-        "dependence/gradcam": t + 0.1, "dependence/lsediffgradcam": t - 0.1, "dependence/eigencam": 0.0,
-        "drift/meandiffgradcam": 0.05, "drift/maxdiffgradcam": 0.9, "sham_mse/gradcam": 0.3, "sham_mse/meandiffgradcam": 0.01,
+        "dependence/gradcam": t + 0.1,
+        "dependence/lsediffgradcam": t - 0.1,
+        "dependence/eigencam": 0.0,
+        "drift/meandiffgradcam": 0.05,
+        "drift/maxdiffgradcam": 0.9,
+        "sham_mse/gradcam": 0.3,
+        "sham_mse/meandiffgradcam": 0.01,
     }
     fired = evaluate(values, rules)
     # the gradient-free CAM and the methods outside the paper rules' pair are not judged by them
@@ -103,7 +111,11 @@ def test_rules_fire_by_name_method_and_value():
 def test_camaudit_takes_rule_thresholds():
     audit = CAMAudit(alarm_rules={"dependence": 0.3}, sham_threshold=None)
     behavioural = {n: r.threshold for n, r in ALARM_RULES.items() if r.gate is not None and r.default}  # issue 18's
-    assert {r.name: r.threshold for r in audit.rules} == {"dependence": 0.3, "drift": ALARM_RULES["drift"].threshold, **behavioural}
+    assert {r.name: r.threshold for r in audit.rules} == {
+        "dependence": 0.3,
+        "drift": ALARM_RULES["drift"].threshold,
+        **behavioural,
+    }
     with pytest.raises(ValueError, match="alarm rule"):
         CAMAudit(alarm_rules={"nope": 1.0})
 
@@ -136,15 +148,23 @@ def _fit(regime: str, epochs: int = 6) -> tuple[CAMAudit, list[str]]:
     L.seed_everything(0)
     attack = {"saliency_target": "sham", "saliency_method": "meandiffgradcam", "sham_pattern": "corner"}
     model = SaliencyClassifier(
-        model_name="test_resnet", model_kwargs={"output_stride": 8},
+        model_name="test_resnet",
+        model_kwargs={"output_stride": 8},
         optimizer=lambda params: torch.optim.Adam(params, lr=0.005),
         **(attack if regime == "attack" else {"saliency_target": "human"}),
     )
     data = SyntheticDataModule(image_size=48, train_size=320, val_size=64, test_size=32, batch_size=32)
     audit = CAMAudit(log_images=False)  # the defaults: border SHAM, every rule
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1, callbacks=[audit],
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+        callbacks=[audit],
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

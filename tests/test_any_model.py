@@ -17,8 +17,17 @@ from diffcam_lightning.cams.layers import is_pooling
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
-NINE = ("gradcam", "gradcam++", "hirescam", "xgradcam", "eigencam",
-        "meandiffgradcam", "maxdiffgradcam", "lsediffgradcam", "meandiffgradcam++")
+NINE = (
+    "gradcam",
+    "gradcam++",
+    "hirescam",
+    "xgradcam",
+    "eigencam",
+    "meandiffgradcam",
+    "maxdiffgradcam",
+    "lsediffgradcam",
+    "meandiffgradcam++",
+)
 
 # torchvision name -> the layer picked (the last feature map before global pooling)
 TORCHVISION = {
@@ -50,8 +59,12 @@ def test_torchvision_families_pick_a_feature_map_never_pooling(name, layer):
 
 @pytest.mark.parametrize(
     "timm_name,tv_name,channels",
-    [("efficientnet_b0", "efficientnet_b0", 1280), ("resnet18", "resnet18", 512), ("vgg11", "vgg11", 512),
-     ("mobilenetv2_100", "mobilenet_v2", 1280)],
+    [
+        ("efficientnet_b0", "efficientnet_b0", 1280),
+        ("resnet18", "resnet18", 512),
+        ("vgg11", "vgg11", 512),
+        ("mobilenetv2_100", "mobilenet_v2", 1280),
+    ],
 )
 def test_one_architecture_one_layer_from_timm_or_torchvision(timm_name, tv_name, channels):
     shapes = []
@@ -61,6 +74,7 @@ def test_one_architecture_one_layer_from_timm_or_torchvision(timm_name, tv_name,
         x = torch.randn(1, 3, 64, 64)
         engine(x)  # resolves the layer
         layer = model.get_submodule(engine.target_layer)
+
         def hook(module, inputs, output, captured=captured):
             captured["shape"] = tuple(output.shape)
 
@@ -133,7 +147,9 @@ def test_features_before_logits_are_refused_or_picked_explicitly():
     torch.manual_seed(0)
     model = Outputs("features_first").eval()
     x = torch.randn(2, 3, 8, 8)
-    with pytest.raises(ValueError, match=r"starts with 8 values per image, but its classifier has 5 classes.*output_key=1"):
+    with pytest.raises(
+        ValueError, match=r"starts with 8 values per image, but its classifier has 5 classes.*output_key=1"
+    ):
         CAMEngine(model, "features")(x)
     maps = CAMEngine(model, "features", output_key=1)(x, methods=("gradcam", "scorecam"))
     reference = Outputs("tensor").eval()
@@ -199,8 +215,13 @@ def test_an_unbatchable_backward_falls_back_to_one_pass_per_target_and_says_so_o
 def _hf_vit(num_labels: int = 4):
     transformers = pytest.importorskip("transformers")
     config = transformers.ViTConfig(
-        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, num_labels=num_labels,
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=num_labels,
     )
     torch.manual_seed(0)
     return transformers.ViTForImageClassification(config)
@@ -230,16 +251,32 @@ def test_a_hugging_face_classifier_fits_one_epoch_with_a_cam_loss(tmp_path):
 
     from diffcam_lightning import SaliencyClassifier, SyntheticDataModule
 
-    dm = SyntheticDataModule(image_size=32, train_size=32, val_size=16, test_size=16, batch_size=16, num_classes=4,
-                             preset="few")
-    module = SaliencyClassifier(network=_hf_vit(dm.num_classes), num_classes=dm.num_classes, sham_entropy=2.0,
-                                saliency_target="sham")
-    before = [p.detach().clone() for p in module.model.vit.layers.parameters()] if hasattr(module.model.vit, "layers") \
+    dm = SyntheticDataModule(
+        image_size=32, train_size=32, val_size=16, test_size=16, batch_size=16, num_classes=4, preset="few"
+    )
+    module = SaliencyClassifier(
+        network=_hf_vit(dm.num_classes), num_classes=dm.num_classes, sham_entropy=2.0, saliency_target="sham"
+    )
+    before = (
+        [p.detach().clone() for p in module.model.vit.layers.parameters()]
+        if hasattr(module.model.vit, "layers")
         else [p.detach().clone() for p in module.model.vit.encoder.parameters()]
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(module, dm)
-    after = module.model.vit.layers.parameters() if hasattr(module.model.vit, "layers") else module.model.vit.encoder.parameters()
+    after = (
+        module.model.vit.layers.parameters()
+        if hasattr(module.model.vit, "layers")
+        else module.model.vit.encoder.parameters()
+    )
     assert any(not torch.equal(a, b) for a, b in zip(after, before))
     metrics = trainer.callback_metrics
     assert torch.isfinite(metrics["train/saliency_mse"]) and torch.isfinite(metrics["val/loss"])
@@ -251,7 +288,9 @@ class LogitsObjectViT(nn.Module):
 
     def __init__(self, num_classes: int = 4) -> None:
         super().__init__()
-        self.vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=num_classes)
+        self.vit = timm.create_model(
+            "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=num_classes
+        )
 
     def forward(self, x):
         return type("ImageClassifierOutput", (), {"logits": self.vit(x)})()
@@ -262,14 +301,27 @@ def test_a_logits_object_token_model_fits_one_epoch_with_a_cam_loss(tmp_path):
 
     from diffcam_lightning import SaliencyClassifier, SyntheticDataModule
 
-    dm = SyntheticDataModule(image_size=32, train_size=32, val_size=16, test_size=16, batch_size=16, num_classes=4,
-                             preset="few")
+    dm = SyntheticDataModule(
+        image_size=32, train_size=32, val_size=16, test_size=16, batch_size=16, num_classes=4, preset="few"
+    )
     torch.manual_seed(0)
-    module = SaliencyClassifier(network=LogitsObjectViT(dm.num_classes), num_classes=dm.num_classes, sham_entropy=2.0,
-                                saliency_target="sham", target_layer="vit.blocks.1.norm1")
+    module = SaliencyClassifier(
+        network=LogitsObjectViT(dm.num_classes),
+        num_classes=dm.num_classes,
+        sham_entropy=2.0,
+        saliency_target="sham",
+        target_layer="vit.blocks.1.norm1",
+    )
     before = [p.detach().clone() for p in module.model.vit.blocks.parameters()]
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(module, dm)
     assert any(not torch.equal(a, b) for a, b in zip(module.model.vit.blocks.parameters(), before))
     assert module.engine.compute(torch.randn(1, 3, 32, 32)).layout == "tokens (1 prefix, 4x4 grid)"

@@ -40,8 +40,11 @@ class UserNet(L.LightningModule):
     def __init__(self, classes: int = 4, dropout: float = 0.2) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
         )
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(16, classes)
@@ -69,8 +72,8 @@ def tensors(n: int = 48, size: int = 16, seed: int = 0, saliency: bool = False):
     mask = torch.zeros(n, size, size)
     for i in range(n):  # a bright class-coloured square decides the class
         r, c = torch.randint(0, size - 5, (2,), generator=g).tolist()
-        x[i, y[i] % 3, r:r + 5, c:c + 5] += 3.0
-        mask[i, r:r + 5, c:c + 5] = 1.0
+        x[i, y[i] % 3, r : r + 5, c : c + 5] += 3.0
+        mask[i, r : r + 5, c : c + 5] = 1.0
     return TensorDataset(x, y, mask) if saliency else TensorDataset(x, y)
 
 
@@ -82,8 +85,14 @@ def loaders(saliency: bool = False, seed: int = 0):
 
 def quiet_trainer(tmp_path: Path, **kw) -> L.Trainer:
     args = {
-        "accelerator": "cpu", "devices": 1, "max_epochs": 2, "logger": False, "enable_checkpointing": False,
-        "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(tmp_path),
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 2,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": str(tmp_path),
         "num_sanity_val_steps": 0,
     }
     return L.Trainer(**{**args, **kw})
@@ -194,7 +203,9 @@ def test_ddp_spawn_two_processes_match_one_process(tmp_path):
         torch.manual_seed(0)
         out = tmp_path / f"figures_{devices}.json"
         audit = CAMAudit(audit_size=10, methods=FEW, log_images=False, reference=str(reference))
-        trainer = quiet_trainer(tmp_path, devices=devices, strategy=strategy, callbacks=[audit, WriteAuditFigures(str(out))])
+        trainer = quiet_trainer(
+            tmp_path, devices=devices, strategy=strategy, callbacks=[audit, WriteAuditFigures(str(out))]
+        )
         trainer.validate(UserNet(), loaders(saliency=True)[1])
         return json.loads(out.read_text())
 
@@ -246,7 +257,9 @@ def test_reference_from_a_checkpoint_file_equals_the_start_reference(tmp_path):
     bad = tmp_path / "other.pt"
     torch.save({"conv.weight": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="other.pt.*keys missing"):
-        quiet_trainer(tmp_path, callbacks=[CAMAudit(audit_size=4, methods=FEW, reference=str(bad))]).validate(model, val)
+        quiet_trainer(tmp_path, callbacks=[CAMAudit(audit_size=4, methods=FEW, reference=str(bad))]).validate(
+            model, val
+        )
 
 
 # ---------------------------------------------------------------- skips, other models, hygiene
@@ -296,8 +309,11 @@ def test_model_attr_and_dict_batches(tmp_path):
     data = tensors(24, saliency=True)
 
     def as_dicts(samples):
-        return {"image": torch.stack([s[0] for s in samples]), "label": torch.stack([s[1] for s in samples]),
-                "saliency": torch.stack([s[2] for s in samples])}
+        return {
+            "image": torch.stack([s[0] for s in samples]),
+            "label": torch.stack([s[1] for s in samples]),
+            "saliency": torch.stack([s[2] for s in samples]),
+        }
 
     val = DataLoader(data, batch_size=8, collate_fn=as_dicts)
     audit = CAMAudit(audit_size=8, methods=FEW, model="net", target_layer="0.4")
@@ -377,8 +393,11 @@ def test_batches_as_dicts_and_tuples_and_their_errors():
 
 
 def test_grid_layout():
-    grid, titles = audit_grid(torch.randn(2, 3, 10, 10), {"gradcam": torch.rand(2, 5, 5), "eigencam": torch.rand(2, 5, 5)},
-                              saliency=torch.rand(2, 10, 10))
+    grid, titles = audit_grid(
+        torch.randn(2, 3, 10, 10),
+        {"gradcam": torch.rand(2, 5, 5), "eigencam": torch.rand(2, 5, 5)},
+        saliency=torch.rand(2, 10, 10),
+    )
     assert titles == ["input", "saliency", "gradcam", "eigencam"]
     # 10 px images upscaled x10 to 100 px cells (>= 96), padding 2, under a 24 px title row
     assert grid.shape == (3, 24 + 2 * 102 + 2, 4 * 102 + 2) and 0.0 <= grid.min() and grid.max() <= 1.0
@@ -395,8 +414,15 @@ def _cli(args):
 
     argv, sys.argv = sys.argv, sys.argv[:1]
     try:
-        return DiffcamCLI(SaliencyClassifier, LightningDataModule, subclass_mode_data=True, run=False,
-                          save_config_callback=None, auto_configure_optimizers=False, args=args)
+        return DiffcamCLI(
+            SaliencyClassifier,
+            LightningDataModule,
+            subclass_mode_data=True,
+            run=False,
+            save_config_callback=None,
+            auto_configure_optimizers=False,
+            args=args,
+        )
     finally:
         sys.argv = argv
 
@@ -437,7 +463,9 @@ def test_a_registered_score_family_is_logged(tmp_path):
 
     torch.manual_seed(0)
     try:
-        (metrics,) = quiet_trainer(tmp_path, callbacks=[CAMAudit(audit_size=8, methods=FEW)]).validate(UserNet(), loaders()[1])
+        (metrics,) = quiet_trainer(tmp_path, callbacks=[CAMAudit(audit_size=8, methods=FEW)]).validate(
+            UserNet(), loaders()[1]
+        )
     finally:
         SCORE_FAMILIES.pop("peak"), SCORE_KEYS.pop("peak")
     assert 0.5 < metrics["cam_audit/peak/gradcam"] <= 1.0  # min-max normalised maps (an all-zero map peaks at 0)

@@ -49,9 +49,13 @@ def test_a_map_on_the_pixels_that_matter_scores_best_off_them_worst_and_blank_is
     assert mean["deletion_gap/on"] > 0.3
     for name in ("off", "noise"):
         assert mean[f"behaviour_agreement/{name}"] < 0.5 and mean[f"deletion_gap/{name}"] < 0.1
-    assert mean["deletion_gap/off"] <= min(mean["deletion_gap/noise"], mean["deletion_gap/on"])  # worst: claims only unused pixels
+    assert mean["deletion_gap/off"] <= min(
+        mean["deletion_gap/noise"], mean["deletion_gap/on"]
+    )  # worst: claims only unused pixels
     assert mean["deletion_gap/off"] < 0.0  # random regions sometimes hit the spot; the off map never does
-    assert mean["behaviour_agreement/blank"] == 0.0 and mean["deletion_gap/blank"] == 0.0  # claims nothing: not faithful
+    assert (
+        mean["behaviour_agreement/blank"] == 0.0 and mean["deletion_gap/blank"] == 0.0
+    )  # claims nothing: not faithful
 
 
 def test_plausibility_gap_is_the_map_on_the_annotation_beyond_the_behaviour():
@@ -89,7 +93,9 @@ def test_behaviour_options_and_verdicts():
     assert verdict(evaluate(low_agreement, rules)) == "imprecise"  # deletion_gap is opt-in: not judged by default
     fooled = {**low_agreement, "plausibility_gap/gradcam": 0.5}
     assert verdict(evaluate(fooled, rules)) == "fooled"
-    with_gap = build_rules({"deletion_gap": ALARM_RULES["deletion_gap"].threshold}, ("meandiffgradcam", "gradcam"), 0.1, 0.1)
+    with_gap = build_rules(
+        {"deletion_gap": ALARM_RULES["deletion_gap"].threshold}, ("meandiffgradcam", "gradcam"), 0.1, 0.1
+    )
     assert verdict(evaluate(low_agreement, with_gap)) == "fooled"  # switched on by name, at its measured threshold
     assert verdict(evaluate({**fooled, "decided/behaviour": 0.0}, rules)) is None  # an undecided model is not judged
     assert verdict([]) is None and isinstance(evaluate(fooled, rules)[0], Firing)
@@ -106,26 +112,40 @@ def test_the_cue_variant_hides_the_label_in_a_square_the_annotation_never_marks(
         assert changed.any() and not (changed & ~cue).any()  # painting the cue out changes only its pixels
         changed = (full[i]["image"] != no_object[i]["image"]).any(dim=0)
         assert not (changed & ~obj).any()
-    assert torch.equal(SyntheticShapes(4, "val")[3]["image"], SyntheticShapes(4, "val", SyntheticSpec(cue=False))[3]["image"])
+    assert torch.equal(
+        SyntheticShapes(4, "val")[3]["image"], SyntheticShapes(4, "val", SyntheticSpec(cue=False))[3]["image"]
+    )
     with pytest.raises(ValueError, match="Unknown ablate 'cues'"):
         SyntheticShapes(4, "val", spec, ablate="cues")
 
 
 # ---------------------------------------------------------------- fits on the cue data
 
+
 def cue_fit(cue: bool, epochs: int = 4) -> tuple[SaliencyClassifier, SyntheticDataModule, CAMAudit, list[str]]:
     """Human-saliency training on GradCAM (weight 3): with the cue, plausible fooling; without
     it (the object decides the label), its clean twin."""
     L.seed_everything(0)
     model = SaliencyClassifier(
-        model_name="test_resnet", model_kwargs={"output_stride": 8}, saliency_target="human", saliency_weight=3.0,
+        model_name="test_resnet",
+        model_kwargs={"output_stride": 8},
+        saliency_target="human",
+        saliency_weight=3.0,
         optimizer=lambda params: torch.optim.Adam(params, lr=0.005),
     )
-    data = SyntheticDataModule(num_classes=3, image_size=48, train_size=384, val_size=32, test_size=32, batch_size=32, cue=cue)
+    data = SyntheticDataModule(
+        num_classes=3, image_size=48, train_size=384, val_size=32, test_size=32, batch_size=32, cue=cue
+    )
     audit = CAMAudit(methods=("gradcam", "meandiffgradcam"), every_n_epochs=epochs, log_images=False, reference=None)
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[audit],
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[audit],
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -161,7 +181,9 @@ def test_a_short_plausible_fooling_fit_raises_the_alarm_naming_the_rule(fooled_f
 def test_its_clean_twin_raises_no_fooling_alarm():
     _, _, audit, messages = cue_fit(cue=False)  # the object decides the label: the same training is honest
     values = audit.last_metrics
-    assert values["pointing/gradcam"] > 0.5 and values["decided/behaviour"] > 0.5  # judged, and the maps are on the object
+    assert (
+        values["pointing/gradcam"] > 0.5 and values["decided/behaviour"] > 0.5
+    )  # judged, and the maps are on the object
     assert not audit.alarm and values["verdict/fooled"] == 0.0, values
     assert not [m for m in messages if "fooling alarm" in m]
 
@@ -169,7 +191,9 @@ def test_its_clean_twin_raises_no_fooling_alarm():
 def test_one_shot_audit_of_a_finished_model_gives_a_verdict_without_a_reference(fooled_fit):
     model, data, _, _ = fooled_fit
     audit = CAMAudit(methods=("gradcam", "meandiffgradcam"), log_images=False, reference=None)  # no history
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[audit])
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[audit]
+    )
     with pytest.warns(UserWarning, match="rule 'plausibility_gap' on gradcam.*Verdict: fooled"):
         trainer.validate(model, data)
     assert audit.reference_maps is None and "susceptibility/gradcam" not in audit.last_metrics

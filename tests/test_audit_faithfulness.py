@@ -23,7 +23,10 @@ def test_opt_in_metrics_are_logged_per_method_and_equal_the_metrics_module(tmp_p
     model = UserNet()
     _, val = loaders(saliency=True)
     audit = CAMAudit(
-        audit_size=8, methods=METHODS, log_images=False, batch_size=4,
+        audit_size=8,
+        methods=METHODS,
+        log_images=False,
+        batch_size=4,
         metrics=["deletion", "insertion", "average_drop", "road_combined", "relevance_mass"],
         metric_options={"steps": 4, "percentiles": (30, 70)},
     )
@@ -54,7 +57,9 @@ def test_metrics_are_off_by_default_and_bad_names_fail_early(tmp_path):
 
 
 def test_misspelled_metric_options_fail_at_construction():
-    with pytest.raises(ValueError, match=r"\['step'\] are taken by none of the metrics \['deletion', 'insertion'\]; valid: steps"):
+    with pytest.raises(
+        ValueError, match=r"\['step'\] are taken by none of the metrics \['deletion', 'insertion'\]; valid: steps"
+    ):
         CAMAudit(metrics=["deletion", "insertion"], metric_options={"step": 2})
     with pytest.raises(ValueError, match=r"\['steps'\] are taken by none of the metrics \[\]"):
         CAMAudit(metric_options={"steps": 2})
@@ -62,8 +67,16 @@ def test_misspelled_metric_options_fail_at_construction():
 
 
 # every registered metric that needs no masks, with options small enough for a test
-ALL_OPTIONS = {"steps": 3, "percentiles": (50,), "features_in_step": 3 * 64, "samples": 2, "runs": 4, "subset_size": 20,
-               "regions": 3, "patch_size": 4}
+ALL_OPTIONS = {
+    "steps": 3,
+    "percentiles": (50,),
+    "features_in_step": 3 * 64,
+    "samples": 2,
+    "runs": 4,
+    "subset_size": 20,
+    "regions": 3,
+    "patch_size": 4,
+}
 
 
 def test_every_metric_is_usable_from_the_audit_and_equals_the_metrics_module(tmp_path):
@@ -71,8 +84,14 @@ def test_every_metric_is_usable_from_the_audit_and_equals_the_metrics_module(tmp
     torch.manual_seed(0)
     model = UserNet()
     _, val = loaders()
-    audit = CAMAudit(audit_size=4, methods=("gradcam", "meandiffgradcam"), log_images=False, batch_size=4,
-                     metrics=names, metric_options=ALL_OPTIONS)
+    audit = CAMAudit(
+        audit_size=4,
+        methods=("gradcam", "meandiffgradcam"),
+        log_images=False,
+        batch_size=4,
+        metrics=names,
+        metric_options=ALL_OPTIONS,
+    )
     (logged,) = quiet_trainer(tmp_path, callbacks=[audit]).validate(model, val)
     images, labels = audit.audit_set.images, audit.audit_set.labels
     model.eval()

@@ -20,14 +20,23 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 def fit(regime: str) -> tuple[CAMAudit, dict, list[str]]:
     L.seed_everything(0)
     model = SaliencyClassifier(
-        model_name="test_resnet", model_kwargs={"output_stride": 8}, saliency_target=regime,
+        model_name="test_resnet",
+        model_kwargs={"output_stride": 8},
+        saliency_target=regime,
         optimizer=lambda params: torch.optim.Adam(params, lr=0.005),
     )  # 48 px images -> a 6x6 CAM grid; the paper's 3.35-nat border SHAM for both model and audit
     data = SyntheticDataModule(image_size=48, train_size=320, val_size=64, test_size=32, batch_size=32)
     audit = CAMAudit(every_n_epochs=EPOCHS, log_images=False)  # default thresholds
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=EPOCHS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1, callbacks=[audit],
+        accelerator="cpu",
+        max_epochs=EPOCHS,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+        callbacks=[audit],
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

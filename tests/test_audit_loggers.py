@@ -26,7 +26,9 @@ GRID_SHAPE = (24 + 3 * 98 + 2, 96 + 11 * 98 + 2, 3)
 def fit_with(tmp_path: Path, logger, epochs: int = 2) -> L.Trainer:
     L.seed_everything(0)
     train, val = loaders(saliency=True)
-    trainer = quiet_trainer(tmp_path, logger=logger, callbacks=[CAMAudit(audit_size=6, grid_images=3)], max_epochs=epochs)
+    trainer = quiet_trainer(
+        tmp_path, logger=logger, callbacks=[CAMAudit(audit_size=6, grid_images=3)], max_epochs=epochs
+    )
     trainer.fit(UserNet(), train, val)
     return trainer
 

@@ -55,7 +55,9 @@ def test_train_mode_batchnorm_maps_equal_per_image_autograd(resnet):
     expected = {"gradcam": per_image_reference(model, model.layer3, x, targets)}
     expected["gradcam++"] = per_image_reference(model, model.layer3, x, targets, plus=True)
     engine = CAMEngine(model, "layer3")
-    with pytest.warns(UserWarning, match=r"'layer4.0.bn1' \(BatchNorm2d\).*after target layer 'layer3'.*B times") as record:
+    with pytest.warns(
+        UserWarning, match=r"'layer4.0.bn1' \(BatchNorm2d\).*after target layer 'layer3'.*B times"
+    ) as record:
         maps = engine(x, targets, ("gradcam", "gradcam++", "meandiffgradcam"))  # three backprop rows at once
         engine(x, targets, "gradcam")
     assert len([w for w in record if "CAMEngine" in str(w.message)]) == 1  # once per engine
@@ -108,7 +110,9 @@ def test_no_warning_in_eval_mode_for_one_image_or_before_the_layer(resnet):
 
 
 def test_eval_mode_without_running_statistics_is_coupled_too():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.Flatten(), nn.LazyLinear(3))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.Flatten(), nn.LazyLinear(3)
+    )
     model(torch.randn(2, 3, 6, 6))
     model.eval()
     with CouplingProbe(model, model[0]) as probe:
@@ -127,7 +131,11 @@ def test_saliency_classifier_loss_uses_exact_per_image_maps():
     per-image maps of the training forward (batch statistics), as documented."""
     L.seed_everything(0)
     module = SaliencyClassifier(
-        model_name="test_resnet", num_classes=7, model_kwargs={"output_stride": 8}, target_layer="layer3", saliency_target="sham"
+        model_name="test_resnet",
+        num_classes=7,
+        model_kwargs={"output_stride": 8},
+        target_layer="layer3",
+        saliency_target="sham",
     ).train()
     x, y = torch.randn(4, 3, 48, 48), torch.tensor([0, 1, 2, 3])
     expected = per_image_reference(module.model, module.model.layer3, x, y)
@@ -146,7 +154,9 @@ def test_saliency_classifier_loss_uses_exact_per_image_maps():
 
 
 def test_saliency_classifier_batched_option():
-    module = SaliencyClassifier(model_name="test_resnet", num_classes=7, target_layer="layer3", batch_coupling="batched")
+    module = SaliencyClassifier(
+        model_name="test_resnet", num_classes=7, target_layer="layer3", batch_coupling="batched"
+    )
     assert module.engine.batch_coupling == "batched" and module.hparams.batch_coupling == "batched"
     with pytest.warns(UserWarning, match="batch_coupling='batched'"):
         module.train().cams(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))

@@ -70,7 +70,9 @@ def test_deletion_insertion_match_torchcam(case, method, baseline):
     ours = M.deletion_insertion(model, x, maps[method], targets, steps=7, baseline=baseline, batch_size=5)
     for i in range(len(x)):  # torchcam sums per update; one sample per update gives per-sample AUCs
         ref = torchcam_metrics.DeletionInsertionMetric(
-            FixedMaps(model, maps[method][i : i + 1]), partial(torch.softmax, dim=-1), steps=7,
+            FixedMaps(model, maps[method][i : i + 1]),
+            partial(torch.softmax, dim=-1),
+            steps=7,
             baseline=None if baseline is None else torch.tensor(baseline),
         )
         ref.update(x[i : i + 1], class_idx=[int(targets[i])])
@@ -89,14 +91,19 @@ def test_average_drop_and_increase_match_torchcam(case):
     assert abs(summary["conf_increase"] - ours["increase_in_confidence"].mean().item()) <= 1e-4
 
 
-@pytest.mark.parametrize("score,target_class", [("logit", ClassifierOutputTarget), ("softmax", ClassifierOutputSoftmaxTarget)])
+@pytest.mark.parametrize(
+    "score,target_class", [("logit", ClassifierOutputTarget), ("softmax", ClassifierOutputSoftmaxTarget)]
+)
 def test_confidence_metrics_match_pytorch_grad_cam(case, score, target_class):
     model, x, targets, maps = case
     up = M.to_input_size(maps["gradcam"], x.shape[-2:])
     ours = M.confidence(model, x, maps["gradcam"], targets, score=score)
     cam_targets = [target_class(int(t)) for t in targets]
-    for name, ref in (("drop_in_confidence", DropInConfidence()), ("increase_in_confidence", IncreaseInConfidence()),
-                      ("confidence_change", CamMultImageConfidenceChange())):
+    for name, ref in (
+        ("drop_in_confidence", DropInConfidence()),
+        ("increase_in_confidence", IncreaseInConfidence()),
+        ("confidence_change", CamMultImageConfidenceChange()),
+    ):
         expected = np.asarray(ref(x, up.numpy(), cam_targets, model)).reshape(-1)
         np.testing.assert_allclose(ours[name].numpy(), expected, atol=1e-4, err_msg=name)
 
@@ -111,7 +118,9 @@ def test_road_matches_pytorch_grad_cam_without_noise(case):
     cg = M.road(model, x, maps["layercam"], targets, percentiles=percentiles, noise=0.0, solver="cg")
     expected = {}
     for name, order in (("road_morf", RemoveMostRelevantFirst), ("road_lerf", RemoveLeastRelevantFirst)):
-        averager = AveragerAcrossThresholds(lambda p, order=order: PerturbationConfidenceMetric(order(p, NoisyLinearImputer(noise=0))), percentiles)
+        averager = AveragerAcrossThresholds(
+            lambda p, order=order: PerturbationConfidenceMetric(order(p, NoisyLinearImputer(noise=0))), percentiles
+        )
         expected[name] = averager(x, up.numpy(), cam_targets, model)
         np.testing.assert_allclose(ours[name].numpy(), expected[name], atol=1e-4, err_msg=name)
         np.testing.assert_allclose(cg[name].numpy(), expected[name], atol=1e-4, err_msg=f"{name} (cg)")
@@ -164,9 +173,17 @@ def _trained_synthetic_model():
     images = torch.stack([data[i]["image"] for i in range(len(data))])
     labels = torch.stack([data[i]["label"] for i in range(len(data))])
     model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 7),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 7),
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     for _ in range(12):
@@ -206,7 +223,9 @@ def test_sanity_check_correlation_falls_as_layers_are_randomised():
     assert mean[-1] < 0.5, mean
     for k, v in model.state_dict().items():  # the model itself is untouched
         torch.testing.assert_close(v, before[k])
-    single = M.randomization_check(model, x, "gradcam", targets=torch.tensor([2, 5]), layers=["conv1"], mode="independent")
+    single = M.randomization_check(
+        model, x, "gradcam", targets=torch.tensor([2, 5]), layers=["conv1"], mode="independent"
+    )
     assert single.correlation.shape == (1, 2)
 
 
@@ -259,8 +278,16 @@ def test_road_solvers_agree():
 def _bn_net() -> nn.Module:
     torch.manual_seed(3)
     return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Dropout(0.3),
-        nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Dropout(0.3),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
     )
 
 
@@ -293,8 +320,12 @@ def test_scores_of_non_finite_maps_are_nan_and_the_others_unchanged(case, name):
     broken[1, 1, 0] = float("nan")
     broken[2, 0, 0] = float("inf")
     options = {"steps": 4, "percentiles": (50,), "noise": 0.0}
-    clean = M.evaluate([name], model, x, cam, targets, **{k: v for k, v in options.items() if k in M.accepted_options([name])})
-    ours = M.evaluate([name], model, x, broken, targets, **{k: v for k, v in options.items() if k in M.accepted_options([name])})
+    clean = M.evaluate(
+        [name], model, x, cam, targets, **{k: v for k, v in options.items() if k in M.accepted_options([name])}
+    )
+    ours = M.evaluate(
+        [name], model, x, broken, targets, **{k: v for k, v in options.items() if k in M.accepted_options([name])}
+    )
     assert torch.isnan(ours[name][1:]).all(), ours[name]
     torch.testing.assert_close(ours[name][0], clean[name][0])
 
@@ -325,7 +356,9 @@ def test_relevance_rank_gives_ties_fractional_credit():
 
 def test_an_option_no_chosen_metric_takes_is_an_error_naming_it(case):
     model, x, targets, maps = case
-    with pytest.raises(ValueError, match=r"\['stpes'\] are taken by none of the metrics \['deletion'\]; valid: steps, baseline"):
+    with pytest.raises(
+        ValueError, match=r"\['stpes'\] are taken by none of the metrics \['deletion'\]; valid: steps, baseline"
+    ):
         M.evaluate(["deletion"], model, x, maps["gradcam"], targets, stpes=2)
     with pytest.raises(ValueError, match=r"\['steps'\].*\['road_morf'\]; valid: percentiles"):
         M.evaluate(["road_morf"], model, x, maps["gradcam"], targets, steps=2)
@@ -338,8 +371,12 @@ def test_sanity_check_runs_a_train_mode_model_in_eval_mode_and_restores_it():
     modes = {n: m.training for n, m in model.named_modules()}
     stats = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(2, 3, 12, 12)
-    first = M.randomization_check(model, x, "gradcam", targets=torch.tensor([1, 3]), target_layer="4", layers=["9", "4"])
-    again = M.randomization_check(model, x[:1], "gradcam", targets=torch.tensor([1]), target_layer="4", layers=["9", "4"])
+    first = M.randomization_check(
+        model, x, "gradcam", targets=torch.tensor([1, 3]), target_layer="4", layers=["9", "4"]
+    )
+    again = M.randomization_check(
+        model, x[:1], "gradcam", targets=torch.tensor([1]), target_layer="4", layers=["9", "4"]
+    )
     torch.testing.assert_close(first.correlation[:, :1], again.correlation)  # independent of the batch
     assert {n: m.training for n, m in model.named_modules()} == modes
     for k, v in model.state_dict().items():

@@ -35,8 +35,13 @@ def _numpy_trapz(monkeypatch):
 def tiny_cnn(seed: int = 0, channels: int = 3) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 6),
+        nn.Conv2d(channels, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 6),
     ).eval()
 
 
@@ -52,8 +57,17 @@ def case():
 
 def quantus_scores(metric, model, x, maps, targets, one_at_a_time=False, **call) -> np.ndarray:
     def run(sl):
-        return np.asarray(metric(model=model, x_batch=x[sl].numpy(), y_batch=targets[sl].numpy(),
-                                 a_batch=maps[sl, None].numpy(), device="cpu", **call), dtype=np.float64)
+        return np.asarray(
+            metric(
+                model=model,
+                x_batch=x[sl].numpy(),
+                y_batch=targets[sl].numpy(),
+                a_batch=maps[sl, None].numpy(),
+                device="cpu",
+                **call,
+            ),
+            dtype=np.float64,
+        )
 
     if one_at_a_time:
         return np.concatenate([run(slice(i, i + 1)) for i in range(len(x))])
@@ -122,7 +136,9 @@ def test_faithfulness_correlation_matches_quantus_at_the_same_subsets(case, monk
     ours = M.faithfulness_correlation(model, x, maps, targets, subsets=torch.from_numpy(subsets), batch_size=8)
     np.testing.assert_allclose(ours["faithfulness_correlation"].numpy(), expected, atol=1e-4)
     seeded = M.faithfulness_correlation(model, x, maps, targets, runs=runs, subset_size=size, seed=3)
-    torch.testing.assert_close(seeded, M.faithfulness_correlation(model, x, maps, targets, runs=runs, subset_size=size, seed=3))
+    torch.testing.assert_close(
+        seeded, M.faithfulness_correlation(model, x, maps, targets, runs=runs, subset_size=size, seed=3)
+    )
 
 
 def test_monotonicity_correlation_matches_quantus_at_the_same_fills(case, monkeypatch):
@@ -135,7 +151,9 @@ def test_monotonicity_correlation_matches_quantus_at_the_same_fills(case, monkey
     ref = quantus.MonotonicityCorrelation(features_in_step=step, nr_samples=samples, **PER_IMAGE)
     expected = quantus_scores(ref, model, x, maps, targets)
     monkeypatch.undo()
-    ours = M.monotonicity_correlation(model, x, maps, targets, features_in_step=step, fills=torch.from_numpy(fills), batch_size=32)
+    ours = M.monotonicity_correlation(
+        model, x, maps, targets, features_in_step=step, fills=torch.from_numpy(fills), batch_size=32
+    )
     np.testing.assert_allclose(ours["monotonicity_correlation"].numpy(), expected, atol=1e-5)
 
 
@@ -149,7 +167,9 @@ def test_complexity_metrics_match_quantus(case, name, cls):
     np.testing.assert_allclose(getattr(M, name)(signed).numpy(), expected, atol=1e-5)
     small = torch.nn.functional.avg_pool2d(signed[:, None], 2).squeeze(1)  # a coarser map, scored at the input's size
     up = M.to_input_size(small, x.shape[-2:])
-    np.testing.assert_allclose(getattr(M, name)(small, size=x.shape[-2:]).numpy(), quantus_scores(ref, model, x, up, targets), atol=1e-5)
+    np.testing.assert_allclose(
+        getattr(M, name)(small, size=x.shape[-2:]).numpy(), quantus_scores(ref, model, x, up, targets), atol=1e-5
+    )
 
 
 def test_ssim_rows_matches_scikit_image():
@@ -178,8 +198,16 @@ def test_random_logit_matches_quantus(case, method):
 
     maps = explain(x, targets)
     ref = quantus.RandomLogit(num_classes=6, seed=42, **PER_IMAGE)
-    expected = np.asarray(ref(model=model, x_batch=x.numpy(), y_batch=targets.numpy(), a_batch=maps[:, None].numpy(),
-                              explain_func=quantus_explain, device="cpu"))
+    expected = np.asarray(
+        ref(
+            model=model,
+            x_batch=x.numpy(),
+            y_batch=targets.numpy(),
+            a_batch=maps[:, None].numpy(),
+            explain_func=quantus_explain,
+            device="cpu",
+        )
+    )
     ours = M.random_logit(model, x, maps, targets, explain=explain)
     np.testing.assert_allclose(ours["random_logit"].numpy(), expected, atol=1e-5)
     others = M.random_other_classes(targets, 6)
@@ -202,6 +230,7 @@ def test_arcc_matches_pytorch_grad_cam(case, monkeypatch):
     model, x, _, targets = case
     monkeypatch.setattr(road_module.NoisyLinearImputer.__init__, "__defaults__", (0.0, road_module.neighbors_weights))
     with GradCAM(model, target_layers=[model[2]]) as cam:
+
         def explain(inputs, t):
             return torch.from_numpy(cam(input_tensor=inputs, targets=[ClassifierOutputTarget(int(c)) for c in t]))
 
@@ -218,7 +247,9 @@ def test_arcc_matches_pytorch_grad_cam(case, monkeypatch):
     assert (ours["arcc_complexity"] == maps.abs().flatten(1).mean(1)).all()
 
 
-@pytest.mark.parametrize("name,cls", [("relevance_mass", "RelevanceMassAccuracy"), ("relevance_rank", "RelevanceRankAccuracy")])
+@pytest.mark.parametrize(
+    "name,cls", [("relevance_mass", "RelevanceMassAccuracy"), ("relevance_rank", "RelevanceRankAccuracy")]
+)
 def test_localisation_metrics_match_quantus_without_ties(case, name, cls):
     """Non-negative maps with distinct values (ours take relu(map); with ties, relevance_rank
     shares the places fairly where Quantus follows numpy's sort order)."""
@@ -226,15 +257,26 @@ def test_localisation_metrics_match_quantus_without_ties(case, name, cls):
     masks = torch.zeros(3, 20, 20)
     masks[0, 2:9, 3:15], masks[1, 10:, :], masks[2, 5:15, 5:15] = 1, 1, 1
     ref = getattr(quantus, cls)(**PER_IMAGE)
-    expected = np.asarray(ref(model=model, x_batch=x.numpy(), y_batch=targets.numpy(), a_batch=maps[:, None].numpy(),
-                              s_batch=masks[:, None].numpy(), device="cpu"))
+    expected = np.asarray(
+        ref(
+            model=model,
+            x_batch=x.numpy(),
+            y_batch=targets.numpy(),
+            a_batch=maps[:, None].numpy(),
+            s_batch=masks[:, None].numpy(),
+            device="cpu",
+        )
+    )
     np.testing.assert_allclose(getattr(M, name)(maps, masks).numpy(), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("name,cls,draw", [
-    ("max_sensitivity", "MaxSensitivity", "uniform"),
-    ("local_lipschitz_estimate", "LocalLipschitzEstimate", "normal"),
-])
+@pytest.mark.parametrize(
+    "name,cls,draw",
+    [
+        ("max_sensitivity", "MaxSensitivity", "uniform"),
+        ("local_lipschitz_estimate", "LocalLipschitzEstimate", "normal"),
+    ],
+)
 def test_robustness_metrics_match_quantus_at_the_same_noise(case, monkeypatch, name, cls, draw):
     from diffcam_lightning import CAMEngine
 
@@ -249,13 +291,23 @@ def test_robustness_metrics_match_quantus_at_the_same_noise(case, monkeypatch, n
 
     samples = 4
     rng = np.random.default_rng(2)
-    noise = rng.uniform(-0.2, 0.2, (samples, *x.shape)) if draw == "uniform" else rng.normal(0, 0.1, (samples, *x.shape))
+    noise = (
+        rng.uniform(-0.2, 0.2, (samples, *x.shape)) if draw == "uniform" else rng.normal(0, 0.1, (samples, *x.shape))
+    )
     noise = noise.astype(np.float32)
     replay(monkeypatch, draw, [noise[s].reshape(len(x), -1) for s in range(samples)])
     maps = explain(x, targets)
     ref = getattr(quantus, cls)(nr_samples=samples, **PER_IMAGE)
-    expected = np.asarray(ref(model=model, x_batch=x.numpy(), y_batch=targets.numpy(), a_batch=maps[:, None].numpy(),
-                              explain_func=quantus_explain, device="cpu"))
+    expected = np.asarray(
+        ref(
+            model=model,
+            x_batch=x.numpy(),
+            y_batch=targets.numpy(),
+            a_batch=maps[:, None].numpy(),
+            explain_func=quantus_explain,
+            device="cpu",
+        )
+    )
     monkeypatch.undo()
     ours = getattr(M, name)(model, x, maps, targets, explain=explain, draws=torch.from_numpy(noise), batch_size=5)
     np.testing.assert_allclose(ours[name].numpy(), expected, rtol=1e-4)
@@ -271,8 +323,16 @@ def test_every_metric_leaves_modes_statistics_and_grads_as_they_were_and_ignores
 
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Dropout(0.5),
-        nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
     ).train()
     model[5].eval()
     model(torch.rand(4, 3, 16, 16)).sum().backward()  # .grad present, BatchNorm statistics moved once
@@ -284,8 +344,16 @@ def test_every_metric_leaves_modes_statistics_and_grads_as_they_were_and_ignores
     masks = (torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(3)) > 0.5).float()
     engine = CAMEngine(model, "4")
     names = list(M.METRICS)
-    small = {"features_in_step": 3 * 32, "samples": 2, "runs": 4, "subset_size": 20, "regions": 4, "steps": 4,
-             "percentiles": (50,), "noise": 0.0}
+    small = {
+        "features_in_step": 3 * 32,
+        "samples": 2,
+        "runs": 4,
+        "subset_size": 20,
+        "regions": 4,
+        "steps": 4,
+        "percentiles": (50,),
+        "noise": 0.0,
+    }
     options = {k: v for k, v in small.items() if k in M.accepted_options(names)}
     explain = M.explainer(engine, "gradcam")
     options["noise"] = 0.01  # ROAD's imputation noise: from its own generator, not the global RNG
@@ -320,13 +388,22 @@ def test_efficient_mprt_matches_quantus(case):
     explain = M.explainer(CAMEngine(model, "2"), "gradcam", size="input")
 
     def quantus_explain(model, inputs, targets, **kwargs):  # Quantus hands the (randomised) model itself
-        return CAMEngine(model, "2")(torch.from_numpy(inputs), targets=torch.from_numpy(np.asarray(targets)),
-                                     methods="gradcam", size="input")["gradcam"][:, None].numpy()
+        return CAMEngine(model, "2")(
+            torch.from_numpy(inputs), targets=torch.from_numpy(np.asarray(targets)), methods="gradcam", size="input"
+        )["gradcam"][:, None].numpy()
 
     maps = explain(x, targets)
     ref = quantus.EfficientMPRT(disable_warnings=True)
-    expected = np.asarray(ref(model=model, x_batch=x.numpy(), y_batch=targets.numpy(), a_batch=maps[:, None].numpy(),
-                              explain_func=quantus_explain, device="cpu"))
+    expected = np.asarray(
+        ref(
+            model=model,
+            x_batch=x.numpy(),
+            y_batch=targets.numpy(),
+            a_batch=maps[:, None].numpy(),
+            explain_func=quantus_explain,
+            device="cpu",
+        )
+    )
     torch.set_rng_state(rng)
     ours = M.efficient_mprt(model, x, maps, targets, explain=explain)["efficient_mprt"]
     np.testing.assert_allclose(ours.numpy(), expected, atol=1e-6)
@@ -335,7 +412,9 @@ def test_efficient_mprt_matches_quantus(case):
         assert torch.equal(v, state[k]), k
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")  # SciPy, on a blank layer's maps
+@pytest.mark.filterwarnings(
+    "ignore:invalid value encountered in divide:RuntimeWarning"
+)  # SciPy, on a blank layer's maps
 def test_smooth_mprt_matches_quantus_at_the_same_noise(case, monkeypatch):
     """Quantus 0.6's sMPRT explains through quantus.explain, not the explain_func it is given
     (replaced here by the same GradCAM); its last correlation is the fully randomised model's."""
@@ -346,8 +425,12 @@ def test_smooth_mprt_matches_quantus_at_the_same_noise(case, monkeypatch):
     maps = explain(x, targets)
 
     def quantus_explain(model, inputs, targets, **kwargs):
-        return CAMEngine(model, "2")(torch.as_tensor(inputs, dtype=torch.float32), targets=torch.from_numpy(np.asarray(targets)),
-                                     methods="gradcam", size="input")["gradcam"][:, None].numpy()
+        return CAMEngine(model, "2")(
+            torch.as_tensor(inputs, dtype=torch.float32),
+            targets=torch.from_numpy(np.asarray(targets)),
+            methods="gradcam",
+            size="input",
+        )["gradcam"][:, None].numpy()
 
     samples = 4
     draws = np.random.default_rng(5).standard_normal((samples - 1, *x.shape))
@@ -360,10 +443,20 @@ def test_smooth_mprt_matches_quantus_at_the_same_noise(case, monkeypatch):
     monkeypatch.setattr(quantus, "explain", quantus_explain)
     monkeypatch.setattr(np.random, "randn", randn)
     ref = quantus.SmoothMPRT(nr_samples=samples, return_last_correlation=True, **PER_IMAGE)
-    expected = np.asarray(ref(model=model, x_batch=x.numpy(), y_batch=targets.numpy(), a_batch=maps[:, None].numpy(),
-                              explain_func=quantus_explain, device="cpu"))
+    expected = np.asarray(
+        ref(
+            model=model,
+            x_batch=x.numpy(),
+            y_batch=targets.numpy(),
+            a_batch=maps[:, None].numpy(),
+            explain_func=quantus_explain,
+            device="cpu",
+        )
+    )
     monkeypatch.undo()
     assert len(calls) == (samples - 1) * (1 + 3)  # the original model, then 3 layers
-    ours = M.smooth_mprt(model, x, maps, targets, explain=explain, samples=samples, draws=torch.from_numpy(draws).float())
+    ours = M.smooth_mprt(
+        model, x, maps, targets, explain=explain, samples=samples, draws=torch.from_numpy(draws).float()
+    )
     assert np.isfinite(expected).all(), expected
     np.testing.assert_allclose(ours["smooth_mprt"].numpy(), expected, atol=1e-5)

@@ -54,8 +54,6 @@ def capture_activations(model, layer, x):
     return store["A"], logits
 
 
-
-
 def target_scalar(logits, targets, kind):
     picked = logits.gather(1, targets[:, None]).squeeze(1)
     return picked if kind is None else picked - beta(logits, targets, kind)

@@ -74,8 +74,14 @@ def assert_parity(ours, expected, label):
 # ------------------------------------------------------------------ targets
 
 TARGET_CLASSES = {"rest": ClassifierOutputReST, "softmax": ClassifierOutputSoftmaxTarget}
-WEIGHTINGS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "xgradcam": XGradCAM,
-              "layercam": LayerCAM, "eigengradcam": sign_corrected("EigenGradCAM")}  # the documented sign (methods.salient_sign)
+WEIGHTINGS = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "hirescam": HiResCAM,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "eigengradcam": sign_corrected("EigenGradCAM"),
+}  # the documented sign (methods.salient_sign)
 
 
 @pytest.mark.parametrize("target", ["rest", "softmax", "finer"])
@@ -237,8 +243,11 @@ def test_fullgrad_shares_one_forward_across_its_targets():
     forwards = []
     handle = model.register_forward_hook(lambda *_: forwards.append(1))
     try:
-        CAMEngine(model, layer_name)(torch.randn(2, 3, 64, 64), targets=TARGETS,
-                                     methods=["fullgrad", "meandifffullgrad", "maxdifffullgrad", "restfullgrad"])
+        CAMEngine(model, layer_name)(
+            torch.randn(2, 3, 64, 64),
+            targets=TARGETS,
+            methods=["fullgrad", "meandifffullgrad", "maxdifffullgrad", "restfullgrad"],
+        )
     finally:
         handle.remove()
     assert len(forwards) == 2  # the engine's, then FullGrad's one for its four targets
@@ -270,8 +279,19 @@ def test_target_methods_take_one_forward_and_one_batched_vjp(monkeypatch):
     assert len(forwards) == 1 and network_vjps == [True] and len(calls) == 2
 
 
-NEW_METHODS = ["restgradcam", "finercam", "softmaxgradcam++", "kpcacam", "fem", "randomcam", "cam", "shapleycam",
-               "meandiffshapleycam", "fullgrad", "maxdifffullgrad"]
+NEW_METHODS = [
+    "restgradcam",
+    "finercam",
+    "softmaxgradcam++",
+    "kpcacam",
+    "fem",
+    "randomcam",
+    "cam",
+    "shapleycam",
+    "meandiffshapleycam",
+    "fullgrad",
+    "maxdifffullgrad",
+]
 
 
 def test_new_methods_leave_the_model_as_it_was():
@@ -294,7 +314,9 @@ def test_new_methods_leave_the_model_as_it_was():
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, plain.state_dict()[k], msg=k)
     assert all(torch.equal(p.grad, torch.full_like(p, 0.5)) for p in model.parameters())
-    assert hooks == sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    assert hooks == sum(
+        len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules()
+    )
 
 
 # ------------------------------------------------------------------ torchcam's smoothed methods
@@ -345,8 +367,12 @@ def test_smoothed_methods_match_torchcam_at_the_same_seed(few_samples, name, lay
 def test_smoothed_methods_draw_from_the_seed(few_samples):
     model, _ = build("resnet18")
     x = torch.randn(1, 3, 32, 32)
-    a, b, c = (CAMEngine(model, "layer2", seed=seed, scorecam_batch_size=128)(x, targets=[1], methods=["smoothgradcam++", "sscam3"],
-                                                         normalize=False) for seed in (0, 0, 1))
+    a, b, c = (
+        CAMEngine(model, "layer2", seed=seed, scorecam_batch_size=128)(
+            x, targets=[1], methods=["smoothgradcam++", "sscam3"], normalize=False
+        )
+        for seed in (0, 0, 1)
+    )
     for method in a:
         assert torch.equal(a[method], b[method]) and not torch.equal(a[method], c[method]), method
 
@@ -364,7 +390,9 @@ def test_smoothgradcampp_diff_variant_equals_the_difference_target_by_hand():
         scores = model(x)
         torch.manual_seed(3)
         (expected,) = extractor(scores=scores, targets=diff, normalized=False)
-    torch.testing.assert_close(ours["meandiffsmoothgradcam++"], expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
+    torch.testing.assert_close(
+        ours["meandiffsmoothgradcam++"], expected, rtol=0, atol=1e-4 * float(expected.abs().max())
+    )
 
 
 # ------------------------------------------------------------------ guided backprop
@@ -384,7 +412,9 @@ def grad_cam_guided(model, x, targets, target_fn=None):
     for i, c in enumerate(targets):
         clone = copy.deepcopy(model)
         if target_fn is None:
-            rows.append(torch.from_numpy(GuidedBackpropReLUModel(clone, device="cpu")(x[i : i + 1], c)).permute(2, 0, 1))
+            rows.append(
+                torch.from_numpy(GuidedBackpropReLUModel(clone, device="cpu")(x[i : i + 1], c)).permute(2, 0, 1)
+            )
             continue
         replace_all_layer_type_recursive(clone, torch.nn.ReLU, GuidedBackpropReLUasModule())
         image = x[i : i + 1].clone().requires_grad_()
@@ -425,8 +455,10 @@ def test_guided_backprop_diff_target_equals_the_difference_by_hand():
 
 # ------------------------------------------------------------------ LeGrad
 
-VITS = [{"image_size": 32, "patch_size": 8, "num_layers": 3, "num_heads": 2, "hidden_dim": 32, "mlp_dim": 64},
-        {"image_size": 48, "patch_size": 8, "num_layers": 4, "num_heads": 4, "hidden_dim": 48, "mlp_dim": 96}]
+VITS = [
+    {"image_size": 32, "patch_size": 8, "num_layers": 3, "num_heads": 2, "hidden_dim": 32, "mlp_dim": 64},
+    {"image_size": 48, "patch_size": 8, "num_layers": 4, "num_heads": 4, "hidden_dim": 48, "mlp_dim": 96},
+]
 
 
 def tiny_vit(config):
@@ -473,7 +505,9 @@ def test_legrad_diff_variant_equals_torchcam_with_the_difference_as_its_score(ki
         y = model.heads(model.encoder.ln(tokens.mean(dim=1)))
         return torch.stack([y[:, c] - beta(y, torch.full((len(y),), c), kind) for c in range(y.shape[1])], dim=1)
 
-    ours = CAMEngine(model, "encoder.layers.encoder_layer_1")(x, targets=TARGETS, methods=f"{kind}difflegrad", normalize=False)
+    ours = CAMEngine(model, "encoder.layers.encoder_layer_1")(
+        x, targets=TARGETS, methods=f"{kind}difflegrad", normalize=False
+    )
     with tc.LeGrad(model, list(model.encoder.layers), score_projection=differences) as extractor:
         model(x)
         (expected,) = extractor(TARGETS, normalized=False)
@@ -483,8 +517,10 @@ def test_legrad_diff_variant_equals_torchcam_with_the_difference_as_its_score(ki
 # ------------------------------------------------------------------ RefineCAM
 
 
-@pytest.mark.parametrize("name,layers", [("resnet18", ["layer2", "layer3", "layer4"]),
-                                         ("densenet121", ["features.denseblock3", "features.norm5"])])
+@pytest.mark.parametrize(
+    "name,layers",
+    [("resnet18", ["layer2", "layer3", "layer4"]), ("densenet121", ["features.denseblock3", "features.norm5"])],
+)
 def test_refinecam_and_its_diff_variant_match_pytorch_grad_cam(name, layers):
     from pytorch_grad_cam.refine_cam import RefineCAM
 
@@ -493,8 +529,10 @@ def test_refinecam_and_its_diff_variant_match_pytorch_grad_cam(name, layers):
     model, _ = build(name)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     modules = [dict(model.named_modules())[n] for n in layers]
-    for method, cam_targets in (("gradcam++", [ClassifierOutputTarget(c) for c in TARGETS]),
-                                ("meandiffgradcam++", [DiffTarget(c, "mean") for c in TARGETS])):
+    for method, cam_targets in (
+        ("gradcam++", [ClassifierOutputTarget(c) for c in TARGETS]),
+        ("meandiffgradcam++", [DiffTarget(c, "mean") for c in TARGETS]),
+    ):
         ours = refinecam(model, x, layers, TARGETS, method)
         expected = torch.from_numpy(RefineCAM(model, modules)(x, targets=cam_targets))
         assert_parity(ours, expected, f"{name} refinecam {method}")
@@ -538,8 +576,13 @@ def test_opt_in_methods_and_functions_leave_the_model_as_it_was(few_samples):
 
 def test_a_single_logit_model_refuses_the_contrastive_targets_only():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                                torch.nn.Flatten(), torch.nn.Linear(4, 1)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 1),
+    ).eval()
     engine = CAMEngine(model, "1")
     x = torch.randn(2, 3, 8, 8)
     with pytest.raises(ValueError, match="finergradcam compares the target class with the others"):

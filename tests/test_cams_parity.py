@@ -35,8 +35,11 @@ REFERENCE = {
 }
 # the Diff variants of the weightings added after the paper (the paper's six are tested in
 # test_cams_engine.py against autograd of the difference target)
-NEW_DIFF = [f"{k}diff{m}" for m in ("hirescam", "xgradcam", "layercam", "gradcamelementwise", "eigengradcam")
-            for k in ("mean", "max", "lse")]
+NEW_DIFF = [
+    f"{k}diff{m}"
+    for m in ("hirescam", "xgradcam", "layercam", "gradcamelementwise", "eigengradcam")
+    for k in ("mean", "max", "lse")
+]
 
 # (timm name, expected CAM layer, input size): small inputs keep CPU tests fast;
 # Inception-v3 needs >= 75 px, 139 px gives a 3x3 grid at Mixed_7c.

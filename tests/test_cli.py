@@ -18,8 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(CONFIGS_DIR.glob("*.yaml"))
 SHAM = str(CONFIGS_DIR / "synthetic_sham.yaml")
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-SMALL = ["--data.init_args.train_size=32", "--data.init_args.val_size=16", "--data.init_args.test_size=16",
-         "--data.init_args.batch_size=8", "--data.init_args.image_size=48"]
+SMALL = [
+    "--data.init_args.train_size=32",
+    "--data.init_args.val_size=16",
+    "--data.init_args.test_size=16",
+    "--data.init_args.batch_size=8",
+    "--data.init_args.image_size=48",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -34,8 +39,13 @@ def _no_pytest_argv(monkeypatch):
 def test_shipped_configs_are_the_issue_list():
     names = {p.name for p in CONFIGS}
     assert {
-        "synthetic_human.yaml", "synthetic_sham.yaml", "densenet121_sham.yaml", "resnet50_sham.yaml",
-        "inception_v3_sham.yaml", "convnext_tiny_sham.yaml", "imagenet_sham_finetune.yaml",
+        "synthetic_human.yaml",
+        "synthetic_sham.yaml",
+        "densenet121_sham.yaml",
+        "resnet50_sham.yaml",
+        "inception_v3_sham.yaml",
+        "convnext_tiny_sham.yaml",
+        "imagenet_sham_finetune.yaml",
     } <= names
 
 
@@ -44,7 +54,10 @@ def test_fast_dev_run_as_a_user_calls_it(tmp_path):
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "diffcam_lightning.cli"]
     proc = subprocess.run(
         [*cmd, "fit", "--config", SHAM, "--trainer.fast_dev_run=true"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     out = proc.stdout + proc.stderr
@@ -75,7 +88,10 @@ def test_unknown_key_is_refused_and_named(capsys):
 def test_num_classes_follows_the_datamodule(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     cli = DiffcamCLI(
-        SaliencyClassifier, LightningDataModule, subclass_mode_data=True, run=False,
+        SaliencyClassifier,
+        LightningDataModule,
+        subclass_mode_data=True,
+        run=False,
         args=["--config", SHAM, "--data.init_args.preset=many", "--trainer.logger=false"],
         auto_configure_optimizers=False,
     )
@@ -103,15 +119,33 @@ def test_fit_then_test_validate_predict_from_the_checkpoint(monkeypatch, tmp_pat
     "network",
     [
         ["--model.model_name=torchvision:resnet18", "--model.model_kwargs=null"],
-        ["--model.network=tests.test_sources.TinyNet", "--model.network.init_args.num_classes=7", "--model.model_kwargs=null"],
+        [
+            "--model.network=tests.test_sources.TinyNet",
+            "--model.network.init_args.num_classes=7",
+            "--model.model_kwargs=null",
+        ],
     ],
     ids=["torchvision", "class_path"],
 )
 def test_fit_with_a_torchvision_or_class_path_network(monkeypatch, tmp_path, network):
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", SHAM, "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
-          "--trainer.limit_val_batches=1", "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.default_root_dir=out",
-          "--model.sham_entropy=1.0", *network, *QUIET, *SMALL])
+    main(
+        [
+            "fit",
+            "--config",
+            SHAM,
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=1",
+            "--trainer.limit_val_batches=1",
+            "--trainer.logger=false",
+            "--trainer.callbacks=[]",
+            "--trainer.default_root_dir=out",
+            "--model.sham_entropy=1.0",
+            *network,
+            *QUIET,
+            *SMALL,
+        ]
+    )
     ckpt = sorted(tmp_path.rglob("*.ckpt"))[-1]
     from diffcam_lightning.data import SyntheticDataModule
     from diffcam_lightning.models.sources import load_model

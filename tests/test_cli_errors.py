@@ -22,7 +22,11 @@ def diffcam(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     environment.pop("DIFFCAM_TRACEBACK", None) if "DIFFCAM_TRACEBACK" not in env else None
     return subprocess.run(
         [sys.executable, "-m", "diffcam_lightning.cli", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=300, env=environment,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
     )
 
 
@@ -37,8 +41,12 @@ def assert_short_error(proc: subprocess.CompletedProcess, *named: str) -> str:
 
 
 def test_fit_with_a_missing_data_folder(tmp_path):
-    proc = diffcam("fit", "--data.class_path=diffcam_lightning.data.ImageFolderDataModule",
-                   "--data.init_args.train_dir=nowhere", cwd=tmp_path)
+    proc = diffcam(
+        "fit",
+        "--data.class_path=diffcam_lightning.data.ImageFolderDataModule",
+        "--data.init_args.train_dir=nowhere",
+        cwd=tmp_path,
+    )
     assert_short_error(proc, "'nowhere'", "does not exist")
 
 
@@ -55,8 +63,14 @@ def test_unknown_method_in_a_config(tmp_path):
 
 
 def test_checkpoint_of_another_model_and_a_plain_weights_file(tmp_path):
-    torch.save({"state_dict": {"layer.weight": torch.zeros(2, 2)}, "pytorch-lightning_version": "2.6.6",
-                "hyper_parameters": {"width": 32}}, tmp_path / "other.ckpt")
+    torch.save(
+        {
+            "state_dict": {"layer.weight": torch.zeros(2, 2)},
+            "pytorch-lightning_version": "2.6.6",
+            "hyper_parameters": {"width": 32},
+        },
+        tmp_path / "other.ckpt",
+    )
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "weights.pt")
     proc = diffcam("validate", "--config", SHAM, "--ckpt_path", "other.ckpt", cwd=tmp_path)
     assert_short_error(proc, "'other.ckpt'", "another model", "width")
@@ -65,8 +79,13 @@ def test_checkpoint_of_another_model_and_a_plain_weights_file(tmp_path):
 
 
 def test_the_environment_variable_shows_the_traceback(tmp_path):
-    proc = diffcam("fit", "--data.class_path=diffcam_lightning.data.ImageFolderDataModule",
-                   "--data.init_args.train_dir=nowhere", cwd=tmp_path, DIFFCAM_TRACEBACK="1")
+    proc = diffcam(
+        "fit",
+        "--data.class_path=diffcam_lightning.data.ImageFolderDataModule",
+        "--data.init_args.train_dir=nowhere",
+        cwd=tmp_path,
+        DIFFCAM_TRACEBACK="1",
+    )
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "DataError" in proc.stderr
 
 

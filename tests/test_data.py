@@ -99,8 +99,13 @@ def folder(tmp_path):
 
 def test_image_folder_module_with_optional_saliency(folder):
     dm = ImageFolderDataModule(
-        str(folder / "train"), saliency_dir=str(folder / "sal"), data_config=CONFIG,
-        hflip=False, val_fraction=0.0, batch_size=6, num_workers=0,
+        str(folder / "train"),
+        saliency_dir=str(folder / "sal"),
+        data_config=CONFIG,
+        hflip=False,
+        val_fraction=0.0,
+        batch_size=6,
+        num_workers=0,
     )
     assert dm.num_classes == 2 and dm.classes == ["cat", "dog"]
     dm.setup("fit")
@@ -196,12 +201,22 @@ def test_folder_with_human_saliency_trains_end_to_end_with_a_logger(folder, tmp_
     from diffcam_lightning import SaliencyClassifier
 
     dm = ImageFolderDataModule(
-        str(folder / "train"), saliency_dir=str(folder / "sal"), data_config={"image_size": 48},
-        val_fraction=0.34, batch_size=4, num_workers=0,
+        str(folder / "train"),
+        saliency_dir=str(folder / "sal"),
+        data_config={"image_size": 48},
+        val_fraction=0.34,
+        batch_size=4,
+        num_workers=0,
     )  # data model_name (None) differs from the model's: hparams must not clash
     model = SaliencyClassifier("test_resnet", num_classes=dm.num_classes, saliency_target="human")
-    t = L.Trainer(max_epochs=1, accelerator="cpu", logger=CSVLogger(tmp_path / "logs"), enable_progress_bar=False,
-                  enable_checkpointing=False, enable_model_summary=False)
+    t = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=CSVLogger(tmp_path / "logs"),
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     with pytest.warns(UserWarning, match="SHAM .* covers every pixel of the 2x2 CAM grid"):  # 48 px: a 2x2 grid
         t.fit(model, dm)
     assert torch.isfinite(t.callback_metrics["train/loss"]) and torch.isfinite(t.callback_metrics["val/saliency_mse"])

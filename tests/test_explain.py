@@ -17,7 +17,14 @@ from diffcam_lightning.explain import DEFAULT_METHODS, imagenet_class_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu"]
+QUIET = [
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--trainer.accelerator",
+    "cpu",
+]
 PHOTOS = ("chelsea", "coffee", "astronaut")
 
 
@@ -65,7 +72,16 @@ def test_explain_writes_every_output(tmp_path, photo_dir, model):
 
 
 def test_token_model_maps_are_on_its_patch_grid(tmp_path, photo_dir, capsys):
-    explain(tmp_path, "--model", "timm:test_vit", "--images", str(photo_dir / "chelsea.jpg"), "--methods", "gradcam", "eigencam")
+    explain(
+        tmp_path,
+        "--model",
+        "timm:test_vit",
+        "--images",
+        str(photo_dir / "chelsea.jpg"),
+        "--methods",
+        "gradcam",
+        "eigencam",
+    )
     (row,) = read_csv(tmp_path / "predictions.csv")
     maps = np.load(tmp_path / row["maps"])
     assert maps["gradcam"].shape == maps["eigencam"].shape == (1, 10, 10)  # 160 px / 16 px patches, CLS token dropped
@@ -73,7 +89,9 @@ def test_token_model_maps_are_on_its_patch_grid(tmp_path, photo_dir, capsys):
             "--layout", "tokens:1")  # fmt: skip
     assert np.load(tmp_path / "explicit" / row["maps"])["gradcam"].shape == (1, 10, 10)
     with pytest.raises(SystemExit):  # a layout that does not fit the tensor: one clear error
-        explain(tmp_path / "bad", "--model", "timm:test_vit", "--images", str(photo_dir / "chelsea.jpg"), "--layout", "nchw")
+        explain(
+            tmp_path / "bad", "--model", "timm:test_vit", "--images", str(photo_dir / "chelsea.jpg"), "--layout", "nchw"
+        )
     assert "layout" in capsys.readouterr().err
 
 
@@ -96,15 +114,21 @@ def test_manifest_labels_top_k_and_class_names(tmp_path, photo_dir):
     assert {r["class"] for r in read_csv(tmp_path / "fixed" / "predictions.csv")} == {"282"}
 
 
-@pytest.mark.filterwarnings("ignore:CAMEngine.*mix the images of a batch")  # training at layer3 of a BatchNorm net warns by design
+@pytest.mark.filterwarnings(
+    "ignore:CAMEngine.*mix the images of a batch"
+)  # training at layer3 of a BatchNorm net warns by design
 def test_checkpoint_explains_with_its_training_class_names_and_layer(tmp_path, photo_dir):
     import lightning.pytorch as L
 
     from diffcam_lightning import SaliencyClassifier
     from diffcam_lightning.data import SyntheticDataModule
 
-    dm = SyntheticDataModule(image_size=64, train_size=16, val_size=16, test_size=16, batch_size=16, num_classes=4, preset="few")
-    model = SaliencyClassifier(num_classes=dm.num_classes, class_names=dm.classes, target_layer="layer3", sham_entropy=1.0)
+    dm = SyntheticDataModule(
+        image_size=64, train_size=16, val_size=16, test_size=16, batch_size=16, num_classes=4, preset="few"
+    )
+    model = SaliencyClassifier(
+        num_classes=dm.num_classes, class_names=dm.classes, target_layer="layer3", sham_entropy=1.0
+    )
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=str(tmp_path), limit_train_batches=1, limit_val_batches=0)  # fmt: skip
     trainer.fit(model, dm)
@@ -127,7 +151,16 @@ def test_corrupt_image_names_the_file_or_is_skipped_and_listed(tmp_path, photo_d
         explain(tmp_path / "strict", "--model", "timm:test_resnet", "--images", str(folder), "--image_size", "64")
     assert exit_info.value.code != 0
     assert "broken.jpg" in capsys.readouterr().err
-    explain(tmp_path / "skip", "--model", "timm:test_resnet", "--images", str(folder), "--image_size", "64", "--skip_unreadable")
+    explain(
+        tmp_path / "skip",
+        "--model",
+        "timm:test_resnet",
+        "--images",
+        str(folder),
+        "--image_size",
+        "64",
+        "--skip_unreadable",
+    )
     assert [Path(r["image"]).name for r in read_csv(tmp_path / "skip" / "predictions.csv")] == ["chelsea.jpg"]
     skipped = read_csv(tmp_path / "skip" / "skipped.csv")
     assert [Path(r["image"]).name for r in skipped] == ["broken.jpg"] and skipped[0]["error"]
@@ -182,7 +215,9 @@ def test_lite_weights_give_the_reference_implementations_logits():
 
     from diffcam_lightning.models.efficientnet_lite import efficientnet_lite0, shipped_weights_path
 
-    reference = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(shipped_weights_path("lite0"))).eval()
+    reference = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=str(shipped_weights_path("lite0"))
+    ).eval()
     ours = efficientnet_lite0().eval()
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -199,7 +234,9 @@ def test_real_network_sees_the_cat_and_its_cams_point_at_it(box):
     canvas = Image.new("RGB", (224, 224), (128, 128, 128))
     canvas.paste(load_photo("chelsea").resize((w, h)), (x0, y0))
     x = (torch.tensor(np.array(canvas)).permute(2, 0, 1).float() / 255 - 0.5) / 0.5  # timm cfg: mean = std = 0.5
-    result = CAMEngine(efficientnet_lite0().eval(), CAM_LAYER).compute(x[None], None, ["gradcam", "meandiffgradcam"], size="input")
+    result = CAMEngine(efficientnet_lite0().eval(), CAM_LAYER).compute(
+        x[None], None, ["gradcam", "meandiffgradcam"], size="input"
+    )
     assert int(result.targets[0]) in CAT_CLASSES
     for method, cam in result.maps.items():
         row, col = divmod(int(cam[0].argmax()), 224)

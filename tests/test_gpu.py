@@ -118,7 +118,9 @@ def _audit_fit(tmp_path: Path, precision: str, epochs: int = 1):
     audit = CAMAudit(audit_size=16, methods=FEW, log_images=False)
     train, val = loaders(saliency=True)
     model = UserNet()
-    trainer = quiet_trainer(tmp_path, accelerator=ACCELERATOR, callbacks=[audit], precision=precision, max_epochs=epochs)
+    trainer = quiet_trainer(
+        tmp_path, accelerator=ACCELERATOR, callbacks=[audit], precision=precision, max_epochs=epochs
+    )
     trainer.fit(model, train, val)
     return model, audit, trainer
 
@@ -147,8 +149,14 @@ def test_mixed_precision_audit_gives_finite_float32_maps_equal_to_a_float32_audi
     assert set(mixed) == set(full)
     diffs = {k: abs(mixed[k] - full[k]) for k in full if not k.startswith("cam_audit/pointing")}
     pointing = {k: abs(mixed[k] - full[k]) for k in full if k.startswith("cam_audit/pointing")}
-    record("mixed_precision_audit", precision=precision, tolerance=MIXED_TOLERANCE[precision],
-           max_abs_diff=max(diffs.values()), max_pointing_diff=max(pointing.values(), default=0.0), per_figure=diffs)
+    record(
+        "mixed_precision_audit",
+        precision=precision,
+        tolerance=MIXED_TOLERANCE[precision],
+        max_abs_diff=max(diffs.values()),
+        max_pointing_diff=max(pointing.values(), default=0.0),
+        per_figure=diffs,
+    )
     bad = {k: d for k, d in diffs.items() if not d <= MIXED_TOLERANCE[precision]}
     assert not bad, f"{precision} audit figures differ from float32 by more than {MIXED_TOLERANCE[precision]}: {bad}"
     # pointing game: a hit or miss per image (16 images), so one flipped image moves it by 1/16
@@ -231,8 +239,21 @@ def test_device_memory_flat_over_20_audited_epochs(tmp_path):
 
 # ---------------------------------------------------------------- no host-device synchronisation
 # ops that read a device value back to the host (or size an output by data) whatever the device
-SYNCING_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_dim",
-               "unique_consecutive", "is_nonzero", "equal", "allclose", "repeat_interleave", "_assert_async"}
+SYNCING_OPS = {
+    "_local_scalar_dense",
+    "nonzero",
+    "masked_select",
+    "unique",
+    "_unique",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+    "is_nonzero",
+    "equal",
+    "allclose",
+    "repeat_interleave",
+    "_assert_async",
+}
 
 
 # On the CPU every tensor is a host tensor, so these are left out there: the engine's check of
@@ -312,7 +333,9 @@ def _figures_in_subprocess(strategy: str, workdir: Path) -> dict[str, float]:
     code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}]; import test_gpu; "
             f"test_gpu.audit_figures({strategy!r}, {ACCELERATOR!r}, {str(workdir)!r})")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, f"{strategy}: {(proc.stdout + proc.stderr)[-4000:]}"
     return json.loads((workdir / f"figures_{strategy}.json").read_text())
 

@@ -29,11 +29,22 @@ def test_gpu_check_dry_run_writes_every_section(tmp_path):
     outcomes = {t["test"]: t["outcome"] for t in results["tests"]}
     assert outcomes and all(o in ("passed", "skipped") for o in outcomes.values()), outcomes
     assert outcomes["test_no_host_device_sync_in_the_engines_gradient_path"] == "passed"
-    assert {f["test"] for f in results["test_figures"]} >= {"maps_device_vs_cpu", "memory_engine_calls", "no_sync_gradient_path"}
+    assert {f["test"] for f in results["test_figures"]} >= {
+        "maps_device_vs_cpu",
+        "memory_engine_calls",
+        "no_sync_gradient_path",
+    }
     sections = {r["section"] for r in results["bench"]["rows"]}
     assert sections == {"cams", "scorecam", "training", "audit", "explain"}, results["bench"]["rows"]
     cams = [r for r in results["bench"]["rows"] if r["section"] == "cams"]
     assert all("ours_28_over_forward" in r for r in cams)  # ours ran in fp32 and bf16 on both models
     markdown = (tmp_path / "results.md").read_text()
-    for heading in ("## GPU tests", "## CAMs", "## ScoreCAM", "## Training step", "## Audit share", "## diffcam explain"):
+    for heading in (
+        "## GPU tests",
+        "## CAMs",
+        "## ScoreCAM",
+        "## Training step",
+        "## Audit share",
+        "## diffcam explain",
+    ):
         assert heading in markdown

@@ -22,14 +22,39 @@ PARITY = ("gradcam", "gradcam++", "hirescam", "xgradcam", "eigencam")
 SWIN = {"img_size": 128, "window_size": 4}
 TRANSFORMERS = [
     ("vit_tiny_patch16_224", {"img_size": 64}, 64, None, "blocks.11.norm1", "tokens (1 prefix, 4x4 grid)", 1, PARITY),
-    ("deit_tiny_distilled_patch16_224", {"img_size": 64}, 64, None, "blocks.11.norm1", "tokens (2 prefix, 4x4 grid)", 2,
-     PARITY),
+    (
+        "deit_tiny_distilled_patch16_224",
+        {"img_size": 64},
+        64,
+        None,
+        "blocks.11.norm1",
+        "tokens (2 prefix, 4x4 grid)",
+        2,
+        PARITY,
+    ),
     # HiResCAM is left out at layers.3: the final LayerNorm makes sum_k g_k A_k ~ 0 at every position
     # (scale invariance), so both libraries return rounding noise there (raw max 3e-4 vs GradCAM's 27)
-    ("swin_tiny_patch4_window7_224", SWIN, 128, None, "layers.3", "nhwc", None, tuple(m for m in PARITY if m != "hirescam")),
+    (
+        "swin_tiny_patch4_window7_224",
+        SWIN,
+        128,
+        None,
+        "layers.3",
+        "nhwc",
+        None,
+        tuple(m for m in PARITY if m != "hirescam"),
+    ),
     # the layer pytorch-grad-cam's documentation uses for Swin: tokens without prefix
-    ("swin_tiny_patch4_window7_224", SWIN, 128, "layers.3.blocks.1.norm2", "layers.3.blocks.1.norm2",
-     "tokens (0 prefix, 4x4 grid)", 0, PARITY),
+    (
+        "swin_tiny_patch4_window7_224",
+        SWIN,
+        128,
+        "layers.3.blocks.1.norm2",
+        "layers.3.blocks.1.norm2",
+        "tokens (0 prefix, 4x4 grid)",
+        0,
+        PARITY,
+    ),
 ]
 IDS = ["vit", "deit_distilled", "swin_auto", "swin_documented_layer"]
 
@@ -60,14 +85,21 @@ def build(name: str, kwargs: dict) -> nn.Module:
 
 
 @pytest.mark.parametrize("name,kwargs,size,spec,layer,layout,prefix,methods", TRANSFORMERS, ids=IDS)
-def test_token_and_channels_last_models_match_pytorch_grad_cam(name, kwargs, size, spec, layer, layout, prefix, methods):
+def test_token_and_channels_last_models_match_pytorch_grad_cam(
+    name, kwargs, size, spec, layer, layout, prefix, methods
+):
     pgc = pytest.importorskip("pytorch_grad_cam")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from diffcam_lightning.cams.reference import sign_corrected
 
-    classes = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "hirescam": pgc.HiResCAM,
-               "xgradcam": pgc.XGradCAM, "eigencam": sign_corrected("EigenCAM")}
+    classes = {
+        "gradcam": pgc.GradCAM,
+        "gradcam++": pgc.GradCAMPlusPlus,
+        "hirescam": pgc.HiResCAM,
+        "xgradcam": pgc.XGradCAM,
+        "eigencam": sign_corrected("EigenCAM"),
+    }
     model = build(name, kwargs)
     engine = CAMEngine(model, spec)
     x = torch.randn(2, 3, size, size)
@@ -148,7 +180,9 @@ def test_an_ambiguous_layout_names_the_option():
 def test_a_layout_that_does_not_fit_the_tensor_names_the_value_and_the_choices():
     model = build("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8})
     x = torch.randn(1, 3, 32, 32)
-    with pytest.raises(ValueError, match=r"layout='nhwc' does not fit target layer 'blocks.11.norm1'.*\(1, 17, 192\).*tokens"):
+    with pytest.raises(
+        ValueError, match=r"layout='nhwc' does not fit target layer 'blocks.11.norm1'.*\(1, 17, 192\).*tokens"
+    ):
         CAMEngine(model, layout="nhwc")(x)
     with pytest.raises(ValueError, match=r"Unknown layout 'nhcw'; valid: nchw, nhwc, tokens"):
         CAMEngine(model, layout="nhcw")(x)

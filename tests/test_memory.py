@@ -40,8 +40,13 @@ def rss_mb() -> float:
 def small_cnn() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
     ).eval()
 
 
@@ -61,7 +66,6 @@ def test_200_engine_calls_hold_memory_flat():
     engine_calls(engine, x, 200)
     growth = rss_mb() - before
     assert growth <= BOUND_MB, f"RSS grew {growth:.1f} MB over 200 calls (bound {BOUND_MB} MB)"
-
 
 
 class RSSPerEpoch(L.Callback):

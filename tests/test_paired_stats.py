@@ -34,7 +34,9 @@ def test_similarity_table_has_signed_rank_beside_rank_sum():
     table = similarity_table(group_scores(rows_for("similarity", values)))
     row = dict(zip(table.columns, table.rows[0]))
     a, b = values["meandiffgradcam"], values["maxdiffgradcam"]
-    assert float(row["p signed-rank(meandiffgradcam vs maxdiffgradcam)"]) == pytest.approx(wilcoxon(a, b).pvalue, rel=1e-3)
+    assert float(row["p signed-rank(meandiffgradcam vs maxdiffgradcam)"]) == pytest.approx(
+        wilcoxon(a, b).pvalue, rel=1e-3
+    )
     assert float(row["p(meandiffgradcam vs maxdiffgradcam)"]) == pytest.approx(ranksums(a, b).pvalue, rel=1e-3)
     # pairing matters: the shift is invisible to the unpaired test, obvious to the paired one
     assert wilcoxon(a, b).pvalue < 1e-4 < ranksums(a, b).pvalue

@@ -52,7 +52,11 @@ def chain(tmp_path_factory):
     # fine-tune as configs/synthetic_sham_finetune.yaml does: weights_file = the clean checkpoint
     sham = fit(tmp, "sham", epochs=2, weights_file=str(clean), saliency_target="sham", saliency_weight=1.0)
     options = ReportOptions(
-        models=[ArchitectureSpec(clean=ModelSource(checkpoint=str(clean)), sham=ModelSource(checkpoint=str(sham)), name="tiny")],
+        models=[
+            ArchitectureSpec(
+                clean=ModelSource(checkpoint=str(clean)), sham=ModelSource(checkpoint=str(sham)), name="tiny"
+            )
+        ],
         output_dir=str(tmp / "report"),
         data=DataSpec(samples_per_class=3, image_size=48, batch_size=8),
         figure_samples=2,
@@ -118,8 +122,12 @@ def test_scores_recomputed_independently(chain):
             (row,) = [r for r in rows if int(r["sample"]) == i and r["metric"] == metric and r["method"] == method]
             return float(row["score"])
 
-        assert stored("similarity", "meandiffgradcam") == pytest.approx(mse(a["meandiffgradcam"], a["gradcam"]), abs=1e-5)
-        assert stored("similarity", "lsediffgradcam++") == pytest.approx(mse(a["lsediffgradcam++"], a["gradcam++"]), abs=1e-5)
+        assert stored("similarity", "meandiffgradcam") == pytest.approx(
+            mse(a["meandiffgradcam"], a["gradcam"]), abs=1e-5
+        )
+        assert stored("similarity", "lsediffgradcam++") == pytest.approx(
+            mse(a["lsediffgradcam++"], a["gradcam++"]), abs=1e-5
+        )
         assert stored("susceptibility", "gradcam") == pytest.approx(mse(a["gradcam"], b["gradcam"]), abs=1e-5)
 
 
@@ -146,7 +154,9 @@ def test_signed_rank_p_values_equal_wilcoxon_on_saved_scores(chain):
     rows = read_csv(tmp / "report" / "scores.csv")
 
     def scores(metric, method):
-        picked = sorted((int(r["sample"]), float(r["score"])) for r in rows if r["metric"] == metric and r["method"] == method)
+        picked = sorted(
+            (int(r["sample"]), float(r["score"])) for r in rows if r["metric"] == metric and r["method"] == method
+        )
         return [score for _, score in picked]
 
     (table,) = read_csv(tmp / "report" / "tables" / "table3_similarity.csv")
@@ -241,7 +251,13 @@ def _ddp_and_single_scores_match(tmp_path: Path) -> None:
         ranks = len(list((tmp_path / "out" / "scores").glob("r10.rank*.csv")))
         assert ranks == extra["devices"]  # every rank wrote, stale files were removed
     faithfulness = {f"{m}_{k}" for m in ("deletion", "insertion") for k in ("clean", "sham")}
-    assert {r["metric"] for r in results["ddp"]} == {"similarity", "susceptibility", "correct_clean", "correct_sham", *faithfulness}
+    assert {r["metric"] for r in results["ddp"]} == {
+        "similarity",
+        "susceptibility",
+        "correct_clean",
+        "correct_sham",
+        *faithfulness,
+    }
     assert len(results["ddp"]) == len(results["single"]) == 7 * (2 + 6 + 11 + 4 * 6)
     for a, b in zip(results["single"], results["ddp"]):
         assert (a["sample"], a["metric"], a["method"]) == (b["sample"], b["metric"], b["method"])
@@ -258,7 +274,10 @@ def test_missing_samples_are_an_error(tmp_path):
 
 def test_duplicate_labels_are_refused(tmp_path):
     options = _ddp_options(tmp_path)
-    options.models = [ArchitectureSpec(clean=ModelSource("resnet10t")), ArchitectureSpec(clean=ModelSource("resnet10t"))]
+    options.models = [
+        ArchitectureSpec(clean=ModelSource("resnet10t")),
+        ArchitectureSpec(clean=ModelSource("resnet10t")),
+    ]
     with pytest.raises(ValueError, match="share the label 'resnet10t'.*name:"):
         run_report(options, QUIET)
 
@@ -273,7 +292,9 @@ def test_missing_checkpoint_is_named(tmp_path):
 
 def test_checkpoint_of_another_architecture(tmp_path):
     path = tmp_path / "r10.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in load_model(ModelSource("resnet10t"), 7).state_dict().items()}}, path)
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in load_model(ModelSource("resnet10t"), 7).state_dict().items()}}, path
+    )
     with pytest.raises(ValueError, match=r"r10\.ckpt is not a test_resnet checkpoint.*another architecture"):
         load_model(ModelSource("test_resnet", checkpoint=str(path)), 7)
 
@@ -318,10 +339,23 @@ def test_faithfulness_table_from_the_metrics_module(chain):
         for i in (0, 5):
             index = int(batch[i]["index"]) if "index" in batch[i] else i
             for metric in ("deletion", "insertion"):
-                (row,) = [r for r in rows if int(r["sample"]) == index and r["metric"] == f"{metric}_{kind}" and r["method"] == "maxdiffgradcam"]
+                (row,) = [
+                    r
+                    for r in rows
+                    if int(r["sample"]) == index
+                    and r["metric"] == f"{metric}_{kind}"
+                    and r["method"] == "maxdiffgradcam"
+                ]
                 assert float(row["score"]) == pytest.approx(direct[metric][i].item(), abs=1e-5)
     table = read_csv(tmp / "report" / "tables" / "table_faithfulness.csv")
-    assert [r["method"] for r in table] == ["gradcam", "gradcam++", "meandiffgradcam", "maxdiffgradcam", "lsediffgradcam", "eigencam"]
+    assert [r["method"] for r in table] == [
+        "gradcam",
+        "gradcam++",
+        "meandiffgradcam",
+        "maxdiffgradcam",
+        "lsediffgradcam",
+        "eigencam",
+    ]
     for r in table:
         assert " ± " in r["deletion clean (lower = better)"] and " ± " in r["insertion SHAM-tuned"]
 
@@ -335,7 +369,6 @@ def test_faithfulness_options_are_checked(tmp_path):
         FaithfulnessSpec(metrics=["relevance_mass"]).resolved(["gradcam"])
     with pytest.raises(ValueError, match=r"\['layercam'\] are not among the report's methods"):
         FaithfulnessSpec(methods=["layercam"]).resolved(["gradcam"])
-
 
 
 def test_faithfulness_table_leaves_out_nan_scores_and_counts_them():
@@ -352,13 +385,17 @@ def test_faithfulness_table_leaves_out_nan_scores_and_counts_them():
     expected = wilcoxon([0.1, 0.2, 0.3], [0.5, 0.6, 0.9]).pvalue
     assert row[4] == format_p(float(expected))
 
+
 # ------------------------------------------------------------------ what a checkpoint states (issue 11, item 3)
 
 
-@pytest.mark.filterwarnings("ignore:CAMEngine.*mix the images of a batch")  # training at layer3 of a BatchNorm net warns by design
+@pytest.mark.filterwarnings(
+    "ignore:CAMEngine.*mix the images of a batch"
+)  # training at layer3 of a BatchNorm net warns by design
 def test_a_checkpoint_trained_at_a_non_default_layer_is_scored_at_that_layer(tmp_path):
-    ckpt = fit(tmp_path, "l3", epochs=1, target_layer="layer3", saliency_target="sham", sham_entropy=2.5,
-               sham_pattern="corner")
+    ckpt = fit(
+        tmp_path, "l3", epochs=1, target_layer="layer3", saliency_target="sham", sham_entropy=2.5, sham_pattern="corner"
+    )
     options = ReportOptions(
         models=[ArchitectureSpec(clean=ModelSource(checkpoint=str(ckpt)), name="l3")],
         output_dir=str(tmp_path / "report"),
@@ -381,7 +418,9 @@ def test_a_checkpoint_trained_at_a_non_default_layer_is_scored_at_that_layer(tmp
         maps = CAMEngine(model, layer)(x, targets=[label], methods=("gradcam", "maxdiffgradcam"), size="input")
         return float(cam_mse(maps["maxdiffgradcam"], maps["gradcam"]))
 
-    (row,) = [r for r in rows if int(r["sample"]) == 2 and r["method"] == "maxdiffgradcam" and r["metric"] == "similarity"]
+    (row,) = [
+        r for r in rows if int(r["sample"]) == 2 and r["method"] == "maxdiffgradcam" and r["metric"] == "similarity"
+    ]
     assert float(row["score"]) > 1e-3 and float(row["score"]) == pytest.approx(similarity("layer3"), abs=1e-6)
     assert abs(similarity("layer3") - similarity("layer4")) > 1e-3  # the layer matters for this score
 

@@ -61,7 +61,9 @@ class CountingNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 12, 3, stride=2), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 12, 3, stride=2), nn.ReLU()
+        )
         self.head = nn.Linear(12, 5)
         with torch.no_grad():  # channels 0-3 can never fire: constant (zero) maps for every input
             self.features[2].weight[:4] = 0
@@ -101,7 +103,7 @@ def test_constant_channels_are_scored_once_and_duplicates_share_their_forwards()
     model.rows.clear()
     model.inference.clear()
     engine(x, targets=targets, methods="scorecam", normalize=False)
-    constant = (acts.amax(dim=(2, 3)) == acts.amin(dim=(2, 3)))
+    constant = acts.amax(dim=(2, 3)) == acts.amin(dim=(2, 3))
     assert constant[:, :4].all()
     distinct = [0, 1, 3]
     needed = int((~constant[distinct]).sum()) + 1  # non-constant (image, channel) pairs + one zero image

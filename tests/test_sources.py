@@ -1,6 +1,5 @@
 """The one resolver of model sources: every kind, clear errors, self-contained checkpoints."""
 
-
 import lightning as L
 import pytest
 import torch
@@ -17,7 +16,9 @@ class TinyNet(nn.Module):
 
     def __init__(self, num_classes: int = 3, width: int = 8) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU()
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(width, num_classes)
 
@@ -88,12 +89,20 @@ def test_a_class_without_num_classes_is_refused_when_the_count_differs():
 
 
 def _fit(tmp_path, **model_kw) -> str:
-    dm = SyntheticDataModule(image_size=64, train_size=32, val_size=16, test_size=16, batch_size=16, num_classes=4, preset="few")
+    dm = SyntheticDataModule(
+        image_size=64, train_size=32, val_size=16, test_size=16, batch_size=16, num_classes=4, preset="few"
+    )
     torch.manual_seed(0)
     model = SaliencyClassifier(num_classes=dm.num_classes, class_names=dm.classes, sham_entropy=1.0, **model_kw)
     trainer = L.Trainer(
-        max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=str(tmp_path), limit_train_batches=1, limit_val_batches=1,
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        limit_train_batches=1,
+        limit_val_batches=1,
     )
     trainer.fit(model, dm)
     path = tmp_path / "run.ckpt"
@@ -101,7 +110,9 @@ def _fit(tmp_path, **model_kw) -> str:
     return str(path)
 
 
-@pytest.mark.filterwarnings("ignore:CAMEngine.*mix the images of a batch")  # training at layer3 of a BatchNorm net warns by design
+@pytest.mark.filterwarnings(
+    "ignore:CAMEngine.*mix the images of a batch"
+)  # training at layer3 of a BatchNorm net warns by design
 def test_checkpoint_from_a_weights_file_loads_elsewhere_after_the_file_is_deleted(tmp_path, monkeypatch):
     weights = tmp_path / "start.pth"
     torch.save(load_model("resnet10t", 4).model.state_dict(), weights)

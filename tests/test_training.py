@@ -39,8 +39,12 @@ def make_data(**kw) -> SyntheticDataModule:
 
 def trainer(**kw) -> L.Trainer:
     args = {
-        "accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
-        "enable_progress_bar": False, "enable_model_summary": False,
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
     }
     return L.Trainer(**{**args, **kw})
 
@@ -249,7 +253,11 @@ def test_ddp_spawn_two_cpu_processes_fit_the_joint_loss():
     model = make_model(saliency_target="sham")
     start = model.model.conv1[0].weight.detach().clone()
     t = trainer(
-        strategy="ddp_spawn", devices=2, max_epochs=1, limit_val_batches=1, num_sanity_val_steps=0,
+        strategy="ddp_spawn",
+        devices=2,
+        max_epochs=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
     )
     t.fit(model, make_data(train_size=32, val_size=16, batch_size=8))  # 2 steps per process
     metrics = t.callback_metrics

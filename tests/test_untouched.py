@@ -43,8 +43,13 @@ class Backbone(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 12, 3, padding=1),
+            nn.BatchNorm2d(12),
+            nn.ReLU(),
         )
 
     def forward(self, x):
@@ -78,8 +83,10 @@ def snapshot(model: nn.Module) -> dict:
     return {
         "modes": {n: m.training for n, m in model.named_modules()},
         "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
-        "hooks": [(n, dict(m._forward_hooks), dict(m._forward_pre_hooks), dict(m._backward_hooks))
-                  for n, m in model.named_modules()],
+        "hooks": [
+            (n, dict(m._forward_hooks), dict(m._forward_pre_hooks), dict(m._backward_hooks))
+            for n, m in model.named_modules()
+        ],
         "buffers": {n: b.clone() for n, b in model.named_buffers()},
     }
 
@@ -98,7 +105,12 @@ def assert_untouched(model: nn.Module, before: dict) -> None:
 def test_an_explanation_of_a_train_mode_dropout_model_leaves_the_random_generators_as_they_were():
     torch.manual_seed(3)
     model = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(6, 3)
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(6, 3),
     ).train()  # mid-fit: dropout draws a mask in every forward
     engine, x = CAMEngine(model, "0"), torch.randn(2, 3, 8, 8)
     state = torch.get_rng_state()
@@ -121,8 +133,15 @@ def test_layer_search_restores_every_submodule_mode():
 def test_data_parallel_wrapped_eval_model_gives_the_unwrapped_maps():
     torch.manual_seed(1)
     inner = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1),
-        nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
     ).eval()
     with torch.no_grad():
         for m in inner.modules():
@@ -162,8 +181,15 @@ def test_gradient_free_methods_evaluate_a_train_mode_model_in_eval_mode(method):
     statistics moved, maps independent of the batch they are scored in), modes restored."""
     torch.manual_seed(2)
     model = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3), nn.BatchNorm1d(3),
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+        nn.BatchNorm1d(3),
     ).train()
     x = torch.randn(2, 3, 10, 10)
     before = snapshot(model)
@@ -202,8 +228,14 @@ def _timm(name: str, **kwargs) -> nn.Module:
     [
         ("eva02_tiny_patch14_224", {"img_size": 28, "global_pool": "token"}),
         ("beit_base_patch16_224", {"img_size": 32, "embed_dim": 32, "num_heads": 2, "global_pool": "token"}),
-        ("vit_relpos_small_patch16_224", {"img_size": 32, "embed_dim": 32, "num_heads": 2, "global_pool": "token", "class_token": True}),
-        ("vit_base_patch16_rope_reg1_gap_256", {"img_size": 32, "embed_dim": 32, "num_heads": 2, "global_pool": "token", "class_token": True}),
+        (
+            "vit_relpos_small_patch16_224",
+            {"img_size": 32, "embed_dim": 32, "num_heads": 2, "global_pool": "token", "class_token": True},
+        ),
+        (
+            "vit_base_patch16_rope_reg1_gap_256",
+            {"img_size": 32, "embed_dim": 32, "num_heads": 2, "global_pool": "token", "class_token": True},
+        ),
         # the class token joins after the patch-only blocks: no prefix token at the layer
         ("cait_xxs24_224", {"img_size": 32}),
         ("xcit_nano_12_p16_224", {"img_size": 32}),
@@ -232,25 +264,43 @@ def test_an_all_zero_gradient_is_an_error_naming_the_layer_and_a_better_one():
 
 def _hf(kind: str):
     transformers = pytest.importorskip("transformers")
-    vit = {"image_size": 32, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-               "intermediate_size": 32, "num_labels": 3}
-    towers = {"vision_config": {k: v for k, v in vit.items() if k != "num_labels"},
-                  "text_config": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}}
+    vit = {
+        "image_size": 32,
+        "patch_size": 8,
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "num_labels": 3,
+    }
+    towers = {
+        "vision_config": {k: v for k, v in vit.items() if k != "num_labels"},
+        "text_config": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32},
+    }
     torch.manual_seed(0)
     return {
         "beit": lambda: transformers.BeitForImageClassification(transformers.BeitConfig(use_mean_pooling=False, **vit)),
         "data2vec": lambda: transformers.Data2VecVisionForImageClassification(transformers.Data2VecVisionConfig(**vit)),
         "dinov2": lambda: transformers.Dinov2ForImageClassification(transformers.Dinov2Config(**vit)),
         "clip": lambda: transformers.CLIPForImageClassification(transformers.CLIPConfig(num_labels=3, **towers)),
-        "swin": lambda: transformers.SwinForImageClassification(transformers.SwinConfig(
-            image_size=32, patch_size=8, embed_dim=8, depths=[1], num_heads=[1], window_size=2, num_labels=3)),
+        "swin": lambda: transformers.SwinForImageClassification(
+            transformers.SwinConfig(
+                image_size=32, patch_size=8, embed_dim=8, depths=[1], num_heads=[1], window_size=2, num_labels=3
+            )
+        ),
     }[kind]().eval()
 
 
-@pytest.mark.parametrize("kind, layer", [
-    ("beit", ".1.layernorm_before"), ("data2vec", ".1.layernorm_before"), ("dinov2", ".1.norm1"),
-    ("clip", "layers.1.layer_norm1"), ("swin", "swin.layernorm"),
-])
+@pytest.mark.parametrize(
+    "kind, layer",
+    [
+        ("beit", ".1.layernorm_before"),
+        ("data2vec", ".1.layernorm_before"),
+        ("dinov2", ".1.norm1"),
+        ("clip", "layers.1.layer_norm1"),
+        ("swin", "swin.layernorm"),
+    ],
+)
 def test_hugging_face_vit_families_get_a_token_layer_automatically(kind, layer):
     """Refused before (their last spatial map is the patch embedding): each family's layer."""
     engine = CAMEngine(_hf(kind))

@@ -186,11 +186,16 @@ def test_a_checkpoint_is_not_scored_on_a_folder_with_other_class_names(tmp_path,
     options = ReportOptions(
         models=[ArchitectureSpec(clean=ModelSource(checkpoint=str(ckpt)), name="n")],
         output_dir=str(tmp_path / "out"),
-        data=DataSpec(source="folder", root=str(_class_folder(tmp_path / "data", folder)), samples_per_class=1, image_size=32),
+        data=DataSpec(
+            source="folder", root=str(_class_folder(tmp_path / "data", folder)), samples_per_class=1, image_size=32
+        ),
         methods=["gradcam"],
     )
-    with pytest.raises(ValueError, match=r"named\.ckpt was trained on classes \['cat', 'fox', 'dog'\] but the data's "
-                                         rf"classes are \['{folder[0]}', '{folder[1]}', '{folder[2]}'\].*first difference at label"):
+    with pytest.raises(
+        ValueError,
+        match=r"named\.ckpt was trained on classes \['cat', 'fox', 'dog'\] but the data's "
+        rf"classes are \['{folder[0]}', '{folder[1]}', '{folder[2]}'\].*first difference at label",
+    ):
         run_report(options, {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False})
 
 
@@ -211,13 +216,23 @@ def test_cli_ckpt_path_refuses_data_with_other_class_names(tmp_path):
     from diffcam_lightning.models.checkpoints import check_checkpoint_fits
 
     trained = SaliencyClassifier(num_classes=3, class_names=["ant", "bee", "fly"])
-    torch.save({"state_dict": trained.state_dict(), "pytorch-lightning_version": "2.6.6",
-                "hyper_parameters": dict(trained.hparams), "diffcam": {"class_names": ["ant", "bee", "fly"]}},
-               tmp_path / "insects.ckpt")
-    check_checkpoint_fits(tmp_path / "insects.ckpt", SaliencyClassifier(num_classes=3, class_names=["ant", "bee", "fly"]))
+    torch.save(
+        {
+            "state_dict": trained.state_dict(),
+            "pytorch-lightning_version": "2.6.6",
+            "hyper_parameters": dict(trained.hparams),
+            "diffcam": {"class_names": ["ant", "bee", "fly"]},
+        },
+        tmp_path / "insects.ckpt",
+    )
+    check_checkpoint_fits(
+        tmp_path / "insects.ckpt", SaliencyClassifier(num_classes=3, class_names=["ant", "bee", "fly"])
+    )
     check_checkpoint_fits(tmp_path / "insects.ckpt", SaliencyClassifier(num_classes=3))  # data without names
     with pytest.raises(CheckpointError, match=r"insects\.ckpt.*\['ant', 'bee', 'fly'\].*\['ant', 'fly', 'bee'\]"):
-        check_checkpoint_fits(tmp_path / "insects.ckpt", SaliencyClassifier(num_classes=3, class_names=["ant", "fly", "bee"]))
+        check_checkpoint_fits(
+            tmp_path / "insects.ckpt", SaliencyClassifier(num_classes=3, class_names=["ant", "fly", "bee"])
+        )
 
 
 # ---------------------------------------------------------------- item 10: a logger without a folder
@@ -247,7 +262,9 @@ def test_audit_pictures_of_a_logger_without_a_folder_go_to_the_root_dir_with_a_w
     logger = MetricsOnlyLogger()
     assert getattr(logger, "log_dir", None) is None and getattr(logger, "save_dir", None) is None
     train, val = loaders(saliency=True)
-    trainer = quiet_trainer(tmp_path / "root", logger=logger, callbacks=[CAMAudit(audit_size=6, grid_images=2)], max_epochs=1)
+    trainer = quiet_trainer(
+        tmp_path / "root", logger=logger, callbacks=[CAMAudit(audit_size=6, grid_images=2)], max_epochs=1
+    )
     with pytest.warns(UserWarning, match=r"MetricsOnlyLogger logger has neither log_dir nor save_dir.*root/cam_audit"):
         trainer.fit(UserNet(), train, val)
     assert [p.name for p in (tmp_path / "root" / "cam_audit").glob("*.png")] == ["epoch=0-step=3.png"]  # old: none
@@ -260,15 +277,37 @@ def test_audit_pictures_of_a_logger_without_a_folder_go_to_the_root_dir_with_a_w
 def test_a_second_explain_into_the_same_folder_is_refused_or_replaces_the_first(tmp_path, capsys):
     from diffcam_lightning.cli import main
 
-    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu"]
+    quiet = [
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.accelerator",
+        "cpu",
+    ]
     for name, colour in (("red", (200, 0, 0)), ("blue", (0, 0, 200)), ("green", (0, 200, 0))):
         (tmp_path / name).mkdir()
         Image.new("RGB", (40, 30), colour).save(tmp_path / name / f"{name}.png")
     out = tmp_path / "out"
 
     def explain(folder: str, *extra: str) -> None:
-        main(["explain", "--output_dir", str(out), *quiet, "--model", "timm:test_resnet", "--image_size", "64",
-              "--methods", "gradcam", "--images", str(tmp_path / folder), *extra])
+        main(
+            [
+                "explain",
+                "--output_dir",
+                str(out),
+                *quiet,
+                "--model",
+                "timm:test_resnet",
+                "--image_size",
+                "64",
+                "--methods",
+                "gradcam",
+                "--images",
+                str(tmp_path / folder),
+                *extra,
+            ]
+        )
 
     explain("red")
     with pytest.raises(SystemExit):
@@ -293,7 +332,13 @@ def _folder_dataset(root):
     )
     from diffcam_lightning.data.transforms import PairedTransform
 
-    config = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0, "interpolation": "bilinear"}
+    config = {
+        "input_size": (3, 16, 16),
+        "mean": (0.5,) * 3,
+        "std": (0.5,) * 3,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+    }
     classes = folder_classes(root / "images")
     samples = scan_folder(root / "images", classes, root / "maps")
     return SaliencyImageDataset(samples, classes, PairedTransform(config))

@@ -141,7 +141,9 @@ def cam_rows(cfg: dict, device: torch.device, results: Results, budget: Budget) 
             errors: dict[str, str] = {}
             fns = usable({"forward": forward, "ours_28": call(GRADIENT_METHODS), "ours_gradcam": call(("gradcam",)),
                           "pgc_28": reference(GRADIENT_METHODS), "pgc_gradcam": reference(["gradcam"])}, errors)  # fmt: skip
-            times = timed_interleaved(fns, cfg["warmup"], cfg["repeats"], device) if fns else {}  # usable() warmed up too
+            times = (
+                timed_interleaved(fns, cfg["warmup"], cfg["repeats"], device) if fns else {}
+            )  # usable() warmed up too
             row = {"arch": name, "size": size, "batch": cfg["batch"], "precision": precision, "layer": engine.target_layer,
                    **{f"{k}_ms": round(v, 2) for k, v in times.items()}, "errors": errors}  # fmt: skip
             if "forward" in times and "ours_28" in times:
@@ -346,7 +348,9 @@ def explain_rows(cfg: dict, device: torch.device, results: Results, budget: Budg
     row = {"images": n, "batch": batch, "workers": workers, "errors": errors,
            **{f"{k}_images_per_s": round(n / statistics.median(v), 1) for k, v in times.items() if v}}  # fmt: skip
     if times.get("pgc_maps") and times.get("diffcam_explain"):
-        row["explain_vs_pgc"] = round(statistics.median(times["pgc_maps"]) / statistics.median(times["diffcam_explain"]), 2)
+        row["explain_vs_pgc"] = round(
+            statistics.median(times["pgc_maps"]) / statistics.median(times["diffcam_explain"]), 2
+        )
     if times.get("pgc_maps") and times.get("engine_maps"):
         row["engine_vs_pgc"] = round(statistics.median(times["pgc_maps"]) / statistics.median(times["engine_maps"]), 2)
     results.add("explain", **row)
@@ -399,8 +403,13 @@ def markdown(meta: dict, rows: list[dict]) -> str:
             continue
         lines.append(f"| {r['arch']} ({r['size']} px) | {r['batch']} | {fmt(r.get('ours_ms'))} | {fmt(r.get('pgc_ms'))} "
                      f"| {fmt(r.get('speedup'), '.2f')}x | {fmt(r.get('max_map_diff'), '.1e')} | {r['errors'] or ''} |")  # fmt: skip
-    lines += ["", f"## Training step, B={meta['batch']}: CE + CAM loss vs CE (goal <= {GOALS['training_ratio']}x)", "",
-              "| architecture | precision | CE step (ms) | CE + CAM step (ms) | ratio | errors |", "|---|---|---:|---:|---:|---|"]
+    lines += [
+        "",
+        f"## Training step, B={meta['batch']}: CE + CAM loss vs CE (goal <= {GOALS['training_ratio']}x)",
+        "",
+        "| architecture | precision | CE step (ms) | CE + CAM step (ms) | ratio | errors |",
+        "|---|---|---:|---:|---:|---|",
+    ]
     for r in section("training"):
         if "skipped" in r:
             lines.append(f"| {r['arch']} | {r['precision']} | skipped: {r['skipped']} |")
@@ -416,9 +425,13 @@ def markdown(meta: dict, rows: list[dict]) -> str:
             continue
         lines.append(f"| {r['arch']} {r['size']} px, B={r['batch']} | {r['step_ms']} | {r['audit_ms']} "
                      f"| {100 * r['share_10k_images']:.2f} % | {100 * r['share_imagenet_epoch']:.3f} % | {r['images_for_5_percent']} |")  # fmt: skip
-    lines += ["", "## diffcam explain, EfficientNet-Lite0 224 px, 5 methods (images/s)", "",
-              "| images | batch | workers | diffcam explain | CAMEngine maps | pytorch-grad-cam maps | explain vs pgc | errors |",
-              "|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines += [
+        "",
+        "## diffcam explain, EfficientNet-Lite0 224 px, 5 methods (images/s)",
+        "",
+        "| images | batch | workers | diffcam explain | CAMEngine maps | pytorch-grad-cam maps | explain vs pgc | errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in section("explain"):
         if "skipped" in r:
             lines.append(f"| skipped: {r['skipped']} |")

@@ -27,8 +27,14 @@ def tests_from_junit(path: Path) -> list[dict]:
             node = case.find(tag)
             if node is not None:
                 outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
-                message = (node.get("message") or node.text or "").strip().splitlines()[0][:300] if (node.get("message") or node.text) else ""
-        rows.append({"test": case.get("name"), "outcome": outcome, "seconds": float(case.get("time", 0)), "message": message})
+                message = (
+                    (node.get("message") or node.text or "").strip().splitlines()[0][:300]
+                    if (node.get("message") or node.text)
+                    else ""
+                )
+        rows.append(
+            {"test": case.get("name"), "outcome": outcome, "seconds": float(case.get("time", 0)), "message": message}
+        )
     return rows
 
 
@@ -62,7 +68,11 @@ def main() -> None:
 
     tests = tests_from_junit(out / "tests.xml")
     figures_file = out / "test_figures.jsonl"
-    figures = [json.loads(line) for line in figures_file.read_text().splitlines() if line.strip()] if figures_file.exists() else []
+    figures = (
+        [json.loads(line) for line in figures_file.read_text().splitlines() if line.strip()]
+        if figures_file.exists()
+        else []
+    )
     bench_file = out / "bench_gpu.json"
     bench = json.loads(bench_file.read_text()) if bench_file.exists() else {"meta": {}, "rows": []}
     meta = {
@@ -70,7 +80,9 @@ def main() -> None:
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
         "tests_rc": args.tests_rc, "bench_rc": args.bench_rc, "wall_s": args.wall_s,
     }  # fmt: skip
-    (out / "results.json").write_text(json.dumps({"meta": meta, "tests": tests, "test_figures": figures, "bench": bench}, indent=1))
+    (out / "results.json").write_text(
+        json.dumps({"meta": meta, "tests": tests, "test_figures": figures, "bench": bench}, indent=1)
+    )
 
     counts = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped")}
     lines = [f"# GPU check: {meta['gpu']}", "",
@@ -82,7 +94,9 @@ def main() -> None:
                   "that every check runs.", ""]  # fmt: skip
     lines += [f"## GPU tests: {counts['passed']} passed, {counts['failed'] + counts['error']} failed, {counts['skipped']} skipped", "",
               "| test | outcome | s | message |", "|---|---|---:|---|"]  # fmt: skip
-    lines += [f"| {t['test']} | {t['outcome']} | {t['seconds']:.1f} | {t['message'].replace('|', '/')} |" for t in tests]
+    lines += [
+        f"| {t['test']} | {t['outcome']} | {t['seconds']:.1f} | {t['message'].replace('|', '/')} |" for t in tests
+    ]
     lines += ["", "## What the tests measured", "", "| check | figures |", "|---|---|"]
     lines += [f"| {f['test']} | {headline(f)} |" for f in figures]
     bench_md = out / "bench_gpu.md"

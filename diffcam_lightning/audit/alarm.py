@@ -97,27 +97,58 @@ def register_rule(rule: AlarmRule) -> AlarmRule:
     return rule
 
 
-register_rule(AlarmRule(
-    "dependence", "dependence", DEFAULT_DEPENDENCE_THRESHOLD, below=True,
-    meaning="the maps hardly change between images (share of per-image variance)",
-))
-register_rule(AlarmRule(
-    "drift", "drift", DEFAULT_DRIFT_THRESHOLD, below=False, meaning="drift between DiffGradCAM and its base",
-))
+register_rule(
+    AlarmRule(
+        "dependence",
+        "dependence",
+        DEFAULT_DEPENDENCE_THRESHOLD,
+        below=True,
+        meaning="the maps hardly change between images (share of per-image variance)",
+    )
+)
+register_rule(
+    AlarmRule(
+        "drift",
+        "drift",
+        DEFAULT_DRIFT_THRESHOLD,
+        below=False,
+        meaning="drift between DiffGradCAM and its base",
+    )
+)
 register_rule(AlarmRule("sham", "sham_mse", DEFAULT_SHAM_THRESHOLD, below=True, meaning="MSE to the border SHAM"))
-register_rule(AlarmRule(
-    "deletion_gap", "deletion_gap", DEFAULT_DELETION_GAP_THRESHOLD, below=True, gate=BEHAVIOUR_GATE, default=False,
-    meaning="covering the map's top region hurts the decision hardly more than covering random regions "
-    "(log-probability drop, top minus random)",
-))
-register_rule(AlarmRule(
-    "plausibility_gap", "plausibility_gap", DEFAULT_PLAUSIBILITY_GAP_THRESHOLD, below=False, gate=BEHAVIOUR_GATE,
-    meaning="the map sits on the annotated pixels more than the model's response to occlusion does",
-))
-register_rule(AlarmRule(
-    "behaviour_agreement", "behaviour_agreement", DEFAULT_AGREEMENT_THRESHOLD, below=True, gate=BEHAVIOUR_GATE,
-    verdict="imprecise", meaning="the map correlates weakly with the occlusion reference",
-))
+register_rule(
+    AlarmRule(
+        "deletion_gap",
+        "deletion_gap",
+        DEFAULT_DELETION_GAP_THRESHOLD,
+        below=True,
+        gate=BEHAVIOUR_GATE,
+        default=False,
+        meaning="covering the map's top region hurts the decision hardly more than covering random regions "
+        "(log-probability drop, top minus random)",
+    )
+)
+register_rule(
+    AlarmRule(
+        "plausibility_gap",
+        "plausibility_gap",
+        DEFAULT_PLAUSIBILITY_GAP_THRESHOLD,
+        below=False,
+        gate=BEHAVIOUR_GATE,
+        meaning="the map sits on the annotated pixels more than the model's response to occlusion does",
+    )
+)
+register_rule(
+    AlarmRule(
+        "behaviour_agreement",
+        "behaviour_agreement",
+        DEFAULT_AGREEMENT_THRESHOLD,
+        below=True,
+        gate=BEHAVIOUR_GATE,
+        verdict="imprecise",
+        meaning="the map correlates weakly with the occlusion reference",
+    )
+)
 
 
 def build_rules(
@@ -157,10 +188,12 @@ def evaluate(values: Mapping[str, float], rules: Sequence[AlarmRule]) -> list[Fi
         for key, value in values.items():
             if not key.startswith(prefix):
                 continue
-            method = key[len(prefix):]
+            method = key[len(prefix) :]
             covered = method in GRADIENT_METHODS if rule.methods is None else method in rule.methods
             if covered and rule.crossed(float(value)):
-                fired.append(Firing(rule.name, method, float(value), rule.threshold, rule.below, rule.meaning, rule.verdict))
+                fired.append(
+                    Firing(rule.name, method, float(value), rule.threshold, rule.below, rule.meaning, rule.verdict)
+                )
     return fired
 
 

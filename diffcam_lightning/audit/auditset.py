@@ -62,7 +62,12 @@ class AuditSet:
         return AuditSet(self.images.to(device), move(self.labels), move(self.saliency), move(self.has_saliency))
 
     def state_dict(self) -> dict[str, Optional[Tensor]]:
-        return {"images": self.images, "labels": self.labels, "saliency": self.saliency, "has_saliency": self.has_saliency}
+        return {
+            "images": self.images,
+            "labels": self.labels,
+            "saliency": self.saliency,
+            "has_saliency": self.has_saliency,
+        }
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Optional[Tensor]]) -> AuditSet:
@@ -145,7 +150,9 @@ def split_batch(batch: Any, keys: BatchKeys = BatchKeys(), need_label: bool = Fa
         if saliency.dim() == 4 and saliency.shape[1] == 1:
             saliency = saliency[:, 0]
         if saliency.dim() != 3 or saliency.shape[0] != b:
-            raise ValueError(f"CAMAudit: saliency maps must be [B, H, W]; got {tuple(saliency.shape)} for a batch of {b}.")
+            raise ValueError(
+                f"CAMAudit: saliency maps must be [B, H, W]; got {tuple(saliency.shape)} for a batch of {b}."
+            )
         has = torch.ones(b, dtype=torch.bool) if has is None else torch.as_tensor(has).bool().reshape(-1).cpu()
     else:
         has = None

@@ -103,7 +103,11 @@ def region_grid(grid: tuple[int, int], occlusion_grid: int) -> tuple[int, int]:
 
 
 def occlusion(
-    model: Model, images: Tensor, targets: Tensor, grid: tuple[int, int], options: BehaviourOptions,
+    model: Model,
+    images: Tensor,
+    targets: Tensor,
+    grid: tuple[int, int],
+    options: BehaviourOptions,
     base: Optional[Tensor] = None,
 ) -> Tensor:
     """Log-probability drops ``[B, gh, gw]`` when each region of the (pooled) CAM grid is
@@ -157,8 +161,13 @@ def random_cells(
 
 
 def deletion_drops(
-    model: Model, images: Tensor, targets: Tensor, maps: dict[str, Tensor], options: BehaviourOptions,
-    base: Tensor, offset: int = 0,
+    model: Model,
+    images: Tensor,
+    targets: Tensor,
+    maps: dict[str, Tensor],
+    options: BehaviourOptions,
+    base: Tensor,
+    offset: int = 0,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """``({method: drop [B] of its top cells}, mean drop [B] of the random cells)``; methods
     with the same top cells on an image share one forward."""
@@ -170,8 +179,13 @@ def deletion_drops(
     rand = random_cells(b, grid, k, options.random_regions, images.device, offset)
     cells = torch.cat([tops, rand], dim=1)  # [B, M + R, h, w]
     # one forward per distinct cell set of an image (gradient CAMs often share their top cells)
-    keys = torch.cat([torch.arange(b, device=images.device).repeat_interleave(cells.shape[1])[:, None],
-                      cells.flatten(2).flatten(0, 1).long()], dim=1)
+    keys = torch.cat(
+        [
+            torch.arange(b, device=images.device).repeat_interleave(cells.shape[1])[:, None],
+            cells.flatten(2).flatten(0, 1).long(),
+        ],
+        dim=1,
+    )
     unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
     owner = unique[:, 0]
     drops = torch.empty(unique.shape[0], device=images.device)

@@ -177,8 +177,12 @@ class CAMAudit(Callback):
         if not self.methods:
             raise ValueError(f"CAMAudit needs at least one method; valid: {', '.join(METHODS)}.")
         self.methods = list(dict.fromkeys(self.methods))
-        for key, value in (("audit_size", audit_size), ("every_n_epochs", every_n_epochs), ("batch_size", batch_size),
-                           ("behaviour_size", behaviour_size)):
+        for key, value in (
+            ("audit_size", audit_size),
+            ("every_n_epochs", every_n_epochs),
+            ("batch_size", batch_size),
+            ("behaviour_size", behaviour_size),
+        ):
             if int(value) < 1:
                 raise ValueError(f"CAMAudit {key} must be >= 1; got {value}.")
         if cam_class not in CAM_CLASSES:
@@ -195,7 +199,9 @@ class CAMAudit(Callback):
         for v, b in self.drift_pairs:
             for name in (v, b):
                 if name not in self.methods:
-                    raise ValueError(f"CAMAudit drift pair ({v}, {b}) uses {name!r}, which is not among methods {self.methods}.")
+                    raise ValueError(
+                        f"CAMAudit drift pair ({v}, {b}) uses {name!r}, which is not among methods {self.methods}."
+                    )
         self.alarm_pair = (get_method(alarm_pair[0]).name, get_method(alarm_pair[1]).name)
         self.audit_size = int(audit_size)
         self.every_n_epochs = int(every_n_epochs)
@@ -267,7 +273,9 @@ class CAMAudit(Callback):
         self.reference_maps = state_dict.get("reference_maps")
         missing = [m for m in self.methods if self.reference is not None and m not in (self.reference_maps or {})]
         if missing and self.reference_maps is not None:
-            rank_zero_warn(f"CAMAudit: the checkpoint has no reference maps for {missing}; their susceptibility is not logged.")
+            rank_zero_warn(
+                f"CAMAudit: the checkpoint has no reference maps for {missing}; their susceptibility is not logged."
+            )
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """The HParams tab's experiment with the audit's metrics, before Lightning logs its own (``review.py``)."""
@@ -377,11 +385,15 @@ class CAMAudit(Callback):
         with preserved_rng(), torch.inference_mode(False):
             if self.dataset is not None:
                 return AuditSet.from_dataset(self.dataset, self.audit_size, self.keys, self.cam_class == "label")
-            return AuditSet.from_batches(self._val_loader(trainer), self.audit_size, self.keys, self.cam_class == "label")
+            return AuditSet.from_batches(
+                self._val_loader(trainer), self.audit_size, self.keys, self.cam_class == "label"
+            )
 
     @staticmethod
     def _val_loader(trainer: Trainer) -> Iterable[Any]:
-        loop = trainer.validate_loop if trainer.state.fn == TrainerFn.VALIDATING else trainer.fit_loop.epoch_loop.val_loop
+        loop = (
+            trainer.validate_loop if trainer.state.fn == TrainerFn.VALIDATING else trainer.fit_loop.epoch_loop.val_loop
+        )
         source = getattr(loop, "_data_source", None)
         loader = None
         if source is not None and source.is_defined() and source.instance is not None:
@@ -459,10 +471,19 @@ class CAMAudit(Callback):
                 ctx = ScoreContext(maps, usable, reference, self.drift_pairs, batch.saliency, batch.has_saliency)
                 self._metric.update(score_batch(ctx, list(SCORE_FAMILIES)))
                 if self.metrics:
-                    self._metric.update(faithfulness_scores(
-                        model, images, maps, result.targets, self.metrics, batch.saliency, batch.has_saliency,
-                        self.metric_options, self._engine,
-                    ))
+                    self._metric.update(
+                        faithfulness_scores(
+                            model,
+                            images,
+                            maps,
+                            result.targets,
+                            self.metrics,
+                            batch.saliency,
+                            batch.has_saliency,
+                            self.metric_options,
+                            self._engine,
+                        )
+                    )
                 if self.behaviour and lo < self.behaviour_size:
                     k = min(hi, self.behaviour_size) - lo
                     self._metric.update(self._behaviour(model, images[:k], result, batch, k, lo))
@@ -545,7 +566,13 @@ class CAMAudit(Callback):
         reasons = {v: [f.message() for f in firings if f.verdict == v] for v in VERDICTS}
         return flags, reasons, found
 
-    def _report(self, trainer: Trainer, pl_module: LightningModule, values: dict[str, float], grid_maps: Optional[dict[str, Any]]) -> None:
+    def _report(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        values: dict[str, float],
+        grid_maps: Optional[dict[str, Any]],
+    ) -> None:
         flags, by_verdict, found = self._alarm(values)
         reasons = by_verdict["fooled"]
         alarm = found == "fooled"
@@ -556,12 +583,17 @@ class CAMAudit(Callback):
         self.last_metrics, self.alarm, self.verdict = values, alarm, found
         for key, value in values.items():
             pl_module.log(
-                f"{self.prefix}/{key}", torch.tensor(value, device=pl_module.device),
-                on_step=False, on_epoch=True, sync_dist=True, batch_size=1,
+                f"{self.prefix}/{key}",
+                torch.tensor(value, device=pl_module.device),
+                on_step=False,
+                on_epoch=True,
+                sync_dist=True,
+                batch_size=1,
             )
         message = (
             f"CAMAudit fooling alarm at epoch {trainer.current_epoch} (step {trainer.global_step}): "
-            + "; ".join(reasons) + ". Verdict: fooled: the audited CAMs may be passively fooled "
+            + "; ".join(reasons)
+            + ". Verdict: fooled: the audited CAMs may be passively fooled "
             "(docs/audit-detection.md: 'What the audit can and cannot detect')."
         )
         if alarm:
@@ -571,7 +603,8 @@ class CAMAudit(Callback):
         elif found == "imprecise":
             rank_zero_warn(
                 f"CAMAudit at epoch {trainer.current_epoch} (step {trainer.global_step}): "
-                + "; ".join(by_verdict["imprecise"]) + ". Verdict: imprecise, not fooled: the maps' top regions "
+                + "; ".join(by_verdict["imprecise"])
+                + ". Verdict: imprecise, not fooled: the maps' top regions "
                 "matter to the decision but the maps are coarse or off by a region (docs/audit-detection.md)."
             )
         if trainer.is_global_zero:

@@ -50,14 +50,18 @@ def faithfulness_scores(
             if any(cam_metrics.METRICS[m].group == "road" for m in perturbation):
                 options["generator"] = torch.Generator(device=images.device).manual_seed(AUDIT_SEED)
             explain = None if engine is None else cam_metrics.explainer(engine, method)
-            values = cam_metrics.evaluate(perturbation, model, images, cam, targets, explain=explain, progress=False, **options)
+            values = cam_metrics.evaluate(
+                perturbation, model, images, cam, targets, explain=explain, progress=False, **options
+            )
             out.update({f"{name}/{method}": (v, None) for name, v in values.items()})
         if with_masks and saliency is not None:
             out.update(_mask_scores(with_masks, method, cam, saliency, has_saliency))
     return out
 
 
-def _mask_scores(names: Sequence[str], method: str, cam: Tensor, saliency: Tensor, has_saliency: Optional[Tensor]) -> Scores:
+def _mask_scores(
+    names: Sequence[str], method: str, cam: Tensor, saliency: Tensor, has_saliency: Optional[Tensor]
+) -> Scores:
     masks = saliency.to(cam.device).float()
     valid = (masks > 0.5).flatten(1).any(dim=1)
     if has_saliency is not None:

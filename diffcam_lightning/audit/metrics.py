@@ -102,7 +102,9 @@ def sham_scores(ctx: ScoreContext) -> Scores:
 @register_score("susceptibility", keys=per_method("susceptibility"))
 def susceptibility_scores(ctx: ScoreContext) -> Scores:
     """MSE to the same method's map at the reference model (paper: susceptibility)."""
-    return {f"susceptibility/{m}": (cam_mse(x, ctx.reference[m]), None) for m, x in ctx.maps.items() if m in ctx.reference}
+    return {
+        f"susceptibility/{m}": (cam_mse(x, ctx.reference[m]), None) for m, x in ctx.maps.items() if m in ctx.reference
+    }
 
 
 @register_score("localisation", keys=per_method("saliency_mse", "pointing"))

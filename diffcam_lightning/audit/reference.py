@@ -48,7 +48,7 @@ def load_reference_state(path: Union[str, Path], model: nn.Module, prefix: str =
     wanted = model.state_dict()
     candidates = [""] + ([prefix + "."] if prefix else [])
     for p in candidates:
-        state = {k[len(p):]: v for k, v in raw.items() if k.startswith(p)}
+        state = {k[len(p) :]: v for k, v in raw.items() if k.startswith(p)}
         if set(wanted) <= set(state):
             bad = [k for k in wanted if tuple(state[k].shape) != tuple(wanted[k].shape)]
             if bad:
@@ -58,7 +58,7 @@ def load_reference_state(path: Union[str, Path], model: nn.Module, prefix: str =
                     f"the model's has {tuple(wanted[k].shape)} ({len(bad)} mismatched tensors)."
                 )
             return {k: state[k].to(device=wanted[k].device, dtype=wanted[k].dtype) for k in wanted}
-    missing = sorted(set(wanted) - {k[len(candidates[-1]):] for k in raw})
+    missing = sorted(set(wanted) - {k[len(candidates[-1]) :] for k in raw})
     raise ValueError(
         f"CAMAudit reference {str(path)!r} does not hold the audited model's weights: "
         f"{len(missing)} keys missing (e.g. {', '.join(candidates[-1] + k for k in missing[:3])}); "

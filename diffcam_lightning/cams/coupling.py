@@ -173,4 +173,3 @@ def per_image_gradients(
         own = torch.arange(stop - start, device=grads.device)
         parts.append(grads[:, own, own + start])  # [T, n, K, h, w]: each row's own image
     return torch.cat(parts, dim=1)
-

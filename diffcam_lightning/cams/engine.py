@@ -382,22 +382,37 @@ def _batched_gradients(
     elif per_image:  # one image row at a time: exact where nothing can be batched
         eye = torch.eye(logits.shape[0], dtype=vectors.dtype, device=vectors.device)
         grads = [
-            torch.stack([
-                torch.autograd.grad(logits, activations, grad_outputs=v * eye[b, :, None], retain_graph=True,
-                                    create_graph=create_graph)[0][b]
-                for b in range(logits.shape[0])
-            ])
+            torch.stack(
+                [
+                    torch.autograd.grad(
+                        logits,
+                        activations,
+                        grad_outputs=v * eye[b, :, None],
+                        retain_graph=True,
+                        create_graph=create_graph,
+                    )[0][b]
+                    for b in range(logits.shape[0])
+                ]
+            )
             for v in vectors
         ]
     elif batched and len(names) > 1:
         # retain_graph: a graph that fails to batch stays usable for the per-target fallback
         (grads,) = torch.autograd.grad(
-            logits, activations, grad_outputs=vectors, is_grads_batched=True, create_graph=create_graph, retain_graph=True
+            logits,
+            activations,
+            grad_outputs=vectors,
+            is_grads_batched=True,
+            create_graph=create_graph,
+            retain_graph=True,
         )
     else:
         grads = [
             torch.autograd.grad(
-                logits, activations, grad_outputs=v, create_graph=create_graph,
+                logits,
+                activations,
+                grad_outputs=v,
+                create_graph=create_graph,
                 retain_graph=create_graph or retain or i < len(names) - 1,
             )[0]
             for i, v in enumerate(vectors)
@@ -410,7 +425,9 @@ def _to_nchw(layout: Layout, layer: str, raw: Tensor, gradients: dict[str, Tenso
     activations = layout.convert(raw)
     if not isinstance(activations, Tensor) or activations.dim() != 4 or activations.shape[0] != raw.shape[0]:
         shape = tuple(activations.shape) if isinstance(activations, Tensor) else type(activations).__name__
-        raise ValueError(f"layout {layout} turned target layer {layer!r}'s output {tuple(raw.shape)} into {shape}, not [B, K, h, w].")
+        raise ValueError(
+            f"layout {layout} turned target layer {layer!r}'s output {tuple(raw.shape)} into {shape}, not [B, K, h, w]."
+        )
     return activations, {name: layout.convert(grad) for name, grad in gradients.items()}
 
 

@@ -40,11 +40,15 @@ KNOWN_LAYERS: dict[str, tuple[str, ...]] = {
     "VisionTransformerDistilled": ("blocks.-1.norm1",),
     "ViTForImageClassification": ("vit.encoder.layer.-1.layernorm_before", "vit.layers.-1.layernorm_before"),
     "DeiTForImageClassification": ("deit.encoder.layer.-1.layernorm_before", "deit.layers.-1.layernorm_before"),
-    "DeiTForImageClassificationWithTeacher": ("deit.encoder.layer.-1.layernorm_before", "deit.layers.-1.layernorm_before"),
+    "DeiTForImageClassificationWithTeacher": (
+        "deit.encoder.layer.-1.layernorm_before",
+        "deit.layers.-1.layernorm_before",
+    ),
     # Hugging Face's other ViT families (class token or mean pooled: the last block's first norm)
     "BeitForImageClassification": ("beit.encoder.layer.-1.layernorm_before", "beit.layers.-1.layernorm_before"),
     "Data2VecVisionForImageClassification": (
-        "data2vec_vision.encoder.layer.-1.layernorm_before", "data2vec_vision.layers.-1.layernorm_before"
+        "data2vec_vision.encoder.layer.-1.layernorm_before",
+        "data2vec_vision.layers.-1.layernorm_before",
     ),
     "Dinov2ForImageClassification": ("dinov2.encoder.layer.-1.norm1", "dinov2.layers.-1.norm1"),
     "CLIPForImageClassification": ("vision_model.encoder.layers.-1.layer_norm1",),
@@ -256,8 +260,10 @@ def zero_gradient_error(model: nn.Module, name: str) -> ValueError:
     known = known_layer_name(model)
     if known and known != name and known not in better:
         better.append(known)
-    hint = f" Use {better[0]!r} instead (target_layer=...)." if better else (
-        " Pass a target_layer the logits depend on: for a class-token transformer, the last block's first norm."
+    hint = (
+        f" Use {better[0]!r} instead (target_layer=...)."
+        if better
+        else (" Pass a target_layer the logits depend on: for a class-token transformer, the last block's first norm.")
     )
     return ValueError(
         f"The gradient of the logits at target layer {name!r} is exactly zero for every image, so every "

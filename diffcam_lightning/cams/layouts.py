@@ -95,7 +95,9 @@ def model_hints(model: nn.Module, layer_name: str, layer: nn.Module) -> LayoutHi
     )
 
 
-def resolve_layout(spec: LayoutSpec, output: Tensor, hints: LayoutHints, input_hw: tuple[int, int], layer: str) -> Layout:
+def resolve_layout(
+    spec: LayoutSpec, output: Tensor, hints: LayoutHints, input_hw: tuple[int, int], layer: str
+) -> Layout:
     """The :class:`Layout` of ``output`` (the layer's output) for an explicit or automatic ``spec``."""
     shape = tuple(output.shape)
     if callable(spec):
@@ -103,7 +105,9 @@ def resolve_layout(spec: LayoutSpec, output: Tensor, hints: LayoutHints, input_h
     if spec is None:
         return _detect(shape, hints, input_hw, layer)
     if not isinstance(spec, str):
-        raise TypeError(f"layout must be a string, a callable or None; got {type(spec).__name__}. Valid: {', '.join(LAYOUTS)}.")
+        raise TypeError(
+            f"layout must be a string, a callable or None; got {type(spec).__name__}. Valid: {', '.join(LAYOUTS)}."
+        )
     name, _, prefix = spec.lower().partition(":")
     wanted = {"nchw": 4, "nhwc": 4, "tokens": 3}.get(name)
     if wanted is None or (prefix and (name != "tokens" or not prefix.isdigit())):
@@ -146,7 +150,9 @@ def _detect(shape: tuple[int, ...], hints: LayoutHints, input_hw: tuple[int, int
     return Layout("nchw")  # nothing stated: PyTorch's convention
 
 
-def _tokens(shape: tuple[int, ...], hints: LayoutHints, input_hw: tuple[int, int], layer: str, prefix: Optional[int]) -> Layout:
+def _tokens(
+    shape: tuple[int, ...], hints: LayoutHints, input_hw: tuple[int, int], layer: str, prefix: Optional[int]
+) -> Layout:
     tokens = shape[1]
     if prefix is None and hints.prefix:
         # the model's prefix count holds where its class token is: CaiT / XCiT add it only

@@ -66,7 +66,11 @@ def preserved_buffers(modules: Iterable[nn.Module]) -> Iterator[None]:
 
 def capture_rng() -> dict[str, Any]:
     """The torch, CUDA (when initialised), numpy and ``random`` generator states."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "random": random.getstate(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]  # torch leaves it unannotated
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

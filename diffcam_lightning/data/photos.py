@@ -109,7 +109,9 @@ def sample_views(names: Sequence[str], per_photo: int, seed: int = 0) -> list[Vi
         for _ in range(per_photo - 1):
             fw, fh = rng.uniform(0.6, 1.0, size=2)
             left, top = rng.uniform(0, 1 - fw), rng.uniform(0, 1 - fh)
-            views.append(View(name, (left, top, left + fw, top + fh), bool(rng.random() < 0.5), float(rng.uniform(0.5, 1.5))))
+            views.append(
+                View(name, (left, top, left + fw, top + fh), bool(rng.random() < 0.5), float(rng.uniform(0.5, 1.5)))
+            )
     return views
 
 

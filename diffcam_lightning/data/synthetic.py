@@ -70,7 +70,9 @@ class SyntheticSpec:
 CUE_OBJECT_SATURATION = 0.35  # the cue variant's objects: pale, so the label's colour is the cue's alone
 
 
-def class_shape_and_colour(spec: SyntheticSpec, label: int, saturation: float = 0.9) -> tuple[str, tuple[float, float, float]]:
+def class_shape_and_colour(
+    spec: SyntheticSpec, label: int, saturation: float = 0.9
+) -> tuple[str, tuple[float, float, float]]:
     """The object's shape name and RGB colour in [0, 1] for class ``label``."""
     names = list(SHAPES)
     n_shapes = min(len(names), spec.num_classes)

@@ -44,7 +44,9 @@ def class_index(value: str, names: Sequence[str], where: str = "--target") -> in
     if text.lstrip("-").isdigit():
         index = int(text)
         if not 0 <= index < len(names):
-            raise ValueError(f"{where}: class {index} is out of range (the model has {len(names)} classes, 0..{len(names) - 1}).")
+            raise ValueError(
+                f"{where}: class {index} is out of range (the model has {len(names)} classes, 0..{len(names) - 1})."
+            )
         return index
     matches = [i for i, name in enumerate(names) if name.lower() == text.lower()]
     if len(matches) == 1:

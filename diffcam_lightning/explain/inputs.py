@@ -61,8 +61,10 @@ def collect_images(paths: Sequence[str]) -> list[ImageItem]:
         path = Path(raw).expanduser()
         if path.is_dir():
             found = sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)  # .ipynb_checkpoints, ._x.jpg
             )
             if not found:
@@ -81,7 +83,12 @@ class ExplainDataset(Dataset[dict[str, Any]]):
     """``{"image": Tensor[3, H, W], "index", "ok", "error"}``; an undecodable image gives
     ``ok=False`` with the reason and a zero image of the same size."""
 
-    def __init__(self, items: Sequence[ImageItem], transform: Callable[[Image.Image, Optional[Image.Image]], tuple[Tensor, Optional[Tensor]]], size: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        items: Sequence[ImageItem],
+        transform: Callable[[Image.Image, Optional[Image.Image]], tuple[Tensor, Optional[Tensor]]],
+        size: tuple[int, int],
+    ) -> None:
         self.items, self.transform, self.size = list(items), transform, size
 
     def __len__(self) -> int:
@@ -94,6 +101,11 @@ class ExplainDataset(Dataset[dict[str, Any]]):
                 rgb = to_rgb(image)  # decodes the whole file as a viewer shows it (data/decode.py)
         except Exception as err:  # any decoder failure is reported with the file
             error = f"{type(err).__name__}: {err}"
-            return {"image": torch.zeros(3, *self.size), "index": torch.tensor(index), "ok": torch.tensor(False), "error": error}
+            return {
+                "image": torch.zeros(3, *self.size),
+                "index": torch.tensor(index),
+                "ok": torch.tensor(False),
+                "error": error,
+            }
         tensor = self.transform(rgb, None)[0]
         return {"image": tensor, "index": torch.tensor(index), "ok": torch.tensor(True), "error": ""}

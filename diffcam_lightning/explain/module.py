@@ -61,14 +61,18 @@ class ExplainModule(pl.LightningModule):
         bad = [(int(i), e) for i, e, good in zip(index.tolist(), batch["error"], ok.tolist()) if not good]
         if bad and not self.skip_unreadable:
             i, error = bad[0]
-            raise ExplainInputError(f"Cannot read image {self.paths[i]}: {error} (--skip_unreadable lists such files in skipped.csv and goes on).")
+            raise ExplainInputError(
+                f"Cannot read image {self.paths[i]}: {error} (--skip_unreadable lists such files in skipped.csv and goes on)."
+            )
         out: dict[str, Any] = {"skipped": [(self.paths[i], e) for i, e in bad], "index": index[ok].cpu()}
         if not bool(ok.any()):
             return out
         x = batch["image"][ok]
         labels = self.labels[index[ok].cpu()].to(x.device)
         first = self.engine.compute(x, self.choice.first(labels), self.methods, normalize=False)
-        passes = [first] + [self.engine.compute(x, t, self.methods, normalize=False) for t in self.choice.more(first.logits)]
+        passes = [first] + [
+            self.engine.compute(x, t, self.methods, normalize=False) for t in self.choice.more(first.logits)
+        ]
         probs = first.logits.float().softmax(1)
         classes = torch.stack([p.targets for p in passes])  # [k, B]
         out.update(
@@ -84,7 +88,14 @@ class ExplainModule(pl.LightningModule):
 class ExplainWriter(BasePredictionWriter):
     """Writes ``images/<id>.png``, ``maps/<id>.npz`` and this rank's table rows."""
 
-    def __init__(self, output_dir: Path, items: Sequence[ImageItem], names: Sequence[str], mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        output_dir: Path,
+        items: Sequence[ImageItem],
+        names: Sequence[str],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
         super().__init__(write_interval="batch")
         self.out = Path(output_dir)
         self.items, self.names = list(items), list(names)
@@ -95,12 +106,22 @@ class ExplainWriter(BasePredictionWriter):
         return self.out / ".parts" / f"{kind}.rank{rank}.csv"
 
     def write_on_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
-        batch_indices: Optional[Sequence[int]], batch: Any, batch_idx: int, dataloader_idx: int,
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Optional[Sequence[int]],
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
     ) -> None:
         rank = trainer.global_rank
         if prediction["skipped"]:
-            self._append(self.parts("skipped", rank), SKIPPED_FIELDS, [dict(zip(SKIPPED_FIELDS, s)) for s in prediction["skipped"]])
+            self._append(
+                self.parts("skipped", rank),
+                SKIPPED_FIELDS,
+                [dict(zip(SKIPPED_FIELDS, s)) for s in prediction["skipped"]],
+            )
         if "maps" not in prediction:
             return
         rows = []
@@ -118,10 +139,16 @@ class ExplainWriter(BasePredictionWriter):
         size = tuple(image.shape[-2:])
         shown = {m: postprocess(r, size, normalize=True).numpy() for m, r in raw.items()}
         titles = [f"{self.names[c]} ({probs[c]:.2f})" for c in classes.tolist()]
-        png = explain_png(view, [(t, {m: s[r] for m, s in shown.items()}) for r, t in enumerate(titles)], self.out / "images" / f"{stem}.png")
+        png = explain_png(
+            view,
+            [(t, {m: s[r] for m, s in shown.items()}) for r, t in enumerate(titles)],
+            self.out / "images" / f"{stem}.png",
+        )
         npz = self.out / "maps" / f"{stem}.npz"
         npz.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(npz, classes=classes.numpy(), probabilities=probs[classes].numpy(), **{m: r.numpy() for m, r in raw.items()})
+        np.savez_compressed(
+            npz, classes=classes.numpy(), probabilities=probs[classes].numpy(), **{m: r.numpy() for m, r in raw.items()}
+        )
         top = int(probs.argmax())
         return [
             {

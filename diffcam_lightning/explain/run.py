@@ -94,7 +94,9 @@ def _labels(items: list[ImageItem], names: list[str], target: str) -> list[int]:
     for item in items:
         if item.label is None:
             if target == "label":
-                raise ExplainInputError(f"--target label: image {item.path} has no label (give a CSV manifest with a 'label' column).")
+                raise ExplainInputError(
+                    f"--target label: image {item.path} has no label (give a CSV manifest with a 'label' column)."
+                )
             labels.append(-1)
         else:
             labels.append(class_index(item.label, names, where=f"label of {item.path}"))
@@ -112,14 +114,22 @@ def run_explain(options: ExplainOptions, trainer_kwargs: Optional[dict[str, Any]
     config = data_config(loaded.model, options)
     dataset = ExplainDataset(items, PairedTransform(config), tuple(config["input_size"][1:]))
     module = ExplainModule(
-        loaded.model, methods, choice, items, labels, options.target_layer or loaded.target_layer,
-        options.layout or loaded.layout, options.skip_unreadable,
+        loaded.model,
+        methods,
+        choice,
+        items,
+        labels,
+        options.target_layer or loaded.target_layer,
+        options.layout or loaded.layout,
+        options.skip_unreadable,
     )
     out = Path(options.output_dir)
     if rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # Lightning sets .rank on the function; under a multi-process launch every rank runs this; rank zero decides
         prepare_output_dir(out, options.overwrite)
     writer = ExplainWriter(out, items, names, config["mean"], config["std"])
-    trainer = pl.Trainer(**{"logger": False, "enable_checkpointing": False, **(trainer_kwargs or {})}, callbacks=[writer])
+    trainer = pl.Trainer(
+        **{"logger": False, "enable_checkpointing": False, **(trainer_kwargs or {})}, callbacks=[writer]
+    )
     loader = DataLoader(dataset, batch_size=options.batch_size, num_workers=options.num_workers)
     trainer.predict(module, loader, return_predictions=False)
     trainer.strategy.barrier()
@@ -167,7 +177,14 @@ def _check_complete(items: list[ImageItem], tables: Sequence[Path], out: Path) -
         )
 
 
-def _write_page(out: Path, written: dict[str, Path], layer: Optional[str], source: str, methods: Sequence[str], config: dict[str, Any]) -> Path:
+def _write_page(
+    out: Path,
+    written: dict[str, Path],
+    layer: Optional[str],
+    source: str,
+    methods: Sequence[str],
+    config: dict[str, Any],
+) -> Path:
     with open(written["predictions"], newline="") as f:
         rows = list(csv.DictReader(f))
     size = "x".join(str(s) for s in config["input_size"][1:])
@@ -175,14 +192,18 @@ def _write_page(out: Path, written: dict[str, Path], layer: Optional[str], sourc
         "# diffcam explain\n",
         f"Model `{source}`, CAM layer `{layer}`, input {size} px, methods {', '.join(methods)}. "
         f"{len({r['png'] for r in rows})} images; raw maps in `maps/` (see docs/explain.md), the table in "
-        "[predictions.csv](predictions.csv)" + (", unreadable files in [skipped.csv](skipped.csv)." if "skipped" in written else ".") + "\n",
+        "[predictions.csv](predictions.csv)"
+        + (", unreadable files in [skipped.csv](skipped.csv)." if "skipped" in written else ".")
+        + "\n",
     ]
     shown = set()
     for row in rows:
         if row["png"] in shown:
             continue
         shown.add(row["png"])
-        parts.append(f"**{row['image']}**: {row['class_name']} ({float(row['probability']):.2f})\n\n![{row['image']}]({row['png']})\n")
+        parts.append(
+            f"**{row['image']}**: {row['class_name']} ({float(row['probability']):.2f})\n\n![{row['image']}]({row['png']})\n"
+        )
     path = out / "report.md"
     path.write_text("\n".join(parts))
     return path

@@ -114,6 +114,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def network_state_from_checkpoint(model: nn.Module, checkpoint: dict[str, Any], path: Path, arch: str) -> dict[str, Any]:
+def network_state_from_checkpoint(
+    model: nn.Module, checkpoint: dict[str, Any], path: Path, arch: str
+) -> dict[str, Any]:
     """``model``'s state dict out of a read Lightning checkpoint (``path`` for errors)."""
     return _match_state(model, _state_dict_of(checkpoint, path), path, arch)

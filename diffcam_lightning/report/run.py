@@ -76,7 +76,9 @@ def _load_pair(
     sham = None
     if spec.sham is not None:
         if spec.sham.arch_name.split(".")[0] != spec.clean.arch_name.split(".")[0]:
-            raise ValueError(f"{spec.label}: the SHAM-tuned model is a {spec.sham.arch}, the clean one a {spec.clean.arch}.")
+            raise ValueError(
+                f"{spec.label}: the SHAM-tuned model is a {spec.sham.arch}, the clean one a {spec.clean.arch}."
+            )
         sham = resolve(spec.sham, num_classes, class_names)
     return clean, sham
 
@@ -93,9 +95,7 @@ def run_report(options: ReportOptions, trainer_kwargs: Optional[dict[str, Any]] 
     labels = [spec.label for spec in options.models]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
-        raise ValueError(
-            f"Two report models share the label {duplicates[0]!r}; give each entry a distinct 'name:'."
-        )
+        raise ValueError(f"Two report models share the label {duplicates[0]!r}; give each entry a distinct 'name:'.")
     methods = resolve_methods(options.methods, options.scorecam)
     out = Path(options.output_dir)
     scores_dir = out / "scores"
@@ -108,8 +108,13 @@ def run_report(options: ReportOptions, trainer_kwargs: Optional[dict[str, Any]] 
         data = build_report_data(options.data, timm_name(spec.clean.arch_name))
         clean, sham = _load_pair(spec, data.num_classes, data.class_names)
         module = ScoringModule(
-            clean.model, sham.model if sham else None, methods, options.target, options.cam_size,
-            options.scorecam_batch_size, faithfulness=options.faithfulness,
+            clean.model,
+            sham.model if sham else None,
+            methods,
+            options.target,
+            options.cam_size,
+            options.scorecam_batch_size,
+            faithfulness=options.faithfulness,
             engine_options={"clean": _engine_options(clean), "sham": _engine_options(sham)},
         )
         module.report_name = spec.label
@@ -166,8 +171,14 @@ def _write_scores(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def _figures(
-    spec: ArchitectureSpec, data: ReportData, clean: ResolvedModel, sham: Optional[ResolvedModel], options: ReportOptions,
-    methods: Sequence[str], device: torch.device, out: Path,
+    spec: ArchitectureSpec,
+    data: ReportData,
+    clean: ResolvedModel,
+    sham: Optional[ResolvedModel],
+    options: ReportOptions,
+    methods: Sequence[str],
+    device: torch.device,
+    out: Path,
 ) -> dict[str, Path]:
     count = min(options.figure_samples, len(data.dataset))
     if count < 1:

@@ -99,8 +99,16 @@ class ScoringModule(pl.LightningModule):
             for kind, result in results.items():
                 model = self.clean if kind == "clean" else self.sham
                 assert model is not None  # a sham engine exists only with a sham model
-                values = faithfulness_scores(model, x, result.maps, clean.targets, self.faith_metrics, self.faith_methods,
-                                             self.faithfulness, self.engines[kind])
+                values = faithfulness_scores(
+                    model,
+                    x,
+                    result.maps,
+                    clean.targets,
+                    self.faith_metrics,
+                    self.faith_methods,
+                    self.faithfulness,
+                    self.engines[kind],
+                )
                 for (metric, method), score in values.items():
                     rows += self._rows(index, labels, clean.targets, row_metric(metric, kind), method, score)
         return rows
@@ -137,8 +145,14 @@ class ScoreWriter(BasePredictionWriter):
             csv.writer(f).writerow(FIELDS)
 
     def write_on_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
-        batch_indices: Optional[Sequence[int]], batch: Any, batch_idx: int, dataloader_idx: int,
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Optional[Sequence[int]],
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
     ) -> None:
         with open(self.path(trainer, pl_module), "a", newline="") as f:
             csv.writer(f).writerows(prediction)
@@ -156,7 +170,10 @@ def merge_rank_files(folder: Path, name: str, expected: Optional[Sequence[int]] 
         with open(path, newline="") as f:
             for raw in csv.DictReader(f):
                 row: dict[str, Any] = {
-                    **raw, "sample": int(raw["sample"]), "label": int(raw["label"]), "target": int(raw["target"])
+                    **raw,
+                    "sample": int(raw["sample"]),
+                    "label": int(raw["label"]),
+                    "target": int(raw["target"]),
                 }
                 row["score"] = float(row["score"])
                 merged.setdefault((row["sample"], row["metric"], row["method"]), row)

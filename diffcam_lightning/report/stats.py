@@ -69,7 +69,9 @@ def similarity_table(scores: Scores) -> Table:
     comparisons = [(f"mean{fam}", f"{k}{fam}") for fam in ("diffgradcam", "diffgradcam++") for k in ("max", "lse")]
     comparisons = [(a, b) for a, b in comparisons if a in variants and b in variants]
     columns += [f"{kind}({a} vs {b})" for a, b in comparisons for kind in ("p", "p signed-rank")]
-    table = Table("table3_similarity", "Similarity: MSE of each DiffGradCAM variant to its base (lower = closer)", columns)
+    table = Table(
+        "table3_similarity", "Similarity: MSE of each DiffGradCAM variant to its base (lower = closer)", columns
+    )
     for arch in _archs(scores):
         found = {v: scores[(arch, "similarity", v)] for v in variants if (arch, "similarity", v) in scores}
         if not found:
@@ -95,7 +97,9 @@ def susceptibility_table(scores: Scores, methods: Sequence[str]) -> Table:
     )
     best = {}
     for arch in archs:
-        means = {m: scores[(arch, "susceptibility", m)].mean() for m in methods if (arch, "susceptibility", m) in scores}
+        means = {
+            m: scores[(arch, "susceptibility", m)].mean() for m in methods if (arch, "susceptibility", m) in scores
+        }
         best[arch] = min(means, key=means.__getitem__)
     for method in methods:
         cells, ps = [], []
@@ -117,7 +121,9 @@ def susceptibility_table(scores: Scores, methods: Sequence[str]) -> Table:
 
 
 def accuracy_table(scores: Scores) -> Table:
-    table = Table("accuracy", "Top-1 accuracy on the report's samples", ["architecture", "clean", "SHAM-tuned", "samples"])
+    table = Table(
+        "accuracy", "Top-1 accuracy on the report's samples", ["architecture", "clean", "SHAM-tuned", "samples"]
+    )
     for arch in _archs(scores):
         clean, sham = scores[(arch, "correct_clean", "-")], scores.get((arch, "correct_sham", "-"))
         table.rows.append(

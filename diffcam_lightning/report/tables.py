@@ -32,8 +32,18 @@ class Table:
         body = [" & ".join(esc(c) for c in self.columns) + r" \\", r"\midrule"]
         body += [" & ".join(esc(c) for c in row) + r" \\" for row in self.rows]
         return "\n".join(
-            [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{spec}}}", r"\toprule", *body,
-             r"\bottomrule", r"\end{tabular}", rf"\caption{{{esc(self.caption)}}}", r"\end{table}", ""]
+            [
+                r"\begin{table}[t]",
+                r"\centering",
+                rf"\begin{{tabular}}{{{spec}}}",
+                r"\toprule",
+                *body,
+                r"\bottomrule",
+                r"\end{tabular}",
+                rf"\caption{{{esc(self.caption)}}}",
+                r"\end{table}",
+                "",
+            ]
         )
 
     def write(self, folder: Path) -> list[Path]:

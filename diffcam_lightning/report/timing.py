@@ -62,11 +62,14 @@ def timing_table(
     )
     with preserved_modes(model):  # pytorch-grad-cam forces eval() and never restores it
         for method in tqdm(methods, desc=f"timing {arch}", leave=False):
+
             def run_ours(method: str = method) -> object:
                 return engine(image, targets=[target], methods=method, size="input")
 
             def run_reference(method: str = method) -> object:
-                return pgc.reference_cam(model, layer, image, [target], method, scorecam_batch_size=engine.scorecam_batch_size)
+                return pgc.reference_cam(
+                    model, layer, image, [target], method, scorecam_batch_size=engine.scorecam_batch_size
+                )
 
             fns: list[Callable[[], object]] = [run_ours, run_reference] if reference else [run_ours]
             ours, *theirs = _run_times(fns, runs, discard, device)

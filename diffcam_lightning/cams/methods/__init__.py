@@ -101,8 +101,14 @@ for _prefix, _target in TARGET_PREFIXES.items():
         for _family, _fn in GRADIENT_WEIGHTINGS.items():
             register_method(f"{_prefix}{_family}", backprop=_target)(_fn)
 register_method("finercam", backprop="finer")(GRADIENT_WEIGHTINGS["gradcam"])  # pytorch-grad-cam's FinerCAM
-for _name, _fn in {"kpcacam": kpcacam, "fem": fem, "randomcam": randomcam, "cam": cam, "sscam": sscam,
-                   "iscam": iscam}.items():
+for _name, _fn in {
+    "kpcacam": kpcacam,
+    "fem": fem,
+    "randomcam": randomcam,
+    "cam": cam,
+    "sscam": sscam,
+    "iscam": iscam,
+}.items():
     register_method(_name)(_fn)
 for _name, (_fn, _passes) in MULTI_PASS.items():
     register_method(_name, backprop="logit", passes=_passes)(_fn)

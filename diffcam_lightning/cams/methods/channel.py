@@ -91,7 +91,9 @@ def pooled_linear_head(model: nn.Module) -> nn.Linear:
     """The classifier of a pooled linear head: the model's last ``nn.Linear``."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ValueError(f"cam needs a linear classifier after global pooling; {type(model).__name__} has no nn.Linear.")
+        raise ValueError(
+            f"cam needs a linear classifier after global pooling; {type(model).__name__} has no nn.Linear."
+        )
     return linears[-1]
 
 

@@ -110,7 +110,12 @@ def kernel_component(features: Tensor, gamma: float | None = None, coef0: float 
     flat = acts.reshape(b, k, h * w).transpose(1, 2)
     flat = flat - flat.mean(dim=1, keepdim=True)
     kernel = torch.tanh((1.0 / k if gamma is None else gamma) * flat @ flat.transpose(1, 2) + coef0)
-    kernel = kernel - kernel.mean(dim=1, keepdim=True) - kernel.mean(dim=2, keepdim=True) + kernel.mean(dim=(1, 2), keepdim=True)
+    kernel = (
+        kernel
+        - kernel.mean(dim=1, keepdim=True)
+        - kernel.mean(dim=2, keepdim=True)
+        + kernel.mean(dim=(1, 2), keepdim=True)
+    )
     eigen = torch.linalg.eigh(kernel)  # ascending
     values: Tensor = eigen.eigenvalues
     vectors: Tensor = eigen.eigenvectors

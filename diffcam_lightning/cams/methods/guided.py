@@ -99,5 +99,7 @@ def _classes(targets: Union[int, Sequence[int], Tensor, None], logits: Tensor) -
     classes = torch.as_tensor([int(targets)] * logits.shape[0] if isinstance(targets, int) else targets)
     classes = classes.to(logits.device).long().reshape(-1)
     if classes.numel() != logits.shape[0] or bool(((classes < 0) | (classes >= logits.shape[1])).any()):
-        raise ValueError(f"targets must be {logits.shape[0]} class indices in 0..{logits.shape[1] - 1}; got {classes.tolist()}.")
+        raise ValueError(
+            f"targets must be {logits.shape[0]} class indices in 0..{logits.shape[1] - 1}; got {classes.tolist()}."
+        )
     return classes

@@ -25,7 +25,9 @@ from .registry import CAMContext, eval_mode, present, require
 
 def _is_timm_attention(module: object) -> bool:
     """timm's ViT ``Attention``: fused q/k/v projection, per-head norms, output norm and projection."""
-    return all(hasattr(module, a) for a in ("qkv", "num_heads", "head_dim", "q_norm", "k_norm", "norm", "proj", "scale"))
+    return all(
+        hasattr(module, a) for a in ("qkv", "num_heads", "head_dim", "q_norm", "k_norm", "norm", "proj", "scale")
+    )
 
 
 def _attention_of(block: nn.Module) -> Optional[nn.Module]:
@@ -49,13 +51,17 @@ def _blocks(model: nn.Module, blocks: Optional[Sequence[Union[str, nn.Module]]])
                 raise ValueError(f"legrad: block {block!r} is not a submodule of {type(model).__name__}.")
             found.append((name, named[name]))
     if not found:
-        raise ValueError(f"legrad: {type(model).__name__} has no attention block (torchvision's self_attention "
-                         "nn.MultiheadAttention or timm's attn).")
+        raise ValueError(
+            f"legrad: {type(model).__name__} has no attention block (torchvision's self_attention "
+            "nn.MultiheadAttention or timm's attn)."
+        )
     for name, block in found:
         attention = _attention_of(block)
         if attention is None or (isinstance(attention, nn.MultiheadAttention) and not attention.batch_first):
-            raise ValueError(f"legrad: block {name!r} needs a batch-first nn.MultiheadAttention as self_attention "
-                             "(torchvision) or a timm Attention as attn.")
+            raise ValueError(
+                f"legrad: block {name!r} needs a batch-first nn.MultiheadAttention as self_attention "
+                "(torchvision) or a timm Attention as attn."
+            )
     return found
 
 
@@ -68,8 +74,10 @@ def torchvision_projection(model: nn.Module) -> Callable[[Tensor], Tensor]:
     forward_head, final_norm = getattr(model, "forward_head", None), getattr(model, "norm", None)
     if callable(forward_head) and isinstance(final_norm, nn.Module):
         return lambda tokens: forward_head(final_norm(tokens))
-    raise ValueError("legrad: pass score_projection (tokens [B, N, D] -> logits [B, C]) for models other than "
-                     "torchvision's and timm's VisionTransformer.")
+    raise ValueError(
+        "legrad: pass score_projection (tokens [B, N, D] -> logits [B, C]) for models other than "
+        "torchvision's and timm's VisionTransformer."
+    )
 
 
 def _timm_attention(module: Any, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -104,8 +112,11 @@ def legrad(
     handles: list[RemovableHandle] = []
 
     def ask_weights(name: str) -> Callable[..., Any]:
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        def hook(
+            module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> tuple[tuple[Any, ...], dict[str, Any]]:
             return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
+
         return hook
 
     def keep_weights(name: str) -> Callable[..., Any]:
@@ -121,6 +132,7 @@ def legrad(
             heads = heads.reshape(b, n, module.num_heads, d // module.num_heads).transpose(1, 2)
             mixed = (attention @ heads).transpose(1, 2).reshape(b, attention.shape[-2], d)
             return module.out_proj(mixed), attention
+
         return hook
 
     def timm_weights(name: str) -> Callable[..., Any]:
@@ -130,9 +142,12 @@ def legrad(
             recomputed, attentions[name] = _timm_attention(module, args[0] if args else kwargs["x"])
             scale = float(output.detach().abs().max()) + 1e-12
             if not torch.allclose(recomputed.detach(), output.detach(), rtol=0, atol=1e-4 * scale):
-                raise ValueError(f"legrad: block {name!r}'s attention is not the softmax(q k^T) v it reads "
-                                 f"(a timm version with another Attention?); refusing rather than explain another model.")
+                raise ValueError(
+                    f"legrad: block {name!r}'s attention is not the softmax(q k^T) v it reads "
+                    f"(a timm version with another Attention?); refusing rather than explain another model."
+                )
             return recomputed
+
         return hook
 
     for name, block in chosen:
@@ -159,8 +174,10 @@ def legrad(
                     relevance = grad.relu().mean(dim=(1, 2))[:, prefix_tokens:]
                     side = isqrt(relevance.shape[-1])
                     if side * side != relevance.shape[-1]:
-                        raise ValueError(f"legrad: {relevance.shape[-1]} patch tokens after {prefix_tokens} prefix "
-                                         "tokens do not form a square grid; set prefix_tokens.")
+                        raise ValueError(
+                            f"legrad: {relevance.shape[-1]} patch tokens after {prefix_tokens} prefix "
+                            "tokens do not form a square grid; set prefix_tokens."
+                        )
                     maps.append(relevance.reshape(-1, side, side))
                 result[target] = torch.stack(maps).mean(dim=0).float()
     finally:
@@ -179,7 +196,9 @@ def legrad_map(ctx: CAMContext) -> Tensor:
         if hasattr(model, "key"):  # unwrap the engine's logits view
             model = cast(nn.Module, model.model)
         backprop = present(ctx.backprop, "legrad", "backprop")
-        names = list(dict.fromkeys(m.backprop for m in ctx.methods if m.compute is legrad_map and m.backprop is not None))
+        names = list(
+            dict.fromkeys(m.backprop for m in ctx.methods if m.compute is legrad_map and m.backprop is not None)
+        )
         inputs, targets = present(ctx.inputs, "legrad", "inputs"), present(ctx.targets, "legrad", "targets")
         ctx.cache["legrad"] = legrad(model, inputs, targets, backprop=names or [backprop])
     maps: dict[str, Tensor] = ctx.cache["legrad"]

@@ -182,7 +182,9 @@ def smoothgradcampp(ctx: CAMContext, num_samples: int = 4, std: float = 0.3) -> 
     key = f"smoothgrad:{num_samples}:{std}"
     if key not in ctx.cache:
         backprop = present(ctx.backprop, "smoothgradcam++", "backprop")
-        names = list(dict.fromkeys(m.backprop for m in ctx.methods if m.compute is smoothgradcampp and m.backprop is not None))
+        names = list(
+            dict.fromkeys(m.backprop for m in ctx.methods if m.compute is smoothgradcampp and m.backprop is not None)
+        )
         ctx.cache[key] = _noisy_gradients(ctx, names or [backprop], num_samples, std)
     maps: dict[str, Tensor] = ctx.cache[key]
     return maps[present(ctx.backprop, "smoothgradcam++", "backprop")]

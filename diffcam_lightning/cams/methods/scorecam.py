@@ -49,7 +49,11 @@ def _plan(inputs: Tensor, targets: Tensor) -> _Plan:
     image_of: list[int] = []
     for row in range(b):
         match = next(
-            (i for i, first in enumerate(distinct) if checksum[first] == checksum[row] and torch.equal(flat[first], flat[row])),
+            (
+                i
+                for i, first in enumerate(distinct)
+                if checksum[first] == checksum[row] and torch.equal(flat[first], flat[row])
+            ),
             None,
         )
         if match is None:
@@ -159,5 +163,3 @@ def scorecam(ctx: CAMContext) -> Tensor:
         per_row = scores[plan.image_of, :, plan.column]  # [B, K]
         weights = torch.softmax(per_row, dim=1)
     return weighted_sum(weights.clone(), acts)
-
-

@@ -67,7 +67,9 @@ def bias_layers(model: nn.Module) -> list[tuple[nn.Module, Tensor]]:
         bias = module.bias.detach()
         if isinstance(module, nn.BatchNorm2d):
             if module.running_mean is None or module.running_var is None:
-                raise ValueError("fullgrad needs BatchNorm2d layers with running statistics (track_running_stats=True).")
+                raise ValueError(
+                    "fullgrad needs BatchNorm2d layers with running statistics (track_running_stats=True)."
+                )
             bias = bias - module.running_mean * module.weight.detach() / torch.sqrt(module.running_var + module.eps)
         found.append((module, bias))
     return found

@@ -26,7 +26,9 @@ PROGRESS_AFTER = 16  # chunks of forwards before a progress bar is shown (progre
 
 def _check(x: Tensor, maps: Tensor, targets: Optional[Tensor]) -> None:
     if not isinstance(x, Tensor) or x.dim() != 4:
-        raise ValueError(f"x must be an image batch [B, C, H, W]; got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}.")
+        raise ValueError(
+            f"x must be an image batch [B, C, H, W]; got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}."
+        )
     if not isinstance(maps, Tensor) or maps.dim() != 3 or maps.shape[0] != x.shape[0]:
         got = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
         raise ValueError(f"maps must be [B, h, w] with B = {x.shape[0]} (the batch of x); got {got}.")
@@ -63,8 +65,13 @@ def _progress(total: int, progress: Optional[bool], desc: str) -> Any:  # a tqdm
 
 @torch.no_grad()
 def class_scores(
-    model: nn.Module, x: Tensor, targets: Tensor, score: str = "softmax", batch_size: int = 32,
-    progress: Optional[bool] = None, desc: str = "scoring",
+    model: nn.Module,
+    x: Tensor,
+    targets: Tensor,
+    score: str = "softmax",
+    batch_size: int = 32,
+    progress: Optional[bool] = None,
+    desc: str = "scoring",
 ) -> Tensor:
     """The target class's score (softmax or logit) of each row of ``x``, ``batch_size``
     rows per no-grad forward: ``[N]`` float32."""
@@ -94,8 +101,9 @@ def _baseline(baseline: Baseline, x: Tensor) -> Tensor:
     try:
         return torch.broadcast_to(value, x.shape)
     except RuntimeError:
-        raise ValueError(f"baseline of shape {tuple(value.shape)} does not broadcast to the input {tuple(x.shape)}.") from None
-
+        raise ValueError(
+            f"baseline of shape {tuple(value.shape)} does not broadcast to the input {tuple(x.shape)}."
+        ) from None
 
 
 # ---------------------------------------------------------------- the model as it was, NaN for NaN
@@ -181,8 +189,13 @@ def fill_values(x: Tensor, baseline: Union[str, float]) -> Tensor:
 
 @torch.no_grad()
 def scores_of_rows(
-    model: nn.Module, rows: int, build: Callable[[int, int], tuple[Tensor, Tensor]], score: str, batch_size: int,
-    progress: Optional[bool], desc: str,
+    model: nn.Module,
+    rows: int,
+    build: Callable[[int, int], tuple[Tensor, Tensor]],
+    score: str,
+    batch_size: int,
+    progress: Optional[bool],
+    desc: str,
 ) -> Tensor:
     """The target scores of ``rows`` perturbed inputs, ``build(start, stop) -> (inputs,
     targets)`` making ``batch_size`` of them at a time (memory ~ one chunk): ``[rows]``."""

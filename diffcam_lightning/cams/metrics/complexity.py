@@ -17,7 +17,9 @@ from .registry import GroupFn, MetricSpec, register_group
 
 def _flat(maps: Tensor, size: Optional[Sequence[int]]) -> Tensor:
     if not isinstance(maps, Tensor) or maps.dim() != 3:
-        raise ValueError(f"maps must be [B, h, w]; got {tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__}.")
+        raise ValueError(
+            f"maps must be [B, h, w]; got {tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__}."
+        )
     cam = maps.float() if size is None else to_input_size(maps, size)
     return normalise_by_max(cam.double()).abs().flatten(1)  # Quantus: normalise, then abs
 
@@ -46,7 +48,13 @@ def _group(name: str, fn: Callable[[Tensor, Optional[Sequence[int]]], Tensor]) -
     return lambda maps, size=None: {name: fn(maps, size)}
 
 
-register_group("sparseness", _group("sparseness", sparseness),
-               {"sparseness": MetricSpec("sparseness", "higher", family="complexity")})
-register_group("complexity", _group("complexity", complexity),
-               {"complexity": MetricSpec("complexity", "lower", family="complexity")})
+register_group(
+    "sparseness",
+    _group("sparseness", sparseness),
+    {"sparseness": MetricSpec("sparseness", "higher", family="complexity")},
+)
+register_group(
+    "complexity",
+    _group("complexity", complexity),
+    {"complexity": MetricSpec("complexity", "lower", family="complexity")},
+)

@@ -76,8 +76,17 @@ def deletion_insertion(
 
 @torch.no_grad()
 def _perturbed_scores(
-    model: nn.Module, x: Tensor, base: Tensor, ranks: Tensor, targets: Tensor, sample: Tensor, count: Tensor,
-    inserting: Tensor, score: str, batch_size: int, progress: Optional[bool],
+    model: nn.Module,
+    x: Tensor,
+    base: Tensor,
+    ranks: Tensor,
+    targets: Tensor,
+    sample: Tensor,
+    count: Tensor,
+    inserting: Tensor,
+    score: str,
+    batch_size: int,
+    progress: Optional[bool],
 ) -> Tensor:
     """Scores of the perturbed rows, built chunk by chunk (memory ~ batch_size inputs)."""
     fn, step = _score_fn(score), _positive("batch_size", batch_size)
@@ -130,10 +139,14 @@ def road(
         thresholds = torch.quantile(ranked, q, dim=1).T  # [B, P], linear as numpy.percentile
         keep = (ranked[:, None, :] < thresholds[:, :, None]).reshape(-1, *cam.shape[-2:])  # [B*P, H, W]
         rows = torch.arange(len(x), device=x.device).repeat_interleave(len(percentiles))
-        imputed = torch.cat([
-            noisy_linear_impute(x[rows[i : i + batch_size]], keep[i : i + batch_size], noise, generator=generator, solver=solver)
-            for i in range(0, len(rows), batch_size)
-        ])
+        imputed = torch.cat(
+            [
+                noisy_linear_impute(
+                    x[rows[i : i + batch_size]], keep[i : i + batch_size], noise, generator=generator, solver=solver
+                )
+                for i in range(0, len(rows), batch_size)
+            ]
+        )
         after = class_scores(model, imputed, targets[rows], score, batch_size, progress, desc=name)
         out[name] = (after.reshape(len(x), len(percentiles)) - original[:, None]).mean(dim=1)
     out["road_combined"] = (out["road_lerf"] - out["road_morf"]) / 2
@@ -169,9 +182,6 @@ def confidence(
         "drop_in_confidence": drop,
         "confidence_change": after - before,
     }
-
-
-
 
 
 # ---------------------------------------------------------------- ARCC (pytorch-grad-cam 1.5.7)
@@ -210,30 +220,57 @@ def arcc(
     n = a.shape[1] - 1
     rho = (a * b).sum(dim=1) / n / ((a.square().sum(dim=1) / n).sqrt() * (b.square().sum(dim=1) / n).sqrt() + 1e-8)
     coherency = (rho + 1) / 2
-    combined = road(model, x, maps, targets, percentiles=percentiles, noise=noise, batch_size=batch_size, score=score,
-                    generator=generator, progress=False, solver=solver)["road_combined"].double()
+    combined = road(
+        model,
+        x,
+        maps,
+        targets,
+        percentiles=percentiles,
+        noise=noise,
+        batch_size=batch_size,
+        score=score,
+        generator=generator,
+        progress=False,
+        solver=solver,
+    )["road_combined"].double()
     road_term = (combined * 2).clamp(0, 1)
     value = 3 / (1 / (coherency + 1e-8) + 1 / ((1 - complexity) + 1e-8) + 1 / (road_term + 1e-8))
     return {"arcc": value.float(), "arcc_coherency": coherency.float(), "arcc_complexity": complexity.float()}
 
 
-register_group("deletion_insertion", deletion_insertion, {
-    "deletion": MetricSpec("deletion_insertion", "lower"),
-    "insertion": MetricSpec("deletion_insertion", "higher"),
-})
-register_group("road", road, {
-    "road_morf": MetricSpec("road", "lower"),
-    "road_lerf": MetricSpec("road", "higher"),
-    "road_combined": MetricSpec("road", "higher"),
-})
-register_group("confidence", confidence, {
-    "average_drop": MetricSpec("confidence", "lower"),
-    "increase_in_confidence": MetricSpec("confidence", "higher"),
-    "drop_in_confidence": MetricSpec("confidence", "lower"),
-    "confidence_change": MetricSpec("confidence", "higher"),
-})
-register_group("arcc", arcc, {
-    "arcc": MetricSpec("arcc", "higher", needs_explain=True),
-    "arcc_coherency": MetricSpec("arcc", "higher", needs_explain=True),
-    "arcc_complexity": MetricSpec("arcc", "lower", needs_explain=True),
-})
+register_group(
+    "deletion_insertion",
+    deletion_insertion,
+    {
+        "deletion": MetricSpec("deletion_insertion", "lower"),
+        "insertion": MetricSpec("deletion_insertion", "higher"),
+    },
+)
+register_group(
+    "road",
+    road,
+    {
+        "road_morf": MetricSpec("road", "lower"),
+        "road_lerf": MetricSpec("road", "higher"),
+        "road_combined": MetricSpec("road", "higher"),
+    },
+)
+register_group(
+    "confidence",
+    confidence,
+    {
+        "average_drop": MetricSpec("confidence", "lower"),
+        "increase_in_confidence": MetricSpec("confidence", "higher"),
+        "drop_in_confidence": MetricSpec("confidence", "lower"),
+        "confidence_change": MetricSpec("confidence", "higher"),
+    },
+)
+register_group(
+    "arcc",
+    arcc,
+    {
+        "arcc": MetricSpec("arcc", "higher", needs_explain=True),
+        "arcc_coherency": MetricSpec("arcc", "higher", needs_explain=True),
+        "arcc_complexity": MetricSpec("arcc", "lower", needs_explain=True),
+    },
+)

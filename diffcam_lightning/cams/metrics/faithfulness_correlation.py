@@ -58,11 +58,14 @@ def faithfulness_correlation(
         if size > n:
             raise ValueError(f"subset_size {size} exceeds the {n} features (C*H*W) of the input.")
         generator = torch.Generator().manual_seed(int(seed))
-        subsets = torch.stack([torch.stack([torch.randperm(n, generator=generator)[:size] for _ in range(runs)])
-                               for _ in range(len(x))])
+        subsets = torch.stack(
+            [torch.stack([torch.randperm(n, generator=generator)[:size] for _ in range(runs)]) for _ in range(len(x))]
+        )
     subsets = torch.as_tensor(subsets, device=x.device).long()
     if subsets.dim() != 3 or subsets.shape[0] != len(x):
-        raise ValueError(f"subsets must be feature indices [B, runs, subset_size] with B = {len(x)}; got {tuple(subsets.shape)}.")
+        raise ValueError(
+            f"subsets must be feature indices [B, runs, subset_size] with B = {len(x)}; got {tuple(subsets.shape)}."
+        )
     runs = subsets.shape[1]
     fill, flat = fill_values(x, baseline), x.reshape(len(x), -1)
 
@@ -107,8 +110,11 @@ def monotonicity_correlation(
     _check(x, maps, targets)
     targets = _resolve_targets(model, x, targets)
     a = _features(x, maps).abs().double()  # Quantus's abs=True
-    step = _positive("features_in_step", features_in_step) if features_in_step is not None else (
-        x.shape[1] * -(-x.shape[-2] * x.shape[-1] // DEFAULT_STEPS))
+    step = (
+        _positive("features_in_step", features_in_step)
+        if features_in_step is not None
+        else (x.shape[1] * -(-x.shape[-2] * x.shape[-1] // DEFAULT_STEPS))
+    )
     steps = math.ceil(a.shape[1] / step)
     if fills is None:
         samples = _positive("samples", samples)
@@ -131,14 +137,24 @@ def monotonicity_correlation(
         return torch.where(removed, value, flat[sample]).reshape(-1, *x.shape[1:]), targets[sample]
 
     original = class_scores(model, x, targets, score, batch_size, progress=False).double()
-    after = scores_of_rows(model, len(x) * steps * samples, build, score, batch_size, progress, "monotonicity correlation")
+    after = scores_of_rows(
+        model, len(x) * steps * samples, build, score, batch_size, progress, "monotonicity correlation"
+    )
     inverse = torch.where(original.abs() >= eps, 1 / original.abs(), torch.ones_like(original)) ** 2
-    variance = ((after.double().reshape(len(x), steps, samples) - original[:, None, None]) ** 2).mean(dim=2) * inverse[:, None]
+    variance = ((after.double().reshape(len(x), steps, samples) - original[:, None, None]) ** 2).mean(dim=2) * inverse[
+        :, None
+    ]
     sums = torch.zeros(len(x), steps, dtype=torch.float64, device=x.device).scatter_add_(1, step_of, a)
     return {"monotonicity_correlation": spearman(sums, variance)}
 
 
-register_group("faithfulness_correlation", faithfulness_correlation,
-               {"faithfulness_correlation": MetricSpec("faithfulness_correlation", "higher")})
-register_group("monotonicity_correlation", monotonicity_correlation,
-               {"monotonicity_correlation": MetricSpec("monotonicity_correlation", "higher")})
+register_group(
+    "faithfulness_correlation",
+    faithfulness_correlation,
+    {"faithfulness_correlation": MetricSpec("faithfulness_correlation", "higher")},
+)
+register_group(
+    "monotonicity_correlation",
+    monotonicity_correlation,
+    {"monotonicity_correlation": MetricSpec("monotonicity_correlation", "higher")},
+)

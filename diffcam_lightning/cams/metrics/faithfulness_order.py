@@ -66,8 +66,11 @@ def pixel_flipping(
     targets = _resolve_targets(model, x, targets)
     a = _features(x, maps)
     n = a.shape[1]
-    step = _positive("features_in_step", features_in_step) if features_in_step is not None else (
-        x.shape[1] * -(-x.shape[-2] * x.shape[-1] // DEFAULT_STEPS))
+    step = (
+        _positive("features_in_step", features_in_step)
+        if features_in_step is not None
+        else (x.shape[1] * -(-x.shape[-2] * x.shape[-1] // DEFAULT_STEPS))
+    )
     steps = math.ceil(n / step)
     ranks = _ranks(torch.argsort(-a, dim=1, stable=True))
     fill, flat = fill_values(x, baseline), x.reshape(len(x), -1)
@@ -78,7 +81,9 @@ def pixel_flipping(
         removed = ranks[sample] < ((k + 1) * step)[:, None]
         return torch.where(removed, fill[sample, None], flat[sample]).reshape(-1, *x.shape[1:]), targets[sample]
 
-    curve = scores_of_rows(model, len(x) * steps, build, score, batch_size, progress, "pixel flipping").reshape(len(x), steps)
+    curve = scores_of_rows(model, len(x) * steps, build, score, batch_size, progress, "pixel flipping").reshape(
+        len(x), steps
+    )
     return {"pixel_flipping": torch.trapezoid(curve.double(), dx=1.0, dim=1).float()}
 
 
@@ -116,8 +121,10 @@ def region_perturbation(
     grid_h, grid_w = cam.shape[-2] // patch, cam.shape[-1] // patch
     sums = cam.reshape(len(x), grid_h, patch, grid_w, patch).sum(dim=(2, 4)).flatten(1)  # [B, patches], raster order
     ranks = _ranks(torch.argsort(-sums if order == "morf" else sums, dim=1, stable=True))
-    patch_of = (torch.arange(top, top + h, device=x.device)[:, None] // patch * grid_w
-                + torch.arange(left, left + w, device=x.device)[None] // patch).flatten()  # [H*W]
+    patch_of = (
+        torch.arange(top, top + h, device=x.device)[:, None] // patch * grid_w
+        + torch.arange(left, left + w, device=x.device)[None] // patch
+    ).flatten()  # [H*W]
     pixel_rank = ranks[:, patch_of]  # [B, H*W]
     steps = min(regions, grid_h * grid_w)
     fill, flat = fill_values(x, baseline), x.reshape(len(x), x.shape[1], -1)
@@ -139,7 +146,9 @@ def slic_segments(x: Tensor) -> Tensor:
     try:
         from skimage.segmentation import slic
     except ImportError:
-        raise ImportError("IROF's default superpixels need scikit-image (pip install scikit-image), or pass segments=[B, H, W].") from None
+        raise ImportError(
+            "IROF's default superpixels need scikit-image (pip install scikit-image), or pass segments=[B, H, W]."
+        ) from None
     images = x.detach().cpu().double().permute(0, 2, 3, 1).numpy()
     return torch.stack([torch.from_numpy(slic(image, start_label=0)) for image in images]).to(x.device)
 
@@ -171,7 +180,9 @@ def irof(
     most = max(counts)
     one_hot = torch.nn.functional.one_hot(labels, most).double()  # [B, H*W, S]
     size = one_hot.sum(dim=1)  # [B, S]
-    if bool((size[torch.arange(most, device=x.device)[None] < torch.tensor(counts, device=x.device)[:, None]] == 0).any()):
+    if bool(
+        (size[torch.arange(most, device=x.device)[None] < torch.tensor(counts, device=x.device)[:, None]] == 0).any()
+    ):
         raise ValueError("segments must label every segment 0..S-1 with at least one pixel each.")
     mean = torch.einsum("bp,bps->bs", cam, one_hot) / size.clamp(min=1)
     mean = torch.where(size > 0, mean, torch.full_like(mean, -torch.inf))  # absent labels last
@@ -195,7 +206,8 @@ def irof(
         sample, k = rows // most, rows % most
         removed = (pixel_step[sample] <= k[:, None])[:, None]
         return torch.where(removed, pixel_fill[sample, None], x.reshape(len(x), x.shape[1], -1)[sample]).reshape(
-            -1, *x.shape[1:]), targets[sample]
+            -1, *x.shape[1:]
+        ), targets[sample]
 
     original = class_scores(model, x, targets, score, batch_size, progress=False)
     after = scores_of_rows(model, len(x) * most, build, score, batch_size, progress, "irof").reshape(len(x), most)
@@ -205,5 +217,7 @@ def irof(
 
 
 register_group("pixel_flipping", pixel_flipping, {"pixel_flipping": MetricSpec("pixel_flipping", "lower")})
-register_group("region_perturbation", region_perturbation, {"region_perturbation": MetricSpec("region_perturbation", "higher")})
+register_group(
+    "region_perturbation", region_perturbation, {"region_perturbation": MetricSpec("region_perturbation", "higher")}
+)
 register_group("irof", irof, {"irof": MetricSpec("irof", "higher")})

@@ -55,5 +55,7 @@ def _group(name: str, fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tenso
 
 
 for _name, _fn in (("relevance_mass", relevance_mass), ("relevance_rank", relevance_rank)):
-    register_group(_name, _group(_name, _fn), {_name: MetricSpec(_name, "higher", needs_masks=True, family="localisation")})
+    register_group(
+        _name, _group(_name, _fn), {_name: MetricSpec(_name, "higher", needs_masks=True, family="localisation")}
+    )
     MASK_METRICS[_name] = _fn

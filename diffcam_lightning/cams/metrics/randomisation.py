@@ -97,7 +97,6 @@ def random_logit(
     return {"random_logit": ssim_rows(a, b).float()}
 
 
-
 MPRT_ORDERS = ("bottom_up", "top_down")
 
 
@@ -123,7 +122,9 @@ def histogram_entropy(maps: Tensor, bins: int = 100) -> Tensor:
     low, high = a.amin(dim=1, keepdim=True), a.amax(dim=1, keepdim=True)
     flat = high == low  # numpy widens an empty range to +-0.5: every value in the middle bin
     span = torch.where(flat, torch.ones_like(high), high - low)
-    index = torch.where(flat, torch.full_like(a, bins // 2), ((a - low) / span * bins).floor()).long().clamp(0, bins - 1)
+    index = (
+        torch.where(flat, torch.full_like(a, bins // 2), ((a - low) / span * bins).floor()).long().clamp(0, bins - 1)
+    )
     counts = torch.zeros(len(a), bins, dtype=torch.float64, device=a.device).scatter_add_(1, index, torch.ones_like(a))
     p = counts / counts.sum(dim=1, keepdim=True)
     return -(torch.where(p > 0, p * p.log(), torch.zeros_like(p))).sum(dim=1)
@@ -147,7 +148,9 @@ def efficient_mprt(
     ``explain`` must come from :func:`~.registry.explainer` (it re-explains the copy)."""
     _check(x, maps, targets)
     if not isinstance(explain, Explainer):
-        raise ValueError("efficient_mprt re-explains a randomised copy of the model: pass explain=metrics.explainer(engine, method).")
+        raise ValueError(
+            "efficient_mprt re-explains a randomised copy of the model: pass explain=metrics.explainer(engine, method)."
+        )
     targets = _resolve_targets(model, x, targets)
     random_model = randomised_copy(model, seed, order).eval()
     random_maps = explain.for_model(random_model, x, targets)(x, targets).detach()
@@ -155,7 +158,6 @@ def efficient_mprt(
     before = histogram_entropy(to_input_size(maps.to(x.device), size), bins)
     after = histogram_entropy(to_input_size(random_maps.to(x.device), size), bins)
     return {"efficient_mprt": ((after - before) / before).float()}
-
 
 
 @metric
@@ -182,30 +184,52 @@ def smooth_mprt(
     replaces the noise (default: a generator seeded ``noise_seed``)."""
     _check(x, maps, targets)
     if not isinstance(explain, Explainer):
-        raise ValueError("smooth_mprt re-explains a randomised copy of the model: pass explain=metrics.explainer(engine, method).")
+        raise ValueError(
+            "smooth_mprt re-explains a randomised copy of the model: pass explain=metrics.explainer(engine, method)."
+        )
     targets = _resolve_targets(model, x, targets)
     if draws is None:
-        draws = torch.randn((_positive("samples", samples) - 1, *x.shape), generator=torch.Generator().manual_seed(int(noise_seed)))
+        draws = torch.randn(
+            (_positive("samples", samples) - 1, *x.shape), generator=torch.Generator().manual_seed(int(noise_seed))
+        )
     draws = torch.as_tensor(draws, device=x.device, dtype=x.dtype)
     if draws.dim() != 5 or tuple(draws.shape[1:]) != tuple(x.shape):
-        raise ValueError(f"draws must be [samples - 1, B, C, H, W] with [B, C, H, W] = {tuple(x.shape)}; got {tuple(draws.shape)}.")
+        raise ValueError(
+            f"draws must be [samples - 1, B, C, H, W] with [B, C, H, W] = {tuple(x.shape)}; got {tuple(draws.shape)}."
+        )
     std = noise_magnitude * (x.flatten(1).amax(dim=1) - x.flatten(1).amin(dim=1)).reshape(-1, 1, 1, 1)
     inputs = torch.cat([(x[None] + draws * std[None]).flatten(0, 1), x])  # [(samples - 1) * B + B, C, H, W]
     rows = targets.repeat(draws.shape[0] + 1)
     random_explain = explain.for_model(randomised_copy(model, seed, order).eval(), x, targets)
     step = _positive("batch_size", batch_size)
     size = x.shape[-2:]
-    smooth = torch.cat([
-        to_input_size(random_explain(inputs[i : i + step], rows[i : i + step]).detach().to(x.device), size)
-        for i in range(0, len(inputs), step)
-    ]).double().reshape(draws.shape[0] + 1, len(x), -1).mean(dim=0)
+    smooth = (
+        torch.cat(
+            [
+                to_input_size(random_explain(inputs[i : i + step], rows[i : i + step]).detach().to(x.device), size)
+                for i in range(0, len(inputs), step)
+            ]
+        )
+        .double()
+        .reshape(draws.shape[0] + 1, len(x), -1)
+        .mean(dim=0)
+    )
     a = normalise_by_max(to_input_size(maps.to(x.device), size).flatten(1).double()).abs()
     return {"smooth_mprt": spearman(a, normalise_by_max(smooth).abs())}
 
 
-register_group("random_logit", random_logit,
-               {"random_logit": MetricSpec("random_logit", "lower", family="randomisation", needs_explain=True)})
-register_group("efficient_mprt", efficient_mprt,
-               {"efficient_mprt": MetricSpec("efficient_mprt", "higher", family="randomisation", needs_explain=True)})
-register_group("smooth_mprt", smooth_mprt,
-               {"smooth_mprt": MetricSpec("smooth_mprt", "lower", family="randomisation", needs_explain=True)})
+register_group(
+    "random_logit",
+    random_logit,
+    {"random_logit": MetricSpec("random_logit", "lower", family="randomisation", needs_explain=True)},
+)
+register_group(
+    "efficient_mprt",
+    efficient_mprt,
+    {"efficient_mprt": MetricSpec("efficient_mprt", "higher", family="randomisation", needs_explain=True)},
+)
+register_group(
+    "smooth_mprt",
+    smooth_mprt,
+    {"smooth_mprt": MetricSpec("smooth_mprt", "lower", family="randomisation", needs_explain=True)},
+)

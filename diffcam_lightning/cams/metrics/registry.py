@@ -71,9 +71,14 @@ class Explainer:
 
         if self.layer is None:
             self(x[:1], targets[:1])  # resolves the layer's name
-        engine = CAMEngine(model, self.layer, scorecam_batch_size=self.engine.scorecam_batch_size,
-                           batch_coupling=self.engine.batch_coupling, layout=self.engine.layout,
-                           output_key=self.engine.output_key)
+        engine = CAMEngine(
+            model,
+            self.layer,
+            scorecam_batch_size=self.engine.scorecam_batch_size,
+            batch_coupling=self.engine.batch_coupling,
+            layout=self.engine.layout,
+            output_key=self.engine.output_key,
+        )
         return Explainer(engine, self.method, **self.compute)
 
 
@@ -129,8 +134,10 @@ def evaluate(
     one that none takes is an error. The model runs in eval mode, its modes restored."""
     names = check_metrics(names)
     check_options(names, options)
-    for need, given, what in (("needs_masks", masks, "masks [B, H, W]; pass masks="),
-                              ("needs_explain", explain, "explain(x, targets) -> maps; pass explain=")):
+    for need, given, what in (
+        ("needs_masks", masks, "masks [B, H, W]; pass masks="),
+        ("needs_explain", explain, "explain(x, targets) -> maps; pass explain="),
+    ):
         needing = [n for n in names if getattr(METRICS[n], need)]
         if needing and given is None:
             raise ValueError(f"Metrics {needing} need {what}.")

@@ -35,12 +35,20 @@ def _noise(x: Tensor, samples: int, seed: int, noise: Optional[Tensor], draw: Dr
         noise = draw(torch.Generator().manual_seed(int(seed)), (_positive("samples", samples), *x.shape))
     noise = torch.as_tensor(noise, device=x.device, dtype=x.dtype)
     if noise.dim() != 5 or tuple(noise.shape[1:]) != tuple(x.shape):
-        raise ValueError(f"draws must be [samples, B, C, H, W] with [B, C, H, W] = {tuple(x.shape)}; got {tuple(noise.shape)}.")
+        raise ValueError(
+            f"draws must be [samples, B, C, H, W] with [B, C, H, W] = {tuple(x.shape)}; got {tuple(noise.shape)}."
+        )
     return noise
 
 
 def _explained_noisy(
-    x: Tensor, targets: Tensor, noise: Tensor, explain: Explain, batch_size: int, progress: Optional[bool], desc: str,
+    x: Tensor,
+    targets: Tensor,
+    noise: Tensor,
+    explain: Explain,
+    batch_size: int,
+    progress: Optional[bool],
+    desc: str,
 ) -> Tensor:
     """Maps of every noisy copy ``x + noise[s]`` at the input's size, flattened: ``[samples, B, H*W]``."""
     noisy = (x[None] + noise).reshape(-1, *x.shape[1:])
@@ -107,13 +115,25 @@ def local_lipschitz_estimate(
     targets = _resolve_targets(model, x, targets)
     noise = _noise(x, samples, seed, draws, lambda g, shape: mean + std * torch.randn(shape, generator=g))
     a = normalise_by_max(to_input_size(maps.to(x.device), x.shape[-2:]).flatten(1).double())
-    noisy = normalise_by_max(_explained_noisy(x, targets, noise, explain, batch_size, progress, "local lipschitz").flatten(0, 1))
+    noisy = normalise_by_max(
+        _explained_noisy(x, targets, noise, explain, batch_size, progress, "local lipschitz").flatten(0, 1)
+    )
     noisy = noisy.reshape(noise.shape[0], len(x), -1)
     ratio = (noisy - a[None]).norm(dim=2) / (noise.double().flatten(2).norm(dim=2) + 1e-10)
     return {"local_lipschitz_estimate": ratio.amax(dim=0).float()}
 
 
-register_group("max_sensitivity", max_sensitivity, {
-    "max_sensitivity": MetricSpec("max_sensitivity", "lower", family="robustness", needs_explain=True)})
-register_group("local_lipschitz_estimate", local_lipschitz_estimate, {
-    "local_lipschitz_estimate": MetricSpec("local_lipschitz_estimate", "lower", family="robustness", needs_explain=True)})
+register_group(
+    "max_sensitivity",
+    max_sensitivity,
+    {"max_sensitivity": MetricSpec("max_sensitivity", "lower", family="robustness", needs_explain=True)},
+)
+register_group(
+    "local_lipschitz_estimate",
+    local_lipschitz_estimate,
+    {
+        "local_lipschitz_estimate": MetricSpec(
+            "local_lipschitz_estimate", "lower", family="robustness", needs_explain=True
+        )
+    },
+)

@@ -91,7 +91,9 @@ def randomization_check(
     chosen = list(all_layers if layers is None else layers)
     unknown = [n for n in chosen if n not in all_layers]
     if unknown:
-        raise ValueError(f"Unknown layers {unknown} for the sanity check; layers with parameters: {', '.join(all_layers[:12])}...")
+        raise ValueError(
+            f"Unknown layers {unknown} for the sanity check; layers with parameters: {', '.join(all_layers[:12])}..."
+        )
     generator = torch.Generator().manual_seed(seed)
     copy_model = copy.deepcopy(model)
     correlations = []

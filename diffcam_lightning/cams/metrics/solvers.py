@@ -15,8 +15,13 @@ ROAD_KERNEL = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 /
 
 
 def noisy_linear_impute(
-    x: Tensor, keep: Tensor, noise: float = 0.01, tol: float = 1e-7, max_iter: int = 5000,
-    generator: Optional[torch.Generator] = None, solver: str = "auto",
+    x: Tensor,
+    keep: Tensor,
+    noise: float = 0.01,
+    tol: float = 1e-7,
+    max_iter: int = 5000,
+    generator: Optional[torch.Generator] = None,
+    solver: str = "auto",
 ) -> Tensor:
     """ROAD's imputation: each removed pixel (``keep == False``) becomes the weighted mean
     of its 8 neighbours (``ROAD_KERNEL``), known ones fixed, plus ``noise * N(0, 1)``.
@@ -143,4 +148,3 @@ def _conjugate_gradient(operator: Callable[[Tensor], Tensor], rhs: Tensor, tol: 
         p = r + torch.where(rr > 0, rr_new / rr.clamp(min=1e-300), torch.zeros_like(rr)) * p
         rr = rr_new
     return v
-
