@@ -13,9 +13,9 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ..modes import eval_mode
 from ..outputs import logits_of
 from ..targets import BACKPROP_TARGETS
-from .registry import eval_mode
 
 
 class _GuidedReLU(torch.autograd.Function):

@@ -18,9 +18,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from ..modes import eval_mode
 from ..targets import BACKPROP_TARGETS
 from .guided import _classes
-from .registry import CAMContext, eval_mode, present, require
+from .registry import CAMContext, present, require
 
 
 def _is_timm_attention(module: object) -> bool:

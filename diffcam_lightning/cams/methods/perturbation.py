@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..modes import eval_mode
 from ..outputs import _logits
 from ..targets import BACKPROP_TARGETS
-from .registry import CAMContext, eval_mode, present, require, weighted_sum
+from .registry import CAMContext, present, require, weighted_sum
 from .scorecam import _fast_layout, scorecam
 
 __all__ = ["ablationcam", "iscam", "scorecam", "smoothgradcampp", "sscam"]

@@ -8,8 +8,7 @@ for all. Lookup is case-insensitive: ``get_method("MeanDiffGradCAM++")`` works.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
@@ -119,16 +118,3 @@ def present(value: Optional[T], method: str, name: str) -> T:
     if value is None:
         raise ValueError(f"{method} needs {name} in its context; run it through CAMEngine.")
     return value
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """The model in eval mode for a method's own passes (no BatchNorm statistics move, no
-    dropout), each submodule's mode restored after."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training

@@ -11,10 +11,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..modes import eval_mode
 from ..outputs import logits_of
 from ..postprocess import resize
 from ..targets import BACKPROP_TARGETS
-from .registry import CAMContext, eval_mode, present, require, weighted_sum
+from .registry import CAMContext, present, require, weighted_sum
 
 
 def hessian_times_activations(ctx: CAMContext, target: str) -> Tensor:

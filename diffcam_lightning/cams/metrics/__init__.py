@@ -10,13 +10,13 @@ maps and input (tests). The families follow Quantus's grouping, one module each;
 :mod:`.registry` names them for callers (:data:`METRICS`, :func:`evaluate`).
 """
 
+from ..modes import eval_mode
 from .common import (
     PROGRESS_AFTER,
     SCORES,
     Baseline,
     ScoreFn,
     class_scores,
-    eval_mode,
     finite_rows,
     metric,
     to_input_size,

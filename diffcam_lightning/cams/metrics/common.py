@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Optional, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..modes import eval_mode
 from ..outputs import _logits
 
 ScoreFn = Callable[[Tensor], Tensor]
@@ -107,20 +108,6 @@ def _baseline(baseline: Baseline, x: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------- the model as it was, NaN for NaN
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode inside (no BatchNorm statistic moves, dropout off, so a score does not
-    depend on the batch it was computed in); every submodule's own flag restored on exit
-    (``model.train(flag)`` would flatten a frozen backbone inside a training wrapper)."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def finite_rows(maps: Tensor) -> Tensor:

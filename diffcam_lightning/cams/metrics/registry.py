@@ -13,7 +13,8 @@ from typing import Any, Optional, Union
 
 from torch import Tensor, nn
 
-from .common import _resolve_targets, eval_mode
+from ..modes import eval_mode
+from .common import _resolve_targets
 
 GroupFn = Callable[..., dict[str, Tensor]]
 FIXED = ("model", "x", "maps", "targets", "masks", "explain", "progress")  # evaluate's own arguments
