@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from ..cams import DIFF_BASES, METHODS, CAMEngine, get_method
-from ..cams.layers import known_layer_name, resolve_layer
+from ..cams.layers import known_layer_name
 from ..cams.metrics import check_metrics, check_options
 from ..cams.outputs import logits_of
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
@@ -351,8 +351,8 @@ class CAMAudit(Callback):
             return self.target_layer
         inside = {id(m) for m in model.modules()}
         for value in vars(model).values():
-            if isinstance(value, CAMEngine) and value._layer is not None and id(value._layer[1]) in inside:
-                return value._layer[1]
+            if isinstance(value, CAMEngine) and value.layer is not None and id(value.layer[1]) in inside:
+                return value.layer[1]
         for name, sub in model.named_modules():
             found = known_layer_name(sub)
             if found is not None:
@@ -420,11 +420,11 @@ class CAMAudit(Callback):
             prefix = next((n for n, m in pl_module.named_modules() if m is model), "")
             assert self.reference is not None  # _prepare asks for reference maps only with a reference
             state = load_reference_state(self.reference, model, prefix)
-            if self._engine._layer is None:  # automatic search: resolve it on the live model first
+            if self._engine.layer is None:  # automatic search: resolve it on the live model first
                 with audit_guard(model, pl_module.device):
-                    x = self._input(self.audit_set.images[:1], model, pl_module.device)
-                    self._engine._layer = resolve_layer(model, None, x)
-            engine = CAMEngine(WeightsSwap(model, state), self._engine._layer[1])
+                    self._engine.resolve_layer(self._input(self.audit_set.images[:1], model, pl_module.device))
+            assert self._engine.layer is not None
+            engine = CAMEngine(WeightsSwap(model, state), self._engine.layer[1])
         out: dict[str, list[Tensor]] = {m: [] for m in self.methods}
         device = pl_module.device
         with audit_guard(model, device):

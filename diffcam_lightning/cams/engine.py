@@ -33,7 +33,7 @@ from .coupling import (
 )
 from .layers import LayerSpec, resolve_layer, reused_layer_error, zero_gradient_error
 from .layouts import Layout, LayoutHints, LayoutSpec, model_hints, resolve_layout
-from .methods import HEAD_GRAPH, CAMContext, CAMMethod, get_method
+from .methods import HEAD_GRAPH, CAMContext, CAMMethod, get_method, method_names
 from .modes import eval_mode, preserved_buffers, preserved_rng, unfused_attention
 from .outputs import OutputKey, classifier_width, logits_of
 from .postprocess import SizeSpec, postprocess, resolve_size
@@ -117,6 +117,19 @@ class CAMEngine:
         """The resolved target layer's dotted name (``None`` until known)."""
         return self._layer[0] if self._layer else None
 
+    @property
+    def layer(self) -> Optional[tuple[str, nn.Module]]:
+        """``(dotted name, module)`` of the target layer; ``None`` until an automatic search
+        has run (see :meth:`resolve_layer`)."""
+        return self._layer
+
+    def resolve_layer(self, x: Tensor) -> tuple[str, nn.Module]:
+        """The target layer, found with one hooked forward of ``x`` if the automatic search
+        needs one (models whose layer only shows on a forward); kept for later calls."""
+        if self._layer is None:
+            self._layer = resolve_layer(self.model, None, x)
+        return self._layer
+
     def __call__(
         self,
         x: Tensor,
@@ -153,9 +166,7 @@ class CAMEngine:
         with keep, rng, torch.inference_mode(False), torch.enable_grad():
             if x.is_inference():
                 x = x.clone()
-            if self._layer is None:
-                self._layer = resolve_layer(self.model, None, x)
-            name, layer = self._layer
+            name, layer = self.resolve_layer(x)
             keep_head = any(HEAD_GRAPH in m.passes for m in chosen)
             attention = unfused_attention(self.model) if keep_head else nullcontext()
             with attention, CouplingProbe(self.model, layer) as probe:
@@ -320,14 +331,7 @@ def _check_input(x: Tensor) -> None:
 
 
 def _resolve_methods(methods: Union[str, Iterable[str]]) -> list[CAMMethod]:
-    names = [methods] if isinstance(methods, str) else list(methods)
-    if not names:
-        raise ValueError("methods is empty; pass at least one name of METHODS.")
-    chosen: dict[str, CAMMethod] = {}
-    for name in names:
-        method = get_method(name)
-        chosen.setdefault(method.name, method)
-    return list(chosen.values())
+    return [get_method(name) for name in method_names(methods)]
 
 
 def _check_targets(targets: TargetSpec, logits: Tensor, methods: list[CAMMethod]) -> Tensor:

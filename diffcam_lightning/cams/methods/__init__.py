@@ -46,6 +46,7 @@ from .registry import (
     MapFunction,
     available_methods,
     get_method,
+    method_names,
     register_method,
     weighted_sum,
 )
@@ -207,6 +208,7 @@ __all__ = [
     "kpcacam",
     "layercam",
     "legrad",
+    "method_names",
     "methods_table",
     "randomcam",
     "refinecam",

@@ -8,9 +8,9 @@ for all. Lookup is case-insensitive: ``get_method("MeanDiffGradCAM++")`` works.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
@@ -99,6 +99,23 @@ def get_method(name: str) -> CAMMethod:
     if key not in _REGISTRY:
         raise ValueError(f"Unknown CAM method {name!r}. Valid methods: {', '.join(_REGISTRY)}.")
     return _REGISTRY[key]
+
+
+def method_names(
+    methods: Union[str, Iterable[str]], among: Optional[Sequence[str]] = None, option: str = "methods"
+) -> tuple[str, ...]:
+    """The one normalisation of a user's method choice: a name or names -> registered
+    names (lower case), duplicates dropped in order; an empty choice, an unknown name or
+    one outside ``among`` is an error naming ``option`` and the valid names."""
+    names = [methods] if isinstance(methods, str) else list(methods)
+    valid = ", ".join(among if among is not None else _REGISTRY)
+    if not names:
+        raise ValueError(f"{option} is empty; give one or more of: {valid}.")
+    chosen = tuple(dict.fromkeys(get_method(name).name for name in names))
+    outside = [name for name in chosen if among is not None and name not in among]
+    if outside:
+        raise ValueError(f"{option}: {', '.join(outside)} cannot be used here; valid: {valid}.")
+    return chosen
 
 
 def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
