@@ -21,7 +21,8 @@ from .classes import TargetChoice, class_index, class_names_for
 from .inputs import ExplainDataset, ExplainInputError, ImageItem, collect_images
 from .module import PREDICTION_FIELDS, SKIPPED_FIELDS, ExplainModule, ExplainWriter
 
-DEFAULT_METHODS = ("gradcam", "gradcam++", "eigencam", "meandiffgradcam", "meandiffgradcam++")
+EXPLAIN_METHODS = ("gradcam", "gradcam++", "eigencam", "meandiffgradcam", "meandiffgradcam++")
+DEFAULT_METHODS = EXPLAIN_METHODS  # the former name (the audit and the faithfulness table have their own defaults)
 
 
 Interpolation = Literal["bilinear", "bicubic", "nearest", "lanczos"]
@@ -67,7 +68,7 @@ class ExplainOptions:
     output_dir: str = "explain"
     pretrained: bool = False
     weights: Optional[str] = None
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    methods: list[str] = field(default_factory=lambda: list(EXPLAIN_METHODS))
     target: str = "predicted"
     top_k: int = 1
     target_layer: Optional[str] = None

@@ -20,7 +20,7 @@ from .faithfulness import FaithfulnessSpec, faithfulness_table
 from .figures import FIGURE_METHODS, figure_grid
 from .scoring import FIELDS, ScoreTarget, ScoreWriter, ScoringModule, merge_rank_files
 from .sources import ModelSource, ResolvedModel, resolve, timm_name
-from .stats import Scores, accuracy_table, group_scores, similarity_table, susceptibility_table
+from .stats import GroupedScores, accuracy_table, group_scores, similarity_table, susceptibility_table
 from .tables import Table
 from .timing import timing_table
 
@@ -201,7 +201,7 @@ def _score(spec: ArchitectureSpec, options: ReportOptions, methods: list[str], t
     return _Prepared(spec, data, clean, sham)
 
 
-def _score_tables(scores: Scores, options: ReportOptions, methods: list[str], with_sham: bool) -> list[Table]:
+def _score_tables(scores: GroupedScores, options: ReportOptions, methods: list[str], with_sham: bool) -> list[Table]:
     """Similarity, susceptibility (with SHAM-tuned models), faithfulness and accuracy."""
     tables = [similarity_table(scores)]
     if with_sham:

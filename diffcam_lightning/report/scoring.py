@@ -23,7 +23,7 @@ from typing_extensions import override
 from ..cams import CAMEngine
 from ..predict_loop import SHARED_FOLDER_HINT, RankCSVWriter, read_rows, write_rows
 from ..saliency import cam_mse
-from .faithfulness import FaithfulnessSpec, faithfulness_scores, row_metric
+from .faithfulness import FaithfulnessSpec, batch_faithfulness_scores, row_metric
 from .pairs import SIMILARITY_PAIRS  # re-exported
 
 FIELDS = ("sample", "label", "target", "metric", "method", "score")
@@ -31,7 +31,21 @@ Row = tuple[int, int, int, str, str, float]  # one score, in FIELDS order
 
 
 class IndexedSubset(Dataset[dict[str, Tensor]]):
-    """A subset of a dict-batch dataset whose samples carry their original ``index``."""
+    """A subset of a dict-batch dataset whose samples carry their original ``index``
+    (the score rows name it, so ranks' rows merge and gaps are found).
+
+    Args:
+        dataset: A dataset of dict samples.
+        indices: The samples kept, in order.
+
+    Attributes:
+        indices: As given, a list.
+
+    Example:
+        >>> subset = IndexedSubset([{"x": 1}, {"x": 2}, {"x": 3}], [2, 0])
+        >>> len(subset), subset[0]
+        (2, {'x': 3, 'index': tensor(2)})
+    """
 
     def __init__(self, dataset: Dataset[dict[str, Tensor]], indices: Sequence[int]) -> None:
         self.dataset, self.indices = dataset, list(indices)
@@ -39,6 +53,7 @@ class IndexedSubset(Dataset[dict[str, Tensor]]):
     def __len__(self) -> int:
         return len(self.indices)
 
+    @override
     def __getitem__(self, i: int) -> dict[str, Any]:
         index = self.indices[i]
         item = dict(self.dataset[index])
@@ -126,7 +141,7 @@ class ScoringModule(pl.LightningModule):
             for kind, result in results.items():
                 model = self.clean if kind == "clean" else self.sham
                 assert model is not None  # a sham engine exists only with a sham model
-                values = faithfulness_scores(
+                values = batch_faithfulness_scores(
                     model,
                     x,
                     result.maps,
