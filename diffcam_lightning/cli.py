@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Protocol, runtime_checkable
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -80,9 +80,18 @@ class DiffcamCLI(LightningCLI):
     before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 
 
+@runtime_checkable
+class NamesClasses(Protocol):
+    """A DataModule that names its classes (ours do; any DataModule may)."""
+
+    classes: Optional[Sequence[Any]]
+
+
 def _class_names(data: LightningDataModule) -> Optional[list[str]]:
-    names = getattr(data, "classes", None)
-    return [str(n) for n in names] if names is not None else None
+    """``data.classes`` as text, for ``model.class_names``; ``None`` for a DataModule without them."""
+    if not isinstance(data, NamesClasses) or data.classes is None:
+        return None
+    return [str(n) for n in data.classes]
 
 
 def config_cli(config: str, *overrides: str) -> DiffcamCLI:

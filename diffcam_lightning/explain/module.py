@@ -59,6 +59,16 @@ class ExplainModule(pl.LightningModule):
     Raises:
         ExplainInputError: In ``predict_step``, at an undecodable image without
             ``skip_unreadable``.
+
+    Example:
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+        >>> items = [ImageItem(Path("a.jpg")), ImageItem(Path("b.jpg"))]
+        >>> module = ExplainModule(model, ["gradcam"], TargetChoice("predicted", k=2), items, [-1, -1])
+        >>> batch = {"image": torch.randn(2, 3, 16, 16), "index": torch.tensor([0, 1]),
+        ...          "ok": torch.tensor([True, True]), "error": ["", ""]}
+        >>> out = module.predict_step(batch, 0)
+        >>> out["classes"].shape, out["maps"]["gradcam"].shape  # [k, B], [k, B, h, w]
+        (torch.Size([2, 2]), torch.Size([2, 2, 14, 14]))
     """
 
     def __init__(

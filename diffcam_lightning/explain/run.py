@@ -119,8 +119,10 @@ def data_config(model: nn.Module, options: ExplainOptions) -> dict[str, Any]:
     config = dict(resolve_model_data_config(model))  # type: ignore[no-untyped-call]  # timm leaves it unannotated
     if options.image_size:
         config["input_size"] = (3, int(options.image_size), int(options.image_size))
-    for key in ("crop_pct", "mean", "std", "interpolation"):
-        value = getattr(options, key)
+    overrides: dict[str, Any] = {
+        "crop_pct": options.crop_pct, "mean": options.mean, "std": options.std, "interpolation": options.interpolation
+    }  # fmt: skip
+    for key, value in overrides.items():
         if value is not None:
             config[key] = tuple(value) if isinstance(value, list) else value
     return config

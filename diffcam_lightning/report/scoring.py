@@ -90,6 +90,14 @@ class ScoringModule(pl.LightningModule):
 
     Raises:
         ValueError: ``target`` is not ``label`` or ``prediction``.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+        >>> module = ScoringModule(model, None, ["gradcam", "meandiffgradcam"], report_name="tiny")
+        >>> batch = {"image": torch.randn(2, 3, 16, 16), "label": torch.tensor([0, 2]), "index": torch.tensor([5, 7])}
+        >>> sorted({(sample, metric, method) for sample, _, _, metric, method, _ in module.predict_step(batch, 0)})
+        [(5, 'correct_clean', '-'), (5, 'similarity', 'meandiffgradcam'), (7, 'correct_clean', '-'), (7, 'similarity', 'meandiffgradcam')]
     """
 
     def __init__(
