@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Protocol, runtime_checkable
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from typing_extensions import override
 
 from .errors import short_errors
 from .models import SaliencyClassifier
@@ -34,10 +35,19 @@ _CKPT_ALIASES = {"last", "best", "hpc", "registry"}
 
 class DiffcamCLI(LightningCLI):
     """LightningCLI with ``data.num_classes -> model.num_classes`` and, when the DataModule
-    has them, ``data.classes -> model.class_names`` (stored in checkpoints)."""
+    has them, ``data.classes -> model.class_names`` (stored in checkpoints).
+
+    A ``--ckpt_path`` file is read once and checked before Lightning loads it, so a text
+    file or another model's checkpoint is one clear error (``models/checkpoints.py``).
+    Its arguments are LightningCLI's; :func:`config_cli` builds one from a config.
+
+    Raises:
+        CheckpointError: A ``--ckpt_path`` that is missing, unreadable, or not this model's.
+    """
 
     _checkpoint: Optional[dict[str, Any]] = None  # the --ckpt_path file, read once before Lightning loads it
 
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data", "model.class_names", compute_fn=_class_names, apply_on="instantiate")
@@ -49,6 +59,7 @@ class DiffcamCLI(LightningCLI):
             return None
         return str(path)
 
+    @override
     def _parse_ckpt_path(self) -> None:
         """LightningCLI reads ``--ckpt_path``'s hyperparameters right after parsing; a text
         file there ends in ``KeyError: 101``. Check the file first (``models/checkpoints.py``)."""
@@ -69,9 +80,18 @@ class DiffcamCLI(LightningCLI):
     before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 
 
+@runtime_checkable
+class NamesClasses(Protocol):
+    """A DataModule that names its classes (ours do; any DataModule may)."""
+
+    classes: Optional[Sequence[Any]]
+
+
 def _class_names(data: LightningDataModule) -> Optional[list[str]]:
-    names = getattr(data, "classes", None)
-    return [str(n) for n in names] if names is not None else None
+    """``data.classes`` as text, for ``model.class_names``; ``None`` for a DataModule without them."""
+    if not isinstance(data, NamesClasses) or data.classes is None:
+        return None
+    return [str(n) for n in data.classes]
 
 
 def config_cli(config: str, *overrides: str) -> DiffcamCLI:

@@ -23,7 +23,19 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 
 class UserInputError(ValueError):
-    """A file, key, layer or choice given by the user is wrong; the message names it."""
+    """A file, key, layer or choice given by the user is wrong; the message names it.
+
+    Under :func:`short_errors` (every ``diffcam`` subcommand) it ends as one ``error: ...``
+    line on stderr and exit code 2.
+
+    Example:
+        >>> try:
+        ...     with short_errors():
+        ...         raise UserInputError("--config x.yaml: no such file")
+        ... except SystemExit as stop:
+        ...     print(stop.code)
+        2
+    """
 
 
 class CheckpointError(UserInputError):
@@ -58,6 +70,7 @@ def find_user_error(exc: BaseException) -> Optional[BaseException]:
 
 
 def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line (a KeyError's without its quotes)."""
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
     return " ".join(str(text).split()) or type(exc).__name__
 

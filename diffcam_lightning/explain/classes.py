@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional, get_args
 
 import torch
 from torch import Tensor
@@ -58,24 +58,55 @@ def class_index(value: str, names: Sequence[str], where: str = "--target") -> in
     raise ValueError(f"{where}: unknown class {text!r}.{hint} Give a class index 0..{len(names) - 1} or a name.")
 
 
+TargetMode = Literal["predicted", "label", "fixed"]
+
+
 @dataclass(frozen=True)
 class TargetChoice:
-    """``mode``: ``predicted`` (top ``k``), ``label`` or ``fixed`` (``index``)."""
+    """The classes ``diffcam explain`` explains, as :meth:`parse` reads ``--target`` and ``--top_k``.
 
-    mode: str
+    Args:
+        mode: ``predicted`` (the top ``k``), ``label`` (the manifest's) or ``fixed``
+            (class ``index`` for every image).
+        k: How many predicted classes (``predicted`` only).
+        index: The class of ``fixed``.
+
+    Raises:
+        ValueError: An unknown ``mode``, or ``fixed`` without an ``index``.
+
+    Example:
+        >>> choice = TargetChoice.parse("predicted", 2, ["cat", "dog", "fox"])
+        >>> choice
+        TargetChoice(mode='predicted', k=2, index=None)
+        >>> [t.tolist() for t in choice.more(torch.tensor([[0.1, 2.0, 1.0]]))]
+        [[2]]
+        >>> TargetChoice.parse("Fox", 1, ["cat", "dog", "fox"]).index
+        2
+    """
+
+    mode: TargetMode
     k: int = 1
     index: Optional[int] = None
 
+    def __post_init__(self) -> None:
+        if self.mode not in get_args(TargetMode):
+            raise ValueError(f"mode must be one of {', '.join(get_args(TargetMode))}; got {self.mode!r}.")
+        if self.mode == "fixed" and self.index is None:
+            raise ValueError("mode 'fixed' needs the class index.")
+
     @classmethod
     def parse(cls, target: str, top_k: int, names: Sequence[str]) -> TargetChoice:
+        """``--target`` (predicted, label, or a class index or name) and ``--top_k``."""
         if top_k < 1:
             raise ValueError(f"--top_k must be >= 1; got {top_k}.")
         if top_k > 1 and target != "predicted":
             raise ValueError(f"--top_k {top_k} explains the top predicted classes; it needs --target predicted.")
         if top_k > len(names):
             raise ValueError(f"--top_k {top_k} exceeds the model's {len(names)} classes.")
-        if target in ("predicted", "label"):
-            return cls(target, top_k)
+        if target == "predicted":
+            return cls("predicted", top_k)
+        if target == "label":
+            return cls("label", top_k)
         return cls("fixed", 1, class_index(target, names))
 
     def first(self, labels: Tensor) -> Optional[Tensor]:

@@ -15,10 +15,12 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+from typing_extensions import override
 
 from ..data.decode import to_rgb
+from ..data.files import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+EXPLAIN_EXTENSIONS = (*IMAGE_EXTENSIONS, ".gif")  # the training data's, and GIF
 
 
 class ExplainInputError(ValueError):
@@ -28,6 +30,8 @@ class ExplainInputError(ValueError):
 
 @dataclass(frozen=True)
 class ImageItem:
+    """One image to explain: its file and, from a manifest, its label cell."""
+
     path: Path
     label: Optional[str] = None  # the manifest's label cell (class index or name), if any
 
@@ -64,11 +68,11 @@ def collect_images(paths: Sequence[str]) -> list[ImageItem]:
                 p
                 for p in path.rglob("*")
                 if p.is_file()
-                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and p.suffix.lower() in EXPLAIN_EXTENSIONS
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)  # .ipynb_checkpoints, ._x.jpg
             )
             if not found:
-                raise ExplainInputError(f"Folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+                raise ExplainInputError(f"Folder {path} holds no images ({', '.join(EXPLAIN_EXTENSIONS)}).")
             items += [ImageItem(p) for p in found]
         elif path.suffix.lower() == ".csv" and path.is_file():
             items += _manifest_items(path)
@@ -80,8 +84,24 @@ def collect_images(paths: Sequence[str]) -> list[ImageItem]:
 
 
 class ExplainDataset(Dataset[dict[str, Any]]):
-    """``{"image": Tensor[3, H, W], "index", "ok", "error"}``; an undecodable image gives
-    ``ok=False`` with the reason and a zero image of the same size."""
+    """The images of ``diffcam explain`` as ``{"image": Tensor[3, H, W], "index", "ok", "error"}``.
+
+    An undecodable image gives ``ok=False`` with the reason and a zero image of the same
+    size, so the predict loop stops at it with its name, or skips and lists it.
+
+    Args:
+        items: The images (:func:`collect_images`).
+        transform: The model's input transform, ``(image, saliency) -> (tensor, saliency)``.
+        size: The input ``(H, W)`` (the size of the zero image of an undecodable file).
+
+    Example:
+        >>> from diffcam_lightning.data.transforms import PairedTransform
+        >>> _ = Path("broken.jpg").write_bytes(b"not a jpeg")
+        >>> config = {"input_size": (3, 32, 32), "crop_pct": 1.0, "mean": (0.5,) * 3, "std": (0.5,) * 3}
+        >>> sample = ExplainDataset([ImageItem(Path("broken.jpg"))], PairedTransform(config), (32, 32))[0]
+        >>> bool(sample["ok"]), sample["image"].shape, sample["error"].split(":")[0]
+        (False, torch.Size([3, 32, 32]), 'UnidentifiedImageError')
+    """
 
     def __init__(
         self,
@@ -94,6 +114,7 @@ class ExplainDataset(Dataset[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self.items)
 
+    @override
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.items[index].path
         try:

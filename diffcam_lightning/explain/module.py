@@ -10,19 +10,19 @@ these maps resized bilinearly to the input view and min-max normalised (the engi
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
+from typing_extensions import override
 
 from ..cams import CAMEngine
 from ..cams.postprocess import postprocess
+from ..predict_loop import RankCSVWriter
 from .classes import TargetChoice
 from .inputs import ExplainInputError, ImageItem
 from .render import explain_png
@@ -35,7 +35,41 @@ SKIPPED_FIELDS = ("image", "error")
 
 
 class ExplainModule(pl.LightningModule):
-    """Holds the network; ``predict_step`` returns CPU tensors for the writer."""
+    """The network of ``diffcam explain``; ``predict_step`` explains a batch.
+
+    One engine pass per explained rank (the first for the chosen classes, then ranks
+    2..k with ``--top_k``); the CPU tensors it returns are what :class:`ExplainWriter`
+    saves.
+
+    Args:
+        model: The network, put in eval mode.
+        methods: Canonical CAM method names (``cams.method_names``).
+        choice: Which classes to explain.
+        items: The images, in the dataset's order (for error messages).
+        labels: The manifest's class index of every image (-1 where none).
+        target_layer: The CAM layer (``None``: automatic).
+        layout: The CAM layer's output layout (``None``: automatic).
+        skip_unreadable: Skip an undecodable image (listed in ``skipped.csv``) instead of
+            stopping at it.
+
+    Attributes:
+        engine: The :class:`~diffcam_lightning.CAMEngine` over ``model``;
+            ``engine.target_layer`` names the layer it explains.
+
+    Raises:
+        ExplainInputError: In ``predict_step``, at an undecodable image without
+            ``skip_unreadable``.
+
+    Example:
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+        >>> items = [ImageItem(Path("a.jpg")), ImageItem(Path("b.jpg"))]
+        >>> module = ExplainModule(model, ["gradcam"], TargetChoice("predicted", k=2), items, [-1, -1])
+        >>> batch = {"image": torch.randn(2, 3, 16, 16), "index": torch.tensor([0, 1]),
+        ...          "ok": torch.tensor([True, True]), "error": ["", ""]}
+        >>> out = module.predict_step(batch, 0)
+        >>> out["classes"].shape, out["maps"]["gradcam"].shape  # [k, B], [k, B, h, w]
+        (torch.Size([2, 2]), torch.Size([2, 2, 14, 14]))
+    """
 
     def __init__(
         self,
@@ -56,6 +90,7 @@ class ExplainModule(pl.LightningModule):
         self.labels = torch.tensor(list(labels), dtype=torch.long)
         self.skip_unreadable = skip_unreadable
 
+    @override
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         ok, index = batch["ok"].bool(), batch["index"]
         bad = [(int(i), e) for i, e, good in zip(index.tolist(), batch["error"], ok.tolist()) if not good]
@@ -85,8 +120,20 @@ class ExplainModule(pl.LightningModule):
         return out
 
 
-class ExplainWriter(BasePredictionWriter):
-    """Writes ``images/<id>.png``, ``maps/<id>.npz`` and this rank's table rows."""
+class ExplainWriter(RankCSVWriter):
+    """Writes ``images/<id>.png``, ``maps/<id>.npz`` and this rank's table rows.
+
+    The rows go to ``.parts/predictions.rank<R>.csv`` and ``.parts/skipped.rank<R>.csv``
+    (:meth:`parts`), which :func:`~diffcam_lightning.explain.run.run_explain` merges on
+    rank zero.
+
+    Args:
+        output_dir: The run's folder (``--output_dir``).
+        items: The images, in the dataset's order (a prediction's ``index`` points here).
+        names: The model's class names, by class index.
+        mean: The normalisation mean of the input, to show the image as the model saw it.
+        std: The normalisation standard deviation of the input.
+    """
 
     def __init__(
         self,
@@ -96,38 +143,29 @@ class ExplainWriter(BasePredictionWriter):
         mean: Sequence[float],
         std: Sequence[float],
     ) -> None:
-        super().__init__(write_interval="batch")
+        super().__init__()
         self.out = Path(output_dir)
         self.items, self.names = list(items), list(names)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
     def parts(self, kind: str, rank: int) -> Path:
+        """This rank's file of the table ``kind`` (``predictions`` or ``skipped``)."""
         return self.out / ".parts" / f"{kind}.rank{rank}.csv"
 
-    def write_on_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        prediction: Any,
-        batch_indices: Optional[Sequence[int]],
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int,
-    ) -> None:
+    @override
+    def batch_rows(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any
+    ) -> Iterator[tuple[Path, Sequence[str], list[dict[str, Any]]]]:
         rank = trainer.global_rank
         if prediction["skipped"]:
-            self._append(
-                self.parts("skipped", rank),
-                SKIPPED_FIELDS,
-                [dict(zip(SKIPPED_FIELDS, s)) for s in prediction["skipped"]],
-            )
-        if "maps" not in prediction:
-            return
-        rows = []
-        for b, index in enumerate(prediction["index"].tolist()):
-            rows += self._write_one(index, b, prediction)
-        self._append(self.parts("predictions", rank), PREDICTION_FIELDS, rows)
+            skipped = [dict(zip(SKIPPED_FIELDS, s)) for s in prediction["skipped"]]
+            yield self.parts("skipped", rank), SKIPPED_FIELDS, skipped
+        if "maps" in prediction:
+            rows = []
+            for b, index in enumerate(prediction["index"].tolist()):
+                rows += self._write_one(index, b, prediction)
+            yield self.parts("predictions", rank), PREDICTION_FIELDS, rows
 
     def _write_one(self, index: int, b: int, pred: dict[str, Any]) -> list[dict[str, Any]]:
         item = self.items[index]
@@ -159,13 +197,3 @@ class ExplainWriter(BasePredictionWriter):
             }
             for r, c in enumerate(classes.tolist())
         ]  # fmt: skip
-
-    @staticmethod
-    def _append(path: Path, fields: Sequence[str], rows: list[dict[str, Any]]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(fields))
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)

@@ -23,10 +23,13 @@ def _lut(name: str = "jet") -> np.ndarray:
     return lut
 
 
-def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+def overlay_array(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """``image`` uint8 [H, W, 3] blended with the jet-coloured ``cam`` in [0, 1] [H, W]."""
     heat: np.ndarray = _lut()[np.clip(cam * 255, 0, 255).astype(np.uint8)]
     return (image * (1 - alpha) + heat * alpha).astype(np.uint8)
+
+
+overlay = overlay_array  # the former name (audit.render.overlay blends tensors)
 
 
 @lru_cache(maxsize=1)
@@ -55,7 +58,7 @@ def explain_png(
     column is the input view, titled with the row title; then one overlay per method."""
     tiles = []
     for title, maps in rows:
-        row = [_titled(image, title)] + [_titled(overlay(image, cam), method) for method, cam in maps.items()]
+        row = [_titled(image, title)] + [_titled(overlay_array(image, cam), method) for method, cam in maps.items()]
         tiles.append(row)
     tile_w, tile_h = tiles[0][0].size
     columns = max(len(r) for r in tiles)

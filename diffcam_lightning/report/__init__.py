@@ -3,7 +3,7 @@
 from .data import DataSpec
 from .faithfulness import FaithfulnessSpec
 from .run import ArchitectureSpec, ReportOptions, TimingSpec, run_report
-from .sources import ModelSource, load_model
+from .sources import ModelSource, load_model, load_report_model
 
 __all__ = [
     "ArchitectureSpec",
@@ -13,5 +13,6 @@ __all__ = [
     "ReportOptions",
     "TimingSpec",
     "load_model",
+    "load_report_model",
     "run_report",
 ]

@@ -15,27 +15,27 @@ from pathlib import Path
 from typing import Optional
 
 from jsonargparse import ActionConfigFile, ArgumentParser  # type: ignore[attr-defined]  # public, but not in jsonargparse's __all__
-from lightning.pytorch import Trainer
 
+from ..predict_loop import add_trainer_arguments, trainer_options
 from .run import ReportOptions, run_report
-
-_TRAINER_SKIP = {"callbacks", "logger", "plugins", "enable_checkpointing", "default_root_dir"}
 
 
 def build_parser() -> ArgumentParser:
+    """The ``diffcam report`` parser: ``--config``, ``--report.*`` (:class:`ReportOptions`)
+    and ``--trainer.*``."""
     parser = ArgumentParser(prog="diffcam report", description=__doc__, exit_on_error=True)
     parser.add_argument("--config", action=ActionConfigFile, help="A report YAML (see configs/report_*.yaml).")
     parser.add_class_arguments(ReportOptions, "report", sub_configs=True)
-    parser.add_class_arguments(Trainer, "trainer", instantiate=False, skip=_TRAINER_SKIP)
+    add_trainer_arguments(parser)
     return parser
 
 
 def main(args: Optional[Sequence[str]] = None) -> dict[str, Path]:
+    """``diffcam report``: parse ``args`` (``None``: ``sys.argv``), run, list the files."""
     parser = build_parser()
     cfg = parser.parse_args(list(args) if args is not None else None)
     init = parser.instantiate_classes(cfg)
-    trainer_kwargs = {k: v for k, v in vars(cfg.trainer).items() if not k.startswith("__")}
-    written = run_report(init.report, trainer_kwargs)
+    written = run_report(init.report, trainer_options(cfg))
     if written:
         print(f"Report written to {init.report.output_dir}:")
         for name, path in written.items():

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional, get_args
 
 from ..data.files import (
     SaliencyImageDataset,
@@ -21,18 +21,41 @@ from ..data.synthetic import SyntheticShapes, SyntheticSpec
 from ..data.transforms import PairedTransform, timm_data_config
 from .scoring import IndexedSubset
 
-SOURCES = ("synthetic", "folder", "csv")
+Source = Literal["synthetic", "folder", "csv"]
+SOURCES: tuple[str, ...] = get_args(Source)
 
 
 @dataclass
 class DataSpec:
-    """``source``: synthetic | folder (``root/<class>/<image>``) | csv (``root`` = the
-    manifest, columns ``image,label[,saliency]``). ``image_size`` overrides the model's
-    timm input size (and sets the synthetic images' size). ``label_classes``: for a csv
-    whose integer labels are the model's own class indices, the model's class count (e.g.
-    1000 for an ImageNet model), so a few classes present still give the full head."""
+    """The report's images (its ``report.data.*`` options).
 
-    source: str = "synthetic"
+    Args:
+        source: synthetic (the embedded shapes) | folder (``root/<class>/<image>``) | csv
+            (``root`` = the manifest, columns ``image,label[,saliency]``).
+        root: The folder or the manifest (folder and csv).
+        saliency_root: A folder of human saliency maps beside the images (folder).
+        samples_per_class: The first images of every class that are scored.
+        num_classes: Classes of the synthetic set.
+        image_size: Overrides the model's timm input size (and sets the synthetic
+            images' size).
+        seed: Seed of the synthetic set.
+        batch_size: Images per predict batch.
+        num_workers: Data loader worker processes.
+        label_classes: For a csv whose integer labels are the model's own class indices,
+            the model's class count (e.g. 1000 for an ImageNet model), so a few classes
+            present still give the full head.
+
+    Raises:
+        ValueError: From :func:`build_report_data`: an unknown source, a missing root,
+            ``samples_per_class`` < 1.
+
+    Example:
+        >>> data = build_report_data(DataSpec(samples_per_class=2, num_classes=3, image_size=32), None)
+        >>> len(data.dataset), data.num_classes, data.description
+        (6, 3, 'embedded synthetic shapes')
+    """
+
+    source: Source = "synthetic"
     root: Optional[str] = None
     saliency_root: Optional[str] = None
     samples_per_class: int = 5
@@ -46,8 +69,15 @@ class DataSpec:
 
 @dataclass
 class ReportData:
-    """``class_names``: the data's class names in label order (a folder's sorted folder
-    names, a csv's sorted label names); ``None`` where the labels are bare indices."""
+    """The dataset of one architecture, as :func:`build_report_data` gives it.
+
+    Args:
+        dataset: The chosen samples (each carries its original ``index``).
+        num_classes: The data's class count (the model's head must match).
+        description: Where the images come from, for the report.
+        class_names: The data's class names in label order (a folder's sorted folder
+            names, a csv's sorted label names); ``None`` where the labels are bare indices.
+    """
 
     dataset: IndexedSubset
     num_classes: int

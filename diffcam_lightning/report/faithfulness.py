@@ -22,7 +22,7 @@ from ..cams import metrics as cam_metrics
 from .stats import format_p, mean_std
 from .tables import Table
 
-DEFAULT_METHODS: tuple[str, ...] = (
+FAITHFULNESS_METHODS: tuple[str, ...] = (
     "gradcam",
     "gradcam++",
     "meandiffgradcam",
@@ -30,13 +30,29 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "lsediffgradcam",
     "eigencam",
 )
+DEFAULT_METHODS = FAITHFULNESS_METHODS  # the former name (explain and the audit have their own DEFAULT_METHODS)
 KINDS = {"clean": "clean", "sham": "SHAM-tuned"}
 
 
 @dataclass
 class FaithfulnessSpec:
-    """Which metrics (names of ``cams.metrics.METRICS`` that need no masks) of which
-    methods; ``steps`` and ``batch_size`` go to the perturbation metrics."""
+    """The faithfulness table (its ``report.faithfulness.*`` options).
+
+    Args:
+        enabled: Score and write the table.
+        metrics: Names of ``cams.metrics.METRICS`` that need no masks.
+        methods: The methods scored (default: those of FAITHFULNESS_METHODS in the report).
+        steps: Perturbation steps of the deletion / insertion curves.
+        batch_size: Perturbed images per forward.
+
+    Raises:
+        ValueError: From :meth:`resolved`: a metric that needs masks, an unknown metric, a
+            method outside the report's.
+
+    Example:
+        >>> FaithfulnessSpec().resolved(["gradcam", "eigencam", "xgradcam"])
+        (['deletion', 'insertion'], ['gradcam', 'eigencam'])
+    """
 
     enabled: bool = True
     metrics: list[str] = field(default_factory=lambda: ["deletion", "insertion"])
@@ -45,7 +61,7 @@ class FaithfulnessSpec:
     batch_size: int = 64
 
     def resolved(self, report_methods: Sequence[str]) -> tuple[list[str], list[str]]:
-        """(metrics, methods) to score; methods default to those of DEFAULT_METHODS in the report."""
+        """(metrics, methods) to score; methods default to those of FAITHFULNESS_METHODS in the report."""
         if not self.enabled:
             return [], []
         metrics = cam_metrics.check_metrics(self.metrics)
@@ -56,7 +72,7 @@ class FaithfulnessSpec:
                 f"{', '.join(n for n, s in cam_metrics.METRICS.items() if not s.needs_masks)}."
             )
         methods = (
-            list(self.methods) if self.methods is not None else [m for m in DEFAULT_METHODS if m in report_methods]
+            list(self.methods) if self.methods is not None else [m for m in FAITHFULNESS_METHODS if m in report_methods]
         )
         missing = [m for m in methods if m not in report_methods]
         if missing:
@@ -71,7 +87,7 @@ def row_metric(metric: str, kind: str) -> str:
     return f"{metric}_{kind}"
 
 
-def faithfulness_scores(
+def batch_faithfulness_scores(
     model: nn.Module,
     x: Tensor,
     maps: dict[str, Tensor],
@@ -95,6 +111,10 @@ def faithfulness_scores(
         )
         out.update({(metric, method): v for metric, v in values.items()})
     return out
+
+
+# the former name (audit.faithfulness.faithfulness_scores is another function)
+faithfulness_scores = batch_faithfulness_scores
 
 
 def faithfulness_table(

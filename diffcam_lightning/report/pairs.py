@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-# DiffGradCAM variant -> the base it is compared with (paper Table 3)
-SIMILARITY_PAIRS: dict[str, str] = {
-    **{f"{k}diffgradcam": "gradcam" for k in ("mean", "max", "lse")},
-    **{f"{k}diffgradcam++": "gradcam++" for k in ("mean", "max", "lse")},
-}
+from ..cams import DIFF_BASES
+
+# DiffGradCAM variant -> the base it is compared with (paper Table 3): the Diff variants of
+# GradCAM and GradCAM++ among the engine's own pairs
+SIMILARITY_PAIRS: dict[str, str] = {diff: base for diff, base in DIFF_BASES.items() if base in ("gradcam", "gradcam++")}

@@ -3,31 +3,41 @@ raw scores, Tables 1/3/4 + accuracy (CSV, Markdown, LaTeX) and Figure 2-style gr
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from ..cams import PAPER_METHODS, CAMEngine, get_method
+from ..cams import PAPER_METHODS, CAMEngine, method_names
+from ..predict_loop import predict_trainer, write_rows
 from ..saliency import sham_target
 from .data import DataSpec, ReportData, build_report_data
 from .faithfulness import FaithfulnessSpec, faithfulness_table
 from .figures import FIGURE_METHODS, figure_grid
-from .scoring import FIELDS, ScoreWriter, ScoringModule, merge_rank_files
+from .scoring import FIELDS, ScoreTarget, ScoreWriter, ScoringModule, merge_rank_files
 from .sources import ModelSource, ResolvedModel, resolve, timm_name
-from .stats import accuracy_table, group_scores, similarity_table, susceptibility_table
+from .stats import GroupedScores, accuracy_table, group_scores, similarity_table, susceptibility_table
 from .tables import Table
 from .timing import timing_table
 
 
 @dataclass
 class ArchitectureSpec:
-    """A clean model and, for susceptibility, its SHAM-tuned counterpart (same arch)."""
+    """A clean model and, for susceptibility, its SHAM-tuned counterpart (same arch).
+
+    Args:
+        clean: The clean model.
+        sham: Its SHAM-tuned counterpart (``None``: no susceptibility table for it).
+        name: The label in tables, figures and score files (default: the clean arch).
+
+    Example:
+        >>> ArchitectureSpec(ModelSource("resnet18")).label
+        'resnet18'
+    """
 
     clean: ModelSource
     sham: Optional[ModelSource] = None
@@ -35,12 +45,21 @@ class ArchitectureSpec:
 
     @property
     def label(self) -> str:
+        """``name``, else the clean model's arch."""
         return self.name or self.clean.arch_name
 
 
 @dataclass
 class TimingSpec:
-    """Table 1 protocol: ``runs`` single-image runs per method, the first ``discard`` dropped."""
+    """Table 1 protocol: ``runs`` single-image runs per method, the first ``discard`` dropped.
+
+    Args:
+        enabled: Time the methods (Table 1).
+        runs: Runs per method, warm-up included.
+        discard: Warm-up runs left out of the mean.
+        pytorch_grad_cam: Time pytorch-grad-cam beside ours, when installed.
+        methods: The methods timed (default: the report's).
+    """
 
     enabled: bool = True
     runs: int = 110
@@ -51,13 +70,39 @@ class TimingSpec:
 
 @dataclass
 class ReportOptions:
+    """What ``diffcam report`` scores and writes (its ``report.*`` options).
+
+    Args:
+        models: The architectures, each a clean model and optionally its SHAM-tuned one.
+        output_dir: The folder of the tables, figures, scores and report.md.
+        data: The report's images.
+        methods: CAM methods (default: the paper's twelve).
+        scorecam: Keep ScoreCAM among the methods (one forward per channel: the slowest).
+        target: The class explained: the sample's label or the clean model's prediction.
+        cam_size: input: maps compared at input resolution (as pytorch-grad-cam returns
+            them); null: on the CAM grid.
+        scorecam_batch_size: Masked inputs per ScoreCAM forward.
+        figure_samples: Images per figure grid.
+        timing: The run-time table (Table 1).
+        faithfulness: The faithfulness table.
+
+    Raises:
+        ValueError: From :func:`run_report`: no models, two models with one label, an
+            unknown method.
+
+    Example:
+        >>> options = ReportOptions(models=[ArchitectureSpec(ModelSource("resnet18"))], scorecam=False)
+        >>> options.target, options.data.source, "scorecam" in resolve_methods(options.methods, options.scorecam)
+        ('label', 'synthetic', False)
+    """
+
     models: list[ArchitectureSpec]
     output_dir: str = "report"
     data: DataSpec = field(default_factory=DataSpec)
     methods: Optional[list[str]] = None
     scorecam: bool = True
-    target: str = "label"
-    cam_size: str = "input"
+    target: ScoreTarget = "label"
+    cam_size: Optional[Literal["input"]] = "input"
     scorecam_batch_size: int = 32
     figure_samples: int = 4
     timing: TimingSpec = field(default_factory=TimingSpec)
@@ -65,8 +110,8 @@ class ReportOptions:
 
 
 def resolve_methods(methods: Optional[Sequence[str]], scorecam: bool) -> list[str]:
-    names = [get_method(m).name for m in (methods or PAPER_METHODS)]
-    return [m for m in dict.fromkeys(names) if scorecam or m != "scorecam"]
+    """The report's methods: ``methods`` (default the paper's), less ScoreCAM unless ``scorecam``."""
+    return [m for m in method_names(methods or PAPER_METHODS) if scorecam or m != "scorecam"]
 
 
 def _load_pair(
@@ -88,72 +133,36 @@ def _engine_options(model: Optional[ResolvedModel]) -> dict[str, Any]:
     return {} if model is None else {"target_layer": model.target_layer, "layout": model.layout}
 
 
+@dataclass
+class _Prepared:
+    """One architecture as scored: its spec, data and models (for the tables and figures)."""
+
+    spec: ArchitectureSpec
+    data: ReportData
+    clean: ResolvedModel
+    sham: Optional[ResolvedModel]
+
+
 def run_report(options: ReportOptions, trainer_kwargs: Optional[dict[str, Any]] = None) -> dict[str, Path]:
     """Run the report; returns the written files by name (on rank zero; ``{}`` elsewhere)."""
-    if not options.models:
-        raise ValueError("The report needs at least one entry under 'models'.")
-    labels = [spec.label for spec in options.models]
-    duplicates = sorted({label for label in labels if labels.count(label) > 1})
-    if duplicates:
-        raise ValueError(f"Two report models share the label {duplicates[0]!r}; give each entry a distinct 'name:'.")
+    _check_labels(options.models)
     methods = resolve_methods(options.methods, options.scorecam)
     out = Path(options.output_dir)
-    scores_dir = out / "scores"
-    trainer = pl.Trainer(
-        **{"logger": False, "enable_checkpointing": False, **(trainer_kwargs or {})},
-        callbacks=[ScoreWriter(scores_dir)],
-    )
-    prepared = []
-    for spec in options.models:
-        data = build_report_data(options.data, timm_name(spec.clean.arch_name))
-        clean, sham = _load_pair(spec, data.num_classes, data.class_names)
-        module = ScoringModule(
-            clean.model,
-            sham.model if sham else None,
-            methods,
-            options.target,
-            options.cam_size,
-            options.scorecam_batch_size,
-            faithfulness=options.faithfulness,
-            engine_options={"clean": _engine_options(clean), "sham": _engine_options(sham)},
-        )
-        module.report_name = spec.label
-        loader = DataLoader(data.dataset, batch_size=options.data.batch_size, num_workers=options.data.num_workers)
-        trainer.predict(module, loader, return_predictions=False)
-        trainer.strategy.barrier()
-        prepared.append((spec, data, clean, sham))
+    trainer = predict_trainer(trainer_kwargs, ScoreWriter(out / "scores"))
+    prepared = [_score(spec, options, methods, trainer) for spec in options.models]
     if not trainer.is_global_zero:
         return {}
     rows = []
-    for spec, data, *_ in prepared:
-        merged = merge_rank_files(scores_dir, spec.label, expected=data.dataset.indices)
-        rows += [{"arch": spec.label, **row} for row in merged]
-    written = {"scores": _write_scores(rows, out / "scores.csv")}
-    scores = group_scores(rows)
-    tables = [similarity_table(scores), accuracy_table(scores)]
-    if any(spec.sham is not None for spec, *_ in prepared):
-        tables.insert(1, susceptibility_table(scores, methods))
-    faith_metrics, faith_methods = options.faithfulness.resolved(methods)
-    if faith_metrics:
-        tables.insert(len(tables) - 1, faithfulness_table(scores, faith_metrics, faith_methods))
+    for arch in prepared:
+        merged = merge_rank_files(out / "scores", arch.spec.label, expected=arch.data.dataset.indices)
+        rows += [{"arch": arch.spec.label, **row} for row in merged]
+    written = {"scores": write_rows(out / "scores.csv", ["arch", *FIELDS], rows)}
+    tables = _score_tables(group_scores(rows), options, methods, any(a.sham is not None for a in prepared))
     device = trainer.strategy.root_device
-    for spec, data, clean, sham in prepared:
-        first = data.dataset[0]
+    for arch in prepared:
         if options.timing.enabled:
-            tables.append(
-                timing_table(
-                    spec.label,
-                    clean.model.to(device),
-                    first["image"][None].to(device),
-                    int(first["label"]),
-                    options.timing.methods or methods,
-                    options.timing.runs,
-                    options.timing.discard,
-                    options.timing.pytorch_grad_cam,
-                    target_layer=clean.target_layer,
-                )
-            )
-        written.update(_figures(spec, data, clean, sham, options, methods, device, out))
+            tables.append(_timing(arch, options.timing, methods, device))
+        written.update(_figures(arch, options, methods, device, out))
     for table in tables:
         for path in table.write(out / "tables"):
             written[f"{table.name}.{path.suffix[1:]}"] = path
@@ -161,25 +170,70 @@ def run_report(options: ReportOptions, trainer_kwargs: Optional[dict[str, Any]] 
     return written
 
 
-def _write_scores(rows: list[dict[str, Any]], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["arch", *FIELDS])
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+def _check_labels(models: Sequence[ArchitectureSpec]) -> None:
+    """At least one model, and a distinct label for each (they name the score files)."""
+    if not models:
+        raise ValueError("The report needs at least one entry under 'models'.")
+    labels = [spec.label for spec in models]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ValueError(f"Two report models share the label {duplicates[0]!r}; give each entry a distinct 'name:'.")
+
+
+def _score(spec: ArchitectureSpec, options: ReportOptions, methods: list[str], trainer: pl.Trainer) -> _Prepared:
+    """Score one architecture's samples in the trainer's predict loop (every rank)."""
+    data = build_report_data(options.data, timm_name(spec.clean.arch_name))
+    clean, sham = _load_pair(spec, data.num_classes, data.class_names)
+    module = ScoringModule(
+        clean.model,
+        sham.model if sham else None,
+        methods,
+        options.target,
+        options.cam_size,
+        options.scorecam_batch_size,
+        faithfulness=options.faithfulness,
+        engine_options={"clean": _engine_options(clean), "sham": _engine_options(sham)},
+        report_name=spec.label,
+    )
+    loader = DataLoader(data.dataset, batch_size=options.data.batch_size, num_workers=options.data.num_workers)
+    trainer.predict(module, loader, return_predictions=False)
+    trainer.strategy.barrier()
+    return _Prepared(spec, data, clean, sham)
+
+
+def _score_tables(scores: GroupedScores, options: ReportOptions, methods: list[str], with_sham: bool) -> list[Table]:
+    """Similarity, susceptibility (with SHAM-tuned models), faithfulness and accuracy."""
+    tables = [similarity_table(scores)]
+    if with_sham:
+        tables.append(susceptibility_table(scores, methods))
+    faith_metrics, faith_methods = options.faithfulness.resolved(methods)
+    if faith_metrics:
+        tables.append(faithfulness_table(scores, faith_metrics, faith_methods))
+    tables.append(accuracy_table(scores))
+    return tables
+
+
+def _timing(arch: _Prepared, timing: TimingSpec, methods: list[str], device: torch.device) -> Table:
+    """Table 1 for one architecture: its clean model on its first sample."""
+    first = arch.data.dataset[0]
+    return timing_table(
+        arch.spec.label,
+        arch.clean.model.to(device),
+        first["image"][None].to(device),
+        int(first["label"]),
+        timing.methods or methods,
+        timing.runs,
+        timing.discard,
+        timing.pytorch_grad_cam,
+        target_layer=arch.clean.target_layer,
+    )
 
 
 def _figures(
-    spec: ArchitectureSpec,
-    data: ReportData,
-    clean: ResolvedModel,
-    sham: Optional[ResolvedModel],
-    options: ReportOptions,
-    methods: Sequence[str],
-    device: torch.device,
-    out: Path,
+    arch: _Prepared, options: ReportOptions, methods: Sequence[str], device: torch.device, out: Path
 ) -> dict[str, Path]:
+    """Figure 2-style grids of the first ``figure_samples`` images, clean and SHAM-tuned."""
+    spec, data = arch.spec, arch.data
     count = min(options.figure_samples, len(data.dataset))
     if count < 1:
         return {}
@@ -188,7 +242,7 @@ def _figures(
     labels = torch.stack([item["label"] for item in items]).to(device)
     methods = [m for m in FIGURE_METHODS if m in methods]
     written = {}
-    for kind, model in (("clean", clean), ("sham", sham)):
+    for kind, model in (("clean", arch.clean), ("sham", arch.sham)):
         if model is None or not methods:
             continue
         engine = CAMEngine(model.model.to(device), **_engine_options(model))

@@ -25,13 +25,27 @@ from ..saliency import PAPER_ENTROPY
 
 @dataclass
 class ModelSource:
-    """One model: ``arch`` is any model source (a timm name, ``torchvision:NAME``, a class
-    path ``package.module.Name``, or a checkpoint path); ``checkpoint`` a
-    ``SaliencyClassifier`` checkpoint (``arch`` is then read from it).
+    """One report model, from any model source.
 
-    - ``pretrained=True``: the source's pretrained weights; ``weights``: a local file;
-    - ``target_layer``, ``layout``, ``sham_entropy``, ``sham_pattern``: override what the
-      checkpoint states (``None`` = the checkpoint's, else automatic / the paper's SHAM).
+    Args:
+        arch: Any model source: a timm name, ``torchvision:NAME``, a class path
+            ``package.module.Name``, or a checkpoint path (read from ``checkpoint`` when
+            not given).
+        pretrained: The source's pretrained weights.
+        weights: A local weights file.
+        checkpoint: A ``SaliencyClassifier`` checkpoint.
+        model_kwargs: Keyword arguments of the model's constructor or factory.
+        target_layer: The CAM layer (``None``: the checkpoint's, else automatic).
+        layout: The CAM layer's output layout (``None``: the checkpoint's, else automatic).
+        sham_entropy: The SHAM's entropy (``None``: the checkpoint's, else the paper's).
+        sham_pattern: The SHAM's pattern (``None``: the checkpoint's, else ``border``).
+
+    Raises:
+        ValueError: Neither ``arch`` nor a checkpoint that stores one.
+
+    Example:
+        >>> ModelSource("timm:resnet18", pretrained=True).arch_name
+        'timm:resnet18'
     """
 
     arch: Optional[str] = None
@@ -63,7 +77,15 @@ class ModelSource:
 
 @dataclass
 class ResolvedModel:
-    """A report model in eval mode, with the CAM layer, layout and SHAM to use."""
+    """A report model in eval mode, with the CAM layer, layout and SHAM to use.
+
+    Args:
+        model: The network, in eval mode.
+        target_layer: The CAM layer (``None``: automatic).
+        layout: The CAM layer's output layout (``None``: automatic).
+        sham_entropy: The entropy of the SHAM it was tuned with.
+        sham_pattern: The pattern of that SHAM.
+    """
 
     model: nn.Module
     target_layer: Optional[str]
@@ -118,9 +140,13 @@ def resolve(source: ModelSource, num_classes: int, class_names: Optional[Sequenc
     )
 
 
-def load_model(source: ModelSource, num_classes: int) -> nn.Module:
+def load_report_model(source: ModelSource, num_classes: int) -> nn.Module:
     """The network of ``source`` for ``num_classes`` classes, in eval mode."""
     return resolve(source, num_classes).model
+
+
+# the former name; ``models.sources.load_model`` (a source string -> LoadedModel) is another function
+load_model = load_report_model
 
 
 def _check_classes(loaded: LoadedModel, num_classes: int, where: str) -> None:

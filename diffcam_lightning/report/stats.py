@@ -19,10 +19,12 @@ from scipy.stats import ranksums, wilcoxon
 from .pairs import SIMILARITY_PAIRS
 from .tables import Table
 
-Scores = dict[tuple[str, str, str], np.ndarray]  # (arch, metric, method) -> per-sample scores
+GroupedScores = dict[tuple[str, str, str], np.ndarray]  # (arch, metric, method) -> per-sample scores
+Scores = GroupedScores  # the former name (audit.metrics.Scores is another type)
 
 
-def group_scores(rows: Iterable[dict[str, Any]]) -> Scores:
+def group_scores(rows: Iterable[dict[str, Any]]) -> GroupedScores:
+    """Score rows -> ``{(arch, metric, method): scores}``, each in sample order (so pairs line up)."""
     grouped: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for row in sorted(rows, key=lambda r: (r["arch"], r["metric"], r["method"], r["sample"])):
         grouped[(row["arch"], row["metric"], row["method"])].append(float(row["score"]))
@@ -30,6 +32,7 @@ def group_scores(rows: Iterable[dict[str, Any]]) -> Scores:
 
 
 def mean_std(values: np.ndarray) -> str:
+    """``mean ± std`` (sample std; 0 for one value)."""
     return f"{values.mean():.4g} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2g}"
 
 
@@ -54,14 +57,15 @@ def signed_rank_p(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def format_p(p: float) -> str:
+    """A p-value in a table cell (``n/a`` for NaN)."""
     return "n/a" if math.isnan(p) else f"{p:.3e}"
 
 
-def _archs(scores: Scores) -> list[str]:
+def _archs(scores: GroupedScores) -> list[str]:
     return list(dict.fromkeys(arch for arch, _, _ in scores))
 
 
-def similarity_table(scores: Scores) -> Table:
+def similarity_table(scores: GroupedScores) -> Table:
     """Mean ± std MSE of each DiffGradCAM variant to its base; p-values MeanDiff vs Max / LSE,
     rank-sum (the paper's) and signed-rank (paired, the same images)."""
     variants = [v for v in SIMILARITY_PAIRS if any(m == v and k == "similarity" for _, k, m in scores)]
@@ -83,7 +87,7 @@ def similarity_table(scores: Scores) -> Table:
     return table
 
 
-def susceptibility_table(scores: Scores, methods: Sequence[str]) -> Table:
+def susceptibility_table(scores: GroupedScores, methods: Sequence[str]) -> Table:
     """Mean ± std MSE between clean and SHAM-tuned maps; the best (lowest) per
     architecture in bold, with the rank-sum and the signed-rank p-value of best vs each
     other method."""
@@ -120,7 +124,8 @@ def susceptibility_table(scores: Scores, methods: Sequence[str]) -> Table:
     return table
 
 
-def accuracy_table(scores: Scores) -> Table:
+def accuracy_table(scores: GroupedScores) -> Table:
+    """Top-1 accuracy of the clean and SHAM-tuned models on the report's samples."""
     table = Table(
         "accuracy", "Top-1 accuracy on the report's samples", ["architecture", "clean", "SHAM-tuned", "samples"]
     )

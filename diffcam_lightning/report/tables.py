@@ -11,6 +11,29 @@ _LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "±": r"$\pm$"
 
 @dataclass
 class Table:
+    """One table of the report, written as CSV, Markdown and LaTeX.
+
+    A cell in ``**bold**`` is bold in Markdown and LaTeX, plain in the CSV.
+
+    Args:
+        name: The file stem (``tables/<name>.{csv,md,tex}``).
+        caption: The caption above (Markdown) or below (LaTeX) the table.
+        columns: The column headers.
+        rows: The rows, cells as text.
+
+    Example:
+        >>> table = Table("demo", "A demo", ["method", "score"], [["gradcam", "**0.5**"]])
+        >>> print(table.to_markdown())
+        **A demo**
+        <BLANKLINE>
+        | method | score |
+        |---|---|
+        | gradcam | **0.5** |
+        <BLANKLINE>
+        >>> [p.name for p in table.write(Path("tables"))]
+        ['demo.csv', 'demo.md', 'demo.tex']
+    """
+
     name: str
     caption: str
     columns: list[str]
