@@ -30,6 +30,7 @@ from typing import Any, Optional, Union
 from torch import nn
 
 from ..cams.outputs import classifier_width
+from ..registry import Registry
 from .backbones import build_backbone
 from .checkpoints import match_state, network_state_from_checkpoint, read_checkpoint, state_dict_of
 
@@ -57,17 +58,13 @@ class LoadedModel:
 
 
 Builder = Callable[[str, Optional[int], bool, Optional[str], dict[str, Any]], nn.Module]
-BUILDERS: dict[str, Builder] = {}
+BUILDERS: Registry[str, Builder] = Registry("model source kind")
 
 
-def register_source(kind: str) -> Callable[[Builder], Builder]:
-    """Register ``fn(name, num_classes, pretrained, weights, model_kwargs) -> nn.Module``."""
-
-    def decorator(fn: Builder) -> Builder:
-        BUILDERS[kind] = fn
-        return fn
-
-    return decorator
+def register_source(kind: str, *, replace: bool = False) -> Callable[[Builder], Builder]:
+    """Register ``fn(name, num_classes, pretrained, weights, model_kwargs) -> nn.Module``
+    for source strings of ``kind``; a taken kind is refused unless ``replace``."""
+    return BUILDERS.decorator(kind, replace=replace)
 
 
 def load_model(
