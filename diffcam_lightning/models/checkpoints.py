@@ -7,7 +7,7 @@ named as such (Lightning itself ends in ``KeyError: 101`` for a text file, or a 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -150,12 +150,11 @@ def check_checkpoint_fits(
     unexpected = [k for k in state if k not in expected]
     shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if not (missing or unexpected or shapes):
-        hparams = getattr(model, "hparams", None)
-        ours = hparams.get("class_names") if hparams is not None and hasattr(hparams, "get") else None
+        ours = _hparams_of(model).get("class_names")
         check_class_names(checkpoint_class_names(checkpoint), ours, f"Checkpoint {str(path)!r}")
         return
     what = type(model).__name__
-    arch = getattr(getattr(model, "hparams", {}), "get", lambda *_: None)("model_name")
+    arch = _hparams_of(model).get("model_name")
     if arch:
         what += f"({arch})"
     details = []
@@ -170,6 +169,13 @@ def check_checkpoint_fits(
             f"tensor {key!r} has shape {tuple(state[key].shape)}, the model expects {tuple(expected[key].shape)}"
         )
     raise CheckpointError(f"Checkpoint {str(path)!r} is of another model than this {what}: {'; '.join(details)}.")
+
+
+def _hparams_of(model: nn.Module) -> Mapping[str, Any]:
+    """A LightningModule's saved hyperparameters; a plain module has none."""
+    from lightning.pytorch.core.mixins.hparams_mixin import HyperparametersMixin
+
+    return model.hparams if isinstance(model, HyperparametersMixin) else {}
 
 
 def checkpoint_class_names(checkpoint: dict[str, Any]) -> Optional[list[str]]:
