@@ -196,7 +196,7 @@ class SaliencyClassifier(LightningModule):
     ) -> None:
         super().__init__()
         _check_choices(saliency_target=saliency_target, cam_class=cam_class, sham_pattern=sham_pattern)
-        self.saliency_methods = _trained_methods(saliency_method)
+        self.saliency_methods = method_names(saliency_method, among=GRADIENT_METHODS, option=_TRAINED_METHODS)
         self.saliency_method = self.saliency_methods[0]  # the map ``predict_step`` returns
         _check_weights(ce_weight, saliency_weight)
         _check_class_names(class_names, num_classes)
@@ -342,13 +342,8 @@ class SaliencyClassifier(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
 
-# how method_names calls the option in its messages: the reason a method may be refused
+# how method_names names the option in its messages: the reason a method may be refused
 _TRAINED_METHODS = "saliency_method (a CAM with a gradient to train through)"
-
-
-def _trained_methods(saliency_method: Union[str, Sequence[str]]) -> tuple[str, ...]:
-    """Canonical names of the trained method(s), each with a gradient to train through."""
-    return method_names(saliency_method, among=GRADIENT_METHODS, option=_TRAINED_METHODS)
 
 
 def _check_choices(**choices: str) -> None:
