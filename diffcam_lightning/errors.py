@@ -42,6 +42,10 @@ class CheckpointError(UserInputError):
     """A file given as a checkpoint is missing, unreadable, or not this model's checkpoint."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint or weights file that does not exist (also a ``FileNotFoundError``)."""
+
+
 def _raised_by_us(exc: BaseException) -> bool:
     frames = traceback.extract_tb(exc.__traceback__)
     return bool(frames) and str(Path(frames[-1].filename).resolve()).startswith(_PACKAGE_DIR)

@@ -10,8 +10,12 @@ is composited on a stated background and the EXIF orientation is applied.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from PIL import Image, ImageOps
+
+DecodeMode = Literal["RGB", "L"]  # the keys of DECODERS: an image, a saliency map
 
 # transparent pixels of an image are composited on white (a page, as viewers show them);
 # of a saliency map on black (no saliency)
@@ -68,7 +72,7 @@ def to_gray(image: Image.Image) -> Image.Image:
     return _flattened(image, SALIENCY_BACKGROUND).convert("L")
 
 
-def decode(image: Image.Image, mode: str) -> Image.Image:
+def decode(image: Image.Image, mode: DecodeMode) -> Image.Image:
     """``to_rgb`` for ``mode="RGB"``, ``to_gray`` for ``mode="L"``."""
     if mode not in DECODERS:
         raise ValueError(f"Unknown decode mode {mode!r}; valid: {', '.join(DECODERS)}.")

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .decode import decode
+from .decode import DecodeMode, decode
 from .transforms import PairedTransform
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -39,7 +39,7 @@ class Sample:
     where: str  # "row 3 of train.csv" or the image path, for error messages
 
 
-def _open(path: Path, mode: str, where: str, what: str) -> Image.Image:
+def _open(path: Path, mode: DecodeMode, where: str, what: str) -> Image.Image:
     if not path.is_file():
         raise DataError(f"Missing {what} file {str(path)!r} ({where}).")
     try:

@@ -11,21 +11,18 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import NDArray
 
+from ..registry import Registry
+
 Grid = NDArray[np.float64]
 Mask = NDArray[np.bool_]
 ShapeFn = Callable[[Grid, Grid], Mask]
 
-SHAPES: dict[str, ShapeFn] = {}
+SHAPES: Registry[str, ShapeFn] = Registry("shape")
 
 
-def register_shape(name: str) -> Callable[[ShapeFn], ShapeFn]:
-    """Register ``fn(u, v) -> bool mask`` under ``name``."""
-
-    def decorator(fn: ShapeFn) -> ShapeFn:
-        SHAPES[name] = fn
-        return fn
-
-    return decorator
+def register_shape(name: str, *, replace: bool = False) -> Callable[[ShapeFn], ShapeFn]:
+    """Register ``fn(u, v) -> bool mask`` under ``name``; a taken name is refused unless ``replace``."""
+    return SHAPES.decorator(name, replace=replace)
 
 
 @register_shape("disk")

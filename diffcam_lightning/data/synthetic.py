@@ -24,7 +24,7 @@ from __future__ import annotations
 import colorsys
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from .shapes import SHAPES
 
 SPLITS = {"train": 0, "val": 1, "test": 2, "predict": 3}
+Split = Literal["train", "val", "test", "predict"]  # the keys of SPLITS
 
 PRESETS: dict[str, dict[str, Any]] = {
     "few": {"num_classes": 7},  # like Iris PAD's seven classes
@@ -91,10 +92,11 @@ def _shape_mask(name: str, size: int, cy: float, cx: float, radius: float, angle
 
 
 ABLATIONS = (None, "cue", "object")
+Ablation = Optional[Literal["cue", "object"]]  # ABLATIONS
 
 
 def render(
-    spec: SyntheticSpec, label: int, rng: np.random.Generator, ablate: Optional[str] = None
+    spec: SyntheticSpec, label: int, rng: np.random.Generator, ablate: Ablation = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image ``[H, W, 3]`` in [0, 1], its object mask and its cue mask ``[H, W]`` (0/1;
     the cue mask is all zeros without ``spec.cue``). ``ablate`` leaves the cue or the object
@@ -155,7 +157,7 @@ class SyntheticShapes(Dataset[dict[str, Tensor]]):
     """
 
     def __init__(
-        self, length: int, split: str = "train", spec: Optional[SyntheticSpec] = None, ablate: Optional[str] = None
+        self, length: int, split: Split = "train", spec: Optional[SyntheticSpec] = None, ablate: Ablation = None
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"Unknown split {split!r}; valid: {', '.join(SPLITS)}.")

@@ -13,11 +13,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import timm
-import torch
 from torch import nn
 
-# prefixes under which a LightningModule may hold the timm network
-_STATE_PREFIXES = ("", "model.", "net.", "backbone.", "network.")
+from .checkpoints import network_state_from_checkpoint, read_checkpoint
 
 
 def build_backbone(
@@ -68,54 +66,3 @@ def _head_classes(model_name: str, path: Path) -> Optional[int]:
     state = load_state_dict(str(path), weights_only=True)
     rows = [state[f"{n}.weight"].shape[0] for n in names if f"{n}.weight" in state]
     return rows[0] if rows else None
-
-
-def _state_dict_of(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not state:
-        raise ValueError(f"Checkpoint {path} holds no state_dict.")
-    return state
-
-
-def _match_state(model: nn.Module, state: dict[str, Any], path: Path, arch: str) -> dict[str, Any]:
-    """The entries of ``state`` that are ``model``'s own, under any known prefix."""
-    expected = model.state_dict()
-    best: dict[str, Any] = {}
-    for prefix in _STATE_PREFIXES:
-        candidate = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        candidate = {k: v for k, v in candidate.items() if k in expected}
-        if len(candidate) > len(best):
-            best = candidate
-    missing = [k for k in expected if k not in best]
-    if missing:
-        raise ValueError(
-            f"Checkpoint {path} is not a {arch} checkpoint: {len(missing)} of its {len(expected)} tensors are "
-            f"missing (e.g. {', '.join(missing[:3])}). Is it a checkpoint of another architecture?"
-        )
-    for key, value in best.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise ValueError(
-                f"Checkpoint {path}: tensor {key!r} has shape {tuple(value.shape)}, but {arch} with this class count "
-                f"expects {tuple(expected[key].shape)} (does the checkpoint's class count match the data's?)."
-            )
-    return best
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint file read with ``torch.load(weights_only=True)``; errors name the file."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"Checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors have many types
-        raise ValueError(f"Cannot read checkpoint {path}: {err}") from err
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"Checkpoint {path} is not a dict of tensors (got {type(checkpoint).__name__}).")
-    return checkpoint
-
-
-def network_state_from_checkpoint(
-    model: nn.Module, checkpoint: dict[str, Any], path: Path, arch: str
-) -> dict[str, Any]:
-    """``model``'s state dict out of a read Lightning checkpoint (``path`` for errors)."""
-    return _match_state(model, _state_dict_of(checkpoint, path), path, arch)

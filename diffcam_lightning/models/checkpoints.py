@@ -1,35 +1,70 @@
-"""Checking a ``--ckpt_path`` before Lightning loads it: a file that is not a Lightning
-checkpoint, or one of another model, is named as such (Lightning itself ends in
-``KeyError: 101`` for a text file, or a long ``load_state_dict`` error for the wrong model)."""
+"""Checkpoint and weights files: the one reader (:func:`read_checkpoint`), a model's
+tensors out of a file (:func:`match_state`), and the checks of a ``--ckpt_path`` before
+Lightning loads it: a file that is not a Lightning checkpoint, or one of another model, is
+named as such (Lightning itself ends in ``KeyError: 101`` for a text file, or a long
+``load_state_dict`` error for the wrong model)."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CheckpointNotFoundError
 
 _LIGHTNING_KEYS = ("state_dict", "pytorch-lightning_version")
 
+# prefixes under which a LightningModule may hold the network
+_STATE_PREFIXES = ("", "model.", "net.", "backbone.", "network.")
 
-def read_lightning_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
-    """The checkpoint dict (``torch.load(weights_only=True)``), or a ``CheckpointError``."""
+
+def read_checkpoint(path: Union[str, Path], *, lightning: bool = False) -> dict[str, Any]:
+    """The one reader of checkpoint and weights files: ``torch.load(weights_only=True)`` on
+    the CPU, every failure a :class:`CheckpointError` that names the file.
+
+    Args:
+        path: the file.
+        lightning: require a Lightning checkpoint (``state_dict`` and
+            ``pytorch-lightning_version``), read memory-mapped since most of its tensors are
+            never touched; otherwise any dict (a plain state dict may be in torch's legacy
+            format, which cannot be memory-mapped).
+
+    Raises:
+        CheckpointNotFoundError: no such file (also a ``FileNotFoundError``).
+        CheckpointError: torch cannot read it, or it is not what was asked for.
+    """
     import torch
 
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
-        raise CheckpointError(f"Checkpoint {str(path)!r} does not exist or is not a file.")
+        raise CheckpointNotFoundError(f"Checkpoint {str(path)!r} does not exist or is not a file.")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=lightning)
     except Exception as err:  # unpickling errors come in many types
-        raise CheckpointError(
-            f"{str(path)!r} is not a PyTorch Lightning checkpoint (torch.load cannot read it: "
-            f"{type(err).__name__}). Pass a .ckpt file written by a diffcam fit."
-        ) from err
+        reason = f"torch.load cannot read it: {type(err).__name__}"
+        if lightning:
+            raise CheckpointError(
+                f"{str(path)!r} is not a PyTorch Lightning checkpoint ({reason}). Pass a .ckpt file written by a "
+                "diffcam fit."
+            ) from err
+        raise CheckpointError(f"Cannot read checkpoint {str(path)!r} ({reason}: {err}).") from err
+    if lightning:
+        _check_lightning_keys(path, checkpoint)
+    elif not isinstance(checkpoint, dict):
+        raise CheckpointError(f"Checkpoint {str(path)!r} is not a dict of tensors (got {type(checkpoint).__name__}).")
+    read: dict[str, Any] = checkpoint
+    return read
+
+
+def read_lightning_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
+    """:func:`read_checkpoint` of a file that must be a Lightning checkpoint."""
+    return read_checkpoint(path, lightning=True)
+
+
+def _check_lightning_keys(path: Path, checkpoint: object) -> None:
     missing = [k for k in _LIGHTNING_KEYS if not (isinstance(checkpoint, dict) and k in checkpoint)]
     if missing:
         found = (
@@ -39,8 +74,48 @@ def read_lightning_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
             f"{str(path)!r} is not a PyTorch Lightning checkpoint: no {' or '.join(map(repr, missing))} "
             f"(found {found}). A plain weights file goes in model.weights_file, not --ckpt_path."
         )
-    read: dict[str, Any] = checkpoint
-    return read
+
+
+def state_dict_of(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The state dict of a read file: a Lightning checkpoint's ``state_dict``, or the file's
+    dict itself (a plain state dict); ``path`` names the file in errors."""
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"Checkpoint {path} holds no state_dict.")
+    return state
+
+
+def match_state(model: nn.Module, state: dict[str, Any], path: Path, arch: str) -> dict[str, Any]:
+    """The entries of ``state`` that are ``model``'s own, under any known prefix (``model.``
+    of a LightningModule, ...), every tensor checked by name and shape; errors name the
+    file ``path`` and the architecture ``arch``."""
+    expected = model.state_dict()
+    best: dict[str, Any] = {}
+    for prefix in _STATE_PREFIXES:
+        candidate = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        candidate = {k: v for k, v in candidate.items() if k in expected}
+        if len(candidate) > len(best):
+            best = candidate
+    missing = [k for k in expected if k not in best]
+    if missing:
+        raise ValueError(
+            f"Checkpoint {path} is not a {arch} checkpoint: {len(missing)} of its {len(expected)} tensors are "
+            f"missing (e.g. {', '.join(missing[:3])}). Is it a checkpoint of another architecture?"
+        )
+    for key, value in best.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ValueError(
+                f"Checkpoint {path}: tensor {key!r} has shape {tuple(value.shape)}, but {arch} with this class count "
+                f"expects {tuple(expected[key].shape)} (does the checkpoint's class count match the data's?)."
+            )
+    return best
+
+
+def network_state_from_checkpoint(
+    model: nn.Module, checkpoint: dict[str, Any], path: Path, arch: str
+) -> dict[str, Any]:
+    """``model``'s state dict out of a read Lightning checkpoint (``path`` for errors)."""
+    return match_state(model, state_dict_of(checkpoint, path), path, arch)
 
 
 def check_hyperparameters_fit(path: Union[str, Path], checkpoint: dict[str, Any], model_class: type[Any]) -> None:
@@ -75,12 +150,11 @@ def check_checkpoint_fits(
     unexpected = [k for k in state if k not in expected]
     shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if not (missing or unexpected or shapes):
-        hparams = getattr(model, "hparams", None)
-        ours = hparams.get("class_names") if hparams is not None and hasattr(hparams, "get") else None
+        ours = _hparams_of(model).get("class_names")
         check_class_names(checkpoint_class_names(checkpoint), ours, f"Checkpoint {str(path)!r}")
         return
     what = type(model).__name__
-    arch = getattr(getattr(model, "hparams", {}), "get", lambda *_: None)("model_name")
+    arch = _hparams_of(model).get("model_name")
     if arch:
         what += f"({arch})"
     details = []
@@ -95,6 +169,13 @@ def check_checkpoint_fits(
             f"tensor {key!r} has shape {tuple(state[key].shape)}, the model expects {tuple(expected[key].shape)}"
         )
     raise CheckpointError(f"Checkpoint {str(path)!r} is of another model than this {what}: {'; '.join(details)}.")
+
+
+def _hparams_of(model: nn.Module) -> Mapping[str, Any]:
+    """A LightningModule's saved hyperparameters; a plain module has none."""
+    from lightning.pytorch.core.mixins.hparams_mixin import HyperparametersMixin
+
+    return model.hparams if isinstance(model, HyperparametersMixin) else {}
 
 
 def checkpoint_class_names(checkpoint: dict[str, Any]) -> Optional[list[str]]:

@@ -30,8 +30,8 @@ default, final CAM layer nothing but pooling and the classifier follows it: no c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Optional, Union, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, Optional, Union, cast
 
 import torch
 from lightning.pytorch import LightningModule
@@ -41,32 +41,39 @@ from lightning.pytorch.utilities.types import LRSchedulerConfigType, OptimizerLR
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
-from ..cams import GRADIENT_METHODS, CAMEngine, CAMResult, get_method
+from ..cams import GRADIENT_METHODS, CAMEngine, CAMResult, method_names
 from ..cams.outputs import logits_of
+from ..registry import Registry
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, cam_entropy, saliency_loss, saliency_mse, sham_target
 from .attention import disable_fused_attention
 from .sources import CHECKPOINT_KEY, load_model
 
 Batch = Union[dict[str, Tensor], tuple[Tensor, ...], list[Tensor]]
 
+# The closed choices of the constructor, typed so that LightningCLI lists them in --help; the
+# registries below (and SHAM_PATTERNS) hold what each choice does and check it at run time.
+SaliencyTarget = Literal["human", "sham"]
+CamClass = Literal["label", "prediction"]
+ShamPattern = Literal["border", "corner", "patch", "random"]
+BatchCoupling = Literal["exact", "batched"]
+
 # saliency_target -> fn(model, batch dict, cam grid) -> (target maps, mask of samples that have one)
 SaliencyTargetFn = Callable[["SaliencyClassifier", dict[str, Any], tuple[int, int]], tuple[Tensor, Tensor]]
-SALIENCY_TARGETS: dict[str, SaliencyTargetFn] = {}
+SALIENCY_TARGETS: Registry[str, SaliencyTargetFn] = Registry("saliency_target")
 
 # cam_class -> fn(labels) -> targets for the engine (None = the predicted class)
-CAM_CLASSES: dict[str, Callable[[Tensor], Optional[Tensor]]] = {
-    "label": lambda labels: labels,
-    "prediction": lambda labels: None,
-}
+CamClassFn = Callable[[Tensor], Optional[Tensor]]
+CAM_CLASSES: Registry[str, CamClassFn] = Registry("cam_class")
+CAM_CLASSES.register("label", lambda labels: labels)
+CAM_CLASSES.register("prediction", lambda labels: None)
 
 
-def register_saliency_target(name: str) -> Callable[[SaliencyTargetFn], SaliencyTargetFn]:
-    def decorator(fn: SaliencyTargetFn) -> SaliencyTargetFn:
-        SALIENCY_TARGETS[name] = fn
-        return fn
-
-    return decorator
+def register_saliency_target(name: str, *, replace: bool = False) -> Callable[[SaliencyTargetFn], SaliencyTargetFn]:
+    """Register ``fn(module, batch, grid) -> (targets [B, h, w], mask [B])`` as a
+    ``saliency_target``; a taken name is refused unless ``replace``."""
+    return SALIENCY_TARGETS.decorator(name, replace=replace)
 
 
 @register_saliency_target("human")
@@ -108,6 +115,10 @@ def as_dict_batch(batch: Batch) -> dict[str, Any]:
 class SaliencyClassifier(LightningModule):
     """Image classifier trained with CE + MSE between its CAM and a target saliency map.
 
+    One forward serves both terms (see the module docstring), so a saliency-supervised or
+    SHAM-fooled model trains at about the cost of a plain one; ``saliency_weight=0`` is
+    exactly a plain CE step.
+
     Args:
         model_name: a model source: a timm name, ``torchvision:NAME``, or a class/factory
             path ``package.module.Name`` (see :func:`~diffcam_lightning.models.sources.load_model`).
@@ -126,12 +137,38 @@ class SaliencyClassifier(LightningModule):
             list of them (the saliency term is then the mean of each method's MSE to the
             target, all from the one forward and one batched VJP: a joint attack).
         cam_class: explain the true ``label`` (default) or the ``prediction``.
-        sham_entropy, sham_pattern: the SHAM (nats; ``border``, ``corner``, ...).
-        ce_weight, saliency_weight: the joint loss ``ce_weight*CE + saliency_weight*MSE``.
+        sham_entropy: the SHAM's entropy in nats (the paper's 3.35 by default).
+        sham_pattern: where the SHAM lies: ``border``, ``corner``, ``patch`` or ``random``.
+        ce_weight: the weight of CE in the joint loss ``ce_weight*CE + saliency_weight*MSE``.
+        saliency_weight: the weight of the saliency MSE in it.
         optimizer: an ``OptimizerCallable``; default SGD(lr=0.002, momentum=0.9) as in the paper.
         scheduler: an optional ``LRSchedulerCallable``.
         batch_coupling: ``exact`` (default) or ``batched``: the CAM's gradients when a
             BatchNorm in train mode follows ``target_layer`` (see the module docstring).
+
+    Attributes:
+        model: the network being trained.
+        engine: the :class:`~diffcam_lightning.CAMEngine` on ``model`` that computes the maps.
+        saliency_methods: the canonical names of the trained CAM methods.
+        saliency_method: the first of them, the map ``predict_step`` returns.
+
+    Raises:
+        ValueError: an unknown choice (the message lists the valid ones), a method with no
+            gradient to train through, a negative weight, or ``class_names`` of another length
+            than ``num_classes``; an unknown model source names close matches.
+
+    Example:
+        >>> import torch
+        >>> from diffcam_lightning import SaliencyClassifier
+        >>> module = SaliencyClassifier("test_resnet", num_classes=3, model_kwargs={"output_stride": 8},
+        ...                             saliency_target="sham", saliency_method=["gradcam", "GradCAM++"])
+        >>> module.saliency_methods, module.engine.target_layer
+        (('gradcam', 'gradcam++'), 'layer4')
+        >>> out = module.predict_step(torch.rand(2, 3, 32, 32), batch_idx=0)
+        >>> out["pred"].shape, out["cam"].shape
+        (torch.Size([2]), torch.Size([2, 4, 4]))
+        >>> module.sham((4, 4)).shape
+        torch.Size([4, 4])
     """
 
     def __init__(
@@ -146,42 +183,36 @@ class SaliencyClassifier(LightningModule):
         target_layer: Optional[str] = None,
         layout: Optional[str] = None,
         output_key: Optional[Union[int, str]] = None,
-        saliency_target: str = "human",
+        saliency_target: SaliencyTarget = "human",
         saliency_method: Union[str, list[str]] = "gradcam",
-        cam_class: str = "label",
+        cam_class: CamClass = "label",
         sham_entropy: float = PAPER_ENTROPY,
-        sham_pattern: str = "border",
+        sham_pattern: ShamPattern = "border",
         ce_weight: float = 1.0,
         saliency_weight: float = 1.0,
         optimizer: Optional[OptimizerCallable] = None,
         scheduler: Optional[LRSchedulerCallable] = None,
-        batch_coupling: str = "exact",
+        batch_coupling: BatchCoupling = "exact",
     ) -> None:
         super().__init__()
-        _check_choice("saliency_target", saliency_target, SALIENCY_TARGETS)
-        _check_choice("cam_class", cam_class, CAM_CLASSES)
-        _check_choice("sham_pattern", sham_pattern, SHAM_PATTERNS)
-        methods = _saliency_methods(saliency_method)
-        if ce_weight < 0 or saliency_weight < 0:
-            raise ValueError(f"ce_weight and saliency_weight must be >= 0; got {ce_weight}, {saliency_weight}.")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}.")
+        _check_choices(saliency_target=saliency_target, cam_class=cam_class, sham_pattern=sham_pattern)
+        self.saliency_methods = method_names(saliency_method, among=GRADIENT_METHODS, option=_TRAINED_METHODS)
+        self.saliency_method = self.saliency_methods[0]  # the map ``predict_step`` returns
+        _check_weights(ce_weight, saliency_weight)
+        _check_class_names(class_names, num_classes)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "network"])
-        source = network if network is not None else model_name
-        self._network_class = (
-            f"{type(network).__module__}.{type(network).__qualname__}" if network is not None else None
+        self.model = _build_network(
+            network if network is not None else model_name, num_classes, pretrained, weights_file, model_kwargs
         )
-        self.model = load_model(
-            source, num_classes, pretrained=pretrained, weights=weights_file, model_kwargs=model_kwargs
-        ).model
         if saliency_weight > 0:
             disable_fused_attention(self.model)  # the CAM loss needs attention's double backward
         self.engine = CAMEngine(
             self.model, target_layer, layout=layout, output_key=output_key, batch_coupling=batch_coupling
         )
+        self._network_class = (
+            f"{type(network).__module__}.{type(network).__qualname__}" if network is not None else None
+        )
         self._output_key = output_key
-        self.saliency_methods = methods
-        self.saliency_method = methods[0]  # the map ``predict_step`` returns
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.acc = torch.nn.ModuleDict(
@@ -190,6 +221,7 @@ class SaliencyClassifier(LightningModule):
         self._shams: dict[tuple[int, int], Tensor] = {}
 
     # ------------------------------------------------------------------ helpers
+    @override
     def forward(self, x: Tensor) -> Tensor:
         """The logits, whatever form the network returns them in (tuple, dict, ``.logits``)."""
         return logits_of(self.model(x), key=self._output_key)
@@ -257,21 +289,26 @@ class SaliencyClassifier(LightningModule):
         self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=True, batch_size=batch_size)
         return loss
 
+    @override
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._step(batch, "train")
 
+    @override
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "val")
 
+    @override
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
+    @override
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         x = as_dict_batch(batch)["image"] if not isinstance(batch, Tensor) else batch
         result = self.engine.compute(x, targets=None, methods=(self.saliency_method,))
         probs = result.logits.softmax(dim=1)
         return {"pred": probs.argmax(dim=1), "probs": probs, "cam": result.maps[self.saliency_method]}
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Make the checkpoint self-contained: the initial weights are in its state dict,
         so loading it must not read the weights file or the hub again."""
@@ -289,6 +326,7 @@ class SaliencyClassifier(LightningModule):
         }
 
     # ------------------------------------------------------------------ optimisation
+    @override
     def configure_optimizers(self) -> OptimizerLRScheduler:
         params = [p for p in self.parameters() if p.requires_grad]
         if self.optimizer_factory is None:
@@ -304,19 +342,38 @@ class SaliencyClassifier(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
 
-def _saliency_methods(saliency_method: Union[str, Sequence[str]]) -> tuple[str, ...]:
-    """Canonical names of the trained method(s), each with a gradient to train through."""
-    names = [saliency_method] if isinstance(saliency_method, str) else list(saliency_method)
-    if not names:
-        raise ValueError(f"saliency_method is an empty list; give one or more of: {', '.join(GRADIENT_METHODS)}.")
-    for name in names:
-        if get_method(name).name not in GRADIENT_METHODS:
-            raise ValueError(
-                f"saliency_method {name!r} has no gradient to train through; valid: {', '.join(GRADIENT_METHODS)}."
-            )
-    return tuple(dict.fromkeys(get_method(n).name for n in names))
+# how method_names names the option in its messages: the reason a method may be refused
+_TRAINED_METHODS = "saliency_method (a CAM with a gradient to train through)"
 
 
-def _check_choice(key: str, value: str, choices: dict[str, Any]) -> None:
-    if value not in choices:
-        raise ValueError(f"Unknown {key} {value!r}; valid: {', '.join(choices)}.")
+def _check_choices(**choices: str) -> None:
+    """Each closed choice against its registry (Python callers are not held to the Literal)."""
+    registries: dict[str, Mapping[str, Any]] = {
+        "saliency_target": SALIENCY_TARGETS,
+        "cam_class": CAM_CLASSES,
+        "sham_pattern": SHAM_PATTERNS,
+    }
+    for option, value in choices.items():
+        if value not in registries[option]:
+            raise ValueError(f"Unknown {option} {value!r}; valid: {', '.join(registries[option])}.")
+
+
+def _check_weights(ce_weight: float, saliency_weight: float) -> None:
+    if ce_weight < 0 or saliency_weight < 0:
+        raise ValueError(f"ce_weight and saliency_weight must be >= 0; got {ce_weight}, {saliency_weight}.")
+
+
+def _check_class_names(class_names: Optional[Sequence[str]], num_classes: int) -> None:
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}.")
+
+
+def _build_network(
+    source: Union[str, nn.Module],
+    num_classes: int,
+    pretrained: bool,
+    weights_file: Optional[str],
+    model_kwargs: Optional[dict[str, Any]],
+) -> nn.Module:
+    """The network of ``source`` with its initial weights (the one resolver of model sources)."""
+    return load_model(source, num_classes, pretrained=pretrained, weights=weights_file, model_kwargs=model_kwargs).model

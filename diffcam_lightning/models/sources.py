@@ -30,7 +30,9 @@ from typing import Any, Optional, Union
 from torch import nn
 
 from ..cams.outputs import classifier_width
-from .backbones import _match_state, _state_dict_of, build_backbone, network_state_from_checkpoint, read_checkpoint
+from ..registry import Registry
+from .backbones import build_backbone
+from .checkpoints import match_state, network_state_from_checkpoint, read_checkpoint, state_dict_of
 
 SOURCE_KINDS = (
     "a timm name ('resnet50' or 'timm:resnet50'), 'torchvision:NAME' (torchvision.models.list_models()), "
@@ -56,17 +58,13 @@ class LoadedModel:
 
 
 Builder = Callable[[str, Optional[int], bool, Optional[str], dict[str, Any]], nn.Module]
-BUILDERS: dict[str, Builder] = {}
+BUILDERS: Registry[str, Builder] = Registry("model source kind")
 
 
-def register_source(kind: str) -> Callable[[Builder], Builder]:
-    """Register ``fn(name, num_classes, pretrained, weights, model_kwargs) -> nn.Module``."""
-
-    def decorator(fn: Builder) -> Builder:
-        BUILDERS[kind] = fn
-        return fn
-
-    return decorator
+def register_source(kind: str, *, replace: bool = False) -> Callable[[Builder], Builder]:
+    """Register ``fn(name, num_classes, pretrained, weights, model_kwargs) -> nn.Module``
+    for source strings of ``kind``; a taken kind is refused unless ``replace``."""
+    return BUILDERS.decorator(kind, replace=replace)
 
 
 def load_model(
@@ -304,7 +302,7 @@ def read_weights(path: Path, arch: str) -> dict[str, Any]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    return _state_dict_of(read_checkpoint(path), path)
+    return state_dict_of(read_checkpoint(path), path)
 
 
 def load_weights(model: nn.Module, weights: str, arch: str, state: Optional[dict[str, Any]] = None) -> None:
@@ -312,7 +310,7 @@ def load_weights(model: nn.Module, weights: str, arch: str, state: Optional[dict
     tensor checked by name and shape; errors name the file and ``arch``."""
     if state is None:
         state = read_weights(Path(weights), arch)
-    model.load_state_dict(_match_state(model, state, Path(weights), arch))
+    model.load_state_dict(match_state(model, state, Path(weights), arch))
 
 
 def head_name(model: nn.Module) -> Optional[str]:

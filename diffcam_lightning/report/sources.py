@@ -16,8 +16,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from ..models.backbones import read_checkpoint
-from ..models.checkpoints import check_class_names
+from ..models.checkpoints import check_class_names, read_checkpoint
 from ..models.sources import LoadedModel, checkpoint_hparams, model_from_checkpoint, source_kind
 from ..models.sources import load_model as resolve_source
 from ..saliency import PAPER_ENTROPY
