@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..modes import eval_mode
-from ..outputs import _logits
+from ..outputs import logits_of
 
 ScoreFn = Callable[[Tensor], Tensor]
 SCORES: dict[str, ScoreFn] = {
@@ -80,7 +80,7 @@ def class_scores(
     out = []
     with eval_mode(model), _progress(-(-len(x) // step), progress, desc) as bar:
         for start in range(0, len(x), step):
-            rows = fn(_logits(model(x[start : start + step])))
+            rows = fn(logits_of(model(x[start : start + step])))
             out.append(rows.gather(1, targets[start : start + step, None].to(rows.device)).squeeze(1))
             bar.update(1)
     return torch.cat(out)
@@ -90,7 +90,7 @@ def _resolve_targets(model: nn.Module, x: Tensor, targets: Optional[Tensor]) -> 
     if targets is not None:
         return torch.as_tensor(targets, device=x.device).long()
     with torch.no_grad(), eval_mode(model):
-        return _logits(model(x)).argmax(dim=1)
+        return logits_of(model(x)).argmax(dim=1)
 
 
 def _baseline(baseline: Baseline, x: Tensor) -> Tensor:
@@ -191,7 +191,7 @@ def scores_of_rows(
     with eval_mode(model), _progress(-(-rows // step), progress, desc) as bar:
         for start in range(0, rows, step):
             inputs, targets = build(start, min(start + step, rows))
-            out.append(fn(_logits(model(inputs))).gather(1, targets[:, None].to(inputs.device)).squeeze(1))
+            out.append(fn(logits_of(model(inputs))).gather(1, targets[:, None].to(inputs.device)).squeeze(1))
             bar.update(1)
     return torch.cat(out) if out else torch.zeros(0)
 

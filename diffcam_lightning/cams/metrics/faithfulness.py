@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..outputs import _logits
+from ..outputs import logits_of
 from .common import (
     Baseline,
     _baseline,
@@ -98,7 +98,7 @@ def _perturbed_scores(
             relevant = ranks[rows] < count[start : start + step, None]  # the most relevant `count` pixels
             original = torch.where(inserting[start : start + step, None], relevant, ~relevant)
             perturbed = torch.where(original[:, None], flat_x[rows], flat_base[rows]).reshape(-1, *x.shape[1:])
-            logits = fn(_logits(model(perturbed)))
+            logits = fn(logits_of(model(perturbed)))
             out.append(logits.gather(1, targets[rows, None]).squeeze(1))
             bar.update(1)
     return torch.cat(out)

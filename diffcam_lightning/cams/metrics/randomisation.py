@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..outputs import _logits
+from ..outputs import logits_of
 from .common import (
     _check,
     _positive,
@@ -85,7 +85,7 @@ def random_logit(
     targets = _resolve_targets(model, x, targets)
     if other_targets is None:
         with torch.no_grad():
-            num_classes = _logits(model(x[:1])).shape[1]
+            num_classes = logits_of(model(x[:1])).shape[1]
         other_targets = random_other_classes(targets, num_classes, seed)
     other_targets = torch.as_tensor(other_targets, device=x.device).long()
     if bool((other_targets == targets).any()):
