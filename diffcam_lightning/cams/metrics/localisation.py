@@ -58,4 +58,4 @@ for _name, _fn in (("relevance_mass", relevance_mass), ("relevance_rank", releva
     register_group(
         _name, _group(_name, _fn), {_name: MetricSpec(_name, "higher", needs_masks=True, family="localisation")}
     )
-    MASK_METRICS[_name] = _fn
+    MASK_METRICS.register(_name, _fn)

@@ -7,12 +7,13 @@ registry imports no family, so there is no import circle."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from torch import Tensor, nn
 
+from ...registry import Registry
 from ..modes import eval_mode
 from .common import _resolve_targets
 
@@ -34,22 +35,38 @@ class MetricSpec:
 
 
 FAMILIES = ("faithfulness", "randomisation", "localisation", "complexity", "robustness")  # Quantus's grouping
-METRICS: dict[str, MetricSpec] = {}
-GROUPS: dict[str, GroupFn] = {}
-MASK_METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
+
+
+class _FamilyOrdered(Registry[str, MetricSpec]):
+    """Metric names listed in :data:`FAMILIES` order (registration order within a family),
+    whatever order the family modules load in: sorted when read, not when written."""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(super().__iter__(), key=lambda name: FAMILIES.index(self[name].family)))
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}: {', '.join(self)})"
+
+
+METRICS: Registry[str, MetricSpec] = _FamilyOrdered("CAM metric")
+GROUPS: Registry[str, GroupFn] = Registry("CAM metric group")
+MASK_METRICS: Registry[str, Callable[[Tensor, Tensor], Tensor]] = Registry("mask metric")
 
 
 def register_group(group: str, fn: GroupFn, names: dict[str, MetricSpec]) -> None:
-    """Registers ``fn`` (returning ``{name: [B]}`` for each of ``names``) under ``group``."""
+    """Registers ``fn`` (returning ``{name: [B]}`` for each of ``names``) under ``group``;
+    nothing is registered if any name or the group is taken."""
     clash = [n for n in names if n in METRICS]
     if clash or group in GROUPS:
         raise ValueError(f"CAM metrics {clash or [group]} are already registered.")
     if any(spec.family not in FAMILIES for spec in names.values()):
         raise ValueError(f"Unknown metric family in {names}; valid: {', '.join(FAMILIES)}.")
-    GROUPS[group] = fn
-    merged = {**METRICS, **names}  # kept in family order, whatever order the modules load in
-    METRICS.clear()
-    METRICS.update(sorted(merged.items(), key=lambda item: FAMILIES.index(item[1].family)))
+    GROUPS.register(group, fn)
+    for name, spec in names.items():
+        METRICS.register(name, spec)
 
 
 class Explainer:
