@@ -11,10 +11,10 @@ from typing import Any, Optional, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from ..modes import eval_mode
 from ..outputs import logits_of
+from ..postprocess import resize
 
 ScoreFn = Callable[[Tensor], Tensor]
 SCORES: dict[str, ScoreFn] = {
@@ -50,11 +50,10 @@ def _positive(name: str, value: int) -> int:
 
 
 def to_input_size(maps: Tensor, size: Sequence[int]) -> Tensor:
-    """Maps at the input's resolution (bilinear, ``align_corners=False``, as torchcam)."""
-    maps = maps.float()
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False).squeeze(1)
+    """Maps at the input's resolution, float32: :func:`~..postprocess.resize` (bilinear,
+    ``align_corners=False``, as torchcam) of the maps as float."""
+    height, width = size
+    return resize(maps.float(), (int(height), int(width)))
 
 
 def _progress(total: int, progress: Optional[bool], desc: str) -> Any:  # a tqdm bar (imported lazily)
@@ -64,7 +63,6 @@ def _progress(total: int, progress: Optional[bool], desc: str) -> Any:  # a tqdm
     return tqdm(total=total, desc=desc, disable=not show, leave=False)
 
 
-@torch.no_grad()
 def class_scores(
     model: nn.Module,
     x: Tensor,
@@ -76,14 +74,11 @@ def class_scores(
 ) -> Tensor:
     """The target class's score (softmax or logit) of each row of ``x``, ``batch_size``
     rows per no-grad forward: ``[N]`` float32."""
-    fn, step = _score_fn(score), _positive("batch_size", batch_size)
-    out = []
-    with eval_mode(model), _progress(-(-len(x) // step), progress, desc) as bar:
-        for start in range(0, len(x), step):
-            rows = fn(logits_of(model(x[start : start + step])))
-            out.append(rows.gather(1, targets[start : start + step, None].to(rows.device)).squeeze(1))
-            bar.update(1)
-    return torch.cat(out)
+
+    def rows(start: int, stop: int) -> tuple[Tensor, Tensor]:
+        return x[start:stop], targets[start:stop]
+
+    return scores_of_rows(model, len(x), rows, score, batch_size, progress, desc)
 
 
 def _resolve_targets(model: nn.Module, x: Tensor, targets: Optional[Tensor]) -> Tensor:
@@ -184,14 +179,17 @@ def scores_of_rows(
     progress: Optional[bool],
     desc: str,
 ) -> Tensor:
-    """The target scores of ``rows`` perturbed inputs, ``build(start, stop) -> (inputs,
-    targets)`` making ``batch_size`` of them at a time (memory ~ one chunk): ``[rows]``."""
+    """The target scores of ``rows`` inputs, ``build(start, stop) -> (inputs, targets)``
+    making ``batch_size`` of them at a time (memory ~ one chunk), one no-grad forward each
+    with the model in eval mode: ``[rows]`` float32. Every metric that runs the model
+    scores through here."""
     fn, step = _score_fn(score), _positive("batch_size", batch_size)
     out = []
     with eval_mode(model), _progress(-(-rows // step), progress, desc) as bar:
         for start in range(0, rows, step):
             inputs, targets = build(start, min(start + step, rows))
-            out.append(fn(logits_of(model(inputs))).gather(1, targets[:, None].to(inputs.device)).squeeze(1))
+            scores = fn(logits_of(model(inputs)))
+            out.append(scores.gather(1, targets[:, None].to(scores.device)).squeeze(1))
             bar.update(1)
     return torch.cat(out) if out else torch.zeros(0)
 

@@ -5,23 +5,22 @@ pytorch-grad-cam ``DropInConfidence`` / ``CamMultImageConfidenceChange``)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from ..outputs import logits_of
 from .common import (
     Baseline,
     _baseline,
     _check,
     _positive,
-    _progress,
     _resolve_targets,
-    _score_fn,
     class_scores,
     metric,
+    scores_of_rows,
     to_input_size,
 )
 from .registry import MetricSpec, register_group
@@ -74,7 +73,6 @@ def deletion_insertion(
     }
 
 
-@torch.no_grad()
 def _perturbed_scores(
     model: nn.Module,
     x: Tensor,
@@ -88,20 +86,18 @@ def _perturbed_scores(
     batch_size: int,
     progress: Optional[bool],
 ) -> Tensor:
-    """Scores of the perturbed rows, built chunk by chunk (memory ~ batch_size inputs)."""
-    fn, step = _score_fn(score), _positive("batch_size", batch_size)
+    """Scores of the perturbed rows (row ``i``: image ``sample[i]`` with its ``count[i]``
+    most relevant pixels on ``base``, or only those on ``x`` where ``inserting[i]``)."""
     flat_x, flat_base = x.flatten(2), base.flatten(2)
-    out = []
-    with _progress(-(-len(sample) // step), progress, "deletion/insertion") as bar:
-        for start in range(0, len(sample), step):
-            rows = sample[start : start + step]
-            relevant = ranks[rows] < count[start : start + step, None]  # the most relevant `count` pixels
-            original = torch.where(inserting[start : start + step, None], relevant, ~relevant)
-            perturbed = torch.where(original[:, None], flat_x[rows], flat_base[rows]).reshape(-1, *x.shape[1:])
-            logits = fn(logits_of(model(perturbed)))
-            out.append(logits.gather(1, targets[rows, None]).squeeze(1))
-            bar.update(1)
-    return torch.cat(out)
+
+    def build(start: int, stop: int) -> tuple[Tensor, Tensor]:
+        rows = sample[start:stop]
+        relevant = ranks[rows] < count[start:stop, None]  # the most relevant `count` pixels
+        original = torch.where(inserting[start:stop, None], relevant, ~relevant)
+        perturbed = torch.where(original[:, None], flat_x[rows], flat_base[rows]).reshape(-1, *x.shape[1:])
+        return perturbed, targets[rows]
+
+    return scores_of_rows(model, len(sample), build, score, batch_size, progress, "deletion/insertion")
 
 
 @metric
@@ -133,24 +129,38 @@ def road(
     cam = to_input_size(maps.to(x.device), x.shape[-2:])
     original = class_scores(model, x, targets, score, batch_size, progress=False)
     flat = cam.flatten(1).double()
+    q = torch.tensor([float(p) / 100 for p in percentiles], dtype=flat.dtype, device=x.device)
     out = {}
     for name, ranked in (("road_morf", flat), ("road_lerf", 1 - flat)):
-        q = torch.tensor([float(p) / 100 for p in percentiles], dtype=flat.dtype, device=x.device)
         thresholds = torch.quantile(ranked, q, dim=1).T  # [B, P], linear as numpy.percentile
-        keep = (ranked[:, None, :] < thresholds[:, :, None]).reshape(-1, *cam.shape[-2:])  # [B*P, H, W]
-        rows = torch.arange(len(x), device=x.device).repeat_interleave(len(percentiles))
-        imputed = torch.cat(
-            [
-                noisy_linear_impute(
-                    x[rows[i : i + batch_size]], keep[i : i + batch_size], noise, generator=generator, solver=solver
-                )
-                for i in range(0, len(rows), batch_size)
-            ]
-        )
-        after = class_scores(model, imputed, targets[rows], score, batch_size, progress, desc=name)
+        keep = (ranked[:, None, :] < thresholds[:, :, None]).reshape(*thresholds.shape, *cam.shape[-2:])
+        impute = functools.partial(noisy_linear_impute, noise=noise, generator=generator, solver=solver)
+        after = _imputed_scores(model, x, targets, keep, impute, score, batch_size, progress, name)
         out[name] = (after.reshape(len(x), len(percentiles)) - original[:, None]).mean(dim=1)
     out["road_combined"] = (out["road_lerf"] - out["road_morf"]) / 2
     return out
+
+
+def _imputed_scores(
+    model: nn.Module,
+    x: Tensor,
+    targets: Tensor,
+    keep: Tensor,
+    impute: Callable[[Tensor, Tensor], Tensor],
+    score: str,
+    batch_size: int,
+    progress: Optional[bool],
+    desc: str,
+) -> Tensor:
+    """Scores of each image imputed at each of its ``keep [B, P, H, W]`` masks, imputed one
+    chunk at a time: ``[B*P]``."""
+    rows = torch.arange(len(x), device=x.device).repeat_interleave(keep.shape[1])
+    keep = keep.flatten(0, 1)
+
+    def build(start: int, stop: int) -> tuple[Tensor, Tensor]:
+        return impute(x[rows[start:stop]], keep[start:stop]), targets[rows[start:stop]]
+
+    return scores_of_rows(model, len(rows), build, score, batch_size, progress, desc)
 
 
 # ---------------------------------------------------------------- confidence
