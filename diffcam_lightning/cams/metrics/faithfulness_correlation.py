@@ -25,8 +25,8 @@ from .common import (
     pearson,
     scores_of_rows,
 )
-from .faithfulness_order import DEFAULT_STEPS, _features
 from .registry import MetricSpec, register_group
+from .removal import features, rank_of, removal_scores, step_size
 from .sanity import spearman
 
 
@@ -51,7 +51,7 @@ def faithfulness_correlation(
     ``subsets [B, runs, subset_size]`` (feature indices into ``C*H*W``) replaces the draws."""
     _check(x, maps, targets)
     targets = _resolve_targets(model, x, targets)
-    a = _features(x, maps)
+    a = features(x, maps)
     n = a.shape[1]
     if subsets is None:
         runs, size = _positive("runs", runs), _positive("subset_size", subset_size)
@@ -109,12 +109,8 @@ def monotonicity_correlation(
     samples`` forwards per image)."""
     _check(x, maps, targets)
     targets = _resolve_targets(model, x, targets)
-    a = _features(x, maps).abs().double()  # Quantus's abs=True
-    step = (
-        _positive("features_in_step", features_in_step)
-        if features_in_step is not None
-        else (x.shape[1] * -(-x.shape[-2] * x.shape[-1] // DEFAULT_STEPS))
-    )
+    a = features(x, maps).abs().double()  # Quantus's abs=True
+    step = step_size(x, features_in_step)
     steps = math.ceil(a.shape[1] / step)
     if fills is None:
         samples = _positive("samples", samples)
@@ -123,27 +119,23 @@ def monotonicity_correlation(
     fills = torch.as_tensor(fills, device=x.device)
     if tuple(fills.shape[:2]) != (len(x), steps) or fills.dim() != 3:
         raise ValueError(f"fills must be [B, steps, samples] = [{len(x)}, {steps}, samples]; got {tuple(fills.shape)}.")
-    samples = fills.shape[2]
-    step_of = torch.empty_like(a, dtype=torch.long)
-    order = torch.argsort(a, dim=1, stable=True)
-    step_of.scatter_(1, order, (torch.arange(a.shape[1], device=x.device) // step).expand_as(order))
-    flat = x.reshape(len(x), -1)
-
-    def build(start: int, stop: int) -> tuple[Tensor, Tensor]:
-        rows = torch.arange(start, stop, device=x.device)
-        sample, k, s = rows // (steps * samples), rows // samples % steps, rows % samples
-        removed = step_of[sample] == k[:, None]
-        value = fills[sample, k, s].to(x.dtype)[:, None]
-        return torch.where(removed, value, flat[sample]).reshape(-1, *x.shape[1:]), targets[sample]
-
+    step_of = rank_of(torch.argsort(a, dim=1, stable=True)) // step  # least relevant first
     original = class_scores(model, x, targets, score, batch_size, progress=False).double()
-    after = scores_of_rows(
-        model, len(x) * steps * samples, build, score, batch_size, progress, "monotonicity correlation"
-    )
+    after = removal_scores(
+        model,
+        x,
+        targets,
+        step_of,
+        steps,
+        fills[..., None],
+        score,
+        batch_size,
+        progress,
+        "monotonicity correlation",
+        cumulative=False,
+    ).double()
     inverse = torch.where(original.abs() >= eps, 1 / original.abs(), torch.ones_like(original)) ** 2
-    variance = ((after.double().reshape(len(x), steps, samples) - original[:, None, None]) ** 2).mean(dim=2) * inverse[
-        :, None
-    ]
+    variance = ((after - original[:, None, None]) ** 2).mean(dim=2) * inverse[:, None]
     sums = torch.zeros(len(x), steps, dtype=torch.float64, device=x.device).scatter_add_(1, step_of, a)
     return {"monotonicity_correlation": spearman(sums, variance)}
 
