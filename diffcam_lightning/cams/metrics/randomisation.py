@@ -11,7 +11,6 @@ report pass the audited method's own.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import Optional
 
 import numpy as np
@@ -22,16 +21,14 @@ from torch.nn import functional as F
 from ..outputs import logits_of
 from .common import (
     _check,
-    _positive,
     _resolve_targets,
     metric,
     normalise_by_max,
     to_input_size,
 )
+from .reexplain import Explain, explain_rows, input_noise, require_explain
 from .registry import Explainer, MetricSpec, register_group
 from .sanity import spearman
-
-Explain = Callable[[Tensor, Tensor], Tensor]
 
 
 def ssim_rows(a: Tensor, b: Tensor, win_size: int = 7) -> Tensor:
@@ -80,8 +77,7 @@ def random_logit(
     random other class (``other_targets``, default :func:`random_other_classes` at
     ``seed``), both at the input's size and divided by their max (lower is better)."""
     _check(x, maps, targets)
-    if explain is None:
-        raise ValueError("random_logit needs explain(x, targets) -> maps; pass explain=.")
+    explain = require_explain("random_logit", explain)
     targets = _resolve_targets(model, x, targets)
     if other_targets is None:
         with torch.no_grad():
@@ -147,13 +143,8 @@ def efficient_mprt(
     A method that explains the model, not the input, turns noisier (higher is better).
     ``explain`` must come from :func:`~.registry.explainer` (it re-explains the copy)."""
     _check(x, maps, targets)
-    if not isinstance(explain, Explainer):
-        raise ValueError(
-            "efficient_mprt re-explains a randomised copy of the model: pass explain=metrics.explainer(engine, method)."
-        )
     targets = _resolve_targets(model, x, targets)
-    random_model = randomised_copy(model, seed, order).eval()
-    random_maps = explain.for_model(random_model, x, targets)(x, targets).detach()
+    random_maps = _random_explainer("efficient_mprt", explain, model, x, targets, seed, order)(x, targets).detach()
     size = x.shape[-2:]
     before = histogram_entropy(to_input_size(maps.to(x.device), size), bins)
     after = histogram_entropy(to_input_size(random_maps.to(x.device), size), bins)
@@ -183,39 +174,31 @@ def smooth_mprt(
     change when the model does. ``draws [samples - 1, B, C, H, W]`` (standard normal)
     replaces the noise (default: a generator seeded ``noise_seed``)."""
     _check(x, maps, targets)
-    if not isinstance(explain, Explainer):
-        raise ValueError(
-            "smooth_mprt re-explains a randomised copy of the model: pass explain=metrics.explainer(engine, method)."
-        )
     targets = _resolve_targets(model, x, targets)
-    if draws is None:
-        draws = torch.randn(
-            (_positive("samples", samples) - 1, *x.shape), generator=torch.Generator().manual_seed(int(noise_seed))
-        )
-    draws = torch.as_tensor(draws, device=x.device, dtype=x.dtype)
-    if draws.dim() != 5 or tuple(draws.shape[1:]) != tuple(x.shape):
-        raise ValueError(
-            f"draws must be [samples - 1, B, C, H, W] with [B, C, H, W] = {tuple(x.shape)}; got {tuple(draws.shape)}."
-        )
+    draws = input_noise(
+        x, samples, noise_seed, draws, lambda g, shape: torch.randn(shape, generator=g), clean_last=True
+    )
     std = noise_magnitude * (x.flatten(1).amax(dim=1) - x.flatten(1).amin(dim=1)).reshape(-1, 1, 1, 1)
     inputs = torch.cat([(x[None] + draws * std[None]).flatten(0, 1), x])  # [(samples - 1) * B + B, C, H, W]
-    rows = targets.repeat(draws.shape[0] + 1)
-    random_explain = explain.for_model(randomised_copy(model, seed, order).eval(), x, targets)
-    step = _positive("batch_size", batch_size)
-    size = x.shape[-2:]
-    smooth = (
-        torch.cat(
-            [
-                to_input_size(random_explain(inputs[i : i + step], rows[i : i + step]).detach().to(x.device), size)
-                for i in range(0, len(inputs), step)
-            ]
-        )
-        .double()
-        .reshape(draws.shape[0] + 1, len(x), -1)
-        .mean(dim=0)
+    random_explain = _random_explainer("smooth_mprt", explain, model, x, targets, seed, order)
+    smooth = explain_rows(
+        random_explain, inputs, targets.repeat(len(draws) + 1), x.shape[-2:], batch_size, False, "smooth mprt"
     )
-    a = normalise_by_max(to_input_size(maps.to(x.device), size).flatten(1).double()).abs()
+    smooth = smooth.reshape(len(draws) + 1, len(x), -1).mean(dim=0)
+    a = normalise_by_max(to_input_size(maps.to(x.device), x.shape[-2:]).flatten(1).double()).abs()
     return {"smooth_mprt": spearman(a, normalise_by_max(smooth).abs())}
+
+
+def _random_explainer(
+    name: str, explain: Optional[Explain], model: nn.Module, x: Tensor, targets: Tensor, seed: int, order: str
+) -> Explainer:
+    """``explain``'s method at the same layer of the fully randomised copy of ``model``
+    (:func:`randomised_copy`, in eval mode); ``explain`` must be an :class:`Explainer`."""
+    if not isinstance(explain, Explainer):
+        raise ValueError(
+            f"{name} re-explains a randomised copy of the model: pass explain=metrics.explainer(engine, method)."
+        )
+    return explain.for_model(randomised_copy(model, seed, order).eval(), x, targets)
 
 
 register_group(

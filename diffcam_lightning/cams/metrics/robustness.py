@@ -9,39 +9,17 @@ Quantus the same draws).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from .common import (
-    _check,
-    _positive,
-    _progress,
-    _resolve_targets,
-    metric,
-    normalise_by_max,
-    to_input_size,
-)
+from .common import _check, _resolve_targets, metric, normalise_by_max, to_input_size
+from .reexplain import Explain, explain_rows, input_noise, require_explain
 from .registry import MetricSpec, register_group
 
-Explain = Callable[[Tensor, Tensor], Tensor]
-Draw = Callable[[torch.Generator, tuple[int, ...]], Tensor]
 
-
-def _noise(x: Tensor, samples: int, seed: int, noise: Optional[Tensor], draw: Draw) -> Tensor:
-    if noise is None:
-        noise = draw(torch.Generator().manual_seed(int(seed)), (_positive("samples", samples), *x.shape))
-    noise = torch.as_tensor(noise, device=x.device, dtype=x.dtype)
-    if noise.dim() != 5 or tuple(noise.shape[1:]) != tuple(x.shape):
-        raise ValueError(
-            f"draws must be [samples, B, C, H, W] with [B, C, H, W] = {tuple(x.shape)}; got {tuple(noise.shape)}."
-        )
-    return noise
-
-
-def _explained_noisy(
+def _noisy_maps(
     x: Tensor,
     targets: Tensor,
     noise: Tensor,
@@ -52,15 +30,8 @@ def _explained_noisy(
 ) -> Tensor:
     """Maps of every noisy copy ``x + noise[s]`` at the input's size, flattened: ``[samples, B, H*W]``."""
     noisy = (x[None] + noise).reshape(-1, *x.shape[1:])
-    rows = targets.repeat(noise.shape[0])
-    step = _positive("batch_size", batch_size)
-    out = []
-    with _progress(-(-len(noisy) // step), progress, desc) as bar:
-        for start in range(0, len(noisy), step):
-            maps = explain(noisy[start : start + step], rows[start : start + step]).detach()
-            out.append(to_input_size(maps.to(x.device), x.shape[-2:]).flatten(1).double())
-            bar.update(1)
-    return torch.cat(out).reshape(noise.shape[0], len(x), -1)
+    maps = explain_rows(explain, noisy, targets.repeat(noise.shape[0]), x.shape[-2:], batch_size, progress, desc)
+    return maps.reshape(noise.shape[0], len(x), -1)
 
 
 @metric
@@ -81,12 +52,11 @@ def max_sensitivity(
     (Frobenius, maps at the input's size, not normalised: Quantus's default) over
     ``samples`` draws of ``u ~ U(-radius, radius)`` on every input value."""
     _check(x, maps, targets)
-    if explain is None:
-        raise ValueError("max_sensitivity needs explain(x, targets) -> maps; pass explain=.")
+    explain = require_explain("max_sensitivity", explain)
     targets = _resolve_targets(model, x, targets)
-    noise = _noise(x, samples, seed, draws, lambda g, shape: (torch.rand(shape, generator=g) * 2 - 1) * radius)
+    noise = input_noise(x, samples, seed, draws, lambda g, shape: (torch.rand(shape, generator=g) * 2 - 1) * radius)
     a = to_input_size(maps.to(x.device), x.shape[-2:]).flatten(1).double()
-    noisy = _explained_noisy(x, targets, noise, explain, batch_size, progress, "max-sensitivity")
+    noisy = _noisy_maps(x, targets, noise, explain, batch_size, progress, "max-sensitivity")
     ratio = (noisy - a[None]).norm(dim=2) / a.norm(dim=1)[None]
     return {"max_sensitivity": ratio.amax(dim=0).float()}
 
@@ -110,13 +80,12 @@ def local_lipschitz_estimate(
     (Euclidean; ``m`` = the map at the input's size divided by its max, as Quantus
     normalises) over ``samples`` draws of ``n ~ N(mean, std)`` on every input value."""
     _check(x, maps, targets)
-    if explain is None:
-        raise ValueError("local_lipschitz_estimate needs explain(x, targets) -> maps; pass explain=.")
+    explain = require_explain("local_lipschitz_estimate", explain)
     targets = _resolve_targets(model, x, targets)
-    noise = _noise(x, samples, seed, draws, lambda g, shape: mean + std * torch.randn(shape, generator=g))
+    noise = input_noise(x, samples, seed, draws, lambda g, shape: mean + std * torch.randn(shape, generator=g))
     a = normalise_by_max(to_input_size(maps.to(x.device), x.shape[-2:]).flatten(1).double())
     noisy = normalise_by_max(
-        _explained_noisy(x, targets, noise, explain, batch_size, progress, "local lipschitz").flatten(0, 1)
+        _noisy_maps(x, targets, noise, explain, batch_size, progress, "local lipschitz").flatten(0, 1)
     )
     noisy = noisy.reshape(noise.shape[0], len(x), -1)
     ratio = (noisy - a[None]).norm(dim=2) / (noise.double().flatten(2).norm(dim=2) + 1e-10)

@@ -1,0 +1,62 @@
+"""Re-explaining, shared by the metrics that call ``explain(x, targets) -> maps`` again
+(ARCC, the randomisation and the robustness metrics): the check that they were given an
+``explain``, seeded input noise, and the maps of many inputs, ``batch_size`` per call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .common import _positive, _progress, to_input_size
+
+Explain = Callable[[Tensor, Tensor], Tensor]
+Draw = Callable[[torch.Generator, tuple[int, ...]], Tensor]
+
+
+def require_explain(name: str, explain: Optional[Explain], why: str = "") -> Explain:
+    """``explain``, or a ValueError saying that the metric ``name`` needs one (``why``)."""
+    if explain is None:
+        raise ValueError(f"{name} needs explain(x, targets) -> maps{why}; pass explain=.")
+    return explain
+
+
+def input_noise(
+    x: Tensor, samples: int, seed: int, draws: Optional[Tensor], draw: Draw, clean_last: bool = False
+) -> Tensor:
+    """Noise for ``x [B, C, H, W]``: ``draws`` checked, or ``draw(generator, shape)`` with a
+    CPU generator seeded ``seed`` (the caller's RNG untouched), ``[samples, B, C, H, W]``
+    (``samples - 1`` where the last sample is the clean input), on ``x``'s device and dtype."""
+    count = "samples - 1" if clean_last else "samples"
+    if draws is None:
+        shape = (_positive("samples", samples) - int(clean_last), *x.shape)
+        draws = draw(torch.Generator().manual_seed(int(seed)), shape)
+    draws = torch.as_tensor(draws, device=x.device, dtype=x.dtype)
+    if draws.dim() != 5 or tuple(draws.shape[1:]) != tuple(x.shape):
+        raise ValueError(
+            f"draws must be [{count}, B, C, H, W] with [B, C, H, W] = {tuple(x.shape)}; got {tuple(draws.shape)}."
+        )
+    return draws
+
+
+def explain_rows(
+    explain: Explain,
+    inputs: Tensor,
+    targets: Tensor,
+    size: Sequence[int],
+    batch_size: int,
+    progress: Optional[bool],
+    desc: str,
+) -> Tensor:
+    """The maps of every row of ``inputs`` for its target, ``batch_size`` rows per call,
+    detached, at ``size`` and flattened: ``[N, h*w]`` float64."""
+    step = _positive("batch_size", batch_size)
+    out = []
+    with _progress(-(-len(inputs) // step), progress, desc) as bar:
+        for start in range(0, len(inputs), step):
+            maps = explain(inputs[start : start + step], targets[start : start + step]).detach()
+            out.append(to_input_size(maps.to(inputs.device), size).flatten(1).double())
+            bar.update(1)
+    return torch.cat(out)
