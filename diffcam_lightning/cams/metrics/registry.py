@@ -57,8 +57,21 @@ MASK_METRICS: Registry[str, Callable[[Tensor, Tensor], Tensor]] = Registry("mask
 
 
 def register_group(group: str, fn: GroupFn, names: dict[str, MetricSpec]) -> None:
-    """Registers ``fn`` (returning ``{name: [B]}`` for each of ``names``) under ``group``;
-    nothing is registered if any name or the group is taken."""
+    """Registers a metric function and the names it computes, the way in for a plug-in.
+
+    Nothing is registered if any name or the group is taken, so a failed call leaves
+    :data:`METRICS` and :data:`GROUPS` as they were.
+
+    Args:
+        group: the group's name (the ``group`` of each spec in ``names``).
+        fn: ``fn(model=, x=, maps=, targets=, ..., **options) -> {name: [B]}`` for each of
+            ``names``; :func:`evaluate` passes the arguments its signature takes.
+        names: each metric name ``fn`` returns and its :class:`MetricSpec`.
+
+    Raises:
+        ValueError: a name or the group is already registered, or a spec's family is not
+            one of :data:`FAMILIES`.
+    """
     clash = [n for n in names if n in METRICS]
     if clash or group in GROUPS:
         raise ValueError(f"CAM metrics {clash or [group]} are already registered.")
@@ -101,12 +114,32 @@ class Explainer:
 
 
 def explainer(engine: Any, method: str, **compute: Any) -> Explainer:
-    """The :class:`Explainer` of one method of ``engine`` (``compute``: ``size=`` ...)."""
+    """The ``explain=`` argument of the metrics that re-explain, for one method of an engine.
+
+    Args:
+        engine: a :class:`~diffcam_lightning.CAMEngine`.
+        method: the CAM method whose maps are scored.
+        **compute: passed to ``engine.compute`` (``size=`` ...).
+
+    Returns:
+        An :class:`Explainer`, ``explain(x, targets) -> maps [B, h, w]``; the MPRT metrics
+        need one (they re-explain a randomised copy of the model at the same layer).
+    """
     return Explainer(engine, method, **compute)
 
 
 def check_metrics(names: Union[str, Sequence[str]]) -> list[str]:
-    """The names, validated (lower case, in order, once each)."""
+    """The metric names a caller chose, checked against :data:`METRICS`.
+
+    Args:
+        names: one name or several, any case.
+
+    Returns:
+        The names in lower case, in the order given, once each.
+
+    Raises:
+        ValueError: a name is not in :data:`METRICS` (the message lists the valid ones).
+    """
     names = [names] if isinstance(names, str) else list(names)
     out = []
     for name in names:
@@ -118,7 +151,15 @@ def check_metrics(names: Union[str, Sequence[str]]) -> list[str]:
 
 
 def accepted_options(names: Sequence[str]) -> list[str]:
-    """The keyword options that at least one of the metrics ``names`` takes."""
+    """The keyword options that at least one of the metrics ``names`` takes.
+
+    Args:
+        names: metric names (checked as :func:`check_metrics` does).
+
+    Returns:
+        The options in the order of the metric functions' signatures, once each; the
+        arguments :func:`evaluate` passes itself (model, maps, masks ...) are not options.
+    """
     out: dict[str, None] = {}
     for group in dict.fromkeys(METRICS[n].group for n in check_metrics(names)):
         out.update(dict.fromkeys(p for p in inspect.signature(GROUPS[group]).parameters if p not in FIXED))
@@ -126,7 +167,15 @@ def accepted_options(names: Sequence[str]) -> list[str]:
 
 
 def check_options(names: Sequence[str], options: dict[str, Any]) -> None:
-    """An option that no chosen metric takes is a misspelling or a mistake: say so."""
+    """Refuses an option that no chosen metric takes: a misspelling or a mistake.
+
+    Args:
+        names: metric names.
+        options: keyword options meant for them (``{"steps": 10}``).
+
+    Raises:
+        ValueError: an option none of ``names`` takes; the message lists the valid ones.
+    """
     valid = accepted_options(names)
     unknown = [k for k in options if k not in valid]
     if unknown:
@@ -147,25 +196,72 @@ def evaluate(
     progress: Optional[bool] = None,
     **options: Any,
 ) -> dict[str, Tensor]:
-    """The named metrics of ``maps`` (each group computed once): ``{name: [B]}``.
-    ``options`` go to the group functions that take them (``steps``, ``batch_size``, ...);
-    one that none takes is an error. The model runs in eval mode, its modes restored."""
+    """Scores maps by the named metrics, each group of metrics computed once.
+
+    Options are checked before anything runs; the model runs in eval mode, every
+    submodule's mode restored after (``CAMAudit(metrics=...)`` and the report call this).
+
+    Args:
+        names: metric names of :data:`METRICS`, one or several.
+        model: the classifier.
+        x: its input ``[B, C, H, W]``.
+        maps: the maps to score ``[B, h, w]``, from any method or library.
+        targets: the explained classes ``[B]``; default the model's predictions.
+        masks: ground-truth masks ``[B, H, W]``, for the localisation metrics.
+        explain: ``explain(x, targets) -> maps`` (see :func:`explainer`), for the metrics
+            that re-explain (randomisation, robustness, ARCC).
+        progress: show progress bars (default: only for long runs).
+        **options: options of the metric functions that take them (``steps``,
+            ``batch_size`` ...; :func:`accepted_options` lists them).
+
+    Returns:
+        ``{name: [B]}`` in the order of ``names``; NaN for an image whose map is not finite.
+
+    Raises:
+        ValueError: an unknown name, an option no chosen metric takes, or a metric that
+            needs ``masks`` or ``explain`` without it.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from diffcam_lightning.cams import metrics as M
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(
+        ...     nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+        ... )
+        >>> x, maps = torch.rand(2, 3, 32, 32), torch.rand(2, 8, 8)
+        >>> M.evaluate(["deletion", "sparseness"], model, x, maps, steps=4)
+        {'deletion': tensor([0.3..., 0.3...]), 'sparseness': tensor([0.3..., 0.3...])}
+        >>> M.evaluate("deletion", model, x, maps, stpes=4)
+        Traceback (most recent call last):
+        ...
+        ValueError: Option(s) ['stpes'] are taken by none of the metrics ['deletion']; valid: steps, baseline, batch_size, score.
+    """
     names = check_metrics(names)
     check_options(names, options)
-    for need, given, what in (
-        ("needs_masks", masks, "masks [B, H, W]; pass masks="),
-        ("needs_explain", explain, "explain(x, targets) -> maps; pass explain="),
-    ):
-        needing = [n for n in names if getattr(METRICS[n], need)]
-        if needing and given is None:
-            raise ValueError(f"Metrics {needing} need {what}.")
+    _check_needs(names, masks is not None, explain is not None)
     fixed = {"model": model, "x": x, "maps": maps, "masks": masks, "explain": explain, "progress": progress}
-    results: dict[str, Tensor] = {}
     with eval_mode(model):
         fixed["targets"] = _resolve_targets(model, x, targets)
-        for group in dict.fromkeys(METRICS[n].group for n in names):
-            fn = GROUPS[group]
-            accepted = inspect.signature(fn).parameters
-            kwargs = {k: v for k, v in {**fixed, **options}.items() if k in accepted}
-            results.update(fn(**kwargs))
+        results = _run_groups(names, {**fixed, **options})
     return {n: results[n] for n in names}
+
+
+def _check_needs(names: list[str], has_masks: bool, has_explain: bool) -> None:
+    """Refuses metrics that need masks or an ``explain`` the caller did not pass."""
+    for needing, given, what in (
+        ([n for n in names if METRICS[n].needs_masks], has_masks, "masks [B, H, W]; pass masks="),
+        ([n for n in names if METRICS[n].needs_explain], has_explain, "explain(x, targets) -> maps; pass explain="),
+    ):
+        if needing and not given:
+            raise ValueError(f"Metrics {needing} need {what}.")
+
+
+def _run_groups(names: list[str], arguments: dict[str, Any]) -> dict[str, Tensor]:
+    """Calls each group of ``names`` once, with the ``arguments`` its signature takes."""
+    results: dict[str, Tensor] = {}
+    for group in dict.fromkeys(METRICS[n].group for n in names):
+        fn = GROUPS[group]
+        accepted = inspect.signature(fn).parameters
+        results.update(fn(**{k: v for k, v in arguments.items() if k in accepted}))
+    return results
