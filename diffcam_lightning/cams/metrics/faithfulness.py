@@ -23,6 +23,7 @@ from .common import (
     scores_of_rows,
     to_input_size,
 )
+from .reexplain import require_explain
 from .registry import MetricSpec, register_group
 from .solvers import noisy_linear_impute
 
@@ -41,13 +42,31 @@ def deletion_insertion(
     score: str = "softmax",
     progress: Optional[bool] = None,
 ) -> dict[str, Tensor]:
-    """``{"deletion": [B], "insertion": [B]}``: areas (trapezoid over the perturbed
-    fraction) under the target score as pixels, most relevant first, in ``steps`` equal
-    groups, are replaced by ``baseline`` (default zeros) or restored onto it."""
+    """Deletion and insertion (RISE; torchcam's ``DeletionInsertionMetric``).
+
+    The areas (trapezoid over the perturbed fraction) under the target score as pixels,
+    most relevant first, in ``steps`` equal groups, are replaced by ``baseline`` (deletion:
+    lower is better) or restored onto it (insertion: higher is better).
+
+    Args:
+        model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
+            ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
+        steps: groups of pixels, the points of each curve but its first.
+        baseline: what removed pixels become: zeros (None), a number, a tensor that
+            broadcasts to ``x`` or a function of ``x``.
+        batch_size, progress: perturbed inputs per forward; a progress bar (None: if long).
+        score: the target's ``"softmax"`` or ``"logit"``.
+
+    Returns:
+        ``{"deletion": [B], "insertion": [B]}``.
+
+    Raises:
+        ValueError: bad shapes, ``steps``, ``batch_size``, ``score`` or ``baseline``.
+    """
     _check(x, maps, targets)
     steps = _positive("steps", steps)
     targets = _resolve_targets(model, x, targets)
-    b, positions = x.shape[0], x.shape[-2] * x.shape[-1]
+    positions = x.shape[-2] * x.shape[-1]
     cam = to_input_size(maps.to(x.device), x.shape[-2:]).flatten(1)
     ranks = torch.argsort(torch.argsort(cam, dim=1, descending=True, stable=True), dim=1)
     stride = -(-positions // steps)
@@ -55,15 +74,8 @@ def deletion_insertion(
     fractions = torch.tensor(counts, device=x.device, dtype=torch.float32) / positions
     base = _baseline(baseline, x)
     original = class_scores(model, x, targets, score, batch_size, progress=False)
-    # rows: per sample, the all-baseline input (deletion's last = insertion's first point), then
-    # the interior points of deletion and insertion
     interior = counts[1:-1]
-    sample = torch.arange(b, device=x.device).repeat_interleave(1 + 2 * len(interior))
-    per = torch.tensor([positions, *interior, *interior], device=x.device)
-    count = per.repeat(b)
-    inserting = torch.tensor([False] * (1 + len(interior)) + [True] * len(interior), device=x.device).repeat(b)
-    scores = _perturbed_scores(model, x, base, ranks, targets, sample, count, inserting, score, batch_size, progress)
-    scores = scores.reshape(b, 1 + 2 * len(interior))
+    scores = _perturbed_scores(model, x, base, ranks, targets, interior, score, batch_size, progress)
     empty, deleted, inserted = scores[:, :1], scores[:, 1 : 1 + len(interior)], scores[:, 1 + len(interior) :]
     deletion = torch.cat([original[:, None], deleted, empty], dim=1)
     insertion = torch.cat([empty, inserted, original[:, None]], dim=1)
@@ -79,15 +91,18 @@ def _perturbed_scores(
     base: Tensor,
     ranks: Tensor,
     targets: Tensor,
-    sample: Tensor,
-    count: Tensor,
-    inserting: Tensor,
+    interior: list[int],
     score: str,
     batch_size: int,
     progress: Optional[bool],
 ) -> Tensor:
-    """Scores of the perturbed rows (row ``i``: image ``sample[i]`` with its ``count[i]``
-    most relevant pixels on ``base``, or only those on ``x`` where ``inserting[i]``)."""
+    """Scores ``[B, 1 + 2 * len(interior)]`` of each image with all its pixels on ``base``
+    (deletion's last point, insertion's first), then with its ``interior[j]`` most relevant
+    pixels on ``base`` (deletion), then with only those on ``x`` (insertion)."""
+    b, positions = len(x), x.shape[-2] * x.shape[-1]
+    sample = torch.arange(b, device=x.device).repeat_interleave(1 + 2 * len(interior))
+    count = torch.tensor([positions, *interior, *interior], device=x.device).repeat(b)
+    inserting = torch.tensor([False] * (1 + len(interior)) + [True] * len(interior), device=x.device).repeat(b)
     flat_x, flat_base = x.flatten(2), base.flatten(2)
 
     def build(start: int, stop: int) -> tuple[Tensor, Tensor]:
@@ -97,7 +112,8 @@ def _perturbed_scores(
         perturbed = torch.where(original[:, None], flat_x[rows], flat_base[rows]).reshape(-1, *x.shape[1:])
         return perturbed, targets[rows]
 
-    return scores_of_rows(model, len(sample), build, score, batch_size, progress, "deletion/insertion")
+    scores = scores_of_rows(model, len(sample), build, score, batch_size, progress, "deletion/insertion")
+    return scores.reshape(b, 1 + 2 * len(interior))
 
 
 @metric
@@ -114,12 +130,29 @@ def road(
     progress: Optional[bool] = None,
     solver: str = "auto",
 ) -> dict[str, Tensor]:
-    """``{"road_morf", "road_lerf", "road_combined"}``, each ``[B]``: the mean over
-    ``percentiles`` of ``score(imputed) - score(x)``, imputing the pixels at or above the
-    map's p-th percentile (MoRF: lower is better) or at or below its (100-p)-th (LeRF: higher
-    is better, via 1 - map); combined = (lerf - morf) / 2 (higher is better). The imputation
-    noise comes from ``generator`` (default: a fresh one seeded 0 on ``x``'s device), never
-    from the global RNG, so a call leaves the caller's random state as it was."""
+    """ROAD, RemOve And Debias (Rong et al. 2022; pytorch-grad-cam's ``ROADCombined``).
+
+    The mean over ``percentiles`` of ``score(imputed) - score(x)``, imputing the pixels at
+    or above the map's p-th percentile (MoRF: lower is better) or at or below its (100-p)-th
+    (LeRF: higher is better, via 1 - map); combined = (lerf - morf) / 2 (higher is better).
+
+    Args:
+        model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
+            ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
+        percentiles: the thresholds, in [0, 100].
+        noise: std of the noise added to imputed pixels.
+        batch_size, progress: imputed inputs per forward; a progress bar (None: if long).
+        score: the target's ``"logit"`` or ``"softmax"``.
+        generator: the noise's source (default: a fresh one seeded 0 on ``x``'s device),
+            never the global RNG, so a call leaves the caller's random state as it was.
+        solver: the imputation's solver (:func:`~.solvers.noisy_linear_impute`).
+
+    Returns:
+        ``{"road_morf": [B], "road_lerf": [B], "road_combined": [B]}``.
+
+    Raises:
+        ValueError: bad shapes, ``percentiles``, ``batch_size``, ``score`` or ``solver``.
+    """
     _check(x, maps, targets)
     if generator is None:
         generator = torch.Generator(device=x.device).manual_seed(0)
@@ -176,10 +209,26 @@ def confidence(
     batch_size: int = 32,
     progress: Optional[bool] = None,
 ) -> dict[str, Tensor]:
-    """Scores of ``x * map`` against ``x`` (maps resized to the input, expected in [0, 1]):
-    ``average_drop`` = relu(s - s') / s (lower is better), ``increase_in_confidence`` =
-    [s' > s] (higher is better), ``drop_in_confidence`` = relu(s - s'),
-    ``confidence_change`` = s' - s."""
+    """The confidence of the input multiplied by its map (Grad-CAM++; torchcam, pytorch-grad-cam).
+
+    With ``s`` the target's score of ``x`` and ``s'`` that of ``x * map`` (maps resized to
+    the input, expected in [0, 1]): ``average_drop`` = relu(s - s') / s (lower is better),
+    ``increase_in_confidence`` = [s' > s] (higher is better), ``drop_in_confidence`` =
+    relu(s - s') (lower is better), ``confidence_change`` = s' - s (higher is better).
+
+    Args:
+        model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
+            ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
+        score: the target's ``"softmax"`` or ``"logit"``.
+        batch_size, progress: inputs per forward; a progress bar (None: if long).
+
+    Returns:
+        ``{"average_drop", "increase_in_confidence", "drop_in_confidence",
+        "confidence_change"}``, each ``[B]``.
+
+    Raises:
+        ValueError: bad shapes, ``batch_size`` or ``score``.
+    """
     _check(x, maps, targets)
     targets = _resolve_targets(model, x, targets)
     cam = to_input_size(maps.to(x.device), x.shape[-2:])
@@ -213,23 +262,33 @@ def arcc(
     generator: Optional[torch.Generator] = None,
     solver: str = "auto",
 ) -> dict[str, Tensor]:
-    """``{"arcc", "arcc_coherency", "arcc_complexity"}`` (pytorch-grad-cam's ``ARCC``): the
-    harmonic mean of coherency (``(pearson(explain(x * map), map) + 1) / 2``), 1 - complexity
-    (mean |map|, maps expected in [0, 1]) and ROAD combined (``2 * road_combined`` clipped
-    to [0, 1]) over ``percentiles``: higher is better for ARCC and coherency, lower for
-    complexity. Maps are taken at the input's size, as pytorch-grad-cam's are."""
+    """ARCC (pytorch-grad-cam's ``ARCC``): coherency, complexity and ROAD in one score.
+
+    The harmonic mean of coherency (``(pearson(explain(x * map), map) + 1) / 2``: the map
+    explains the input it selects), 1 - complexity (mean |map|, maps expected in [0, 1])
+    and ROAD combined (``2 * road_combined`` clipped to [0, 1]) over ``percentiles``. Maps
+    are taken at the input's size, as pytorch-grad-cam's are.
+
+    Args:
+        model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
+            ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
+        explain: ``explain(x, targets) -> maps``, for the coherency.
+        percentiles, noise, batch_size, score, generator, solver: ROAD's (:func:`road`).
+
+    Returns:
+        ``{"arcc": [B], "arcc_coherency": [B], "arcc_complexity": [B]}``: higher is better
+        for ARCC and coherency, lower for complexity.
+
+    Raises:
+        ValueError: no ``explain``, or what :func:`road` refuses.
+    """
     _check(x, maps, targets)
-    if explain is None:
-        raise ValueError("arcc needs explain(x, targets) -> maps for its coherency; pass explain=.")
+    explain = require_explain("arcc", explain, " for its coherency")
     targets = _resolve_targets(model, x, targets)
     cam = to_input_size(maps.to(x.device), x.shape[-2:])
     complexity = cam.abs().flatten(1).mean(dim=1).double()
     again = to_input_size(explain(x * cam[:, None].to(x.dtype), targets).detach().to(x.device), x.shape[-2:])
-    a, b = again.flatten(1).double(), cam.flatten(1).double()
-    a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
-    n = a.shape[1] - 1
-    rho = (a * b).sum(dim=1) / n / ((a.square().sum(dim=1) / n).sqrt() * (b.square().sum(dim=1) / n).sqrt() + 1e-8)
-    coherency = (rho + 1) / 2
+    coherency = (_sample_correlation(again.flatten(1).double(), cam.flatten(1).double()) + 1) / 2
     combined = road(
         model,
         x,
@@ -246,6 +305,14 @@ def arcc(
     road_term = (combined * 2).clamp(0, 1)
     value = 3 / (1 / (coherency + 1e-8) + 1 / ((1 - complexity) + 1e-8) + 1 / (road_term + 1e-8))
     return {"arcc": value.float(), "arcc_coherency": coherency.float(), "arcc_complexity": complexity.float()}
+
+
+def _sample_correlation(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation of each pair of rows as pytorch-grad-cam computes it (sample
+    standard deviations, + 1e-8 in the denominator): ``[B]``."""
+    a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
+    n = a.shape[1] - 1
+    return (a * b).sum(dim=1) / n / ((a.square().sum(dim=1) / n).sqrt() * (b.square().sum(dim=1) / n).sqrt() + 1e-8)
 
 
 register_group(
