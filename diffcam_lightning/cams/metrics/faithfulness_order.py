@@ -46,10 +46,28 @@ def pixel_flipping(
     batch_size: int = 32,
     progress: Optional[bool] = None,
 ) -> dict[str, Tensor]:
-    """``{"pixel_flipping": [B]}``: area (trapezoid, unit spacing, as Quantus's
-    ``return_auc_per_sample``) under the target score as the features are replaced, most
-    relevant first, ``features_in_step`` at a time (lower is better). Default: the
-    channels of ``ceil(H*W / 20)`` pixels per step."""
+    """Pixel Flipping (Bach et al. 2015; Quantus's ``PixelFlipping``).
+
+    The area (trapezoid, unit spacing, as Quantus's ``return_auc_per_sample``) under the
+    target score as the features are replaced, most relevant first, ``features_in_step``
+    at a time: lower is better.
+
+    Args:
+        model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
+            ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
+        features_in_step: features removed per step (default: the channels of
+            ``ceil(H*W / 20)`` pixels; Quantus's 1 costs ``C*H*W`` forwards per image).
+        baseline: the fill, ``"black"``, ``"white"``, ``"mean"`` or a number
+            (:func:`~.common.fill_values`).
+        score: the target's ``"softmax"`` or ``"logit"``.
+        batch_size, progress: perturbed inputs per forward; a progress bar (None: if long).
+
+    Returns:
+        ``{"pixel_flipping": [B]}``.
+
+    Raises:
+        ValueError: bad shapes, ``features_in_step``, ``baseline``, ``score`` or ``batch_size``.
+    """
     _check(x, maps, targets)
     targets = _resolve_targets(model, x, targets)
     a = features(x, maps)
@@ -81,10 +99,28 @@ def region_perturbation(
     batch_size: int = 32,
     progress: Optional[bool] = None,
 ) -> dict[str, Tensor]:
-    """``{"region_perturbation": [B]}``: AOPC, the mean over the first ``regions`` steps of
-    ``score(x) - score(x with the k most (morf) / least (lerf) relevant patches removed)``;
-    patches of ``patch_size`` px tile the input padded symmetrically to a multiple of it
-    (Quantus's grid), ranked by their summed map (higher is better for morf)."""
+    """Region Perturbation (Samek et al. 2016; Quantus's ``RegionPerturbation``).
+
+    AOPC, the mean over the first ``regions`` steps of ``score(x) - score(x with the k most
+    (morf) / least (lerf) relevant patches removed)``: higher is better for morf. Patches of
+    ``patch_size`` px tile the input padded symmetrically to a multiple of it (Quantus's
+    grid), ranked by their summed map.
+
+    Args:
+        model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
+            ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
+        patch_size: the patches' side in pixels.
+        regions: patches removed, one per step.
+        order: ``"morf"`` (most relevant first) or ``"lerf"``.
+        baseline: the fill (:func:`~.common.fill_values`).
+        score, batch_size, progress: as :func:`pixel_flipping`'s.
+
+    Returns:
+        ``{"region_perturbation": [B]}``.
+
+    Raises:
+        ValueError: bad shapes, ``order``, ``patch_size``, ``regions`` or ``baseline``.
+    """
     _check(x, maps, targets)
     if order not in REGION_ORDERS:
         raise ValueError(f"Unknown region order {order!r}; valid: {', '.join(REGION_ORDERS)}.")
@@ -141,11 +177,25 @@ def irof(
     batch_size: int = 32,
     progress: Optional[bool] = None,
 ) -> dict[str, Tensor]:
-    """``{"irof": [B]}``: Iterative Removal Of Features, the area over the curve of
-    ``score(x_j) / score(x)`` as the superpixels (``segments [B, H, W]`` labelled 0..S-1,
-    default :func:`slic_segments`) are removed in decreasing order of their mean map value,
-    each replaced by the mean of the image as it is at that step (Quantus's ``"mean"``
-    baseline): ``S - trapz(curve)``, higher is better."""
+    """IROF, Iterative Removal Of Features (Rieger & Hansen 2020; Quantus's ``IROF``).
+
+    The area over the curve of ``score(x_j) / score(x)`` as the superpixels are removed in
+    decreasing order of their mean map value, each replaced by the mean of the image as it
+    is at that step (Quantus's ``"mean"`` baseline): ``S - trapz(curve)``, higher is better.
+
+    Args:
+        model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
+            ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
+        segments: superpixels ``[B, H, W]`` labelled 0..S-1 (default :func:`slic_segments`).
+        score, batch_size, progress: as :func:`pixel_flipping`'s.
+
+    Returns:
+        ``{"irof": [B]}``.
+
+    Raises:
+        ValueError: bad shapes, or a label 0..S-1 without a pixel.
+        ImportError: no ``segments`` and no scikit-image.
+    """
     _check(x, maps, targets)
     targets = _resolve_targets(model, x, targets)
     segments = slic_segments(x) if segments is None else torch.as_tensor(segments, device=x.device).long()
