@@ -73,9 +73,25 @@ def random_logit(
     seed: int = 42,
     other_targets: Optional[Tensor] = None,
 ) -> dict[str, Tensor]:
-    """``{"random_logit": [B]}``: SSIM (:func:`ssim_rows`) between each map and the map of a
-    random other class (``other_targets``, default :func:`random_other_classes` at
-    ``seed``), both at the input's size and divided by their max (lower is better)."""
+    """Random Logit (Sixt et al. 2020; Quantus's ``RandomLogit``): is the map class-specific?
+
+    The SSIM (:func:`ssim_rows`) between each map and the map of a random other class, both
+    at the input's size and divided by their max: lower is better.
+
+    Args:
+        model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
+            ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
+        explain: ``explain(x, targets) -> maps``, for the other classes' maps.
+        seed: of Quantus's draw of the other classes (:func:`random_other_classes`).
+        other_targets: ``[B]`` classes to compare with instead of the draw.
+
+    Returns:
+        ``{"random_logit": [B]}``.
+
+    Raises:
+        ValueError: bad shapes, no ``explain``, fewer than 2 classes, or an
+            ``other_targets`` equal to its target.
+    """
     _check(x, maps, targets)
     explain = require_explain("random_logit", explain)
     targets = _resolve_targets(model, x, targets)
@@ -137,11 +153,27 @@ def efficient_mprt(
     order: str = "bottom_up",
     bins: int = 100,
 ) -> dict[str, Tensor]:
-    """``{"efficient_mprt": [B]}``: eMPRT (Hedström et al. 2023), the relative rise of the
-    maps' histogram entropy (:func:`histogram_entropy`, at the input's size) from the model
-    to its fully randomised copy (:func:`randomised_copy`): ``(H(random) - H(map)) / H(map)``.
-    A method that explains the model, not the input, turns noisier (higher is better).
-    ``explain`` must come from :func:`~.registry.explainer` (it re-explains the copy)."""
+    """eMPRT, efficient model parameter randomisation (Hedström et al. 2023; Quantus's ``EfficientMPRT``).
+
+    The relative rise of the maps' histogram entropy (:func:`histogram_entropy`, at the
+    input's size) from the model to its fully randomised copy (:func:`randomised_copy`):
+    ``(H(random) - H(map)) / H(map)``. A method that explains the model, not the input,
+    turns noisier: higher is better.
+
+    Args:
+        model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
+            ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
+        explain: an :class:`~.registry.Explainer` (:func:`~.registry.explainer`): it
+            re-explains the copy at the same layer.
+        seed, order: of :func:`randomised_copy`.
+        bins: of the histograms.
+
+    Returns:
+        ``{"efficient_mprt": [B]}``.
+
+    Raises:
+        ValueError: bad shapes, ``order``, or ``explain`` not an :class:`~.registry.Explainer`.
+    """
     _check(x, maps, targets)
     targets = _resolve_targets(model, x, targets)
     random_maps = _random_explainer("efficient_mprt", explain, model, x, targets, seed, order)(x, targets).detach()
@@ -166,13 +198,31 @@ def smooth_mprt(
     draws: Optional[Tensor] = None,
     batch_size: int = 32,
 ) -> dict[str, Tensor]:
-    """``{"smooth_mprt": [B]}``: sMPRT (Hedström et al. 2023) at the fully randomised model
-    (Quantus's ``return_last_correlation``): Spearman correlation between |map| and the
-    |mean map| of the randomised copy (:func:`randomised_copy`) over ``samples`` inputs
-    ``x + N(0, (noise_magnitude * (max - min of the image))^2)``, the last one noise-free
-    (maps at the input's size, divided by their max). Lower is better: the maps should
-    change when the model does. ``draws [samples - 1, B, C, H, W]`` (standard normal)
-    replaces the noise (default: a generator seeded ``noise_seed``)."""
+    """sMPRT, smooth model parameter randomisation (Hedström et al. 2023; Quantus's ``SmoothMPRT``).
+
+    At the fully randomised model (Quantus's ``return_last_correlation``): the Spearman
+    correlation between |map| and the |mean map| of the randomised copy
+    (:func:`randomised_copy`) over ``samples`` inputs ``x + N(0, (noise_magnitude * (max -
+    min of the image))^2)``, the last one noise-free (maps at the input's size, divided by
+    their max). Lower is better: the maps should change when the model does.
+
+    Args:
+        model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
+            ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
+        explain: an :class:`~.registry.Explainer` (it re-explains the copy).
+        samples, noise_magnitude: the inputs averaged over, and their noise's scale.
+        seed, order: of :func:`randomised_copy`.
+        noise_seed: of the CPU generator that draws the noise.
+        draws: standard normal noise ``[samples - 1, B, C, H, W]`` instead of draws.
+        batch_size: inputs per ``explain`` call.
+
+    Returns:
+        ``{"smooth_mprt": [B]}``.
+
+    Raises:
+        ValueError: bad shapes, ``samples``, ``draws``, ``order``, or ``explain`` not an
+            :class:`~.registry.Explainer`.
+    """
     _check(x, maps, targets)
     targets = _resolve_targets(model, x, targets)
     draws = input_noise(

@@ -48,9 +48,27 @@ def max_sensitivity(
     batch_size: int = 32,
     progress: Optional[bool] = None,
 ) -> dict[str, Tensor]:
-    """``{"max_sensitivity": [B]}``: the largest ``||map(x + u) - map(x)|| / ||map(x)||``
-    (Frobenius, maps at the input's size, not normalised: Quantus's default) over
-    ``samples`` draws of ``u ~ U(-radius, radius)`` on every input value."""
+    """Max-Sensitivity (Yeh et al. 2019; Quantus's ``MaxSensitivity``).
+
+    The largest ``||map(x + u) - map(x)|| / ||map(x)||`` (Frobenius, maps at the input's
+    size, not normalised: Quantus's default) over ``samples`` draws of ``u ~ U(-radius,
+    radius)`` on every input value: lower is better.
+
+    Args:
+        model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
+            ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
+        explain: ``explain(x, targets) -> maps``, for the noisy inputs.
+        samples, radius: noisy copies of each input, and the noise's bound.
+        seed: of the CPU generator that draws the noise.
+        draws: the noise ``[samples, B, C, H, W]`` instead of draws.
+        batch_size, progress: noisy inputs per ``explain`` call; a progress bar (None: if long).
+
+    Returns:
+        ``{"max_sensitivity": [B]}``.
+
+    Raises:
+        ValueError: bad shapes, no ``explain``, or a bad ``samples``, ``draws`` or ``batch_size``.
+    """
     _check(x, maps, targets)
     explain = require_explain("max_sensitivity", explain)
     targets = _resolve_targets(model, x, targets)
@@ -76,9 +94,27 @@ def local_lipschitz_estimate(
     batch_size: int = 32,
     progress: Optional[bool] = None,
 ) -> dict[str, Tensor]:
-    """``{"local_lipschitz_estimate": [B]}``: the largest ``||m(x + n) - m(x)|| / ||n||``
-    (Euclidean; ``m`` = the map at the input's size divided by its max, as Quantus
-    normalises) over ``samples`` draws of ``n ~ N(mean, std)`` on every input value."""
+    """The Local Lipschitz Estimate (Alvarez-Melis & Jaakkola 2018; Quantus's ``LocalLipschitzEstimate``).
+
+    The largest ``||m(x + n) - m(x)|| / ||n||`` (Euclidean; ``m`` = the map at the input's
+    size divided by its max, as Quantus normalises) over ``samples`` draws of ``n ~
+    N(mean, std)`` on every input value: lower is better.
+
+    Args:
+        model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
+            ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
+        explain: ``explain(x, targets) -> maps``, for the noisy inputs.
+        samples, mean, std: noisy copies of each input, and the noise's distribution.
+        seed: of the CPU generator that draws the noise.
+        draws: the noise ``[samples, B, C, H, W]`` instead of draws.
+        batch_size, progress: noisy inputs per ``explain`` call; a progress bar (None: if long).
+
+    Returns:
+        ``{"local_lipschitz_estimate": [B]}``.
+
+    Raises:
+        ValueError: bad shapes, no ``explain``, or a bad ``samples``, ``draws`` or ``batch_size``.
+    """
     _check(x, maps, targets)
     explain = require_explain("local_lipschitz_estimate", explain)
     targets = _resolve_targets(model, x, targets)
