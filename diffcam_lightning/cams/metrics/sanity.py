@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import LayerSpec
-from .common import PROGRESS_AFTER, _progress, metric
+from .common import _progress, metric
 
 
 @dataclass
@@ -74,12 +74,28 @@ def randomization_check(
     seed: int = 0,
     progress: Optional[bool] = None,
 ) -> SanityResult:
-    """Model parameter randomisation test on a deep copy of ``model`` (never changed):
-    for each layer of ``layers`` (default :func:`parameter_layers`, output first), re-draw
-    its parameters (``cascading``: cumulatively, top down; ``independent``: that layer
-    alone) and correlate the new maps with the original ones. A faithful method's
-    correlation falls as layers are randomised; one that stays high explains the input,
-    not the model."""
+    """The model parameter randomisation test (Adebayo et al. 2018) on a copy of ``model``.
+
+    For each layer, re-draw its parameters and correlate the new maps with the original
+    ones. A faithful method's correlation falls as layers are randomised; one that stays
+    high explains the input, not the model. ``model`` itself is never changed.
+
+    Args:
+        model, x, targets: the classifier, its input ``[B, C, H, W]`` and the explained
+            classes ``[B]`` (default: the predicted ones).
+        method: the CAM method tested.
+        target_layer: its layer (as :class:`~diffcam_lightning.CAMEngine` takes it).
+        mode: ``"cascading"`` (cumulatively, top down) or ``"independent"`` (one at a time).
+        layers: module names (default :func:`parameter_layers`, output first).
+        seed: of the CPU generator that re-draws the parameters.
+        progress: a progress bar (None: if many layers).
+
+    Returns:
+        A :class:`SanityResult`, Spearman correlations ``[L, B]``.
+
+    Raises:
+        ValueError: an unknown ``mode`` or layer.
+    """
     from ..engine import CAMEngine
 
     if mode not in SANITY_MODES:
@@ -87,17 +103,11 @@ def randomization_check(
     engine = CAMEngine(model, target_layer)
     result = engine.compute(x, targets, method)
     reference, targets = next(iter(result.maps.values())), result.targets
-    all_layers = parameter_layers(model)
-    chosen = list(all_layers if layers is None else layers)
-    unknown = [n for n in chosen if n not in all_layers]
-    if unknown:
-        raise ValueError(
-            f"Unknown layers {unknown} for the sanity check; layers with parameters: {', '.join(all_layers[:12])}..."
-        )
+    chosen = _chosen_layers(model, layers)
     generator = torch.Generator().manual_seed(seed)
     copy_model = copy.deepcopy(model)
     correlations = []
-    with _progress(len(chosen), progress if progress is not None else len(chosen) > PROGRESS_AFTER, "sanity") as bar:
+    with _progress(len(chosen), progress, "sanity") as bar:
         for name in chosen:
             if mode == "independent":
                 copy_model = copy.deepcopy(model)
@@ -106,3 +116,15 @@ def randomization_check(
             correlations.append(spearman(reference, next(iter(maps.values()))))
             bar.update(1)
     return SanityResult(layers=chosen, correlation=torch.stack(correlations), mode=mode)
+
+
+def _chosen_layers(model: nn.Module, layers: Optional[Sequence[str]]) -> list[str]:
+    """``layers`` checked against the model's layers with parameters (default: all of them)."""
+    all_layers = parameter_layers(model)
+    chosen = list(all_layers if layers is None else layers)
+    unknown = [n for n in chosen if n not in all_layers]
+    if unknown:
+        raise ValueError(
+            f"Unknown layers {unknown} for the sanity check; layers with parameters: {', '.join(all_layers[:12])}..."
+        )
+    return chosen
