@@ -22,6 +22,7 @@ from .common import (
     to_input_size,
 )
 from .complexity import complexity, sparseness
+from .correlation import spearman
 from .faithfulness import (
     ARCC_PERCENTILES,
     DEFAULT_PERCENTILES,
@@ -61,7 +62,6 @@ from .sanity import (
     SanityResult,
     parameter_layers,
     randomization_check,
-    spearman,
 )
 from .solvers import IMPUTE_SOLVERS, ROAD_KERNEL, neighbour_sum, noisy_linear_impute
 

@@ -201,10 +201,3 @@ def normalise_by_max(maps: Tensor) -> Tensor:
     gives this.)"""
     peak = maps.flatten(1).abs().amax(dim=1).reshape(-1, *[1] * (maps.dim() - 1))
     return torch.where(peak > 0, maps / torch.where(peak > 0, peak, torch.ones_like(peak)), maps)
-
-
-def pearson(a: Tensor, b: Tensor) -> Tensor:
-    """Pearson correlation of each pair of rows (float64): ``[B]``; NaN where a row is constant (as SciPy)."""
-    a, b = a.double() - a.double().mean(dim=1, keepdim=True), b.double() - b.double().mean(dim=1, keepdim=True)
-    r: Tensor = (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1))
-    return r

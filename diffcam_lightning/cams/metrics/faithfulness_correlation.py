@@ -22,12 +22,11 @@ from .common import (
     class_scores,
     fill_values,
     metric,
-    pearson,
     scores_of_rows,
 )
+from .correlation import pearson, spearman
 from .registry import MetricSpec, register_group
 from .removal import features, rank_of, removal_scores, step_size
-from .sanity import spearman
 
 
 @metric

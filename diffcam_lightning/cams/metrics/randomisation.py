@@ -26,9 +26,9 @@ from .common import (
     normalise_by_max,
     to_input_size,
 )
-from .reexplain import Explain, explain_rows, input_noise, require_explain
-from .registry import Explainer, MetricSpec, register_group
-from .sanity import spearman
+from .correlation import spearman
+from .reexplain import Explain, Explainer, explain_rows, input_noise, require_explain
+from .registry import MetricSpec, register_group
 
 
 def ssim_rows(a: Tensor, b: Tensor, win_size: int = 7) -> Tensor:
@@ -163,7 +163,7 @@ def efficient_mprt(
     Args:
         model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
             ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
-        explain: an :class:`~.registry.Explainer` (:func:`~.registry.explainer`): it
+        explain: an :class:`~.reexplain.Explainer` (:func:`~.reexplain.explainer`): it
             re-explains the copy at the same layer.
         seed, order: of :func:`randomised_copy`.
         bins: of the histograms.
@@ -172,7 +172,7 @@ def efficient_mprt(
         ``{"efficient_mprt": [B]}``.
 
     Raises:
-        ValueError: bad shapes, ``order``, or ``explain`` not an :class:`~.registry.Explainer`.
+        ValueError: bad shapes, ``order``, or ``explain`` not an :class:`~.reexplain.Explainer`.
     """
     _check(x, maps, targets)
     targets = _resolve_targets(model, x, targets)
@@ -209,7 +209,7 @@ def smooth_mprt(
     Args:
         model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
             ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
-        explain: an :class:`~.registry.Explainer` (it re-explains the copy).
+        explain: an :class:`~.reexplain.Explainer` (it re-explains the copy).
         samples, noise_magnitude: the inputs averaged over, and their noise's scale.
         seed, order: of :func:`randomised_copy`.
         noise_seed: of the CPU generator that draws the noise.
@@ -221,7 +221,7 @@ def smooth_mprt(
 
     Raises:
         ValueError: bad shapes, ``samples``, ``draws``, ``order``, or ``explain`` not an
-            :class:`~.registry.Explainer`.
+            :class:`~.reexplain.Explainer`.
     """
     _check(x, maps, targets)
     targets = _resolve_targets(model, x, targets)

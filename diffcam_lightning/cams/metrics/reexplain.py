@@ -1,14 +1,15 @@
 """Re-explaining, shared by the metrics that call ``explain(x, targets) -> maps`` again
-(ARCC, the randomisation and the robustness metrics): the check that they were given an
-``explain``, seeded input noise, and the maps of many inputs, ``batch_size`` per call."""
+(ARCC, the randomisation and the robustness metrics): the :class:`Explainer` callers pass
+for one method of an engine, the check that a metric was given an ``explain``, seeded
+input noise, and the maps of many inputs, ``batch_size`` per call."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Optional
+from typing import Any, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .common import _positive, _progress, to_input_size
 
@@ -60,3 +61,49 @@ def explain_rows(
             out.append(to_input_size(maps.to(inputs.device), size).flatten(1).double())
             bar.update(1)
     return torch.cat(out)
+
+
+class Explainer:
+    """``explain(x, targets) -> maps`` of one method of a :class:`~diffcam_lightning.CAMEngine`
+    (for the metrics that re-explain, ``needs_explain``); :meth:`for_model` gives the same
+    method at the same layer of another model (a randomised copy, for MPRT)."""
+
+    def __init__(self, engine: Any, method: str, **compute: Any) -> None:
+        self.engine, self.method, self.compute = engine, method, compute
+        self.layer: Optional[str] = None
+
+    def __call__(self, x: Tensor, targets: Tensor) -> Tensor:
+        result = self.engine.compute(x, targets, self.method, **self.compute)
+        self.layer = result.layer
+        maps: Tensor = result.maps[self.method]
+        return maps
+
+    def for_model(self, model: nn.Module, x: Tensor, targets: Tensor) -> Explainer:
+        from ..engine import CAMEngine
+
+        if self.layer is None:
+            self(x[:1], targets[:1])  # resolves the layer's name
+        engine = CAMEngine(
+            model,
+            self.layer,
+            scorecam_batch_size=self.engine.scorecam_batch_size,
+            batch_coupling=self.engine.batch_coupling,
+            layout=self.engine.layout,
+            output_key=self.engine.output_key,
+        )
+        return Explainer(engine, self.method, **self.compute)
+
+
+def explainer(engine: Any, method: str, **compute: Any) -> Explainer:
+    """The ``explain=`` argument of the metrics that re-explain, for one method of an engine.
+
+    Args:
+        engine: a :class:`~diffcam_lightning.CAMEngine`.
+        method: the CAM method whose maps are scored.
+        **compute: passed to ``engine.compute`` (``size=`` ...).
+
+    Returns:
+        An :class:`Explainer`, ``explain(x, targets) -> maps [B, h, w]``; the MPRT metrics
+        need one (they re-explain a randomised copy of the model at the same layer).
+    """
+    return Explainer(engine, method, **compute)

@@ -16,6 +16,23 @@ from torch import Tensor, nn
 from ...registry import Registry
 from ..modes import eval_mode
 from .common import _resolve_targets
+from .reexplain import Explainer, explainer
+
+__all__ = [  # Explainer and explainer live in .reexplain; importable from here as before
+    "FAMILIES",
+    "GROUPS",
+    "MASK_METRICS",
+    "METRICS",
+    "Explainer",
+    "GroupFn",
+    "MetricSpec",
+    "accepted_options",
+    "check_metrics",
+    "check_options",
+    "evaluate",
+    "explainer",
+    "register_group",
+]
 
 GroupFn = Callable[..., dict[str, Tensor]]
 FIXED = ("model", "x", "maps", "targets", "masks", "explain", "progress")  # evaluate's own arguments
@@ -80,52 +97,6 @@ def register_group(group: str, fn: GroupFn, names: dict[str, MetricSpec]) -> Non
     GROUPS.register(group, fn)
     for name, spec in names.items():
         METRICS.register(name, spec)
-
-
-class Explainer:
-    """``explain(x, targets) -> maps`` of one method of a :class:`~diffcam_lightning.CAMEngine`
-    (for the metrics that re-explain, ``needs_explain``); :meth:`for_model` gives the same
-    method at the same layer of another model (a randomised copy, for MPRT)."""
-
-    def __init__(self, engine: Any, method: str, **compute: Any) -> None:
-        self.engine, self.method, self.compute = engine, method, compute
-        self.layer: Optional[str] = None
-
-    def __call__(self, x: Tensor, targets: Tensor) -> Tensor:
-        result = self.engine.compute(x, targets, self.method, **self.compute)
-        self.layer = result.layer
-        maps: Tensor = result.maps[self.method]
-        return maps
-
-    def for_model(self, model: nn.Module, x: Tensor, targets: Tensor) -> Explainer:
-        from ..engine import CAMEngine
-
-        if self.layer is None:
-            self(x[:1], targets[:1])  # resolves the layer's name
-        engine = CAMEngine(
-            model,
-            self.layer,
-            scorecam_batch_size=self.engine.scorecam_batch_size,
-            batch_coupling=self.engine.batch_coupling,
-            layout=self.engine.layout,
-            output_key=self.engine.output_key,
-        )
-        return Explainer(engine, self.method, **self.compute)
-
-
-def explainer(engine: Any, method: str, **compute: Any) -> Explainer:
-    """The ``explain=`` argument of the metrics that re-explain, for one method of an engine.
-
-    Args:
-        engine: a :class:`~diffcam_lightning.CAMEngine`.
-        method: the CAM method whose maps are scored.
-        **compute: passed to ``engine.compute`` (``size=`` ...).
-
-    Returns:
-        An :class:`Explainer`, ``explain(x, targets) -> maps [B, h, w]``; the MPRT metrics
-        need one (they re-explain a randomised copy of the model at the same layer).
-    """
-    return Explainer(engine, method, **compute)
 
 
 def check_metrics(names: Union[str, Sequence[str]]) -> list[str]:

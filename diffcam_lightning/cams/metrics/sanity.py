@@ -1,5 +1,6 @@
 """The model parameter randomisation test (Adebayo et al. 2018): Spearman rank correlation
-between the maps of the model and of copies with layers re-initialised."""
+between the maps of the model and of copies with layers re-initialised. (:func:`spearman`
+lives in :mod:`.correlation`; it is importable from here as before.)"""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from torch import Tensor, nn
 
 from ..layers import LayerSpec
 from .common import _progress, metric
+from .correlation import spearman
+
+__all__ = ["SANITY_MODES", "SanityResult", "parameter_layers", "randomization_check", "spearman"]
 
 
 @dataclass
@@ -23,24 +27,6 @@ class SanityResult:
     layers: list[str]
     correlation: Tensor
     mode: str
-
-
-def spearman(a: Tensor, b: Tensor) -> Tensor:
-    """Spearman rank correlation of each pair of rows (ties get their average rank): ``[B]``;
-    0 where either row is constant."""
-    ra, rb = _average_ranks(a.flatten(1).double()), _average_ranks(b.flatten(1).double())
-    ra, rb = ra - ra.mean(dim=1, keepdim=True), rb - rb.mean(dim=1, keepdim=True)
-    den = ra.norm(dim=1) * rb.norm(dim=1)
-    return torch.where(den > 0, (ra * rb).sum(dim=1) / den.clamp(min=1e-300), torch.zeros_like(den)).float()
-
-
-def _average_ranks(rows: Tensor) -> Tensor:
-    out = torch.empty_like(rows)
-    for i, row in enumerate(rows):
-        _, inverse, counts = torch.unique(row, return_inverse=True, return_counts=True)
-        ends = counts.cumsum(0).to(rows.dtype)
-        out[i] = (ends - (counts.to(rows.dtype) - 1) / 2)[inverse]
-    return out
 
 
 def parameter_layers(model: nn.Module) -> list[str]:
