@@ -7,7 +7,7 @@ import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any, Optional, TypeVar, Union
+from typing import Any, Literal, Optional, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,8 @@ from ..outputs import logits_of
 from ..postprocess import resize
 
 ScoreFn = Callable[[Tensor], Tensor]
+Score = Literal["softmax", "logit"]  # the keys of SCORES
+FillBaseline = Union[Literal["black", "white", "mean"], float]  # the keys of FILL_VALUES, or a number
 SCORES: dict[str, ScoreFn] = {
     "softmax": lambda logits: torch.softmax(logits.float(), dim=1),
     "logit": lambda logits: logits.float(),
@@ -67,7 +69,7 @@ def class_scores(
     model: nn.Module,
     x: Tensor,
     targets: Tensor,
-    score: str = "softmax",
+    score: Score = "softmax",
     batch_size: int = 32,
     progress: Optional[bool] = None,
     desc: str = "scoring",
@@ -158,7 +160,7 @@ FILL_VALUES: dict[str, Callable[[Tensor], Tensor]] = {  # Quantus's perturb_base
 }
 
 
-def fill_values(x: Tensor, baseline: Union[str, float]) -> Tensor:
+def fill_values(x: Tensor, baseline: FillBaseline) -> Tensor:
     """``[B]``: the value that replaces removed features of each image (Quantus's
     ``perturb_baseline``: ``"black"`` = the image's minimum, ``"white"`` its maximum,
     ``"mean"`` its mean, or a number)."""
@@ -174,7 +176,7 @@ def scores_of_rows(
     model: nn.Module,
     rows: int,
     build: Callable[[int, int], tuple[Tensor, Tensor]],
-    score: str,
+    score: Score,
     batch_size: int,
     progress: Optional[bool],
     desc: str,

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .common import (
     Baseline,
+    Score,
     _baseline,
     _check,
     _positive,
@@ -25,7 +26,7 @@ from .common import (
 )
 from .reexplain import require_explain
 from .registry import MetricSpec, register_group
-from .solvers import noisy_linear_impute
+from .solvers import Solver, noisy_linear_impute
 
 DEFAULT_PERCENTILES: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 
@@ -39,7 +40,7 @@ def deletion_insertion(
     steps: int = 20,
     baseline: Baseline = None,
     batch_size: int = 32,
-    score: str = "softmax",
+    score: Score = "softmax",
     progress: Optional[bool] = None,
 ) -> dict[str, Tensor]:
     """Deletion and insertion (RISE; torchcam's ``DeletionInsertionMetric``).
@@ -92,7 +93,7 @@ def _perturbed_scores(
     ranks: Tensor,
     targets: Tensor,
     interior: list[int],
-    score: str,
+    score: Score,
     batch_size: int,
     progress: Optional[bool],
 ) -> Tensor:
@@ -125,10 +126,10 @@ def road(
     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
     noise: float = 0.01,
     batch_size: int = 32,
-    score: str = "logit",
+    score: Score = "logit",
     generator: Optional[torch.Generator] = None,
     progress: Optional[bool] = None,
-    solver: str = "auto",
+    solver: Solver = "auto",
 ) -> dict[str, Tensor]:
     """ROAD, RemOve And Debias (Rong et al. 2022; pytorch-grad-cam's ``ROADCombined``).
 
@@ -180,7 +181,7 @@ def _imputed_scores(
     targets: Tensor,
     keep: Tensor,
     impute: Callable[[Tensor, Tensor], Tensor],
-    score: str,
+    score: Score,
     batch_size: int,
     progress: Optional[bool],
     desc: str,
@@ -205,7 +206,7 @@ def confidence(
     x: Tensor,
     maps: Tensor,
     targets: Optional[Tensor] = None,
-    score: str = "softmax",
+    score: Score = "softmax",
     batch_size: int = 32,
     progress: Optional[bool] = None,
 ) -> dict[str, Tensor]:
@@ -258,9 +259,9 @@ def arcc(
     percentiles: Sequence[float] = ARCC_PERCENTILES,
     noise: float = 0.01,
     batch_size: int = 32,
-    score: str = "logit",
+    score: Score = "logit",
     generator: Optional[torch.Generator] = None,
-    solver: str = "auto",
+    solver: Solver = "auto",
 ) -> dict[str, Tensor]:
     """ARCC (pytorch-grad-cam's ``ARCC``): coherency, complexity and ROAD in one score.
 

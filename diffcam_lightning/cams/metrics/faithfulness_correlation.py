@@ -10,12 +10,14 @@ parity tests hand Quantus the same draws.
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from .common import (
+    FillBaseline,
+    Score,
     _check,
     _positive,
     _resolve_targets,
@@ -37,8 +39,8 @@ def faithfulness_correlation(
     targets: Optional[Tensor] = None,
     runs: int = 100,
     subset_size: int = 224,
-    baseline: Union[str, float] = "black",
-    score: str = "logit",
+    baseline: FillBaseline = "black",
+    score: Score = "logit",
     seed: int = 0,
     subsets: Optional[Tensor] = None,
     batch_size: int = 32,
@@ -119,7 +121,7 @@ def monotonicity_correlation(
     eps: float = 1e-5,
     low: float = 0.0,
     high: float = 1.0,
-    score: str = "softmax",
+    score: Score = "softmax",
     seed: int = 0,
     fills: Optional[Tensor] = None,
     batch_size: int = 32,

@@ -12,12 +12,14 @@ not depend on its neighbours (the parity tests run Quantus one image at a time).
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor, nn
 
 from .common import (
+    FillBaseline,
+    Score,
     _check,
     _positive,
     _resolve_targets,
@@ -31,7 +33,8 @@ from .removal import DEFAULT_STEPS, features, rank_of, removal_scores, step_size
 
 __all__ = ["DEFAULT_STEPS", "REGION_ORDERS", "irof", "pixel_flipping", "region_perturbation", "slic_segments"]
 
-REGION_ORDERS = ("morf", "lerf")
+RegionOrder = Literal["morf", "lerf"]
+REGION_ORDERS: tuple[RegionOrder, ...] = ("morf", "lerf")
 
 
 @metric
@@ -41,8 +44,8 @@ def pixel_flipping(
     maps: Tensor,
     targets: Optional[Tensor] = None,
     features_in_step: Optional[int] = None,
-    baseline: Union[str, float] = "black",
-    score: str = "softmax",
+    baseline: FillBaseline = "black",
+    score: Score = "softmax",
     batch_size: int = 32,
     progress: Optional[bool] = None,
 ) -> dict[str, Tensor]:
@@ -93,9 +96,9 @@ def region_perturbation(
     targets: Optional[Tensor] = None,
     patch_size: int = 8,
     regions: int = 100,
-    order: str = "morf",
-    baseline: Union[str, float] = "black",
-    score: str = "softmax",
+    order: RegionOrder = "morf",
+    baseline: FillBaseline = "black",
+    score: Score = "softmax",
     batch_size: int = 32,
     progress: Optional[bool] = None,
 ) -> dict[str, Tensor]:
@@ -136,7 +139,7 @@ def region_perturbation(
     return {"region_perturbation": (original[:, None] - after.reshape(len(x), steps)).mean(dim=1)}
 
 
-def _patch_ranks(cam: Tensor, patch: int, order: str) -> tuple[Tensor, int]:
+def _patch_ranks(cam: Tensor, patch: int, order: RegionOrder) -> tuple[Tensor, int]:
     """The removal step of each pixel ``[B, H*W]`` (its patch's rank) and the number of
     patches: ``patch`` px squares tile ``cam [B, H, W]`` padded symmetrically to a multiple
     of ``patch`` (Quantus's grid), ranked by their summed map, largest first for ``morf``."""
@@ -173,7 +176,7 @@ def irof(
     maps: Tensor,
     targets: Optional[Tensor] = None,
     segments: Optional[Tensor] = None,
-    score: str = "softmax",
+    score: Score = "softmax",
     batch_size: int = 32,
     progress: Optional[bool] = None,
 ) -> dict[str, Tensor]:

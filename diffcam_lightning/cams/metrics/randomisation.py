@@ -11,7 +11,7 @@ report pass the audited method's own.
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -109,10 +109,11 @@ def random_logit(
     return {"random_logit": ssim_rows(a, b).float()}
 
 
-MPRT_ORDERS = ("bottom_up", "top_down")
+LayerOrder = Literal["bottom_up", "top_down"]
+MPRT_ORDERS: tuple[LayerOrder, ...] = ("bottom_up", "top_down")
 
 
-def randomised_copy(model: nn.Module, seed: int = 42, order: str = "bottom_up") -> nn.Module:
+def randomised_copy(model: nn.Module, seed: int = 42, order: LayerOrder = "bottom_up") -> nn.Module:
     """Quantus's fully randomised model: a deep copy whose every module with
     ``reset_parameters`` is reset, in registration order (``bottom_up``) or reversed, each
     after ``torch.manual_seed(seed + 1)``. The caller's RNG state is restored."""
@@ -150,7 +151,7 @@ def efficient_mprt(
     targets: Optional[Tensor] = None,
     explain: Optional[Explain] = None,
     seed: int = 42,
-    order: str = "bottom_up",
+    order: LayerOrder = "bottom_up",
     bins: int = 100,
 ) -> dict[str, Tensor]:
     """eMPRT, efficient model parameter randomisation (Hedström et al. 2023; Quantus's ``EfficientMPRT``).
@@ -193,7 +194,7 @@ def smooth_mprt(
     samples: int = 50,
     noise_magnitude: float = 0.1,
     seed: int = 42,
-    order: str = "bottom_up",
+    order: LayerOrder = "bottom_up",
     noise_seed: int = 0,
     draws: Optional[Tensor] = None,
     batch_size: int = 32,
@@ -240,7 +241,7 @@ def smooth_mprt(
 
 
 def _random_explainer(
-    name: str, explain: Optional[Explain], model: nn.Module, x: Tensor, targets: Tensor, seed: int, order: str
+    name: str, explain: Optional[Explain], model: nn.Module, x: Tensor, targets: Tensor, seed: int, order: LayerOrder
 ) -> Explainer:
     """``explain``'s method at the same layer of the fully randomised copy of ``model``
     (:func:`randomised_copy`, in eval mode); ``explain`` must be an :class:`Explainer`."""

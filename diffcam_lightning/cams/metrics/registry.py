@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from torch import Tensor, nn
 
@@ -35,6 +35,7 @@ __all__ = [  # Explainer and explainer live in .reexplain; importable from here 
 ]
 
 GroupFn = Callable[..., dict[str, Tensor]]
+Family = Literal["faithfulness", "randomisation", "localisation", "complexity", "robustness"]
 FIXED = ("model", "x", "maps", "targets", "masks", "explain", "progress")  # evaluate's own arguments
 
 
@@ -45,13 +46,19 @@ class MetricSpec:
     (metrics that re-explain other classes, models or inputs)."""
 
     group: str
-    better: str  # "higher" or "lower"
+    better: Literal["higher", "lower"]
     needs_masks: bool = False
-    family: str = "faithfulness"
+    family: Family = "faithfulness"
     needs_explain: bool = False
 
 
-FAMILIES = ("faithfulness", "randomisation", "localisation", "complexity", "robustness")  # Quantus's grouping
+FAMILIES: tuple[Family, ...] = (
+    "faithfulness",
+    "randomisation",
+    "localisation",
+    "complexity",
+    "robustness",
+)  # Quantus's grouping
 
 
 class _FamilyOrdered(Registry[str, MetricSpec]):
@@ -86,14 +93,16 @@ def register_group(group: str, fn: GroupFn, names: dict[str, MetricSpec]) -> Non
         names: each metric name ``fn`` returns and its :class:`MetricSpec`.
 
     Raises:
-        ValueError: a name or the group is already registered, or a spec's family is not
-            one of :data:`FAMILIES`.
+        ValueError: a name or the group is already registered, a spec's family is not
+            one of :data:`FAMILIES` or its ``better`` neither ``"higher"`` nor ``"lower"``.
     """
     clash = [n for n in names if n in METRICS]
     if clash or group in GROUPS:
         raise ValueError(f"CAM metrics {clash or [group]} are already registered.")
     if any(spec.family not in FAMILIES for spec in names.values()):
         raise ValueError(f"Unknown metric family in {names}; valid: {', '.join(FAMILIES)}.")
+    if any(spec.better not in ("higher", "lower") for spec in names.values()):
+        raise ValueError(f"A metric's better must be 'higher' or 'lower'; got {names}.")
     GROUPS.register(group, fn)
     for name, spec in names.items():
         METRICS.register(name, spec)

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .common import _positive, scores_of_rows, to_input_size
+from .common import Score, _positive, scores_of_rows, to_input_size
 
 DEFAULT_STEPS = 20  # removal steps when features_in_step is not given (Quantus's default 1 costs C*H*W forwards)
 
@@ -42,7 +42,7 @@ def removal_scores(
     step_of: Tensor,
     steps: int,
     fill: Tensor,
-    score: str,
+    score: Score,
     batch_size: int,
     progress: Optional[bool],
     desc: str,

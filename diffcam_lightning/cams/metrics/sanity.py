@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,8 @@ from .correlation import spearman
 
 __all__ = ["SANITY_MODES", "SanityResult", "parameter_layers", "randomization_check", "spearman"]
 
+SanityMode = Literal["cascading", "independent"]
+
 
 @dataclass
 class SanityResult:
@@ -26,7 +28,7 @@ class SanityResult:
 
     layers: list[str]
     correlation: Tensor
-    mode: str
+    mode: SanityMode
 
 
 def parameter_layers(model: nn.Module) -> list[str]:
@@ -45,7 +47,7 @@ def _randomize(module: nn.Module, generator: torch.Generator) -> None:
             p.copy_((noise * (std if std > 0 else 1.0)).to(p))
 
 
-SANITY_MODES = ("cascading", "independent")
+SANITY_MODES: tuple[SanityMode, ...] = ("cascading", "independent")
 
 
 @metric  # the model and its copies in eval mode, every submodule's flag restored
@@ -55,7 +57,7 @@ def randomization_check(
     method: str = "gradcam",
     targets: Optional[Tensor] = None,
     target_layer: LayerSpec = None,
-    mode: str = "cascading",
+    mode: SanityMode = "cascading",
     layers: Optional[Sequence[str]] = None,
     seed: int = 0,
     progress: Optional[bool] = None,
