@@ -7,7 +7,10 @@ batched no-grad forwards (``batch_size`` at a time) with the model in eval mode 
 submodule's flag restored after), so the scores do not depend on ``batch_size`` and no
 BatchNorm statistic moves. Each equals its anchor's implementation on the same model,
 maps and input (tests). The families follow Quantus's grouping, one module each;
-:mod:`.registry` names them for callers (:data:`METRICS`, :func:`evaluate`).
+:mod:`.registry` names them for callers (:data:`METRICS`, :func:`evaluate`). The jobs they
+share exist once: scoring inputs in chunks (:func:`~.common.scores_of_rows`), removing
+features (:mod:`.removal`), re-explaining (:mod:`.reexplain`), correlating rows
+(:mod:`.correlation`).
 """
 
 from ..modes import eval_mode
