@@ -19,19 +19,27 @@ from .reexplain import Explain, explain_rows, input_noise, require_explain
 from .registry import MetricSpec, register_group
 
 
-def _noisy_maps(
+def _map_changes(
     x: Tensor,
+    maps: Tensor,
     targets: Tensor,
     noise: Tensor,
     explain: Explain,
+    normalise: bool,
     batch_size: int,
     progress: Optional[bool],
     desc: str,
-) -> Tensor:
-    """Maps of every noisy copy ``x + noise[s]`` at the input's size, flattened: ``[samples, B, H*W]``."""
+) -> tuple[Tensor, Tensor]:
+    """How far the map of each noisy copy ``x + noise[s]`` lies from the map of ``x``, maps
+    at the input's size, flattened, float64 and divided by their max if ``normalise``:
+    ``(||map(x + noise[s]) - map(x)|| [samples, B], map(x) [B, H*W])``."""
+    size, samples = x.shape[-2:], noise.shape[0]
     noisy = (x[None] + noise).reshape(-1, *x.shape[1:])
-    maps = explain_rows(explain, noisy, targets.repeat(noise.shape[0]), x.shape[-2:], batch_size, progress, desc)
-    return maps.reshape(noise.shape[0], len(x), -1)
+    again = explain_rows(explain, noisy, targets.repeat(samples), size, batch_size, progress, desc)
+    a = to_input_size(maps.to(x.device), size).flatten(1).double()
+    if normalise:
+        a, again = normalise_by_max(a), normalise_by_max(again)
+    return (again.reshape(samples, len(x), -1) - a[None]).norm(dim=2), a
 
 
 @metric
@@ -73,9 +81,8 @@ def max_sensitivity(
     explain = require_explain("max_sensitivity", explain)
     targets = _resolve_targets(model, x, targets)
     noise = input_noise(x, samples, seed, draws, lambda g, shape: (torch.rand(shape, generator=g) * 2 - 1) * radius)
-    a = to_input_size(maps.to(x.device), x.shape[-2:]).flatten(1).double()
-    noisy = _noisy_maps(x, targets, noise, explain, batch_size, progress, "max-sensitivity")
-    ratio = (noisy - a[None]).norm(dim=2) / a.norm(dim=1)[None]
+    changes, a = _map_changes(x, maps, targets, noise, explain, False, batch_size, progress, "max-sensitivity")
+    ratio = changes / a.norm(dim=1)[None]
     return {"max_sensitivity": ratio.amax(dim=0).float()}
 
 
@@ -101,30 +108,22 @@ def local_lipschitz_estimate(
     N(mean, std)`` on every input value: lower is better.
 
     Args:
-        model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
-            ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
-        explain: ``explain(x, targets) -> maps``, for the noisy inputs.
+        model, x, maps, targets, explain, seed, draws, batch_size, progress: as
+            :func:`max_sensitivity`'s.
         samples, mean, std: noisy copies of each input, and the noise's distribution.
-        seed: of the CPU generator that draws the noise.
-        draws: the noise ``[samples, B, C, H, W]`` instead of draws.
-        batch_size, progress: noisy inputs per ``explain`` call; a progress bar (None: if long).
 
     Returns:
         ``{"local_lipschitz_estimate": [B]}``.
 
     Raises:
-        ValueError: bad shapes, no ``explain``, or a bad ``samples``, ``draws`` or ``batch_size``.
+        ValueError: as :func:`max_sensitivity`.
     """
     _check(x, maps, targets)
     explain = require_explain("local_lipschitz_estimate", explain)
     targets = _resolve_targets(model, x, targets)
     noise = input_noise(x, samples, seed, draws, lambda g, shape: mean + std * torch.randn(shape, generator=g))
-    a = normalise_by_max(to_input_size(maps.to(x.device), x.shape[-2:]).flatten(1).double())
-    noisy = normalise_by_max(
-        _noisy_maps(x, targets, noise, explain, batch_size, progress, "local lipschitz").flatten(0, 1)
-    )
-    noisy = noisy.reshape(noise.shape[0], len(x), -1)
-    ratio = (noisy - a[None]).norm(dim=2) / (noise.double().flatten(2).norm(dim=2) + 1e-10)
+    changes, _ = _map_changes(x, maps, targets, noise, explain, True, batch_size, progress, "local lipschitz")
+    ratio = changes / (noise.double().flatten(2).norm(dim=2) + 1e-10)
     return {"local_lipschitz_estimate": ratio.amax(dim=0).float()}
 
 
