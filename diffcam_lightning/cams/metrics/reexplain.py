@@ -64,9 +64,20 @@ def explain_rows(
 
 
 class Explainer:
-    """``explain(x, targets) -> maps`` of one method of a :class:`~diffcam_lightning.CAMEngine`
-    (for the metrics that re-explain, ``needs_explain``); :meth:`for_model` gives the same
-    method at the same layer of another model (a randomised copy, for MPRT)."""
+    """``explain(x, targets) -> maps`` of one method of a :class:`~diffcam_lightning.CAMEngine`.
+
+    The ``explain=`` of the metrics that re-explain (``MetricSpec.needs_explain``);
+    :meth:`for_model` gives the same method at the same layer of another model (a
+    randomised copy, for MPRT), which a plain function could not.
+
+    Args:
+        engine: the engine whose method is scored.
+        method: the CAM method.
+        **compute: passed to ``engine.compute`` (``size=`` ...).
+
+    Attributes:
+        layer: the layer's name, known after the first call (None before).
+    """
 
     def __init__(self, engine: Any, method: str, **compute: Any) -> None:
         self.engine, self.method, self.compute = engine, method, compute

@@ -41,9 +41,16 @@ FIXED = ("model", "x", "maps", "targets", "masks", "explain", "progress")  # eva
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A metric name: the group that computes it, which way is better, its Quantus family,
-    and whether it needs ground-truth masks or an ``explain(x, targets) -> maps`` function
-    (metrics that re-explain other classes, models or inputs)."""
+    """What callers need to know about one metric name, without running it.
+
+    Attributes:
+        group: the registered function (:data:`GROUPS`) that computes it.
+        better: which way a better map moves it, ``"higher"`` or ``"lower"``.
+        needs_masks: it scores against ground-truth masks ``[B, H, W]``.
+        family: its Quantus family, one of :data:`FAMILIES`.
+        needs_explain: it re-explains other classes, models or inputs, so it needs an
+            ``explain(x, targets) -> maps`` function.
+    """
 
     group: str
     better: Literal["higher", "lower"]
