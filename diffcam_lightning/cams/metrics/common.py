@@ -27,7 +27,8 @@ Baseline = Union[None, float, Tensor, Callable[[Tensor], Tensor]]
 PROGRESS_AFTER = 16  # chunks of forwards before a progress bar is shown (progress=None)
 
 
-def _check(x: Tensor, maps: Tensor, targets: Optional[Tensor]) -> None:
+def check_inputs(x: Tensor, maps: Tensor, targets: Optional[Tensor]) -> None:
+    """Refuses an ``x`` that is not ``[B, C, H, W]``, maps not ``[B, h, w]`` or targets not ``[B]``."""
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(
             f"x must be an image batch [B, C, H, W]; got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}."
@@ -45,7 +46,8 @@ def _score_fn(score: str) -> ScoreFn:
     return SCORES[score]
 
 
-def _positive(name: str, value: int) -> int:
+def positive_int(name: str, value: int) -> int:
+    """``value`` as an int, or a ValueError naming the option ``name``."""
     if isinstance(value, bool) or int(value) != value or int(value) < 1:
         raise ValueError(f"{name} must be an integer >= 1; got {value!r}.")
     return int(value)
@@ -58,7 +60,9 @@ def to_input_size(maps: Tensor, size: Sequence[int]) -> Tensor:
     return resize(maps.float(), (int(height), int(width)))
 
 
-def _progress(total: int, progress: Optional[bool], desc: str) -> Any:  # a tqdm bar (imported lazily)
+def progress_bar(total: int, progress: Optional[bool], desc: str) -> Any:
+    """A tqdm bar of ``total`` chunks (imported lazily), shown if ``progress`` or, when None,
+    if ``total`` exceeds :data:`PROGRESS_AFTER`."""
     from tqdm.auto import tqdm
 
     show = total > PROGRESS_AFTER if progress is None else bool(progress)
@@ -83,14 +87,16 @@ def class_scores(
     return scores_of_rows(model, len(x), rows, score, batch_size, progress, desc)
 
 
-def _resolve_targets(model: nn.Module, x: Tensor, targets: Optional[Tensor]) -> Tensor:
+def resolve_targets(model: nn.Module, x: Tensor, targets: Optional[Tensor]) -> Tensor:
+    """``targets`` as class indices on ``x``'s device, or the model's predictions (eval mode)."""
     if targets is not None:
         return torch.as_tensor(targets, device=x.device).long()
     with torch.no_grad(), eval_mode(model):
         return logits_of(model(x)).argmax(dim=1)
 
 
-def _baseline(baseline: Baseline, x: Tensor) -> Tensor:
+def baseline_tensor(baseline: Baseline, x: Tensor) -> Tensor:
+    """``baseline`` (None: zeros, a number, a tensor or a function of ``x``) broadcast to ``x``."""
     if baseline is None:
         return torch.zeros_like(x)
     if callable(baseline) and not isinstance(baseline, Tensor):
@@ -185,9 +191,9 @@ def scores_of_rows(
     making ``batch_size`` of them at a time (memory ~ one chunk), one no-grad forward each
     with the model in eval mode: ``[rows]`` float32. Every metric that runs the model
     scores through here."""
-    fn, step = _score_fn(score), _positive("batch_size", batch_size)
+    fn, step = _score_fn(score), positive_int("batch_size", batch_size)
     out = []
-    with eval_mode(model), _progress(-(-rows // step), progress, desc) as bar:
+    with eval_mode(model), progress_bar(-(-rows // step), progress, desc) as bar:
         for start in range(0, rows, step):
             inputs, targets = build(start, min(start + step, rows))
             scores = fn(logits_of(model(inputs)))

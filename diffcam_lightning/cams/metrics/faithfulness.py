@@ -15,12 +15,12 @@ from torch import Tensor, nn
 from .common import (
     Baseline,
     Score,
-    _baseline,
-    _check,
-    _positive,
-    _resolve_targets,
+    baseline_tensor,
+    check_inputs,
     class_scores,
     metric,
+    positive_int,
+    resolve_targets,
     scores_of_rows,
     to_input_size,
 )
@@ -64,16 +64,16 @@ def deletion_insertion(
     Raises:
         ValueError: bad shapes, ``steps``, ``batch_size``, ``score`` or ``baseline``.
     """
-    _check(x, maps, targets)
-    steps = _positive("steps", steps)
-    targets = _resolve_targets(model, x, targets)
+    check_inputs(x, maps, targets)
+    steps = positive_int("steps", steps)
+    targets = resolve_targets(model, x, targets)
     positions = x.shape[-2] * x.shape[-1]
     cam = to_input_size(maps.to(x.device), x.shape[-2:]).flatten(1)
     ranks = torch.argsort(torch.argsort(cam, dim=1, descending=True, stable=True), dim=1)
     stride = -(-positions // steps)
     counts = [*range(0, positions, stride), positions]
     fractions = torch.tensor(counts, device=x.device, dtype=torch.float32) / positions
-    base = _baseline(baseline, x)
+    base = baseline_tensor(baseline, x)
     original = class_scores(model, x, targets, score, batch_size, progress=False)
     interior = counts[1:-1]
     scores = _perturbed_scores(model, x, base, ranks, targets, interior, score, batch_size, progress)
@@ -154,12 +154,12 @@ def road(
     Raises:
         ValueError: bad shapes, ``percentiles``, ``batch_size``, ``score`` or ``solver``.
     """
-    _check(x, maps, targets)
+    check_inputs(x, maps, targets)
     if generator is None:
         generator = torch.Generator(device=x.device).manual_seed(0)
     if not percentiles or any(not 0 <= float(p) <= 100 for p in percentiles):
         raise ValueError(f"percentiles must be a non-empty list of values in [0, 100]; got {list(percentiles)!r}.")
-    targets = _resolve_targets(model, x, targets)
+    targets = resolve_targets(model, x, targets)
     cam = to_input_size(maps.to(x.device), x.shape[-2:])
     original = class_scores(model, x, targets, score, batch_size, progress=False)
     flat = cam.flatten(1).double()
@@ -230,8 +230,8 @@ def confidence(
     Raises:
         ValueError: bad shapes, ``batch_size`` or ``score``.
     """
-    _check(x, maps, targets)
-    targets = _resolve_targets(model, x, targets)
+    check_inputs(x, maps, targets)
+    targets = resolve_targets(model, x, targets)
     cam = to_input_size(maps.to(x.device), x.shape[-2:])
     before = class_scores(model, x, targets, score, batch_size, progress=False)
     after = class_scores(model, cam[:, None].to(x.dtype) * x, targets, score, batch_size, progress, desc="confidence")
@@ -283,9 +283,9 @@ def arcc(
     Raises:
         ValueError: no ``explain``, or what :func:`road` refuses.
     """
-    _check(x, maps, targets)
+    check_inputs(x, maps, targets)
     explain = require_explain("arcc", explain, " for its coherency")
-    targets = _resolve_targets(model, x, targets)
+    targets = resolve_targets(model, x, targets)
     cam = to_input_size(maps.to(x.device), x.shape[-2:])
     complexity = cam.abs().flatten(1).mean(dim=1).double()
     again = to_input_size(explain(x * cam[:, None].to(x.dtype), targets).detach().to(x.device), x.shape[-2:])

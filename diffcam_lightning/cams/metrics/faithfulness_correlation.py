@@ -18,12 +18,12 @@ from torch import Tensor, nn
 from .common import (
     FillBaseline,
     Score,
-    _check,
-    _positive,
-    _resolve_targets,
+    check_inputs,
     class_scores,
     fill_values,
     metric,
+    positive_int,
+    resolve_targets,
     scores_of_rows,
 )
 from .correlation import pearson, spearman
@@ -69,8 +69,8 @@ def faithfulness_correlation(
         ValueError: bad shapes, ``runs``, ``subset_size`` (or more than ``C*H*W``),
             ``subsets``, ``baseline``, ``score`` or ``batch_size``.
     """
-    _check(x, maps, targets)
-    targets = _resolve_targets(model, x, targets)
+    check_inputs(x, maps, targets)
+    targets = resolve_targets(model, x, targets)
     a = features(x, maps)
     subsets = _random_subsets(len(x), a.shape[1], runs, subset_size, seed, subsets).to(x.device)
     runs = subsets.shape[1]
@@ -95,7 +95,7 @@ def _random_subsets(b: int, n: int, runs: int, subset_size: int, seed: int, subs
     features of each of ``b`` images, drawn by a CPU generator seeded ``seed`` (Quantus's
     draw): ``[b, runs, subset_size]`` indices."""
     if subsets is None:
-        runs, size = _positive("runs", runs), _positive("subset_size", subset_size)
+        runs, size = positive_int("runs", runs), positive_int("subset_size", subset_size)
         if size > n:
             raise ValueError(f"subset_size {size} exceeds the {n} features (C*H*W) of the input.")
         generator = torch.Generator().manual_seed(int(seed))
@@ -153,8 +153,8 @@ def monotonicity_correlation(
         ValueError: bad shapes, ``features_in_step``, ``samples``, ``fills``, ``score`` or
             ``batch_size``.
     """
-    _check(x, maps, targets)
-    targets = _resolve_targets(model, x, targets)
+    check_inputs(x, maps, targets)
+    targets = resolve_targets(model, x, targets)
     a = features(x, maps).abs().double()  # Quantus's abs=True
     step = step_size(x, features_in_step)
     steps = math.ceil(a.shape[1] / step)
@@ -177,7 +177,7 @@ def _uniform_fills(
     """``fills`` checked, or ``samples`` values in ``[low, high)`` per step of each of ``b``
     images, drawn by a CPU generator seeded ``seed``: ``[b, steps, samples]``."""
     if fills is None:
-        samples = _positive("samples", samples)
+        samples = positive_int("samples", samples)
         generator = torch.Generator().manual_seed(int(seed))
         fills = low + (high - low) * torch.rand(b, steps, samples, generator=generator, dtype=torch.float64)
     fills = torch.as_tensor(fills)

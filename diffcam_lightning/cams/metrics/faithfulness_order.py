@@ -20,12 +20,12 @@ from torch import Tensor, nn
 from .common import (
     FillBaseline,
     Score,
-    _check,
-    _positive,
-    _resolve_targets,
+    check_inputs,
     class_scores,
     fill_values,
     metric,
+    positive_int,
+    resolve_targets,
     to_input_size,
 )
 from .registry import MetricSpec, register_group
@@ -71,8 +71,8 @@ def pixel_flipping(
     Raises:
         ValueError: bad shapes, ``features_in_step``, ``baseline``, ``score`` or ``batch_size``.
     """
-    _check(x, maps, targets)
-    targets = _resolve_targets(model, x, targets)
+    check_inputs(x, maps, targets)
+    targets = resolve_targets(model, x, targets)
     a = features(x, maps)
     step = step_size(x, features_in_step)
     steps = math.ceil(a.shape[1] / step)
@@ -124,11 +124,11 @@ def region_perturbation(
     Raises:
         ValueError: bad shapes, ``order``, ``patch_size``, ``regions`` or ``baseline``.
     """
-    _check(x, maps, targets)
+    check_inputs(x, maps, targets)
     if order not in REGION_ORDERS:
         raise ValueError(f"Unknown region order {order!r}; valid: {', '.join(REGION_ORDERS)}.")
-    patch, regions = _positive("patch_size", patch_size), _positive("regions", regions)
-    targets = _resolve_targets(model, x, targets)
+    patch, regions = positive_int("patch_size", patch_size), positive_int("regions", regions)
+    targets = resolve_targets(model, x, targets)
     pixel_rank, patches = _patch_ranks(to_input_size(maps.to(x.device), x.shape[-2:]), patch, order)
     steps = min(regions, patches)
     fill = fill_values(x, baseline)[:, None, None, None]
@@ -199,8 +199,8 @@ def irof(
         ValueError: bad shapes, or a label 0..S-1 without a pixel.
         ImportError: no ``segments`` and no scikit-image.
     """
-    _check(x, maps, targets)
-    targets = _resolve_targets(model, x, targets)
+    check_inputs(x, maps, targets)
+    targets = resolve_targets(model, x, targets)
     segments = slic_segments(x) if segments is None else torch.as_tensor(segments, device=x.device).long()
     if tuple(segments.shape) != (len(x), *x.shape[-2:]):
         raise ValueError(f"segments must be [B, H, W] = {(len(x), *x.shape[-2:])}; got {tuple(segments.shape)}.")

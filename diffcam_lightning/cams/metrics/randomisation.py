@@ -20,10 +20,10 @@ from torch.nn import functional as F
 
 from ..outputs import logits_of
 from .common import (
-    _check,
-    _resolve_targets,
+    check_inputs,
     metric,
     normalise_by_max,
+    resolve_targets,
     to_input_size,
 )
 from .correlation import spearman
@@ -92,9 +92,9 @@ def random_logit(
         ValueError: bad shapes, no ``explain``, fewer than 2 classes, or an
             ``other_targets`` equal to its target.
     """
-    _check(x, maps, targets)
+    check_inputs(x, maps, targets)
     explain = require_explain("random_logit", explain)
-    targets = _resolve_targets(model, x, targets)
+    targets = resolve_targets(model, x, targets)
     if other_targets is None:
         with torch.no_grad():
             num_classes = logits_of(model(x[:1])).shape[1]
@@ -175,8 +175,8 @@ def efficient_mprt(
     Raises:
         ValueError: bad shapes, ``order``, or ``explain`` not an :class:`~.reexplain.Explainer`.
     """
-    _check(x, maps, targets)
-    targets = _resolve_targets(model, x, targets)
+    check_inputs(x, maps, targets)
+    targets = resolve_targets(model, x, targets)
     random_maps = _random_explainer("efficient_mprt", explain, model, x, targets, seed, order)(x, targets).detach()
     size = x.shape[-2:]
     before = histogram_entropy(to_input_size(maps.to(x.device), size), bins)
@@ -224,8 +224,8 @@ def smooth_mprt(
         ValueError: bad shapes, ``samples``, ``draws``, ``order``, or ``explain`` not an
             :class:`~.reexplain.Explainer`.
     """
-    _check(x, maps, targets)
-    targets = _resolve_targets(model, x, targets)
+    check_inputs(x, maps, targets)
+    targets = resolve_targets(model, x, targets)
     draws = input_noise(
         x, samples, noise_seed, draws, lambda g, shape: torch.randn(shape, generator=g), clean_last=True
     )

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from .common import _positive, _progress, to_input_size
+from .common import positive_int, progress_bar, to_input_size
 
 Explain = Callable[[Tensor, Tensor], Tensor]
 Draw = Callable[[torch.Generator, tuple[int, ...]], Tensor]
@@ -32,7 +32,7 @@ def input_noise(
     (``samples - 1`` where the last sample is the clean input), on ``x``'s device and dtype."""
     count = "samples - 1" if clean_last else "samples"
     if draws is None:
-        shape = (_positive("samples", samples) - int(clean_last), *x.shape)
+        shape = (positive_int("samples", samples) - int(clean_last), *x.shape)
         draws = draw(torch.Generator().manual_seed(int(seed)), shape)
     draws = torch.as_tensor(draws, device=x.device, dtype=x.dtype)
     if draws.dim() != 5 or tuple(draws.shape[1:]) != tuple(x.shape):
@@ -53,9 +53,9 @@ def explain_rows(
 ) -> Tensor:
     """The maps of every row of ``inputs`` for its target, ``batch_size`` rows per call,
     detached, at ``size`` and flattened: ``[N, h*w]`` float64."""
-    step = _positive("batch_size", batch_size)
+    step = positive_int("batch_size", batch_size)
     out = []
-    with _progress(-(-len(inputs) // step), progress, desc) as bar:
+    with progress_bar(-(-len(inputs) // step), progress, desc) as bar:
         for start in range(0, len(inputs), step):
             maps = explain(inputs[start : start + step], targets[start : start + step]).detach()
             out.append(to_input_size(maps.to(inputs.device), size).flatten(1).double())

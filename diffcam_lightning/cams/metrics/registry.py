@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ...registry import Registry
 from ..modes import eval_mode
-from .common import _resolve_targets
+from .common import resolve_targets
 from .reexplain import Explainer, explainer
 
 __all__ = [  # Explainer and explainer live in .reexplain; importable from here as before
@@ -229,7 +229,7 @@ def evaluate(
     _check_needs(names, masks is not None, explain is not None)
     fixed = {"model": model, "x": x, "maps": maps, "masks": masks, "explain": explain, "progress": progress}
     with eval_mode(model):
-        fixed["targets"] = _resolve_targets(model, x, targets)
+        fixed["targets"] = resolve_targets(model, x, targets)
         results = _run_groups(names, {**fixed, **options})
     return {n: results[n] for n in names}
 

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .common import Score, _positive, scores_of_rows, to_input_size
+from .common import Score, positive_int, scores_of_rows, to_input_size
 
 DEFAULT_STEPS = 20  # removal steps when features_in_step is not given (Quantus's default 1 costs C*H*W forwards)
 
@@ -24,7 +24,7 @@ def features(x: Tensor, maps: Tensor) -> Tensor:
 def step_size(x: Tensor, value: Optional[int]) -> int:
     """``value`` checked, or by default the channels of ``ceil(H*W / DEFAULT_STEPS)`` pixels."""
     if value is not None:
-        return _positive("features_in_step", value)
+        return positive_int("features_in_step", value)
     return x.shape[1] * -(-x.shape[-2] * x.shape[-1] // DEFAULT_STEPS)
 
 

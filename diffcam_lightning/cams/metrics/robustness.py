@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .common import _check, _resolve_targets, metric, normalise_by_max, to_input_size
+from .common import check_inputs, metric, normalise_by_max, resolve_targets, to_input_size
 from .reexplain import Explain, explain_rows, input_noise, require_explain
 from .registry import MetricSpec, register_group
 
@@ -77,9 +77,9 @@ def max_sensitivity(
     Raises:
         ValueError: bad shapes, no ``explain``, or a bad ``samples``, ``draws`` or ``batch_size``.
     """
-    _check(x, maps, targets)
+    check_inputs(x, maps, targets)
     explain = require_explain("max_sensitivity", explain)
-    targets = _resolve_targets(model, x, targets)
+    targets = resolve_targets(model, x, targets)
     noise = input_noise(x, samples, seed, draws, lambda g, shape: (torch.rand(shape, generator=g) * 2 - 1) * radius)
     changes, a = _map_changes(x, maps, targets, noise, explain, False, batch_size, progress, "max-sensitivity")
     ratio = changes / a.norm(dim=1)[None]
@@ -118,9 +118,9 @@ def local_lipschitz_estimate(
     Raises:
         ValueError: as :func:`max_sensitivity`.
     """
-    _check(x, maps, targets)
+    check_inputs(x, maps, targets)
     explain = require_explain("local_lipschitz_estimate", explain)
-    targets = _resolve_targets(model, x, targets)
+    targets = resolve_targets(model, x, targets)
     noise = input_noise(x, samples, seed, draws, lambda g, shape: mean + std * torch.randn(shape, generator=g))
     changes, _ = _map_changes(x, maps, targets, noise, explain, True, batch_size, progress, "local lipschitz")
     ratio = changes / (noise.double().flatten(2).norm(dim=2) + 1e-10)

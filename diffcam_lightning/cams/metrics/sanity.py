@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import LayerSpec
-from .common import _progress, metric
+from .common import metric, progress_bar
 from .correlation import spearman
 
 __all__ = ["SANITY_MODES", "SanityResult", "parameter_layers", "randomization_check", "spearman"]
@@ -95,7 +95,7 @@ def randomization_check(
     generator = torch.Generator().manual_seed(seed)
     copy_model = copy.deepcopy(model)
     correlations = []
-    with _progress(len(chosen), progress, "sanity") as bar:
+    with progress_bar(len(chosen), progress, "sanity") as bar:
         for name in chosen:
             if mode == "independent":
                 copy_model = copy.deepcopy(model)
