@@ -381,3 +381,30 @@ def test_sanity_check_runs_a_train_mode_model_in_eval_mode_and_restores_it():
     assert {n: m.training for n, m in model.named_modules()} == modes
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, stats[k], msg=k)
+
+
+def test_metric_registries_are_registries_listed_in_family_order_and_refuse_a_taken_name():
+    from diffcam_lightning.registry import Registry
+
+    assert all(isinstance(r, Registry) for r in (M.METRICS, M.GROUPS, M.MASK_METRICS))
+    families = [spec.family for spec in M.METRICS.values()]
+    assert families == sorted(
+        families, key=("faithfulness", "randomisation", "localisation", "complexity", "robustness").index
+    )
+    before = (list(M.METRICS), list(M.GROUPS))
+    spec = M.MetricSpec("my_group", "higher", family="complexity")
+    with pytest.raises(ValueError, match=r"CAM metrics \['deletion'\] are already registered"):
+        M.register_group("my_group", lambda maps: {"deletion": maps}, {"deletion": spec, "mine": spec})
+    with pytest.raises(ValueError, match="better must be 'higher' or 'lower'"):
+        M.register_group("my_group", lambda maps: {"mine": maps}, {"mine": M.MetricSpec("my_group", "up")})  # type: ignore[arg-type]
+    assert (list(M.METRICS), list(M.GROUPS)) == before  # a refused call registers nothing
+    M.register_group("my_group", lambda maps: {"mine": maps.flatten(1).sum(dim=1)}, {"mine": spec})
+    try:
+        names = list(M.METRICS)  # registered last, listed with its family: after complexity, before robustness
+        assert names.index("complexity") + 1 == names.index("mine") < names.index("max_sensitivity")
+        out = M.evaluate("mine", nn.Identity(), torch.zeros(1, 1, 2, 2), torch.ones(1, 2, 2), torch.zeros(1))
+        torch.testing.assert_close(out["mine"], torch.tensor([4.0]))
+    finally:
+        M.METRICS.unregister("mine")
+        M.GROUPS.unregister("my_group")
+    assert (list(M.METRICS), list(M.GROUPS)) == before

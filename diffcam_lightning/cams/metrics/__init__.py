@@ -7,7 +7,10 @@ batched no-grad forwards (``batch_size`` at a time) with the model in eval mode 
 submodule's flag restored after), so the scores do not depend on ``batch_size`` and no
 BatchNorm statistic moves. Each equals its anchor's implementation on the same model,
 maps and input (tests). The families follow Quantus's grouping, one module each;
-:mod:`.registry` names them for callers (:data:`METRICS`, :func:`evaluate`).
+:mod:`.registry` names them for callers (:data:`METRICS`, :func:`evaluate`). The jobs they
+share exist once: scoring inputs in chunks (:func:`~.common.scores_of_rows`), removing
+features (:mod:`.removal`), re-explaining (:mod:`.reexplain`), correlating rows
+(:mod:`.correlation`).
 """
 
 from ..modes import eval_mode
@@ -22,6 +25,7 @@ from .common import (
     to_input_size,
 )
 from .complexity import complexity, sparseness
+from .correlation import spearman
 from .faithfulness import (
     ARCC_PERCENTILES,
     DEFAULT_PERCENTILES,
@@ -61,7 +65,6 @@ from .sanity import (
     SanityResult,
     parameter_layers,
     randomization_check,
-    spearman,
 )
 from .solvers import IMPUTE_SOLVERS, ROAD_KERNEL, neighbour_sum, noisy_linear_impute
 

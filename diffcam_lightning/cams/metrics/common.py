@@ -7,16 +7,18 @@ import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any, Optional, TypeVar, Union
+from typing import Any, Literal, Optional, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from ..modes import eval_mode
-from ..outputs import _logits
+from ..outputs import logits_of
+from ..postprocess import resize
 
 ScoreFn = Callable[[Tensor], Tensor]
+Score = Literal["softmax", "logit"]  # the keys of SCORES
+FillBaseline = Union[Literal["black", "white", "mean"], float]  # the keys of FILL_VALUES, or a number
 SCORES: dict[str, ScoreFn] = {
     "softmax": lambda logits: torch.softmax(logits.float(), dim=1),
     "logit": lambda logits: logits.float(),
@@ -25,7 +27,8 @@ Baseline = Union[None, float, Tensor, Callable[[Tensor], Tensor]]
 PROGRESS_AFTER = 16  # chunks of forwards before a progress bar is shown (progress=None)
 
 
-def _check(x: Tensor, maps: Tensor, targets: Optional[Tensor]) -> None:
+def check_inputs(x: Tensor, maps: Tensor, targets: Optional[Tensor]) -> None:
+    """Refuses an ``x`` that is not ``[B, C, H, W]``, maps not ``[B, h, w]`` or targets not ``[B]``."""
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(
             f"x must be an image batch [B, C, H, W]; got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}."
@@ -43,57 +46,57 @@ def _score_fn(score: str) -> ScoreFn:
     return SCORES[score]
 
 
-def _positive(name: str, value: int) -> int:
+def positive_int(name: str, value: int) -> int:
+    """``value`` as an int, or a ValueError naming the option ``name``."""
     if isinstance(value, bool) or int(value) != value or int(value) < 1:
         raise ValueError(f"{name} must be an integer >= 1; got {value!r}.")
     return int(value)
 
 
 def to_input_size(maps: Tensor, size: Sequence[int]) -> Tensor:
-    """Maps at the input's resolution (bilinear, ``align_corners=False``, as torchcam)."""
-    maps = maps.float()
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False).squeeze(1)
+    """Maps at the input's resolution, float32: :func:`~..postprocess.resize` (bilinear,
+    ``align_corners=False``, as torchcam) of the maps as float."""
+    height, width = size
+    return resize(maps.float(), (int(height), int(width)))
 
 
-def _progress(total: int, progress: Optional[bool], desc: str) -> Any:  # a tqdm bar (imported lazily)
+def progress_bar(total: int, progress: Optional[bool], desc: str) -> Any:
+    """A tqdm bar of ``total`` chunks (imported lazily), shown if ``progress`` or, when None,
+    if ``total`` exceeds :data:`PROGRESS_AFTER`."""
     from tqdm.auto import tqdm
 
     show = total > PROGRESS_AFTER if progress is None else bool(progress)
     return tqdm(total=total, desc=desc, disable=not show, leave=False)
 
 
-@torch.no_grad()
 def class_scores(
     model: nn.Module,
     x: Tensor,
     targets: Tensor,
-    score: str = "softmax",
+    score: Score = "softmax",
     batch_size: int = 32,
     progress: Optional[bool] = None,
     desc: str = "scoring",
 ) -> Tensor:
     """The target class's score (softmax or logit) of each row of ``x``, ``batch_size``
     rows per no-grad forward: ``[N]`` float32."""
-    fn, step = _score_fn(score), _positive("batch_size", batch_size)
-    out = []
-    with eval_mode(model), _progress(-(-len(x) // step), progress, desc) as bar:
-        for start in range(0, len(x), step):
-            rows = fn(_logits(model(x[start : start + step])))
-            out.append(rows.gather(1, targets[start : start + step, None].to(rows.device)).squeeze(1))
-            bar.update(1)
-    return torch.cat(out)
+
+    def rows(start: int, stop: int) -> tuple[Tensor, Tensor]:
+        return x[start:stop], targets[start:stop]
+
+    return scores_of_rows(model, len(x), rows, score, batch_size, progress, desc)
 
 
-def _resolve_targets(model: nn.Module, x: Tensor, targets: Optional[Tensor]) -> Tensor:
+def resolve_targets(model: nn.Module, x: Tensor, targets: Optional[Tensor]) -> Tensor:
+    """``targets`` as class indices on ``x``'s device, or the model's predictions (eval mode)."""
     if targets is not None:
         return torch.as_tensor(targets, device=x.device).long()
     with torch.no_grad(), eval_mode(model):
-        return _logits(model(x)).argmax(dim=1)
+        return logits_of(model(x)).argmax(dim=1)
 
 
-def _baseline(baseline: Baseline, x: Tensor) -> Tensor:
+def baseline_tensor(baseline: Baseline, x: Tensor) -> Tensor:
+    """``baseline`` (None: zeros, a number, a tensor or a function of ``x``) broadcast to ``x``."""
     if baseline is None:
         return torch.zeros_like(x)
     if callable(baseline) and not isinstance(baseline, Tensor):
@@ -163,7 +166,7 @@ FILL_VALUES: dict[str, Callable[[Tensor], Tensor]] = {  # Quantus's perturb_base
 }
 
 
-def fill_values(x: Tensor, baseline: Union[str, float]) -> Tensor:
+def fill_values(x: Tensor, baseline: FillBaseline) -> Tensor:
     """``[B]``: the value that replaces removed features of each image (Quantus's
     ``perturb_baseline``: ``"black"`` = the image's minimum, ``"white"`` its maximum,
     ``"mean"`` its mean, or a number)."""
@@ -179,19 +182,22 @@ def scores_of_rows(
     model: nn.Module,
     rows: int,
     build: Callable[[int, int], tuple[Tensor, Tensor]],
-    score: str,
+    score: Score,
     batch_size: int,
     progress: Optional[bool],
     desc: str,
 ) -> Tensor:
-    """The target scores of ``rows`` perturbed inputs, ``build(start, stop) -> (inputs,
-    targets)`` making ``batch_size`` of them at a time (memory ~ one chunk): ``[rows]``."""
-    fn, step = _score_fn(score), _positive("batch_size", batch_size)
+    """The target scores of ``rows`` inputs, ``build(start, stop) -> (inputs, targets)``
+    making ``batch_size`` of them at a time (memory ~ one chunk), one no-grad forward each
+    with the model in eval mode: ``[rows]`` float32. Every metric that runs the model
+    scores through here."""
+    fn, step = _score_fn(score), positive_int("batch_size", batch_size)
     out = []
-    with eval_mode(model), _progress(-(-rows // step), progress, desc) as bar:
+    with eval_mode(model), progress_bar(-(-rows // step), progress, desc) as bar:
         for start in range(0, rows, step):
             inputs, targets = build(start, min(start + step, rows))
-            out.append(fn(_logits(model(inputs))).gather(1, targets[:, None].to(inputs.device)).squeeze(1))
+            scores = fn(logits_of(model(inputs)))
+            out.append(scores.gather(1, targets[:, None].to(scores.device)).squeeze(1))
             bar.update(1)
     return torch.cat(out) if out else torch.zeros(0)
 
@@ -203,10 +209,3 @@ def normalise_by_max(maps: Tensor) -> Tensor:
     gives this.)"""
     peak = maps.flatten(1).abs().amax(dim=1).reshape(-1, *[1] * (maps.dim() - 1))
     return torch.where(peak > 0, maps / torch.where(peak > 0, peak, torch.ones_like(peak)), maps)
-
-
-def pearson(a: Tensor, b: Tensor) -> Tensor:
-    """Pearson correlation of each pair of rows (float64): ``[B]``; NaN where a row is constant (as SciPy)."""
-    a, b = a.double() - a.double().mean(dim=1, keepdim=True), b.double() - b.double().mean(dim=1, keepdim=True)
-    r: Tensor = (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1))
-    return r

@@ -26,8 +26,28 @@ def _flat(maps: Tensor, size: Optional[Sequence[int]]) -> Tensor:
 
 @metric
 def sparseness(maps: Tensor, size: Optional[Sequence[int]] = None) -> Tensor:
-    """Gini index of each |map| (after dividing by its max, + 1e-7 as Quantus): ``[B]``,
-    0 for a uniform map, near 1 for a single peak (higher = sparser)."""
+    """Sparseness (Chalasani et al. 2020; Quantus's ``Sparseness``): the Gini index of |map|.
+
+    After dividing each map by its max and adding 1e-7, as Quantus does: 0 for a uniform
+    map, near 1 for a single peak (higher = sparser).
+
+    Args:
+        maps: ``[B, h, w]``.
+        size: the resolution to score at (Quantus scores at the input's); default the maps'.
+
+    Returns:
+        ``[B]``.
+
+    Raises:
+        ValueError: ``maps`` not ``[B, h, w]``.
+
+    Example:
+        >>> import torch
+        >>> peak = torch.zeros(1, 4, 4)
+        >>> peak[0, 1, 2] = 1.0
+        >>> [round(v, 4) for v in sparseness(torch.cat([peak, torch.ones(1, 4, 4)])).tolist()]
+        [0.9375, 0.0]
+    """
     a = _flat(maps, size) + 1e-7
     n = a.shape[1]
     a = a.sort(dim=1).values
@@ -37,8 +57,20 @@ def sparseness(maps: Tensor, size: Optional[Sequence[int]] = None) -> Tensor:
 
 @metric
 def complexity(maps: Tensor, size: Optional[Sequence[int]] = None) -> Tensor:
-    """Entropy of each |map| divided by its sum: ``[B]``, ``log(h*w)`` for a uniform map,
-    0 for a single peak (lower = simpler). An all-zero map scores NaN (no distribution)."""
+    """Complexity (Bhatt et al. 2020; Quantus's ``Complexity``): the entropy of |map| / sum.
+
+    ``log(h*w)`` for a uniform map, 0 for a single peak (lower = simpler).
+
+    Args:
+        maps: ``[B, h, w]``.
+        size: the resolution to score at (Quantus scores at the input's); default the maps'.
+
+    Returns:
+        ``[B]``; NaN for an all-zero map (no distribution).
+
+    Raises:
+        ValueError: ``maps`` not ``[B, h, w]``.
+    """
     a = _flat(maps, size)
     a = a / a.sum(dim=1, keepdim=True)
     return (-(a * torch.log(a + 1e-12)).sum(dim=1)).float()

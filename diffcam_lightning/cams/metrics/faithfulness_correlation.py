@@ -10,24 +10,25 @@ parity tests hand Quantus the same draws.
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from .common import (
-    _check,
-    _positive,
-    _resolve_targets,
+    FillBaseline,
+    Score,
+    check_inputs,
     class_scores,
     fill_values,
     metric,
-    pearson,
+    positive_int,
+    resolve_targets,
     scores_of_rows,
 )
-from .faithfulness_order import DEFAULT_STEPS, _features
+from .correlation import pearson, spearman
 from .registry import MetricSpec, register_group
-from .sanity import spearman
+from .removal import features, rank_of, removal_scores, step_size
 
 
 @metric
@@ -38,34 +39,40 @@ def faithfulness_correlation(
     targets: Optional[Tensor] = None,
     runs: int = 100,
     subset_size: int = 224,
-    baseline: Union[str, float] = "black",
-    score: str = "logit",
+    baseline: FillBaseline = "black",
+    score: Score = "logit",
     seed: int = 0,
     subsets: Optional[Tensor] = None,
     batch_size: int = 32,
     progress: Optional[bool] = None,
 ) -> dict[str, Tensor]:
-    """``{"faithfulness_correlation": [B]}``: Pearson correlation, over ``runs`` random
-    subsets of ``subset_size`` features, between the map's sum over the subset and the drop
-    of the target score when the subset is replaced by ``baseline`` (higher is better).
-    ``subsets [B, runs, subset_size]`` (feature indices into ``C*H*W``) replaces the draws."""
-    _check(x, maps, targets)
-    targets = _resolve_targets(model, x, targets)
-    a = _features(x, maps)
-    n = a.shape[1]
-    if subsets is None:
-        runs, size = _positive("runs", runs), _positive("subset_size", subset_size)
-        if size > n:
-            raise ValueError(f"subset_size {size} exceeds the {n} features (C*H*W) of the input.")
-        generator = torch.Generator().manual_seed(int(seed))
-        subsets = torch.stack(
-            [torch.stack([torch.randperm(n, generator=generator)[:size] for _ in range(runs)]) for _ in range(len(x))]
-        )
-    subsets = torch.as_tensor(subsets, device=x.device).long()
-    if subsets.dim() != 3 or subsets.shape[0] != len(x):
-        raise ValueError(
-            f"subsets must be feature indices [B, runs, subset_size] with B = {len(x)}; got {tuple(subsets.shape)}."
-        )
+    """Faithfulness Correlation (Bhatt et al. 2020; Quantus's ``FaithfulnessCorrelation``).
+
+    The Pearson correlation, over ``runs`` random subsets of ``subset_size`` features,
+    between the map's sum over the subset and the drop of the target score when the subset
+    is replaced by ``baseline``: higher is better.
+
+    Args:
+        model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
+            ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
+        runs, subset_size: how many subsets, of how many features.
+        baseline: the fill (:func:`~.common.fill_values`).
+        score: the target's ``"logit"`` or ``"softmax"``.
+        seed: of the CPU generator that draws the subsets.
+        subsets: feature indices into ``C*H*W``, ``[B, runs, subset_size]``, instead of draws.
+        batch_size, progress: perturbed inputs per forward; a progress bar (None: if long).
+
+    Returns:
+        ``{"faithfulness_correlation": [B]}``.
+
+    Raises:
+        ValueError: bad shapes, ``runs``, ``subset_size`` (or more than ``C*H*W``),
+            ``subsets``, ``baseline``, ``score`` or ``batch_size``.
+    """
+    check_inputs(x, maps, targets)
+    targets = resolve_targets(model, x, targets)
+    a = features(x, maps)
+    subsets = _random_subsets(len(x), a.shape[1], runs, subset_size, seed, subsets).to(x.device)
     runs = subsets.shape[1]
     fill, flat = fill_values(x, baseline), x.reshape(len(x), -1)
 
@@ -83,6 +90,26 @@ def faithfulness_correlation(
     return {"faithfulness_correlation": pearson(sums, deltas).float()}
 
 
+def _random_subsets(b: int, n: int, runs: int, subset_size: int, seed: int, subsets: Optional[Tensor]) -> Tensor:
+    """``subsets`` checked, or ``runs`` random subsets of ``subset_size`` of the ``n``
+    features of each of ``b`` images, drawn by a CPU generator seeded ``seed`` (Quantus's
+    draw): ``[b, runs, subset_size]`` indices."""
+    if subsets is None:
+        runs, size = positive_int("runs", runs), positive_int("subset_size", subset_size)
+        if size > n:
+            raise ValueError(f"subset_size {size} exceeds the {n} features (C*H*W) of the input.")
+        generator = torch.Generator().manual_seed(int(seed))
+        subsets = torch.stack(
+            [torch.stack([torch.randperm(n, generator=generator)[:size] for _ in range(runs)]) for _ in range(b)]
+        )
+    subsets = torch.as_tensor(subsets).long()
+    if subsets.dim() != 3 or subsets.shape[0] != b:
+        raise ValueError(
+            f"subsets must be feature indices [B, runs, subset_size] with B = {b}; got {tuple(subsets.shape)}."
+        )
+    return subsets
+
+
 @metric
 def monotonicity_correlation(
     model: nn.Module,
@@ -94,58 +121,69 @@ def monotonicity_correlation(
     eps: float = 1e-5,
     low: float = 0.0,
     high: float = 1.0,
-    score: str = "softmax",
+    score: Score = "softmax",
     seed: int = 0,
     fills: Optional[Tensor] = None,
     batch_size: int = 32,
     progress: Optional[bool] = None,
 ) -> dict[str, Tensor]:
-    """``{"monotonicity_correlation": [B]}``: Spearman correlation between the map's |sum|
-    over each step of features (least relevant first, ``features_in_step`` at a time) and
-    the mean squared change of the target score, over ``samples`` draws, when that step
-    alone is replaced by one uniform value in ``[low, high)``, divided by the squared score
-    (higher is better). ``fills [B, steps, samples]`` replaces the uniform draws. Default
-    step: the channels of ``ceil(H*W / 20)`` pixels (Quantus's default 1 costs ``C*H*W *
-    samples`` forwards per image)."""
-    _check(x, maps, targets)
-    targets = _resolve_targets(model, x, targets)
-    a = _features(x, maps).abs().double()  # Quantus's abs=True
-    step = (
-        _positive("features_in_step", features_in_step)
-        if features_in_step is not None
-        else (x.shape[1] * -(-x.shape[-2] * x.shape[-1] // DEFAULT_STEPS))
-    )
+    """Monotonicity Correlation (Nguyen & Martinez 2020; Quantus's ``MonotonicityCorrelation``).
+
+    The Spearman correlation between the map's |sum| over each step of features (least
+    relevant first, ``features_in_step`` at a time) and the mean squared change of the
+    target score, over ``samples`` draws, when that step alone is replaced by one uniform
+    value in ``[low, high)``, divided by the squared score: higher is better.
+
+    Args:
+        model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
+            ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
+        features_in_step: features per step (default: the channels of ``ceil(H*W / 20)``
+            pixels; Quantus's 1 costs ``C*H*W * samples`` forwards per image).
+        samples, low, high: uniform fill values drawn per step, and their range.
+        eps: scores below it are not divided by (Quantus's ``eps``).
+        score: the target's ``"softmax"`` or ``"logit"``.
+        seed: of the CPU generator that draws the fill values.
+        fills: ``[B, steps, samples]`` fill values instead of draws.
+        batch_size, progress: perturbed inputs per forward; a progress bar (None: if long).
+
+    Returns:
+        ``{"monotonicity_correlation": [B]}``.
+
+    Raises:
+        ValueError: bad shapes, ``features_in_step``, ``samples``, ``fills``, ``score`` or
+            ``batch_size``.
+    """
+    check_inputs(x, maps, targets)
+    targets = resolve_targets(model, x, targets)
+    a = features(x, maps).abs().double()  # Quantus's abs=True
+    step = step_size(x, features_in_step)
     steps = math.ceil(a.shape[1] / step)
-    if fills is None:
-        samples = _positive("samples", samples)
-        generator = torch.Generator().manual_seed(int(seed))
-        fills = low + (high - low) * torch.rand(len(x), steps, samples, generator=generator, dtype=torch.float64)
-    fills = torch.as_tensor(fills, device=x.device)
-    if tuple(fills.shape[:2]) != (len(x), steps) or fills.dim() != 3:
-        raise ValueError(f"fills must be [B, steps, samples] = [{len(x)}, {steps}, samples]; got {tuple(fills.shape)}.")
-    samples = fills.shape[2]
-    step_of = torch.empty_like(a, dtype=torch.long)
-    order = torch.argsort(a, dim=1, stable=True)
-    step_of.scatter_(1, order, (torch.arange(a.shape[1], device=x.device) // step).expand_as(order))
-    flat = x.reshape(len(x), -1)
-
-    def build(start: int, stop: int) -> tuple[Tensor, Tensor]:
-        rows = torch.arange(start, stop, device=x.device)
-        sample, k, s = rows // (steps * samples), rows // samples % steps, rows % samples
-        removed = step_of[sample] == k[:, None]
-        value = fills[sample, k, s].to(x.dtype)[:, None]
-        return torch.where(removed, value, flat[sample]).reshape(-1, *x.shape[1:]), targets[sample]
-
+    fills = _uniform_fills(len(x), steps, samples, low, high, seed, fills).to(x.device)
+    step_of = rank_of(torch.argsort(a, dim=1, stable=True)) // step  # least relevant first
     original = class_scores(model, x, targets, score, batch_size, progress=False).double()
-    after = scores_of_rows(
-        model, len(x) * steps * samples, build, score, batch_size, progress, "monotonicity correlation"
+    desc = "monotonicity correlation"
+    after = removal_scores(
+        model, x, targets, step_of, steps, fills[..., None], score, batch_size, progress, desc, cumulative=False
     )
     inverse = torch.where(original.abs() >= eps, 1 / original.abs(), torch.ones_like(original)) ** 2
-    variance = ((after.double().reshape(len(x), steps, samples) - original[:, None, None]) ** 2).mean(dim=2) * inverse[
-        :, None
-    ]
+    variance = ((after.double() - original[:, None, None]) ** 2).mean(dim=2) * inverse[:, None]
     sums = torch.zeros(len(x), steps, dtype=torch.float64, device=x.device).scatter_add_(1, step_of, a)
     return {"monotonicity_correlation": spearman(sums, variance)}
+
+
+def _uniform_fills(
+    b: int, steps: int, samples: int, low: float, high: float, seed: int, fills: Optional[Tensor]
+) -> Tensor:
+    """``fills`` checked, or ``samples`` values in ``[low, high)`` per step of each of ``b``
+    images, drawn by a CPU generator seeded ``seed``: ``[b, steps, samples]``."""
+    if fills is None:
+        samples = positive_int("samples", samples)
+        generator = torch.Generator().manual_seed(int(seed))
+        fills = low + (high - low) * torch.rand(b, steps, samples, generator=generator, dtype=torch.float64)
+    fills = torch.as_tensor(fills)
+    if tuple(fills.shape[:2]) != (b, steps) or fills.dim() != 3:
+        raise ValueError(f"fills must be [B, steps, samples] = [{b}, {steps}, samples]; got {tuple(fills.shape)}.")
+    return fills
 
 
 register_group(

@@ -26,8 +26,27 @@ def _masks(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
 
 @metric
 def relevance_mass(maps: Tensor, masks: Tensor) -> Tensor:
-    """Share of each map's mass inside its mask (maps resized to the masks): ``[B]``;
-    a map that sums to zero scores 0."""
+    """Relevance mass (Arras et al. 2022; Quantus's ``RelevanceMassAccuracy``).
+
+    The share of each map's positive mass inside its mask, maps resized to the masks.
+
+    Args:
+        maps: ``[B, h, w]``.
+        masks: ground truth ``[B, H, W]``, inside where > 0.5.
+
+    Returns:
+        ``[B]``; 0 for a map that sums to zero.
+
+    Raises:
+        ValueError: ``masks`` not ``[B, H, W]``, or an empty mask.
+
+    Example:
+        >>> import torch
+        >>> maps = torch.zeros(1, 4, 4)
+        >>> maps[0, 0, :2] = 1.0
+        >>> relevance_mass(maps, torch.eye(4)[None]).tolist()
+        [0.5]
+    """
     cam, inside = _masks(maps, masks)
     total = cam.sum(dim=1)
     return torch.where(total > 0, (cam * inside).sum(dim=1) / total.clamp(min=1e-30), torch.zeros_like(total))
@@ -35,10 +54,23 @@ def relevance_mass(maps: Tensor, masks: Tensor) -> Tensor:
 
 @metric
 def relevance_rank(maps: Tensor, masks: Tensor) -> Tensor:
-    """Share of the K highest pixels of each map that lie inside its mask, K = the mask's
-    pixel count: ``[B]``. Pixels tied at the K-th place share the remaining top-K places
-    (each gets the fraction of its tie group that fits), as a uniformly random tie-break
-    would on average: a blank map scores the mask's share of the image wherever it lies."""
+    """Relevance rank (Arras et al. 2022; Quantus's ``RelevanceRankAccuracy``).
+
+    The share of the K highest pixels of each map that lie inside its mask, K = the mask's
+    pixel count. Pixels tied at the K-th place share the remaining top-K places (each gets
+    the fraction of its tie group that fits), as a uniformly random tie-break would on
+    average: a blank map scores the mask's share of the image wherever it lies.
+
+    Args:
+        maps: ``[B, h, w]``, resized to the masks.
+        masks: ground truth ``[B, H, W]``, inside where > 0.5.
+
+    Returns:
+        ``[B]``.
+
+    Raises:
+        ValueError: ``masks`` not ``[B, H, W]``, or an empty mask.
+    """
     cam, inside = _masks(maps, masks)
     cam = cam.double()
     ascending = cam.sort(dim=1).values
@@ -58,4 +90,4 @@ for _name, _fn in (("relevance_mass", relevance_mass), ("relevance_rank", releva
     register_group(
         _name, _group(_name, _fn), {_name: MetricSpec(_name, "higher", needs_masks=True, family="localisation")}
     )
-    MASK_METRICS[_name] = _fn
+    MASK_METRICS.register(_name, _fn)

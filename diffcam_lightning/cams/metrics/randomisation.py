@@ -11,27 +11,24 @@ report pass the audited method's own.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..outputs import _logits
+from ..outputs import logits_of
 from .common import (
-    _check,
-    _positive,
-    _resolve_targets,
+    check_inputs,
     metric,
     normalise_by_max,
+    resolve_targets,
     to_input_size,
 )
-from .registry import Explainer, MetricSpec, register_group
-from .sanity import spearman
-
-Explain = Callable[[Tensor, Tensor], Tensor]
+from .correlation import spearman
+from .reexplain import Explain, Explainer, explain_rows, input_noise, require_explain
+from .registry import MetricSpec, register_group
 
 
 def ssim_rows(a: Tensor, b: Tensor, win_size: int = 7) -> Tensor:
@@ -76,16 +73,31 @@ def random_logit(
     seed: int = 42,
     other_targets: Optional[Tensor] = None,
 ) -> dict[str, Tensor]:
-    """``{"random_logit": [B]}``: SSIM (:func:`ssim_rows`) between each map and the map of a
-    random other class (``other_targets``, default :func:`random_other_classes` at
-    ``seed``), both at the input's size and divided by their max (lower is better)."""
-    _check(x, maps, targets)
-    if explain is None:
-        raise ValueError("random_logit needs explain(x, targets) -> maps; pass explain=.")
-    targets = _resolve_targets(model, x, targets)
+    """Random Logit (Sixt et al. 2020; Quantus's ``RandomLogit``): is the map class-specific?
+
+    The SSIM (:func:`ssim_rows`) between each map and the map of a random other class, both
+    at the input's size and divided by their max: lower is better.
+
+    Args:
+        model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
+            ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
+        explain: ``explain(x, targets) -> maps``, for the other classes' maps.
+        seed: of Quantus's draw of the other classes (:func:`random_other_classes`).
+        other_targets: ``[B]`` classes to compare with instead of the draw.
+
+    Returns:
+        ``{"random_logit": [B]}``.
+
+    Raises:
+        ValueError: bad shapes, no ``explain``, fewer than 2 classes, or an
+            ``other_targets`` equal to its target.
+    """
+    check_inputs(x, maps, targets)
+    explain = require_explain("random_logit", explain)
+    targets = resolve_targets(model, x, targets)
     if other_targets is None:
         with torch.no_grad():
-            num_classes = _logits(model(x[:1])).shape[1]
+            num_classes = logits_of(model(x[:1])).shape[1]
         other_targets = random_other_classes(targets, num_classes, seed)
     other_targets = torch.as_tensor(other_targets, device=x.device).long()
     if bool((other_targets == targets).any()):
@@ -97,10 +109,11 @@ def random_logit(
     return {"random_logit": ssim_rows(a, b).float()}
 
 
-MPRT_ORDERS = ("bottom_up", "top_down")
+LayerOrder = Literal["bottom_up", "top_down"]
+MPRT_ORDERS: tuple[LayerOrder, ...] = ("bottom_up", "top_down")
 
 
-def randomised_copy(model: nn.Module, seed: int = 42, order: str = "bottom_up") -> nn.Module:
+def randomised_copy(model: nn.Module, seed: int = 42, order: LayerOrder = "bottom_up") -> nn.Module:
     """Quantus's fully randomised model: a deep copy whose every module with
     ``reset_parameters`` is reset, in registration order (``bottom_up``) or reversed, each
     after ``torch.manual_seed(seed + 1)``. The caller's RNG state is restored."""
@@ -138,22 +151,33 @@ def efficient_mprt(
     targets: Optional[Tensor] = None,
     explain: Optional[Explain] = None,
     seed: int = 42,
-    order: str = "bottom_up",
+    order: LayerOrder = "bottom_up",
     bins: int = 100,
 ) -> dict[str, Tensor]:
-    """``{"efficient_mprt": [B]}``: eMPRT (Hedström et al. 2023), the relative rise of the
-    maps' histogram entropy (:func:`histogram_entropy`, at the input's size) from the model
-    to its fully randomised copy (:func:`randomised_copy`): ``(H(random) - H(map)) / H(map)``.
-    A method that explains the model, not the input, turns noisier (higher is better).
-    ``explain`` must come from :func:`~.registry.explainer` (it re-explains the copy)."""
-    _check(x, maps, targets)
-    if not isinstance(explain, Explainer):
-        raise ValueError(
-            "efficient_mprt re-explains a randomised copy of the model: pass explain=metrics.explainer(engine, method)."
-        )
-    targets = _resolve_targets(model, x, targets)
-    random_model = randomised_copy(model, seed, order).eval()
-    random_maps = explain.for_model(random_model, x, targets)(x, targets).detach()
+    """eMPRT, efficient model parameter randomisation (Hedström et al. 2023; Quantus's ``EfficientMPRT``).
+
+    The relative rise of the maps' histogram entropy (:func:`histogram_entropy`, at the
+    input's size) from the model to its fully randomised copy (:func:`randomised_copy`):
+    ``(H(random) - H(map)) / H(map)``. A method that explains the model, not the input,
+    turns noisier: higher is better.
+
+    Args:
+        model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
+            ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
+        explain: an :class:`~.reexplain.Explainer` (:func:`~.reexplain.explainer`): it
+            re-explains the copy at the same layer.
+        seed, order: of :func:`randomised_copy`.
+        bins: of the histograms.
+
+    Returns:
+        ``{"efficient_mprt": [B]}``.
+
+    Raises:
+        ValueError: bad shapes, ``order``, or ``explain`` not an :class:`~.reexplain.Explainer`.
+    """
+    check_inputs(x, maps, targets)
+    targets = resolve_targets(model, x, targets)
+    random_maps = _random_explainer("efficient_mprt", explain, model, x, targets, seed, order)(x, targets).detach()
     size = x.shape[-2:]
     before = histogram_entropy(to_input_size(maps.to(x.device), size), bins)
     after = histogram_entropy(to_input_size(random_maps.to(x.device), size), bins)
@@ -170,52 +194,62 @@ def smooth_mprt(
     samples: int = 50,
     noise_magnitude: float = 0.1,
     seed: int = 42,
-    order: str = "bottom_up",
+    order: LayerOrder = "bottom_up",
     noise_seed: int = 0,
     draws: Optional[Tensor] = None,
     batch_size: int = 32,
 ) -> dict[str, Tensor]:
-    """``{"smooth_mprt": [B]}``: sMPRT (Hedström et al. 2023) at the fully randomised model
-    (Quantus's ``return_last_correlation``): Spearman correlation between |map| and the
-    |mean map| of the randomised copy (:func:`randomised_copy`) over ``samples`` inputs
-    ``x + N(0, (noise_magnitude * (max - min of the image))^2)``, the last one noise-free
-    (maps at the input's size, divided by their max). Lower is better: the maps should
-    change when the model does. ``draws [samples - 1, B, C, H, W]`` (standard normal)
-    replaces the noise (default: a generator seeded ``noise_seed``)."""
-    _check(x, maps, targets)
-    if not isinstance(explain, Explainer):
-        raise ValueError(
-            "smooth_mprt re-explains a randomised copy of the model: pass explain=metrics.explainer(engine, method)."
-        )
-    targets = _resolve_targets(model, x, targets)
-    if draws is None:
-        draws = torch.randn(
-            (_positive("samples", samples) - 1, *x.shape), generator=torch.Generator().manual_seed(int(noise_seed))
-        )
-    draws = torch.as_tensor(draws, device=x.device, dtype=x.dtype)
-    if draws.dim() != 5 or tuple(draws.shape[1:]) != tuple(x.shape):
-        raise ValueError(
-            f"draws must be [samples - 1, B, C, H, W] with [B, C, H, W] = {tuple(x.shape)}; got {tuple(draws.shape)}."
-        )
+    """sMPRT, smooth model parameter randomisation (Hedström et al. 2023; Quantus's ``SmoothMPRT``).
+
+    At the fully randomised model (Quantus's ``return_last_correlation``): the Spearman
+    correlation between |map| and the |mean map| of the randomised copy
+    (:func:`randomised_copy`) over ``samples`` inputs ``x + N(0, (noise_magnitude * (max -
+    min of the image))^2)``, the last one noise-free (maps at the input's size, divided by
+    their max). Lower is better: the maps should change when the model does.
+
+    Args:
+        model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
+            ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
+        explain: an :class:`~.reexplain.Explainer` (it re-explains the copy).
+        samples, noise_magnitude: the inputs averaged over, and their noise's scale.
+        seed, order: of :func:`randomised_copy`.
+        noise_seed: of the CPU generator that draws the noise.
+        draws: standard normal noise ``[samples - 1, B, C, H, W]`` instead of draws.
+        batch_size: inputs per ``explain`` call.
+
+    Returns:
+        ``{"smooth_mprt": [B]}``.
+
+    Raises:
+        ValueError: bad shapes, ``samples``, ``draws``, ``order``, or ``explain`` not an
+            :class:`~.reexplain.Explainer`.
+    """
+    check_inputs(x, maps, targets)
+    targets = resolve_targets(model, x, targets)
+    draws = input_noise(
+        x, samples, noise_seed, draws, lambda g, shape: torch.randn(shape, generator=g), clean_last=True
+    )
     std = noise_magnitude * (x.flatten(1).amax(dim=1) - x.flatten(1).amin(dim=1)).reshape(-1, 1, 1, 1)
     inputs = torch.cat([(x[None] + draws * std[None]).flatten(0, 1), x])  # [(samples - 1) * B + B, C, H, W]
-    rows = targets.repeat(draws.shape[0] + 1)
-    random_explain = explain.for_model(randomised_copy(model, seed, order).eval(), x, targets)
-    step = _positive("batch_size", batch_size)
-    size = x.shape[-2:]
-    smooth = (
-        torch.cat(
-            [
-                to_input_size(random_explain(inputs[i : i + step], rows[i : i + step]).detach().to(x.device), size)
-                for i in range(0, len(inputs), step)
-            ]
-        )
-        .double()
-        .reshape(draws.shape[0] + 1, len(x), -1)
-        .mean(dim=0)
+    random_explain = _random_explainer("smooth_mprt", explain, model, x, targets, seed, order)
+    smooth = explain_rows(
+        random_explain, inputs, targets.repeat(len(draws) + 1), x.shape[-2:], batch_size, False, "smooth mprt"
     )
-    a = normalise_by_max(to_input_size(maps.to(x.device), size).flatten(1).double()).abs()
+    smooth = smooth.reshape(len(draws) + 1, len(x), -1).mean(dim=0)
+    a = normalise_by_max(to_input_size(maps.to(x.device), x.shape[-2:]).flatten(1).double()).abs()
     return {"smooth_mprt": spearman(a, normalise_by_max(smooth).abs())}
+
+
+def _random_explainer(
+    name: str, explain: Optional[Explain], model: nn.Module, x: Tensor, targets: Tensor, seed: int, order: LayerOrder
+) -> Explainer:
+    """``explain``'s method at the same layer of the fully randomised copy of ``model``
+    (:func:`randomised_copy`, in eval mode); ``explain`` must be an :class:`Explainer`."""
+    if not isinstance(explain, Explainer):
+        raise ValueError(
+            f"{name} re-explains a randomised copy of the model: pass explain=metrics.explainer(engine, method)."
+        )
+    return explain.for_model(randomised_copy(model, seed, order).eval(), x, targets)
 
 
 register_group(

@@ -9,58 +9,37 @@ Quantus the same draws).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from .common import (
-    _check,
-    _positive,
-    _progress,
-    _resolve_targets,
-    metric,
-    normalise_by_max,
-    to_input_size,
-)
+from .common import check_inputs, metric, normalise_by_max, resolve_targets, to_input_size
+from .reexplain import Explain, explain_rows, input_noise, require_explain
 from .registry import MetricSpec, register_group
 
-Explain = Callable[[Tensor, Tensor], Tensor]
-Draw = Callable[[torch.Generator, tuple[int, ...]], Tensor]
 
-
-def _noise(x: Tensor, samples: int, seed: int, noise: Optional[Tensor], draw: Draw) -> Tensor:
-    if noise is None:
-        noise = draw(torch.Generator().manual_seed(int(seed)), (_positive("samples", samples), *x.shape))
-    noise = torch.as_tensor(noise, device=x.device, dtype=x.dtype)
-    if noise.dim() != 5 or tuple(noise.shape[1:]) != tuple(x.shape):
-        raise ValueError(
-            f"draws must be [samples, B, C, H, W] with [B, C, H, W] = {tuple(x.shape)}; got {tuple(noise.shape)}."
-        )
-    return noise
-
-
-def _explained_noisy(
+def _map_changes(
     x: Tensor,
+    maps: Tensor,
     targets: Tensor,
     noise: Tensor,
     explain: Explain,
+    normalise: bool,
     batch_size: int,
     progress: Optional[bool],
     desc: str,
-) -> Tensor:
-    """Maps of every noisy copy ``x + noise[s]`` at the input's size, flattened: ``[samples, B, H*W]``."""
+) -> tuple[Tensor, Tensor]:
+    """How far the map of each noisy copy ``x + noise[s]`` lies from the map of ``x``, maps
+    at the input's size, flattened, float64 and divided by their max if ``normalise``:
+    ``(||map(x + noise[s]) - map(x)|| [samples, B], map(x) [B, H*W])``."""
+    size, samples = x.shape[-2:], noise.shape[0]
     noisy = (x[None] + noise).reshape(-1, *x.shape[1:])
-    rows = targets.repeat(noise.shape[0])
-    step = _positive("batch_size", batch_size)
-    out = []
-    with _progress(-(-len(noisy) // step), progress, desc) as bar:
-        for start in range(0, len(noisy), step):
-            maps = explain(noisy[start : start + step], rows[start : start + step]).detach()
-            out.append(to_input_size(maps.to(x.device), x.shape[-2:]).flatten(1).double())
-            bar.update(1)
-    return torch.cat(out).reshape(noise.shape[0], len(x), -1)
+    again = explain_rows(explain, noisy, targets.repeat(samples), size, batch_size, progress, desc)
+    a = to_input_size(maps.to(x.device), size).flatten(1).double()
+    if normalise:
+        a, again = normalise_by_max(a), normalise_by_max(again)
+    return (again.reshape(samples, len(x), -1) - a[None]).norm(dim=2), a
 
 
 @metric
@@ -77,17 +56,33 @@ def max_sensitivity(
     batch_size: int = 32,
     progress: Optional[bool] = None,
 ) -> dict[str, Tensor]:
-    """``{"max_sensitivity": [B]}``: the largest ``||map(x + u) - map(x)|| / ||map(x)||``
-    (Frobenius, maps at the input's size, not normalised: Quantus's default) over
-    ``samples`` draws of ``u ~ U(-radius, radius)`` on every input value."""
-    _check(x, maps, targets)
-    if explain is None:
-        raise ValueError("max_sensitivity needs explain(x, targets) -> maps; pass explain=.")
-    targets = _resolve_targets(model, x, targets)
-    noise = _noise(x, samples, seed, draws, lambda g, shape: (torch.rand(shape, generator=g) * 2 - 1) * radius)
-    a = to_input_size(maps.to(x.device), x.shape[-2:]).flatten(1).double()
-    noisy = _explained_noisy(x, targets, noise, explain, batch_size, progress, "max-sensitivity")
-    ratio = (noisy - a[None]).norm(dim=2) / a.norm(dim=1)[None]
+    """Max-Sensitivity (Yeh et al. 2019; Quantus's ``MaxSensitivity``).
+
+    The largest ``||map(x + u) - map(x)|| / ||map(x)||`` (Frobenius, maps at the input's
+    size, not normalised: Quantus's default) over ``samples`` draws of ``u ~ U(-radius,
+    radius)`` on every input value: lower is better.
+
+    Args:
+        model, x, maps, targets: the classifier, its input ``[B, C, H, W]``, the maps
+            ``[B, h, w]`` and the explained classes ``[B]`` (default: the predicted ones).
+        explain: ``explain(x, targets) -> maps``, for the noisy inputs.
+        samples, radius: noisy copies of each input, and the noise's bound.
+        seed: of the CPU generator that draws the noise.
+        draws: the noise ``[samples, B, C, H, W]`` instead of draws.
+        batch_size, progress: noisy inputs per ``explain`` call; a progress bar (None: if long).
+
+    Returns:
+        ``{"max_sensitivity": [B]}``.
+
+    Raises:
+        ValueError: bad shapes, no ``explain``, or a bad ``samples``, ``draws`` or ``batch_size``.
+    """
+    check_inputs(x, maps, targets)
+    explain = require_explain("max_sensitivity", explain)
+    targets = resolve_targets(model, x, targets)
+    noise = input_noise(x, samples, seed, draws, lambda g, shape: (torch.rand(shape, generator=g) * 2 - 1) * radius)
+    changes, a = _map_changes(x, maps, targets, noise, explain, False, batch_size, progress, "max-sensitivity")
+    ratio = changes / a.norm(dim=1)[None]
     return {"max_sensitivity": ratio.amax(dim=0).float()}
 
 
@@ -106,20 +101,29 @@ def local_lipschitz_estimate(
     batch_size: int = 32,
     progress: Optional[bool] = None,
 ) -> dict[str, Tensor]:
-    """``{"local_lipschitz_estimate": [B]}``: the largest ``||m(x + n) - m(x)|| / ||n||``
-    (Euclidean; ``m`` = the map at the input's size divided by its max, as Quantus
-    normalises) over ``samples`` draws of ``n ~ N(mean, std)`` on every input value."""
-    _check(x, maps, targets)
-    if explain is None:
-        raise ValueError("local_lipschitz_estimate needs explain(x, targets) -> maps; pass explain=.")
-    targets = _resolve_targets(model, x, targets)
-    noise = _noise(x, samples, seed, draws, lambda g, shape: mean + std * torch.randn(shape, generator=g))
-    a = normalise_by_max(to_input_size(maps.to(x.device), x.shape[-2:]).flatten(1).double())
-    noisy = normalise_by_max(
-        _explained_noisy(x, targets, noise, explain, batch_size, progress, "local lipschitz").flatten(0, 1)
-    )
-    noisy = noisy.reshape(noise.shape[0], len(x), -1)
-    ratio = (noisy - a[None]).norm(dim=2) / (noise.double().flatten(2).norm(dim=2) + 1e-10)
+    """The Local Lipschitz Estimate (Alvarez-Melis & Jaakkola 2018; Quantus's ``LocalLipschitzEstimate``).
+
+    The largest ``||m(x + n) - m(x)|| / ||n||`` (Euclidean; ``m`` = the map at the input's
+    size divided by its max, as Quantus normalises) over ``samples`` draws of ``n ~
+    N(mean, std)`` on every input value: lower is better.
+
+    Args:
+        model, x, maps, targets, explain, seed, draws, batch_size, progress: as
+            :func:`max_sensitivity`'s.
+        samples, mean, std: noisy copies of each input, and the noise's distribution.
+
+    Returns:
+        ``{"local_lipschitz_estimate": [B]}``.
+
+    Raises:
+        ValueError: as :func:`max_sensitivity`.
+    """
+    check_inputs(x, maps, targets)
+    explain = require_explain("local_lipschitz_estimate", explain)
+    targets = resolve_targets(model, x, targets)
+    noise = input_noise(x, samples, seed, draws, lambda g, shape: mean + std * torch.randn(shape, generator=g))
+    changes, _ = _map_changes(x, maps, targets, noise, explain, True, batch_size, progress, "local lipschitz")
+    ratio = changes / (noise.double().flatten(2).norm(dim=2) + 1e-10)
     return {"local_lipschitz_estimate": ratio.amax(dim=0).float()}
 
 

@@ -1,18 +1,24 @@
 """The model parameter randomisation test (Adebayo et al. 2018): Spearman rank correlation
-between the maps of the model and of copies with layers re-initialised."""
+between the maps of the model and of copies with layers re-initialised. (:func:`spearman`
+lives in :mod:`.correlation`; it is importable from here as before.)"""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..layers import LayerSpec
-from .common import PROGRESS_AFTER, _progress, metric
+from .common import metric, progress_bar
+from .correlation import spearman
+
+__all__ = ["SANITY_MODES", "SanityResult", "parameter_layers", "randomization_check", "spearman"]
+
+SanityMode = Literal["cascading", "independent"]
 
 
 @dataclass
@@ -22,25 +28,7 @@ class SanityResult:
 
     layers: list[str]
     correlation: Tensor
-    mode: str
-
-
-def spearman(a: Tensor, b: Tensor) -> Tensor:
-    """Spearman rank correlation of each pair of rows (ties get their average rank): ``[B]``;
-    0 where either row is constant."""
-    ra, rb = _average_ranks(a.flatten(1).double()), _average_ranks(b.flatten(1).double())
-    ra, rb = ra - ra.mean(dim=1, keepdim=True), rb - rb.mean(dim=1, keepdim=True)
-    den = ra.norm(dim=1) * rb.norm(dim=1)
-    return torch.where(den > 0, (ra * rb).sum(dim=1) / den.clamp(min=1e-300), torch.zeros_like(den)).float()
-
-
-def _average_ranks(rows: Tensor) -> Tensor:
-    out = torch.empty_like(rows)
-    for i, row in enumerate(rows):
-        _, inverse, counts = torch.unique(row, return_inverse=True, return_counts=True)
-        ends = counts.cumsum(0).to(rows.dtype)
-        out[i] = (ends - (counts.to(rows.dtype) - 1) / 2)[inverse]
-    return out
+    mode: SanityMode
 
 
 def parameter_layers(model: nn.Module) -> list[str]:
@@ -59,7 +47,7 @@ def _randomize(module: nn.Module, generator: torch.Generator) -> None:
             p.copy_((noise * (std if std > 0 else 1.0)).to(p))
 
 
-SANITY_MODES = ("cascading", "independent")
+SANITY_MODES: tuple[SanityMode, ...] = ("cascading", "independent")
 
 
 @metric  # the model and its copies in eval mode, every submodule's flag restored
@@ -69,17 +57,33 @@ def randomization_check(
     method: str = "gradcam",
     targets: Optional[Tensor] = None,
     target_layer: LayerSpec = None,
-    mode: str = "cascading",
+    mode: SanityMode = "cascading",
     layers: Optional[Sequence[str]] = None,
     seed: int = 0,
     progress: Optional[bool] = None,
 ) -> SanityResult:
-    """Model parameter randomisation test on a deep copy of ``model`` (never changed):
-    for each layer of ``layers`` (default :func:`parameter_layers`, output first), re-draw
-    its parameters (``cascading``: cumulatively, top down; ``independent``: that layer
-    alone) and correlate the new maps with the original ones. A faithful method's
-    correlation falls as layers are randomised; one that stays high explains the input,
-    not the model."""
+    """The model parameter randomisation test (Adebayo et al. 2018) on a copy of ``model``.
+
+    For each layer, re-draw its parameters and correlate the new maps with the original
+    ones. A faithful method's correlation falls as layers are randomised; one that stays
+    high explains the input, not the model. ``model`` itself is never changed.
+
+    Args:
+        model, x, targets: the classifier, its input ``[B, C, H, W]`` and the explained
+            classes ``[B]`` (default: the predicted ones).
+        method: the CAM method tested.
+        target_layer: its layer (as :class:`~diffcam_lightning.CAMEngine` takes it).
+        mode: ``"cascading"`` (cumulatively, top down) or ``"independent"`` (one at a time).
+        layers: module names (default :func:`parameter_layers`, output first).
+        seed: of the CPU generator that re-draws the parameters.
+        progress: a progress bar (None: if many layers).
+
+    Returns:
+        A :class:`SanityResult`, Spearman correlations ``[L, B]``.
+
+    Raises:
+        ValueError: an unknown ``mode`` or layer.
+    """
     from ..engine import CAMEngine
 
     if mode not in SANITY_MODES:
@@ -87,17 +91,11 @@ def randomization_check(
     engine = CAMEngine(model, target_layer)
     result = engine.compute(x, targets, method)
     reference, targets = next(iter(result.maps.values())), result.targets
-    all_layers = parameter_layers(model)
-    chosen = list(all_layers if layers is None else layers)
-    unknown = [n for n in chosen if n not in all_layers]
-    if unknown:
-        raise ValueError(
-            f"Unknown layers {unknown} for the sanity check; layers with parameters: {', '.join(all_layers[:12])}..."
-        )
+    chosen = _chosen_layers(model, layers)
     generator = torch.Generator().manual_seed(seed)
     copy_model = copy.deepcopy(model)
     correlations = []
-    with _progress(len(chosen), progress if progress is not None else len(chosen) > PROGRESS_AFTER, "sanity") as bar:
+    with progress_bar(len(chosen), progress, "sanity") as bar:
         for name in chosen:
             if mode == "independent":
                 copy_model = copy.deepcopy(model)
@@ -106,3 +104,15 @@ def randomization_check(
             correlations.append(spearman(reference, next(iter(maps.values()))))
             bar.update(1)
     return SanityResult(layers=chosen, correlation=torch.stack(correlations), mode=mode)
+
+
+def _chosen_layers(model: nn.Module, layers: Optional[Sequence[str]]) -> list[str]:
+    """``layers`` checked against the model's layers with parameters (default: all of them)."""
+    all_layers = parameter_layers(model)
+    chosen = list(all_layers if layers is None else layers)
+    unknown = [n for n in chosen if n not in all_layers]
+    if unknown:
+        raise ValueError(
+            f"Unknown layers {unknown} for the sanity check; layers with parameters: {', '.join(all_layers[:12])}..."
+        )
+    return chosen

@@ -4,7 +4,7 @@ gradients on any device or by sparse LU on the CPU."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor
@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 # ROAD's neighbour weights (Rong et al.): 1/6 for the 4 direct, 1/12 for the 4 diagonal neighbours
 ROAD_KERNEL = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
+Solver = Literal["auto", "cg", "direct"]
 
 
 def noisy_linear_impute(
@@ -21,7 +22,7 @@ def noisy_linear_impute(
     tol: float = 1e-7,
     max_iter: int = 5000,
     generator: Optional[torch.Generator] = None,
-    solver: str = "auto",
+    solver: Solver = "auto",
 ) -> Tensor:
     """ROAD's imputation: each removed pixel (``keep == False``) becomes the weighted mean
     of its 8 neighbours (``ROAD_KERNEL``), known ones fixed, plus ``noise * N(0, 1)``.
@@ -56,7 +57,7 @@ def noisy_linear_impute(
     return _add_noise(filled, missing, noise, generator).reshape(n, c, h, w).to(x.dtype)
 
 
-IMPUTE_SOLVERS = ("auto", "cg", "direct")
+IMPUTE_SOLVERS: tuple[Solver, ...] = ("auto", "cg", "direct")
 
 
 def _add_noise(filled: Tensor, missing: Tensor, noise: float, generator: Optional[torch.Generator]) -> Tensor:
