@@ -8,21 +8,6 @@ only through :meth:`Registry.register`, which refuses a name that is already tak
 unknown name is a :class:`UnknownNameError` listing the valid ones; it is both a
 ``KeyError`` (so ``Mapping.get`` works) and a ``ValueError`` (what the callers have always
 raised for a bad choice).
-
->>> from diffcam_lightning.registry import Registry
->>> colours = Registry("colour")
->>> colours.register("red", (255, 0, 0))
-(255, 0, 0)
->>> colours["red"], "blue" in colours, list(colours)
-((255, 0, 0), False, ['red'])
->>> colours["blue"]
-Traceback (most recent call last):
-...
-diffcam_lightning.registry.UnknownNameError: Unknown colour 'blue'; valid: red.
->>> colours.register("red", (250, 0, 0))
-Traceback (most recent call last):
-...
-ValueError: colour 'red' is already registered; pass replace=True to override it.
 """
 
 from __future__ import annotations
@@ -47,8 +32,36 @@ def _describe(key: object) -> str:
 
 
 class Registry(Mapping[K, V], Generic[K, V]):
-    """Entries of one ``kind`` (used in messages) under keys normalised by ``normalise``
-    (e.g. ``str.lower`` for case-insensitive method names); iteration is registration order."""
+    """Entries of one kind under names, added only through :meth:`register`.
+
+    Iteration is registration order. The mapping is read-only: there is no ``reg[name] =``,
+    so a plug-in cannot silently replace a built-in.
+
+    Args:
+        kind: what an entry is, for messages ("CAM method", "alarm rule").
+        normalise: maps a name to its stored key (``str.lower`` for case-insensitive
+            method names); ``None`` stores names as given.
+
+    Raises:
+        UnknownNameError: on lookup of a name that is not registered (lists the valid ones).
+        ValueError: from :meth:`register`, for a name already taken (unless ``replace=True``).
+
+    Example:
+        >>> from diffcam_lightning.registry import Registry
+        >>> colours = Registry("colour", normalise=str.lower)
+        >>> colours.register("Red", (255, 0, 0))
+        (255, 0, 0)
+        >>> colours["RED"], "blue" in colours, list(colours)
+        ((255, 0, 0), False, ['red'])
+        >>> colours["blue"]
+        Traceback (most recent call last):
+        ...
+        diffcam_lightning.registry.UnknownNameError: Unknown colour 'blue'; valid: red.
+        >>> colours.register("red", (250, 0, 0))
+        Traceback (most recent call last):
+        ...
+        ValueError: colour 'red' is already registered; pass replace=True to override it.
+    """
 
     def __init__(self, kind: str, normalise: Callable[[K], K] | None = None) -> None:
         self.kind = kind
