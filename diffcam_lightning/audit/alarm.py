@@ -18,11 +18,13 @@ fooled); every other rule is on by default.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 from ..cams import GRADIENT_METHODS
+from ..registry import Registry
 
 VERDICTS = ("fooled", "imprecise")
 
@@ -87,14 +89,13 @@ DEFAULT_DELETION_GAP_THRESHOLD = 0.326
 DEFAULT_PLAUSIBILITY_GAP_THRESHOLD = 0.047  # clean max 0.032 (CE on the cue data)
 DEFAULT_AGREEMENT_THRESHOLD = 0.464  # clean min 0.546; an "imprecise" verdict, not a fooling alarm
 BEHAVIOUR_GATE = ("decided/behaviour", 0.5)  # the share of behaviour images whose prediction is the explained class
-ALARM_RULES: dict[str, AlarmRule] = {}
+ALARM_RULES: Registry[str, AlarmRule] = Registry("alarm rule")
 
 
-def register_rule(rule: AlarmRule) -> AlarmRule:
+def register_rule(rule: AlarmRule, *, replace: bool = False) -> AlarmRule:
     """Add a rule (``CAMAudit(alarm_rules={name: threshold or None})`` tunes, disables or,
-    for an opt-in rule, enables it)."""
-    ALARM_RULES[rule.name] = rule
-    return rule
+    for an opt-in rule, enables it); a taken name is refused unless ``replace``."""
+    return ALARM_RULES.register(rule.name, rule, replace=replace)
 
 
 register_rule(
@@ -172,13 +173,13 @@ def build_rules(
     scopes = {"drift": (variant,), "sham": (base,)}
     active = {name: value for name, value in thresholds.items() if value is not None}
     return [
-        replace(rule, threshold=float(active[name]), methods=scopes.get(name, rule.methods))
+        dataclasses.replace(rule, threshold=float(active[name]), methods=scopes.get(name, rule.methods))
         for name, rule in ALARM_RULES.items()
         if name in active
     ]
 
 
-def evaluate(values: Mapping[str, float], rules: Sequence[AlarmRule]) -> list[Firing]:
+def fire_rules(values: Mapping[str, float], rules: Sequence[AlarmRule]) -> list[Firing]:
     """Every (rule, method) whose logged value crosses the rule's threshold."""
     fired = []
     for rule in rules:
@@ -195,6 +196,9 @@ def evaluate(values: Mapping[str, float], rules: Sequence[AlarmRule]) -> list[Fi
                     Firing(rule.name, method, float(value), rule.threshold, rule.below, rule.meaning, rule.verdict)
                 )
     return fired
+
+
+evaluate = fire_rules  # the public name before fire_rules (cams.metrics.evaluate is another job)
 
 
 def verdict(firings: Sequence[Firing]) -> Optional[str]:
