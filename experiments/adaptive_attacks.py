@@ -43,7 +43,8 @@ from torch.nn import functional as F
 from diffcam_lightning.audit import AuditSet, default_drift_pairs, pointing_game
 from diffcam_lightning.audit.callback import DEFAULT_METHODS
 from diffcam_lightning.audit.guard import audit_guard, preserved_rng
-from diffcam_lightning.audit.signals import GRADIENT_FREE, set_signals
+from diffcam_lightning.audit.signals import DISAGREEMENT_BASE, set_signals
+from diffcam_lightning.cams import GRADIENT_METHODS
 from diffcam_lightning.cli import config_cli
 from diffcam_lightning.saliency import cam_entropy, cam_mse, saliency_mse, sham_target
 from diffcam_lightning.shipped import CONFIGS_DIR  # the shipped configs (package data)
@@ -53,7 +54,7 @@ ATTACKED = ("gradcam", "gradcam++", "meandiffgradcam", "meandiffgradcam++", "lse
 PATTERNS = ("border", "corner", "patch", "random")
 CONTROLS = ("human", "ce", "ce_many", "human_lr5x")
 METHODS = tuple(DEFAULT_METHODS)
-GRADIENT = tuple(m for m in METHODS if m != GRADIENT_FREE)
+GRADIENT = tuple(m for m in METHODS if m in GRADIENT_METHODS)
 DELETE_FRACTION = 0.2
 DELETION_METHODS = ("gradcam", "meandiffgradcam")  # a forward each per epoch: the two the paper compares
 
@@ -176,8 +177,8 @@ class Recorder(Callback):
             row[f"sham_mse/{m}"] = float(cam_mse(maps[m], border).mean())
             row[f"susceptibility/{m}"] = float(cam_mse(maps[m], self.reference[m]).mean())
             row[f"entropy/{m}"] = float(cam_entropy(maps[m]).mean())
-            if m != GRADIENT_FREE:
-                row[f"disagreement/{m}"] = float(cam_mse(maps[m], maps[GRADIENT_FREE]).mean())
+            if m != DISAGREEMENT_BASE:
+                row[f"disagreement/{m}"] = float(cam_mse(maps[m], maps[DISAGREEMENT_BASE]).mean())
         row.update(set_signals(maps, METHODS))
         for v, b in self.pairs:
             row[f"drift/{v}"] = float(cam_mse(maps[v], maps[b]).mean())
