@@ -72,19 +72,28 @@ class Run:
     seed: int = 0
 
 
-def attack_run(method: str, pattern: str, seed: int) -> Run:
+# control -> (config, CLI flags); behaviour_audit.py adds its own cue control to these
+CONTROL_CONFIGS: dict[str, tuple[str, list[str]]] = {
+    "human": ("synthetic_human", []),
+    "ce": ("synthetic_clean", []),
+    "ce_many": ("synthetic_clean", ["--data.init_args.preset=many"]),
+    "human_lr5x": ("synthetic_human", ["--model.optimizer.init_args.lr=0.01"]),
+}
+
+
+def method_flag(method: str) -> str:
+    """The CLI flag of an attacked method; ``gradcam+meandiffgradcam`` is the joint attack (a list)."""
     value = f"[{method.replace('+meandiff', ',meandiff')}]" if "+meandiff" in method else method
-    flags = [f"--model.saliency_method={value}", f"--model.sham_pattern={pattern}"]
+    return f"--model.saliency_method={value}"
+
+
+def attack_run(method: str, pattern: str, seed: int) -> Run:
+    flags = [method_flag(method), f"--model.sham_pattern={pattern}"]
     return Run(f"attack/{method}/{pattern}/s{seed}", "attack", "synthetic_sham", flags, method, pattern, seed)
 
 
 def control_run(control: str, seed: int) -> Run:
-    config, flags = {
-        "human": ("synthetic_human", []),
-        "ce": ("synthetic_clean", []),
-        "ce_many": ("synthetic_clean", ["--data.init_args.preset=many"]),
-        "human_lr5x": ("synthetic_human", ["--model.optimizer.init_args.lr=0.01"]),
-    }[control]
+    config, flags = CONTROL_CONFIGS[control]
     return Run(f"control/{control}/s{seed}", "control", config, list(flags), None, "border", seed)
 
 
