@@ -21,12 +21,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional, get_args
 
 from ..cams import GRADIENT_METHODS
 from ..registry import Registry
 
-VERDICTS = ("fooled", "imprecise")
+Verdict = Literal["fooled", "imprecise"]
+VERDICTS: tuple[Verdict, ...] = get_args(Verdict)  # the most serious first
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,15 @@ class AlarmRule:
     below: bool
     methods: Optional[tuple[str, ...]] = None
     meaning: str = ""
-    verdict: str = "fooled"
+    verdict: Verdict = "fooled"
     gate: Optional[tuple[str, float]] = None
     default: bool = True
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(
+                f"Alarm rule {self.name!r}: verdict must be one of {', '.join(VERDICTS)}; got {self.verdict!r}."
+            )
 
     def crossed(self, value: float) -> bool:
         return value < self.threshold if self.below else value > self.threshold
@@ -66,7 +73,7 @@ class Firing:
     threshold: float
     below: bool
     meaning: str
-    verdict: str = "fooled"
+    verdict: Verdict = "fooled"
 
     def message(self) -> str:
         side = "<" if self.below else ">"
@@ -201,7 +208,7 @@ def fire_rules(values: Mapping[str, float], rules: Sequence[AlarmRule]) -> list[
 evaluate = fire_rules  # the public name before fire_rules (cams.metrics.evaluate is another job)
 
 
-def verdict(firings: Sequence[Firing]) -> Optional[str]:
+def verdict(firings: Sequence[Firing]) -> Optional[Verdict]:
     """``"fooled"`` when any fooling rule fired, else ``"imprecise"`` when any rule did, else ``None``."""
     kinds = {f.verdict for f in firings}
     return next((v for v in VERDICTS if v in kinds), None)

@@ -36,6 +36,7 @@ from .alarm import (
     DEFAULT_SHAM_THRESHOLD,
     VERDICTS,
     AlarmRule,
+    Verdict,
     build_rules,
     fire_rules,
     verdict,
@@ -326,7 +327,7 @@ class CAMAudit(Callback):
 
     def _init_state(self) -> None:
         """What the audits fill in: results, checkpointed state and per-process runtime."""
-        self.verdict: Optional[str] = None
+        self.verdict: Optional[Verdict] = None
         self.last_metrics: dict[str, float] = {}
         self.alarm: bool = False
         self.first_alarm_epoch: Optional[int] = None  # of the current fit (TensorBoard's HParams metric)
@@ -672,7 +673,7 @@ class CAMAudit(Callback):
                 notes.append(f"the alarm's {rule.name} rule could not be evaluated (no finite {rule.signal} score)")
         return notes
 
-    def _alarm(self, values: dict[str, float]) -> tuple[dict[str, float], dict[str, list[str]], Optional[str]]:
+    def _alarm(self, values: dict[str, float]) -> tuple[dict[str, float], dict[Verdict, list[str]], Optional[Verdict]]:
         """``alarm/<rule>`` flags (1.0 for each rule that fired on any method), ``verdict/<v>``
         flags, the messages of the (rule, method) pairs that fired by verdict, and the
         verdict (``alarm.py``), from one evaluation of the rules."""
@@ -712,7 +713,9 @@ class CAMAudit(Callback):
             if grid_rows is not None:
                 self._publish(trainer, pl_module, grid_rows)
 
-    def _warn_verdict(self, trainer: Trainer, found: Optional[str], by_verdict: dict[str, list[str]]) -> Optional[str]:
+    def _warn_verdict(
+        self, trainer: Trainer, found: Optional[Verdict], by_verdict: dict[Verdict, list[str]]
+    ) -> Optional[str]:
         """Warn on a ``fooled`` or ``imprecise`` verdict; the fooling alarm's message, if any."""
         when = f"epoch {trainer.current_epoch} (step {trainer.global_step})"
         if found == "fooled":
