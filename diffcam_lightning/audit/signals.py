@@ -108,7 +108,7 @@ class AuditMaps(Metric):
         blank = torch.full_like(like, float("nan"))
         self.maps.append(torch.stack([maps[m].detach().float() if m in maps else blank for m in self.methods], 1))
         flags = torch.tensor([m in maps for m in self.methods], dtype=torch.float32, device=like.device)
-        self.present.append(flags.expand(like.shape[0], -1))
+        self.present.append(flags.repeat(like.shape[0], 1))
 
     @override
     def compute(self) -> dict[str, Tensor]:
