@@ -46,7 +46,7 @@ from diffcam_lightning.audit.guard import audit_guard, preserved_rng
 from diffcam_lightning.audit.signals import DISAGREEMENT_BASE, set_signals
 from diffcam_lightning.cams import GRADIENT_METHODS
 from diffcam_lightning.cli import config_cli
-from diffcam_lightning.saliency import cam_entropy, cam_mse, saliency_mse, sham_target
+from diffcam_lightning.saliency import PAPER_ENTROPY, cam_entropy, cam_mse, saliency_mse, sham_target
 from diffcam_lightning.shipped import CONFIGS_DIR  # the shipped configs (package data)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,8 +166,8 @@ class Recorder(Callback):
             return
         maps = self._maps(pl_module)
         grid = tuple(maps[METHODS[0]].shape[-2:])
-        attack_mask = sham_target(grid, 3.35, self.run.pattern)
-        border = sham_target(grid, 3.35, "border")
+        attack_mask = sham_target(grid, PAPER_ENTROPY, self.run.pattern)
+        border = sham_target(grid, PAPER_ENTROPY, "border")
         masks = self.audit.saliency
         row: dict = {
             "run": self.run.name,

@@ -45,7 +45,7 @@ from diffcam_lightning.audit.guard import audit_guard, preserved_rng
 from diffcam_lightning.audit.signals import set_signals
 from diffcam_lightning.cli import config_cli
 from diffcam_lightning.data.synthetic import SyntheticShapes
-from diffcam_lightning.saliency import cam_mse, sham_target
+from diffcam_lightning.saliency import PAPER_ENTROPY, cam_mse, sham_target
 from diffcam_lightning.shipped import CONFIGS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,8 +166,8 @@ class Recorder(Callback):
         if self.cue is not None:
             row["pointing_cue/occlusion"] = float(pointing_game(up, self.cue[:n]).mean())
         grid = tuple(maps[METHODS[0]].shape[-2:])
-        attack_mask = sham_target(grid, 3.35, run.pattern) if run.pattern else None
-        border = sham_target(grid, 3.35, "border")
+        attack_mask = sham_target(grid, PAPER_ENTROPY, run.pattern) if run.pattern else None
+        border = sham_target(grid, PAPER_ENTROPY, "border")
         for m in METHODS:
             row[f"pointing/{m}"] = float(pointing_game(maps[m], masks).mean())
             if self.cue is not None:
