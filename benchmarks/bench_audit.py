@@ -64,8 +64,8 @@ class InterleavedAudits(L.Callback):
 
     def _timed(self, trainer, pl_module) -> float:
         t0 = time.perf_counter()
-        _, grid_maps = self.audit._audit(trainer, pl_module)
-        audit_grid(grid_maps["images"], grid_maps["maps"], grid_maps["saliency"])
+        _, rows = self.audit._audit(trainer, pl_module)
+        audit_grid(rows.images, rows.maps, rows.saliency)
         return time.perf_counter() - t0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):

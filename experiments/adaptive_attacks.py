@@ -43,9 +43,10 @@ from torch.nn import functional as F
 from diffcam_lightning.audit import AuditSet, default_drift_pairs, pointing_game
 from diffcam_lightning.audit.callback import DEFAULT_METHODS
 from diffcam_lightning.audit.guard import audit_guard, preserved_rng
-from diffcam_lightning.audit.signals import GRADIENT_FREE, set_signals
+from diffcam_lightning.audit.signals import DISAGREEMENT_BASE, set_signals
+from diffcam_lightning.cams import GRADIENT_METHODS
 from diffcam_lightning.cli import config_cli
-from diffcam_lightning.saliency import cam_entropy, cam_mse, saliency_mse, sham_target
+from diffcam_lightning.saliency import PAPER_ENTROPY, cam_entropy, cam_mse, saliency_mse, sham_target
 from diffcam_lightning.shipped import CONFIGS_DIR  # the shipped configs (package data)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ ATTACKED = ("gradcam", "gradcam++", "meandiffgradcam", "meandiffgradcam++", "lse
 PATTERNS = ("border", "corner", "patch", "random")
 CONTROLS = ("human", "ce", "ce_many", "human_lr5x")
 METHODS = tuple(DEFAULT_METHODS)
-GRADIENT = tuple(m for m in METHODS if m != GRADIENT_FREE)
+GRADIENT = tuple(m for m in METHODS if m in GRADIENT_METHODS)
 DELETE_FRACTION = 0.2
 DELETION_METHODS = ("gradcam", "meandiffgradcam")  # a forward each per epoch: the two the paper compares
 
@@ -71,19 +72,28 @@ class Run:
     seed: int = 0
 
 
-def attack_run(method: str, pattern: str, seed: int) -> Run:
+# control -> (config, CLI flags); behaviour_audit.py adds its own cue control to these
+CONTROL_CONFIGS: dict[str, tuple[str, list[str]]] = {
+    "human": ("synthetic_human", []),
+    "ce": ("synthetic_clean", []),
+    "ce_many": ("synthetic_clean", ["--data.init_args.preset=many"]),
+    "human_lr5x": ("synthetic_human", ["--model.optimizer.init_args.lr=0.01"]),
+}
+
+
+def method_flag(method: str) -> str:
+    """The CLI flag of an attacked method; ``gradcam+meandiffgradcam`` is the joint attack (a list)."""
     value = f"[{method.replace('+meandiff', ',meandiff')}]" if "+meandiff" in method else method
-    flags = [f"--model.saliency_method={value}", f"--model.sham_pattern={pattern}"]
+    return f"--model.saliency_method={value}"
+
+
+def attack_run(method: str, pattern: str, seed: int) -> Run:
+    flags = [method_flag(method), f"--model.sham_pattern={pattern}"]
     return Run(f"attack/{method}/{pattern}/s{seed}", "attack", "synthetic_sham", flags, method, pattern, seed)
 
 
 def control_run(control: str, seed: int) -> Run:
-    config, flags = {
-        "human": ("synthetic_human", []),
-        "ce": ("synthetic_clean", []),
-        "ce_many": ("synthetic_clean", ["--data.init_args.preset=many"]),
-        "human_lr5x": ("synthetic_human", ["--model.optimizer.init_args.lr=0.01"]),
-    }[control]
+    config, flags = CONTROL_CONFIGS[control]
     return Run(f"control/{control}/s{seed}", "control", config, list(flags), None, "border", seed)
 
 
@@ -156,8 +166,8 @@ class Recorder(Callback):
             return
         maps = self._maps(pl_module)
         grid = tuple(maps[METHODS[0]].shape[-2:])
-        attack_mask = sham_target(grid, 3.35, self.run.pattern)
-        border = sham_target(grid, 3.35, "border")
+        attack_mask = sham_target(grid, PAPER_ENTROPY, self.run.pattern)
+        border = sham_target(grid, PAPER_ENTROPY, "border")
         masks = self.audit.saliency
         row: dict = {
             "run": self.run.name,
@@ -176,8 +186,8 @@ class Recorder(Callback):
             row[f"sham_mse/{m}"] = float(cam_mse(maps[m], border).mean())
             row[f"susceptibility/{m}"] = float(cam_mse(maps[m], self.reference[m]).mean())
             row[f"entropy/{m}"] = float(cam_entropy(maps[m]).mean())
-            if m != GRADIENT_FREE:
-                row[f"disagreement/{m}"] = float(cam_mse(maps[m], maps[GRADIENT_FREE]).mean())
+            if m != DISAGREEMENT_BASE:
+                row[f"disagreement/{m}"] = float(cam_mse(maps[m], maps[DISAGREEMENT_BASE]).mean())
         row.update(set_signals(maps, METHODS))
         for v, b in self.pairs:
             row[f"drift/{v}"] = float(cam_mse(maps[v], maps[b]).mean())

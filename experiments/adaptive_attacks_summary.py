@@ -26,20 +26,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from diffcam_lightning.audit.alarm import ALARM_RULES, build_rules, evaluate
+from diffcam_lightning.audit import DEFAULT_METHODS
+from diffcam_lightning.audit.alarm import ALARM_RULES, build_rules, fire_rules
+from diffcam_lightning.cams import GRADIENT_METHODS
 
 LAG = 2
 MIN_EPOCHS = 6  # runs with fewer epochs were cut short (killed) and are left out
-GRADIENT = (
-    "gradcam",
-    "gradcam++",
-    "meandiffgradcam",
-    "maxdiffgradcam",
-    "lsediffgradcam",
-    "meandiffgradcam++",
-    "maxdiffgradcam++",
-    "lsediffgradcam++",
-)
+GRADIENT = tuple(m for m in DEFAULT_METHODS if m in GRADIENT_METHODS)  # the audited gradient CAMs
 
 
 def load(out: Path) -> dict[str, list[dict]]:
@@ -77,7 +70,7 @@ def first(rows: list[dict], test) -> Optional[int]:
 
 def run_summary(name: str, rows: list[dict], clean: dict[str, float], rules) -> dict:
     last = rows[-1]
-    fired = [evaluate(r, rules) for r in rows]
+    fired = [fire_rules(r, rules) for r in rows]
     out = {
         "run": name,
         "kind": last["kind"],
@@ -238,7 +231,7 @@ def threshold_sweep(runs: dict[str, list[dict]], clean: dict[str, float]) -> str
         attacks = [s for s in sums if s["kind"] == "attack"]
         lags = [s["lag"] for s in attacks if s["lag"] is not None]
         false = sum(len(s["false_alarm_epochs"]) for s in sums if s["kind"] == "control")
-        first = sum(bool(evaluate(rows[0], rules)) for rows in runs.values() if rows[0]["kind"] == "control")
+        first = sum(bool(fire_rules(rows[0], rules)) for rows in runs.values() if rows[0]["kind"] == "control")
         fooled = [s for s in attacks if s["goal"] is not None]
         lines.append(
             f"| {'all' if scope is None else 'no ++'} / {t} / {d} | {sum(s['goal'] for s in fooled)} / {len(fooled)} "
@@ -286,7 +279,7 @@ def write_csv(runs: dict[str, list[dict]], rules, path: Path) -> None:
     rows = []
     for epochs in runs.values():
         for r in epochs:
-            fired = evaluate(r, rules)
+            fired = fire_rules(r, rules)
             rows.append({**r, "alarm": int(bool(fired)), "rules_fired": " ".join(sorted({f.rule for f in fired}))})
     fields = list(dict.fromkeys(k for r in rows for k in r))
     with path.open("w", newline="") as f:

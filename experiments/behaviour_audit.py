@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from adaptive_attacks import CONTROL_CONFIGS, claim, method_flag  # beside this script: the runs' shared plumbing
 from lightning.pytorch import Callback
 
 from diffcam_lightning.audit import AuditSet, default_drift_pairs, pointing_game
@@ -44,7 +45,7 @@ from diffcam_lightning.audit.guard import audit_guard, preserved_rng
 from diffcam_lightning.audit.signals import set_signals
 from diffcam_lightning.cli import config_cli
 from diffcam_lightning.data.synthetic import SyntheticShapes
-from diffcam_lightning.saliency import cam_mse, sham_target
+from diffcam_lightning.saliency import PAPER_ENTROPY, cam_mse, sham_target
 from diffcam_lightning.shipped import CONFIGS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,34 +75,25 @@ class Run:
     seed: int = 0
 
 
-def _method_flag(method: str) -> str:
-    value = f"[{method.replace('+meandiff', ',meandiff')}]" if "+meandiff" in method else method
-    return f"--model.saliency_method={value}"
-
-
 def sham_attack(method: str, pattern: str, seed: int) -> Run:
-    flags = [_method_flag(method), f"--model.sham_pattern={pattern}"]
+    flags = [method_flag(method), f"--model.sham_pattern={pattern}"]
     return Run(
         f"sham/{method}/{pattern}/s{seed}", "attack", "sham", "synthetic_sham", flags, method, pattern, 1.0, seed
     )
 
 
 def cue_attack(method: str, weight: float, seed: int) -> Run:
-    flags = [_method_flag(method), f"--model.saliency_weight={weight}"]
+    flags = [method_flag(method), f"--model.saliency_weight={weight}"]
     return Run(
         f"cue/{method}/w{weight:g}/s{seed}", "attack", "cue", "synthetic_cue_human", flags, method, None, weight, seed
     )
 
 
 def control(name: str, seed: int) -> Run:
-    config, flags = {
-        "ce": ("synthetic_clean", []),
-        "human": ("synthetic_human", []),
-        "human_lr5x": ("synthetic_human", ["--model.optimizer.init_args.lr=0.01"]),
-        "ce_many": ("synthetic_clean", ["--data.init_args.preset=many"]),
-        "ce_cue": ("synthetic_cue_human", ["--model.saliency_weight=0.0"]),
-    }[name]
-    return Run(f"control/{name}/s{seed}", "control", "cue" if name == "ce_cue" else "clean", config, flags, seed=seed)
+    config, flags = {**CONTROL_CONFIGS, "ce_cue": ("synthetic_cue_human", ["--model.saliency_weight=0.0"])}[name]
+    return Run(
+        f"control/{name}/s{seed}", "control", "cue" if name == "ce_cue" else "clean", config, list(flags), seed=seed
+    )
 
 
 def plan(seeds: int) -> list[Run]:
@@ -112,16 +104,6 @@ def plan(seeds: int) -> list[Run]:
         runs += [cue_attack(m, w, s) for w in CUE_WEIGHTS[::-1] for m in CUE_ATTACKS]
         runs += [sham_attack(m, p, s) for m, p in SHAM_ATTACKS]
     return runs
-
-
-def claim(out: Path, run: Run) -> bool:
-    path = out / "claims" / (run.name.replace("/", "__") + ".claim")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        path.open("x").close()
-    except FileExistsError:
-        return False
-    return True
 
 
 class Recorder(Callback):
@@ -184,8 +166,8 @@ class Recorder(Callback):
         if self.cue is not None:
             row["pointing_cue/occlusion"] = float(pointing_game(up, self.cue[:n]).mean())
         grid = tuple(maps[METHODS[0]].shape[-2:])
-        attack_mask = sham_target(grid, 3.35, run.pattern) if run.pattern else None
-        border = sham_target(grid, 3.35, "border")
+        attack_mask = sham_target(grid, PAPER_ENTROPY, run.pattern) if run.pattern else None
+        border = sham_target(grid, PAPER_ENTROPY, "border")
         for m in METHODS:
             row[f"pointing/{m}"] = float(pointing_game(maps[m], masks).mean())
             if self.cue is not None:

@@ -47,19 +47,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from diffcam_lightning.audit import DEFAULT_METHODS
+from diffcam_lightning.audit.alarm import (
+    ALARM_RULES,
+    DEFAULT_DEPENDENCE_THRESHOLD,
+    DEFAULT_DRIFT_THRESHOLD,
+    DEFAULT_SHAM_THRESHOLD,
+)
+from diffcam_lightning.audit.callback import DEFAULT_ALARM_PAIR
+from diffcam_lightning.cams import GRADIENT_METHODS
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 LAG = 2
-GRADIENT = (
-    "gradcam",
-    "gradcam++",
-    "meandiffgradcam",
-    "maxdiffgradcam",
-    "lsediffgradcam",
-    "meandiffgradcam++",
-    "maxdiffgradcam++",
-    "lsediffgradcam++",
-)
+GRADIENT = tuple(m for m in DEFAULT_METHODS if m in GRADIENT_METHODS)  # the audited gradient CAMs
 
 
 @dataclass(frozen=True)
@@ -77,11 +78,16 @@ CANDIDATES = (
     Rule("plausibility_gap", "plausibility_gap", below=False),
     Rule("behaviour_agreement", "behaviour_agreement", below=True, verdict="imprecise"),
     Rule("dependence", "dependence", below=True, gated=False),
-    Rule("drift", "drift", below=False, gated=False, scope=("meandiffgradcam",)),
-    Rule("sham", "sham_mse", below=True, gated=False, scope=("gradcam",)),
+    Rule("drift", "drift", below=False, gated=False, scope=DEFAULT_ALARM_PAIR[:1]),
+    Rule("sham", "sham_mse", below=True, gated=False, scope=DEFAULT_ALARM_PAIR[1:]),
 )
-DEFAULTS = {"dependence": 0.55, "drift": 0.1, "sham": 0.1}  # the shipped map-statistics rules, kept as they were
-SHIPPED_OFF = {"deletion_gap"}  # opt-in in CAMAudit (alarm.py): it calls the clean real network fooled
+DEFAULTS = {  # the shipped map-statistics rules, kept as they were
+    "dependence": DEFAULT_DEPENDENCE_THRESHOLD,
+    "drift": DEFAULT_DRIFT_THRESHOLD,
+    "sham": DEFAULT_SHAM_THRESHOLD,
+}
+SHIPPED_OFF = {name for name, rule in ALARM_RULES.items() if not rule.default}  # deletion_gap: it calls the clean
+# real network fooled (alarm.py)
 
 
 def load() -> dict[str, list[dict]]:
@@ -311,6 +317,33 @@ def photos(rules: dict[Rule, float]) -> list[str]:
     return lines
 
 
+def choose_rule(
+    rule: Rule, seed0: dict[str, list[dict]], clean: dict[str, float], real: tuple[dict, ...]
+) -> tuple[Optional[float], str]:
+    """One rule's threshold chosen on seed 0 (``None``: none works) and its row of the thresholds table."""
+    if rule.name in DEFAULTS:
+        kept = DEFAULTS[rule.name]
+        return (
+            kept,
+            f"| {rule.name} | {'<' if rule.below else '>'} {kept} | shipped default (map statistics), kept | yes |",
+        )
+    extra = real if rule.verdict == "fooled" else ()
+    t, why = choose(seed0, clean, rule, extra)
+    if rule.verdict != "fooled" and real:
+        vals = [v for r in real if decides(r) for _, v in values(r, rule)]
+        why += f"; real-network controls not counted (imprecise verdict), their {'min' if rule.below else 'max'} {extreme({'x': 0}, rule) if not vals else (min(vals) if rule.below else max(vals)):.3f}"
+    elif real:
+        why += " (the real-network controls counted)"
+    if t is None and rule.name in SHIPPED_OFF:  # its opt-in threshold: chosen as first, on the synthetic controls
+        t, first = choose(seed0, clean, rule)
+        why += f"; opt-in threshold {t}, chosen on the seed-0 synthetic controls alone: {first}"
+    shipped = "no (opt-in)" if rule.name in SHIPPED_OFF else "yes"
+    return (
+        t,
+        f"| {rule.name} | {'-' if t is None else ('<' if rule.below else '>') + ' ' + str(t)} | {why} | {shipped} |",
+    )
+
+
 def main() -> None:
     runs = load()
     seed0 = {n: r for n, r in runs.items() if r[0]["seed"] == 0}
@@ -319,28 +352,19 @@ def main() -> None:
     chosen: dict[Rule, float] = {}
     notes = []
     for rule in CANDIDATES:
-        if rule.name in DEFAULTS:
-            chosen[rule] = DEFAULTS[rule.name]
-            notes.append(
-                f"| {rule.name} | {'<' if rule.below else '>'} {DEFAULTS[rule.name]} | shipped default (map statistics), kept | yes |"
-            )
-            continue
-        extra = real if rule.verdict == "fooled" else ()
-        t, why = choose(seed0, clean, rule, extra)
-        if rule.verdict != "fooled" and real:
-            vals = [v for r in real if decides(r) for _, v in values(r, rule)]
-            why += f"; real-network controls not counted (imprecise verdict), their {'min' if rule.below else 'max'} {extreme({'x': 0}, rule) if not vals else (min(vals) if rule.below else max(vals)):.3f}"
-        elif real:
-            why += " (the real-network controls counted)"
-        if t is None and rule.name in SHIPPED_OFF:  # its opt-in threshold: chosen as first, on the synthetic controls
-            t, first = choose(seed0, clean, rule)
-            why += f"; opt-in threshold {t}, chosen on the seed-0 synthetic controls alone: {first}"
-        shipped = "no (opt-in)" if rule.name in SHIPPED_OFF else "yes"
-        notes.append(
-            f"| {rule.name} | {'-' if t is None else ('<' if rule.below else '>') + ' ' + str(t)} | {why} | {shipped} |"
-        )
+        t, note = choose_rule(rule, seed0, clean, real)
+        notes.append(note)
         if t is not None:
             chosen[rule] = t
+    out = report(runs, clean, chosen, notes)
+    (RESULTS / "behaviour_audit.md").write_text("\n".join(out))
+    print("\n".join(out))
+
+
+def report(
+    runs: dict[str, list[dict]], clean: dict[str, float], chosen: dict[Rule, float], notes: list[str]
+) -> list[str]:
+    """The lines of ``results/behaviour_audit.md``."""
     shipped_rules = {r: t for r, t in chosen.items() if r.name not in SHIPPED_OFF}
     held = {1, 2}
     out = [
@@ -388,8 +412,7 @@ def main() -> None:
         *photos(chosen),
         "",
     ]
-    (RESULTS / "behaviour_audit.md").write_text("\n".join(out))
-    print("\n".join(out))
+    return out
 
 
 if __name__ == "__main__":

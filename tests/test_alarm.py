@@ -120,6 +120,42 @@ def test_camaudit_takes_rule_thresholds():
         CAMAudit(alarm_rules={"nope": 1.0})
 
 
+def test_the_audit_registries_refuse_a_taken_name_unless_replaced():
+    """Alarm rules, score families and grid writers are Registry objects: read-only, a taken
+    name refused, ``replace=True`` an explicit override, ``unregister`` the way out."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from diffcam_lightning.audit import SCORE_FAMILIES, SCORE_KEYS, AlarmRule, per_method, register_rule, register_score
+    from diffcam_lightning.audit.sinks import GRID_WRITERS, grid_writer, register_grid_writer, write_png_for_logger
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_rule(AlarmRule("dependence", "dependence", 0.1, below=True))
+    with pytest.raises(TypeError):
+        ALARM_RULES["dependence"] = ALARM_RULES["dependence"]  # read-only: register_rule is the way in
+    with pytest.raises(ValueError, match="verdict must be one of fooled, imprecise"):
+        AlarmRule("odd", "odd", 0.1, below=True, verdict="suspicious")
+    register_score("peak", keys=per_method("peak"))(lambda ctx: {})
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_score("peak", keys=per_method("peak"))(lambda ctx: {})
+        register_score("peak", keys=per_method("top"), reduce="sum", replace=True)(lambda ctx: {})
+        assert SCORE_KEYS["peak"](["gradcam"], []) == ["top/gradcam"]
+    finally:
+        SCORE_FAMILIES.unregister("peak")
+    assert "peak" not in SCORE_FAMILIES and "peak" not in SCORE_KEYS
+
+    class Mine(CSVLogger):
+        pass
+
+    register_grid_writer(Mine)(lambda logger, picture: None)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_grid_writer(Mine)(lambda logger, picture: None)
+    finally:
+        GRID_WRITERS.unregister(Mine)
+    assert grid_writer(Mine("logs")) is write_png_for_logger
+
+
 def test_deletion_gap_is_opt_in_and_switched_on_by_name():
     """A clean pretrained EfficientNet-Lite0 has a deletion gap of -0.001..0.30 on the shipped
     photos (experiments/results/behaviour_audit.md): the rule ships off, its signal is still logged."""

@@ -33,6 +33,9 @@ def test_audit_scores_leave_nan_out_of_means_and_count_it():
     metric.update({"a": (torch.tensor([0.5, float("nan"), 0.5]), None), "b": (torch.tensor([float("nan")]), None)})
     assert {k: float(v) for k, v in metric.compute().items()} == {"a": 0.5}  # was 0.333 (NaN counted as 0)
     assert metric.excluded == {"a": 1, "b": 1}
+    assert {k: float(v) for k, v in metric.compute().items()} == {"a": 0.5}  # compute() has no side effects
+    metric.reset()
+    assert metric.excluded == {}  # a declared state: reset() clears it
 
 
 def test_nan_images_are_left_out_counted_and_warned(tmp_path):

@@ -9,6 +9,7 @@ from .alarm import (
     Firing,
     build_rules,
     evaluate,
+    fire_rules,
     register_rule,
     verdict,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "deletion_drops",
     "dependence",
     "evaluate",
+    "fire_rules",
     "occlusion",
     "overlay",
     "per_method",

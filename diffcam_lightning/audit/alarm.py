@@ -18,13 +18,16 @@ fooled); every other rule is on by default.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Optional
+from dataclasses import dataclass
+from typing import Literal, Optional, get_args
 
 from ..cams import GRADIENT_METHODS
+from ..registry import Registry
 
-VERDICTS = ("fooled", "imprecise")
+Verdict = Literal["fooled", "imprecise"]
+VERDICTS: tuple[Verdict, ...] = get_args(Verdict)  # the most serious first
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,15 @@ class AlarmRule:
     below: bool
     methods: Optional[tuple[str, ...]] = None
     meaning: str = ""
-    verdict: str = "fooled"
+    verdict: Verdict = "fooled"
     gate: Optional[tuple[str, float]] = None
     default: bool = True
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(
+                f"Alarm rule {self.name!r}: verdict must be one of {', '.join(VERDICTS)}; got {self.verdict!r}."
+            )
 
     def crossed(self, value: float) -> bool:
         return value < self.threshold if self.below else value > self.threshold
@@ -64,7 +73,7 @@ class Firing:
     threshold: float
     below: bool
     meaning: str
-    verdict: str = "fooled"
+    verdict: Verdict = "fooled"
 
     def message(self) -> str:
         side = "<" if self.below else ">"
@@ -87,14 +96,13 @@ DEFAULT_DELETION_GAP_THRESHOLD = 0.326
 DEFAULT_PLAUSIBILITY_GAP_THRESHOLD = 0.047  # clean max 0.032 (CE on the cue data)
 DEFAULT_AGREEMENT_THRESHOLD = 0.464  # clean min 0.546; an "imprecise" verdict, not a fooling alarm
 BEHAVIOUR_GATE = ("decided/behaviour", 0.5)  # the share of behaviour images whose prediction is the explained class
-ALARM_RULES: dict[str, AlarmRule] = {}
+ALARM_RULES: Registry[str, AlarmRule] = Registry("alarm rule")
 
 
-def register_rule(rule: AlarmRule) -> AlarmRule:
+def register_rule(rule: AlarmRule, *, replace: bool = False) -> AlarmRule:
     """Add a rule (``CAMAudit(alarm_rules={name: threshold or None})`` tunes, disables or,
-    for an opt-in rule, enables it)."""
-    ALARM_RULES[rule.name] = rule
-    return rule
+    for an opt-in rule, enables it); a taken name is refused unless ``replace``."""
+    return ALARM_RULES.register(rule.name, rule, replace=replace)
 
 
 register_rule(
@@ -172,13 +180,13 @@ def build_rules(
     scopes = {"drift": (variant,), "sham": (base,)}
     active = {name: value for name, value in thresholds.items() if value is not None}
     return [
-        replace(rule, threshold=float(active[name]), methods=scopes.get(name, rule.methods))
+        dataclasses.replace(rule, threshold=float(active[name]), methods=scopes.get(name, rule.methods))
         for name, rule in ALARM_RULES.items()
         if name in active
     ]
 
 
-def evaluate(values: Mapping[str, float], rules: Sequence[AlarmRule]) -> list[Firing]:
+def fire_rules(values: Mapping[str, float], rules: Sequence[AlarmRule]) -> list[Firing]:
     """Every (rule, method) whose logged value crosses the rule's threshold."""
     fired = []
     for rule in rules:
@@ -197,7 +205,10 @@ def evaluate(values: Mapping[str, float], rules: Sequence[AlarmRule]) -> list[Fi
     return fired
 
 
-def verdict(firings: Sequence[Firing]) -> Optional[str]:
+evaluate = fire_rules  # the public name before fire_rules (cams.metrics.evaluate is another job)
+
+
+def verdict(firings: Sequence[Firing]) -> Optional[Verdict]:
     """``"fooled"`` when any fooling rule fired, else ``"imprecise"`` when any rule did, else ``None``."""
     kinds = {f.verdict for f in firings}
     return next((v for v in VERDICTS if v in kinds), None)

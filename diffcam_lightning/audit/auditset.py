@@ -46,10 +46,14 @@ class AuditSet:
 
         return AuditSet(self.images[start:stop], cut(self.labels), cut(self.saliency), cut(self.has_saliency))
 
+    def shard_bounds(self, rank: int, world_size: int) -> tuple[int, int]:
+        """``(start, stop)`` of rank ``rank``'s contiguous block (rank 0 holds the first images)."""
+        per = -(-len(self) // max(world_size, 1))
+        return min(rank * per, len(self)), min((rank + 1) * per, len(self))
+
     def shard(self, rank: int, world_size: int) -> AuditSet:
         """The contiguous block of rank ``rank`` (rank 0 holds the first images)."""
-        per = -(-len(self) // max(world_size, 1))
-        return self.slice(min(rank * per, len(self)), min((rank + 1) * per, len(self)))
+        return self.slice(*self.shard_bounds(rank, world_size))
 
     def batches(self, batch_size: int) -> Iterable[AuditSet]:
         for start in range(0, len(self), batch_size):

@@ -12,19 +12,22 @@ through ``pl_module.log`` under ``cam_audit/``, image grids to every logger
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Optional, Union
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Literal, Optional, Union, get_args
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from typing_extensions import override
 
-from ..cams import DIFF_BASES, METHODS, CAMEngine, get_method
+from ..cams import DIFF_BASES, CAMEngine, CAMResult, method_names
 from ..cams.layers import known_layer_name
 from ..cams.metrics import check_metrics, check_options
-from ..cams.outputs import logits_of
+from ..cams.outputs import classifier_width, logits_of
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
 from . import review
 from .alarm import (
@@ -33,8 +36,9 @@ from .alarm import (
     DEFAULT_SHAM_THRESHOLD,
     VERDICTS,
     AlarmRule,
+    Verdict,
     build_rules,
-    evaluate,
+    fire_rules,
     verdict,
 )
 from .auditset import AuditSet, BatchKeys
@@ -58,6 +62,7 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "maxdiffgradcam++",
     "lsediffgradcam++",
 )
+DEFAULT_ALARM_PAIR: tuple[str, str] = ("meandiffgradcam", "gradcam")  # (variant, base) of the paper's two rules
 
 # Defaults of the fooling alarm, measured on the embedded synthetic data (benchmarks/README.md,
 # "Alarm thresholds"; `python benchmarks/bench_audit.py thresholds`): clean (human-target)
@@ -69,26 +74,23 @@ DEFAULT_METHODS: tuple[str, ...] = (
 # The behavioural signals (behaviour.py) run on the first DEFAULT_BEHAVIOUR_SIZE audit images:
 # their no-grad forwards are most of the audit's cost (benchmarks/README.md, "Audit overhead").
 DEFAULT_BEHAVIOUR_SIZE = 16
+STATE_VERSION = 1  # of the callback's checkpointed state; load_state_dict reads older ones too
 DECIDED = BEHAVIOUR_GATE[0]  # share of the behaviour images predicted as the explained class (the rules' gate)
 
 ModelSpec = Union[None, str, Callable[[LightningModule], nn.Module]]
+CamClass = Literal["label", "prediction"]
 
-# cam_class -> which class each audit image is explained for (None = the prediction)
-CAM_CLASSES: dict[str, Callable[[AuditSet], Optional[Tensor]]] = {
-    "label": lambda s: s.labels,
-    "prediction": lambda s: None,
-}
+# cam_class -> which class each audit image is explained for (None = the prediction). A closed
+# table, not a Registry: the audit set asks for labels exactly when cam_class is "label", and
+# the Literal above is what LightningCLI offers; an entry added here could honour neither.
+CAM_CLASSES: Mapping[CamClass, Callable[[AuditSet], Optional[Tensor]]] = MappingProxyType(
+    {"label": lambda s: s.labels, "prediction": lambda s: None}
+)
 
 
 def default_drift_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
     """Each DiffGradCAM variant in ``methods`` paired with its base, when the base is there."""
     return [(m, DIFF_BASES[m]) for m in methods if m in DIFF_BASES and DIFF_BASES[m] in methods]
-
-
-def _class_names(pl_module: LightningModule) -> Optional[Sequence[str]]:
-    """The module's class names when it states them (``SaliencyClassifier``: ``hparams.class_names``)."""
-    names = getattr(pl_module, "class_names", None) or getattr(pl_module, "hparams", {}).get("class_names")
-    return list(names) if names else None
 
 
 def _row_labels(explained: Tensor, predicted: Tensor, names: Optional[Sequence[str]]) -> list[str]:
@@ -100,8 +102,56 @@ def _row_labels(explained: Tensor, predicted: Tensor, names: Optional[Sequence[s
     return [f"explained: {name(e)}\npredicted: {name(p)}" for e, p in zip(explained.tolist(), predicted.tolist())]
 
 
+@dataclass(frozen=True)
+class GridRows:
+    """The first audit images of rank 0, on the CPU, for the picture (``render.audit_grid``)."""
+
+    images: Tensor
+    saliency: Optional[Tensor]
+    maps: dict[str, Tensor]
+    explained: Tensor
+    predicted: Tensor
+
+    @classmethod
+    def of(cls, batch: AuditSet, result: CAMResult, n: int) -> GridRows:
+        return cls(
+            images=batch.images[:n].cpu(),
+            saliency=None if batch.saliency is None else batch.saliency[:n].cpu(),
+            maps={m: torch.nan_to_num(v[:n], nan=0.0).cpu() for m, v in result.maps.items()},
+            explained=result.targets[:n].cpu(),
+            predicted=result.logits.argmax(dim=1)[:n].cpu(),
+        )
+
+
+def _check_choice(option: str, value: object, valid: Iterable[str]) -> None:
+    valid = list(valid)
+    if value not in valid:
+        raise ValueError(f"Unknown CAMAudit {option} {value!r}; valid: {', '.join(valid)}.")
+
+
+def _checked_options(metrics: Sequence[str], options: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    checked = dict(options or {})
+    check_options(metrics, checked)
+    return checked
+
+
+def _behaviour_options(options: Optional[Mapping[str, Any]]) -> BehaviourOptions:
+    try:
+        return BehaviourOptions(**(options or {}))
+    except TypeError as err:
+        fields = ", ".join(BehaviourOptions.__dataclass_fields__)
+        raise ValueError(f"CAMAudit behaviour_options: {err}; valid keys: {fields}.") from None
+
+
 class CAMAudit(Callback):
     """Audits CAMs on a fixed set of images at the end of validation epochs.
+
+    A passively fooled model keeps its accuracy while its CAMs stop showing what its
+    decision uses, so the audit watches the maps themselves: on the same audit images every
+    epoch it logs each method's drift, SHAM distance, susceptibility, localisation and
+    behavioural agreement under ``<prefix>/``, judges the alarm rules
+    (``audit.alarm.ALARM_RULES``) into a verdict, and sends an image grid to every logger.
+    It never changes training (modes, RNG and gradients are restored: ``guard.py``).
 
     Args:
         methods: CAM methods to compute (names of ``METHODS``; scorecam is costly, opt-in).
@@ -111,19 +161,27 @@ class CAMAudit(Callback):
         model: the classifier inside the LightningModule when its ``forward`` does not
             return logits: a dotted attribute name (``"model"``) or ``fn(pl_module)``.
         drift_pairs: ``(variant, base)`` pairs; ``None`` = each DiffGradCAM with its base.
-        sham_entropy, sham_pattern: the SHAM the maps are compared with (paper: 3.35, border).
+        sham_entropy: the entropy in nats of the SHAM the maps are compared with (paper: 3.35).
+        sham_pattern: the SHAM's pattern (``saliency.SHAM_PATTERNS``, paper: ``"border"``;
+            a ``str``, not a ``Literal``: ``register_pattern`` adds patterns).
         reference: ``"start"`` (the model when fitting starts), a checkpoint path, or ``None``.
-        log_images: log image grids to every logger (PNG files without an image API); ``grid_images`` rows.
-        drift_threshold, sham_threshold: the paper's two alarm rules: the drift of
-            ``alarm_pair`` exceeds ``drift_threshold``, or the SHAM MSE of ``alarm_pair[1]``
-            falls below ``sham_threshold`` (``None`` disables a rule).
+        log_images: log image grids to every logger (PNG files without an image API).
+        grid_images: audit images (rows) in each grid.
+        drift_threshold: the paper's drift rule: the drift of ``alarm_pair`` exceeds it
+            (``None`` disables the rule).
+        sham_threshold: the paper's SHAM rule: the SHAM MSE of ``alarm_pair[1]`` falls
+            below it (``None`` disables the rule).
+        alarm_pair: the ``(variant, base)`` the two paper rules look at.
         alarm_rules: ``{rule: threshold}`` for the other rules of ``audit.alarm.ALARM_RULES``
             (e.g. ``dependence``); ``None`` disables one, a threshold enables the opt-in ``deletion_gap``.
         cam_class: explain the true ``label`` (default) or the ``prediction``.
         dataset: a map-style dataset to take the audit set from instead of the val data.
         batch_size: audit images per engine call.
-        audit_sanity_check, audit_fast_dev_run: also audit in those runs (off by default).
-        image_key, label_key, saliency_key: the keys of dict batches.
+        audit_sanity_check: also audit in the sanity check (off by default).
+        audit_fast_dev_run: also audit in ``fast_dev_run`` runs (off by default).
+        image_key: the image's key in dict batches.
+        label_key: the label's key in dict batches.
+        saliency_key: the saliency map's key in dict batches.
         prefix: the namespace of the logged names.
         metrics: opt-in faithfulness / localisation metrics of each method's maps (names of
             ``diffcam_lightning.cams.metrics.METRICS``, e.g. ``["deletion", "insertion"]``),
@@ -138,6 +196,41 @@ class CAMAudit(Callback):
             no-grad forwards are most of the audit's cost).
         behaviour_options: ``BehaviourOptions`` fields (``occlusion_grid``, ``fraction``,
             ``random_regions``, ``batch_size``).
+        class_names: the classes' names for the grid's row labels; ``None``: the module's
+            ``hparams["class_names"]`` when it has them (``SaliencyClassifier`` does).
+
+    Attributes:
+        methods: the audited methods, canonical names in order.
+        drift_pairs: the ``(variant, base)`` pairs whose drift is logged.
+        rules: the active alarm rules (``AlarmRule``), thresholds applied.
+        last_metrics: ``{name: value}`` of the last audit, without ``prefix``; empty before it.
+        alarm: whether the last audit's verdict was ``"fooled"``.
+        verdict: the last audit's verdict: ``"fooled"``, ``"imprecise"`` or ``None``.
+        first_alarm_epoch: the first epoch of the current fit whose verdict was ``"fooled"``.
+        audit_set: the audit images (``AuditSet``, saved in checkpoints); ``None`` before the first audit.
+        reference_maps: ``{method: maps}`` at the reference model (saved in checkpoints).
+
+    Raises:
+        ValueError: an unknown method, metric, alarm rule, ``cam_class`` or ``sham_pattern``;
+            a size below 1; a drift pair outside ``methods``; bad ``behaviour_options``.
+
+    Example:
+        >>> import lightning as L
+        >>> from diffcam_lightning import CAMAudit, SaliencyClassifier, SyntheticDataModule
+        >>> audit = CAMAudit(
+        ...     methods=["gradcam", "meandiffgradcam"], audit_size=4, target_layer="model.layer2", log_images=False
+        ... )
+        >>> audit.drift_pairs, [rule.name for rule in audit.rules]
+        ([('meandiffgradcam', 'gradcam')], ['dependence', 'drift', 'sham', 'plausibility_gap', 'behaviour_agreement'])
+        >>> trainer = L.Trainer(
+        ...     callbacks=[audit], logger=False, limit_val_batches=1, enable_progress_bar=False, enable_model_summary=False
+        ... )
+        >>> data = SyntheticDataModule(val_size=4, batch_size=4)
+        >>> _ = trainer.validate(SaliencyClassifier(), data, verbose=False)
+        >>> sorted(k for k in audit.last_metrics if k.startswith(("drift/", "sham_mse/")))
+        ['drift/meandiffgradcam', 'sham_mse/gradcam', 'sham_mse/meandiffgradcam']
+        >>> audit.verdict in (None, "imprecise", "fooled") and audit.alarm == (audit.verdict == "fooled")
+        True
     """
 
     def __init__(
@@ -155,9 +248,9 @@ class CAMAudit(Callback):
         grid_images: int = 8,
         drift_threshold: Optional[float] = DEFAULT_DRIFT_THRESHOLD,
         sham_threshold: Optional[float] = DEFAULT_SHAM_THRESHOLD,
-        alarm_pair: Sequence[str] = ("meandiffgradcam", "gradcam"),
+        alarm_pair: Sequence[str] = DEFAULT_ALARM_PAIR,
         alarm_rules: Optional[dict[str, Optional[float]]] = None,
-        cam_class: str = "label",
+        cam_class: CamClass = "label",
         dataset: Optional[Any] = None,
         batch_size: int = 32,
         audit_sanity_check: bool = False,
@@ -171,83 +264,86 @@ class CAMAudit(Callback):
         behaviour: bool = True,
         behaviour_size: int = DEFAULT_BEHAVIOUR_SIZE,
         behaviour_options: Optional[dict[str, Any]] = None,
+        class_names: Optional[Sequence[str]] = None,
     ) -> None:
         super().__init__()
-        self.methods = [get_method(m).name for m in ([methods] if isinstance(methods, str) else methods)]
-        if not self.methods:
-            raise ValueError(f"CAMAudit needs at least one method; valid: {', '.join(METHODS)}.")
-        self.methods = list(dict.fromkeys(self.methods))
-        for key, value in (
-            ("audit_size", audit_size),
-            ("every_n_epochs", every_n_epochs),
-            ("batch_size", batch_size),
-            ("behaviour_size", behaviour_size),
-        ):
-            if int(value) < 1:
-                raise ValueError(f"CAMAudit {key} must be >= 1; got {value}.")
-        if cam_class not in CAM_CLASSES:
-            raise ValueError(f"Unknown CAMAudit cam_class {cam_class!r}; valid: {', '.join(CAM_CLASSES)}.")
-        if sham_pattern not in SHAM_PATTERNS:
-            raise ValueError(f"Unknown CAMAudit sham_pattern {sham_pattern!r}; valid: {', '.join(SHAM_PATTERNS)}.")
-        if grid_images < 0:
-            raise ValueError(f"CAMAudit grid_images must be >= 0; got {grid_images}.")
-        pairs = default_drift_pairs(self.methods) if drift_pairs is None else [tuple(p) for p in drift_pairs]
-        for pair in pairs:
-            if len(pair) != 2:
-                raise ValueError(f"CAMAudit drift_pairs entries must be (variant, base); got {pair!r}.")
-        self.drift_pairs = [(get_method(v).name, get_method(b).name) for v, b in pairs]
-        for v, b in self.drift_pairs:
-            for name in (v, b):
-                if name not in self.methods:
-                    raise ValueError(
-                        f"CAMAudit drift pair ({v}, {b}) uses {name!r}, which is not among methods {self.methods}."
-                    )
-        self.alarm_pair = (get_method(alarm_pair[0]).name, get_method(alarm_pair[1]).name)
+        self.methods = list(method_names(methods, option="CAMAudit methods"))
         self.audit_size = int(audit_size)
         self.every_n_epochs = int(every_n_epochs)
-        self.target_layer = target_layer
-        self.model_spec = model
+        self.target_layer, self.model_spec = target_layer, model
         self.sham_entropy = float(sham_entropy)
         self.sham_pattern = sham_pattern
         self.reference = None if reference in (None, "none", "None") else str(reference)
         self.log_images = bool(log_images)
         self.grid_images = int(grid_images)
-        self.drift_threshold = drift_threshold
-        self.sham_threshold = sham_threshold
-        self.rules: list[AlarmRule] = build_rules(alarm_rules, self.alarm_pair, drift_threshold, sham_threshold)
+        self.drift_threshold, self.sham_threshold = drift_threshold, sham_threshold
         self.cam_class = cam_class
         self.dataset = dataset
         self.batch_size = int(batch_size)
-        self.audit_sanity_check = bool(audit_sanity_check)
-        self.audit_fast_dev_run = bool(audit_fast_dev_run)
+        self.audit_sanity_check, self.audit_fast_dev_run = bool(audit_sanity_check), bool(audit_fast_dev_run)
         self.keys = BatchKeys(image=image_key, label=label_key, saliency=saliency_key)
         self.prefix = prefix
-        self.metrics = check_metrics(metrics)
-        self.metric_options = dict(metric_options or {})
-        check_options(self.metrics, self.metric_options)
-        self.behaviour = bool(behaviour)
-        self.behaviour_size = int(behaviour_size)
-        try:
-            self.behaviour_options = BehaviourOptions(**(behaviour_options or {}))
-        except TypeError as err:
-            fields = ", ".join(BehaviourOptions.__dataclass_fields__)
-            raise ValueError(f"CAMAudit behaviour_options: {err}; valid keys: {fields}.") from None
-        self.verdict: Optional[str] = None
+        self.behaviour, self.behaviour_size = bool(behaviour), int(behaviour_size)
+        self.class_names = None if class_names is None else list(class_names)
+        self._validate_init()
+        self.drift_pairs = self._init_drift_pairs(drift_pairs)
+        self.alarm_pair = (method_names(alarm_pair[0])[0], method_names(alarm_pair[1])[0])
+        self.rules: list[AlarmRule] = build_rules(alarm_rules, self.alarm_pair, drift_threshold, sham_threshold)
+        self.metrics = check_metrics(metrics)  # faithfulness metric names (public: a constructor argument)
+        self.metric_options = _checked_options(self.metrics, metric_options)
+        self.behaviour_options = _behaviour_options(behaviour_options)
+        self._init_state()
+
+    def _validate_init(self) -> None:
+        """The sizes and choices ``__init__`` stored (Python callers pass anything)."""
+        sizes = {
+            "audit_size": self.audit_size,
+            "every_n_epochs": self.every_n_epochs,
+            "batch_size": self.batch_size,
+            "behaviour_size": self.behaviour_size,
+        }
+        for key, value in sizes.items():
+            if value < 1:
+                raise ValueError(f"CAMAudit {key} must be >= 1; got {value}.")
+        _check_choice("cam_class", self.cam_class, get_args(CamClass))
+        _check_choice("sham_pattern", self.sham_pattern, SHAM_PATTERNS)
+        if self.grid_images < 0:
+            raise ValueError(f"CAMAudit grid_images must be >= 0; got {self.grid_images}.")
+
+    def _init_drift_pairs(self, drift_pairs: Optional[Sequence[Sequence[str]]]) -> list[tuple[str, str]]:
+        """Each pair as canonical ``(variant, base)`` names, both among ``methods``."""
+        pairs = default_drift_pairs(self.methods) if drift_pairs is None else [tuple(p) for p in drift_pairs]
+        for pair in pairs:
+            if len(pair) != 2:
+                raise ValueError(f"CAMAudit drift_pairs entries must be (variant, base); got {pair!r}.")
+        named = [(method_names(v)[0], method_names(b)[0]) for v, b in pairs]
+        for v, b in named:
+            for name in (v, b):
+                if name not in self.methods:
+                    raise ValueError(
+                        f"CAMAudit drift pair ({v}, {b}) uses {name!r}, which is not among methods {self.methods}."
+                    )
+        return named
+
+    def _init_state(self) -> None:
+        """What the audits fill in: results, checkpointed state and per-process runtime."""
+        self.verdict: Optional[Verdict] = None
+        self.last_metrics: dict[str, float] = {}
+        self.alarm: bool = False
+        self.first_alarm_epoch: Optional[int] = None  # of the current fit (TensorBoard's HParams metric)
         # state (saved in checkpoints)
         self.audit_set: Optional[AuditSet] = None
         self.reference_maps: Optional[dict[str, Tensor]] = None
         # runtime (rebuilt in each process)
         self._engine: Optional[CAMEngine] = None
-        self._metric: Optional[AuditScores] = None
-        self._maps: Optional[AuditMaps] = None
-        self.last_metrics: dict[str, float] = {}
-        self.alarm: bool = False
-        self._whole_grid_warned: set[tuple[int, int]] = set()
-        self.first_alarm_epoch: Optional[int] = None  # of the current fit (TensorBoard's HParams metric)
+        self._scores: Optional[AuditScores] = None  # the per-image score means (torchmetrics)
+        self._set_maps: Optional[AuditMaps] = None  # the whole set's maps, for the set-level signals
+        self._shams: dict[tuple[int, int], Optional[Tensor]] = {}  # CAM grid -> its SHAM (None: whole grid)
         self._layouts_written: set[str] = set()  # TensorBoard log dirs holding the Custom Scalars layout
 
     # ------------------------------------------------------------------ Lightning plumbing
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(methods=self.methods, audit_size=self.audit_size, prefix=self.prefix)
 
@@ -256,20 +352,25 @@ class CAMAudit(Callback):
         state["_engine"] = None  # holds the model; rebuilt after pickling (ddp_spawn)
         return state
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         if self.audit_set is None:
             return {}
         return {
-            "version": 1,
+            "version": STATE_VERSION,
             "audit_set": self.audit_set.state_dict(),
             "reference_maps": self.reference_maps,
             "methods": list(self.methods),
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not state_dict:
+        """Reads every key with a default, so an older or partial state (no ``version``,
+        no ``reference_maps``, no audit set yet) loads: what is missing is rebuilt."""
+        audit_set = state_dict.get("audit_set")
+        if audit_set is None:  # saved before the first audit (or an empty state): nothing fixed yet
             return
-        self.audit_set = AuditSet.from_state_dict(state_dict["audit_set"])
+        self.audit_set = AuditSet.from_state_dict(audit_set)
         self.reference_maps = state_dict.get("reference_maps")
         missing = [m for m in self.methods if self.reference is not None and m not in (self.reference_maps or {})]
         if missing and self.reference_maps is not None:
@@ -277,6 +378,7 @@ class CAMAudit(Callback):
                 f"CAMAudit: the checkpoint has no reference maps for {missing}; their susceptibility is not logged."
             )
 
+    @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """The HParams tab's experiment with the audit's metrics, before Lightning logs its own (``review.py``)."""
         self.first_alarm_epoch = None
@@ -290,6 +392,7 @@ class CAMAudit(Callback):
         for logger in review.tensorboard_loggers(trainer.loggers):
             review.write_hparams(logger, params, self.prefix)
 
+    @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """The first epoch an alarm fired (``-1``: none), an HParams metric."""
         if trainer.is_global_zero:
@@ -297,18 +400,20 @@ class CAMAudit(Callback):
             for logger in trainer.loggers:
                 logger.log_metrics({f"{self.prefix}/first_alarm_epoch": float(epoch)}, step=trainer.global_step)
 
+    @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Fix the audit set and the reference maps before the first optimiser step."""
         if self._skipped(trainer):
             return
         self._prepare(trainer, pl_module)
 
+    @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._due(trainer):
             return
         self._prepare(trainer, pl_module)
-        values, grid_maps = self._audit(trainer, pl_module)
-        self._report(trainer, pl_module, values, grid_maps)
+        values, grid_rows = self._audit(trainer, pl_module)
+        self._report(trainer, pl_module, values, grid_rows)
 
     # ------------------------------------------------------------------ decisions
     def _skipped(self, trainer: Trainer) -> bool:
@@ -372,12 +477,12 @@ class CAMAudit(Callback):
             self.audit_set = self._collect(trainer)
         if self.reference_maps is None and self.reference is not None:
             self.reference_maps = self._reference_maps(pl_module, model)
-        if self._metric is None:
+        if self._scores is None:
             keys = score_keys(self.methods, self.drift_pairs, "mean") + faithfulness_keys(self.metrics, self.methods)
             keys += ([*behaviour_keys(self.methods), DECIDED]) if self.behaviour else []
-            self._metric = AuditScores(keys, score_keys(self.methods, self.drift_pairs, "sum"))
-        self._metric = self._metric.to(pl_module.device)
-        self._maps = (self._maps or AuditMaps(self.methods)).to(pl_module.device)
+            self._scores = AuditScores(keys, score_keys(self.methods, self.drift_pairs, "sum"))
+        self._scores = self._scores.to(pl_module.device)
+        self._set_maps = (self._set_maps or AuditMaps(self.methods)).to(pl_module.device)
 
     def _collect(self, trainer: Trainer) -> AuditSet:
         """The first ``audit_size`` samples of the dataset, or of the raw (unsharded)
@@ -444,64 +549,72 @@ class CAMAudit(Callback):
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         return images.to(device=device, dtype=dtype)
 
-    def _audit(self, trainer: Trainer, pl_module: LightningModule) -> tuple[dict[str, float], Optional[dict[str, Any]]]:
-        assert self.audit_set is not None and self._engine is not None and self._metric is not None
-        assert self._maps is not None
+    def _audit(self, trainer: Trainer, pl_module: LightningModule) -> tuple[dict[str, float], Optional[GridRows]]:
+        """This rank's shard of the audit set, batch by batch; figures synced across ranks."""
+        assert self.audit_set is not None and self._engine is not None
+        assert self._scores is not None and self._set_maps is not None
         model, device = self._engine.model, pl_module.device
-        per = -(-len(self.audit_set) // max(trainer.world_size, 1))
-        start = min(trainer.global_rank * per, len(self.audit_set))
-        stop = min(start + per, len(self.audit_set))
-        sham: Optional[Tensor] = None
-        grid_maps: Optional[dict[str, Any]] = None
+        start, stop = self.audit_set.shard_bounds(trainer.global_rank, trainer.world_size)
+        grid_rows: Optional[GridRows] = None
         want_grid = self.log_images and self.grid_images > 0 and trainer.is_global_zero
         with audit_guard(model, device):
-            self._metric.reset()
-            self._maps.reset()
+            self._scores.reset()
+            self._set_maps.reset()
             for lo in range(start, stop, self.batch_size):
-                hi = min(lo + self.batch_size, stop)
-                batch = self.audit_set.slice(lo, hi).to(device)
+                batch = self.audit_set.slice(lo, min(lo + self.batch_size, stop)).to(device)
                 images = self._input(batch.images, model, device)
                 result = self._engine.compute(images, self._targets(batch, device), self.methods)
-                maps = result.maps
-                if sham is None:
-                    any_map = next(iter(maps.values()))
-                    sham = self._sham((any_map.shape[-2], any_map.shape[-1])).to(device)
-                reference = {m: r[lo:hi].to(device) for m, r in (self.reference_maps or {}).items() if m in maps}
-                usable = None if sham.min() == sham.max() else sham  # a whole-grid SHAM is no target
-                ctx = ScoreContext(maps, usable, reference, self.drift_pairs, batch.saliency, batch.has_saliency)
-                self._metric.update(score_batch(ctx, list(SCORE_FAMILIES)))
-                if self.metrics:
-                    self._metric.update(
-                        faithfulness_scores(
-                            model,
-                            images,
-                            maps,
-                            result.targets,
-                            self.metrics,
-                            batch.saliency,
-                            batch.has_saliency,
-                            self.metric_options,
-                            self._engine,
-                        )
-                    )
-                if self.behaviour and lo < self.behaviour_size:
-                    k = min(hi, self.behaviour_size) - lo
-                    self._metric.update(self._behaviour(model, images[:k], result, batch, k, lo))
-                self._maps.update(maps)
-                if want_grid and grid_maps is None:
-                    n = min(self.grid_images, hi - lo)
-                    grid_maps = {
-                        "images": batch.images[:n].cpu(),
-                        "saliency": None if batch.saliency is None else batch.saliency[:n].cpu(),
-                        "maps": {m: torch.nan_to_num(v[:n], nan=0.0).cpu() for m, v in maps.items()},
-                        "explained": result.targets[:n].cpu(),
-                        "predicted": result.logits.argmax(dim=1)[:n].cpu(),
-                    }
-            values = {k: float(v) for k, v in self._metric.compute().items()}  # synced across ranks
-            values.update(set_signals(self._maps.compute(), self.methods))
-        return values, grid_maps
+                for scores in self._batch_scores(model, images, result, batch, lo):
+                    self._scores.update(scores)
+                self._set_maps.update(result.maps)
+                if want_grid and grid_rows is None:
+                    grid_rows = GridRows.of(batch, result, min(self.grid_images, len(batch)))
+            values = {k: float(v) for k, v in self._scores.compute().items()}  # synced across ranks
+            values.update(set_signals(self._set_maps.compute(), self.methods))
+        return values, grid_rows
 
-    def _behaviour(self, model: nn.Module, images: Tensor, result: Any, batch: AuditSet, k: int, offset: int) -> Scores:
+    def _batch_scores(
+        self, model: nn.Module, images: Tensor, result: CAMResult, batch: AuditSet, lo: int
+    ) -> list[Scores]:
+        """The per-image scores of one audit batch (audit index ``lo`` on), one part per
+        source: the registered families, the opt-in metrics and, on the first
+        ``behaviour_size`` images, the behavioural signals."""
+        maps = result.maps
+        any_map = next(iter(maps.values()))
+        sham = self._usable_sham((int(any_map.shape[-2]), int(any_map.shape[-1])))
+        hi = lo + len(batch)
+        reference = {m: r[lo:hi].to(images.device) for m, r in (self.reference_maps or {}).items() if m in maps}
+        ctx = ScoreContext(
+            maps,
+            None if sham is None else sham.to(images.device),
+            reference,
+            self.drift_pairs,
+            batch.saliency,
+            batch.has_saliency,
+        )
+        parts = [score_batch(ctx, list(SCORE_FAMILIES))]
+        if self.metrics:
+            parts.append(
+                faithfulness_scores(
+                    model,
+                    images,
+                    maps,
+                    result.targets,
+                    self.metrics,
+                    batch.saliency,
+                    batch.has_saliency,
+                    self.metric_options,
+                    self._engine,
+                )
+            )
+        if self.behaviour and lo < self.behaviour_size:
+            k = min(hi, self.behaviour_size) - lo
+            parts.append(self._behaviour(model, images[:k], result, batch, k, lo))
+        return parts
+
+    def _behaviour(
+        self, model: nn.Module, images: Tensor, result: CAMResult, batch: AuditSet, k: int, offset: int
+    ) -> Scores:
         """The behavioural scores of the first ``k`` images of a batch (audit index ``offset``
         on), each averaged over the images the model decides: predicted as the explained
         class with probability >= 0.5 (a map of an undecided model has nothing to be faithful to)."""
@@ -513,32 +626,38 @@ class CAMAudit(Callback):
         maps = {m: v[:k].detach() for m, v in result.maps.items()}
         engine = self._engine
         assert engine is not None
+        width = classifier_width(model)
 
         def logits(x: Tensor) -> Tensor:  # the engine's reading of the model's output (tuples, dicts, .logits)
-            return logits_of(model(x), engine._width, engine.output_key)
+            return logits_of(model(x), width, engine.output_key)
 
         scores, _ = behaviour_scores(logits, images, targets, maps, self.behaviour_options, saliency, has, offset)
-        out = {key: (v, decided if mask is None else mask.bool() & decided) for key, (v, mask) in scores.items()}
+        out: Scores = {
+            key: (v, decided if mask is None else mask.bool() & decided) for key, (v, mask) in scores.items()
+        }
         out[DECIDED] = (decided.float(), None)
         return out
 
-    def _sham(self, grid: tuple[int, int]) -> Tensor:
-        """The SHAM on the CAM grid; warns once per grid when it covers every pixel (after
-        min-max it is all zeros: no SHAM MSE is logged and the SHAM rule is off)."""
-        sham = sham_target(grid, self.sham_entropy, self.sham_pattern)
-        if sham.min() == sham.max() and grid not in self._whole_grid_warned:
-            self._whole_grid_warned.add(grid)
-            rank_zero_warn(
-                f"CAMAudit: the SHAM ({self.sham_entropy} nats, {int(sham.sum())} pixels) covers the whole "
-                f"{grid[0]}x{grid[1]} CAM grid, so after min-max normalisation it is no target: sham_mse is not "
-                "logged and the alarm's SHAM rule is off. Use larger images, a finer CAM layer or a lower sham_entropy."
-            )
-        return sham
+    def _usable_sham(self, grid: tuple[int, int]) -> Optional[Tensor]:
+        """The SHAM on the CAM grid, or ``None`` when it covers every pixel: after min-max it
+        is all zeros, so no SHAM MSE is logged and the SHAM rule is off (warned once per grid)."""
+        if grid not in self._shams:
+            sham = sham_target(grid, self.sham_entropy, self.sham_pattern)
+            whole_grid = bool(sham.min() == sham.max())
+            self._shams[grid] = None if whole_grid else sham
+            if whole_grid:
+                rank_zero_warn(
+                    f"CAMAudit: the SHAM ({self.sham_entropy} nats, {int(sham.sum())} pixels) covers the whole "
+                    f"{grid[0]}x{grid[1]} CAM grid, so after min-max normalisation it is no target: sham_mse is not "
+                    "logged and the alarm's SHAM rule is off. Use larger images, a finer CAM layer or a lower "
+                    "sham_entropy."
+                )
+        return self._shams[grid]
 
     def _nan_notes(self, values: dict[str, float]) -> list[str]:
         """What the non-finite scores of this audit left out, and which alarm rules they silenced."""
-        assert self._metric is not None
-        excluded = self._metric.excluded
+        assert self._scores is not None
+        excluded = self._scores.excluded  # synced across ranks: every rank reads it
         if not excluded:
             return []
         by_count: dict[int, list[str]] = {}
@@ -554,11 +673,11 @@ class CAMAudit(Callback):
                 notes.append(f"the alarm's {rule.name} rule could not be evaluated (no finite {rule.signal} score)")
         return notes
 
-    def _alarm(self, values: dict[str, float]) -> tuple[dict[str, float], dict[str, list[str]], Optional[str]]:
+    def _alarm(self, values: dict[str, float]) -> tuple[dict[str, float], dict[Verdict, list[str]], Optional[Verdict]]:
         """``alarm/<rule>`` flags (1.0 for each rule that fired on any method), ``verdict/<v>``
         flags, the messages of the (rule, method) pairs that fired by verdict, and the
         verdict (``alarm.py``), from one evaluation of the rules."""
-        firings = evaluate(values, self.rules)
+        firings = fire_rules(values, self.rules)
         fired = {f.rule for f in firings}
         found = verdict(firings)
         flags = {f"alarm/{r.name}": float(r.name in fired) for r in self.rules}
@@ -567,14 +686,10 @@ class CAMAudit(Callback):
         return flags, reasons, found
 
     def _report(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        values: dict[str, float],
-        grid_maps: Optional[dict[str, Any]],
+        self, trainer: Trainer, pl_module: LightningModule, values: dict[str, float], grid_rows: Optional[GridRows]
     ) -> None:
+        """Log the figures and the alarm, warn on a verdict, and publish the review and the picture."""
         flags, by_verdict, found = self._alarm(values)
-        reasons = by_verdict["fooled"]
         alarm = found == "fooled"
         notes = self._nan_notes(values)
         if notes:
@@ -590,30 +705,44 @@ class CAMAudit(Callback):
                 sync_dist=True,
                 batch_size=1,
             )
-        message = (
-            f"CAMAudit fooling alarm at epoch {trainer.current_epoch} (step {trainer.global_step}): "
-            + "; ".join(reasons)
-            + ". Verdict: fooled: the audited CAMs may be passively fooled "
-            "(docs/audit-detection.md: 'What the audit can and cannot detect')."
-        )
-        if alarm:
+        message = self._warn_verdict(trainer, found, by_verdict)
+        if alarm and trainer.state.fn == TrainerFn.FITTING and self.first_alarm_epoch is None:
+            self.first_alarm_epoch = trainer.current_epoch
+        if trainer.is_global_zero:
+            self._review(trainer, values, message)
+            if grid_rows is not None:
+                self._publish(trainer, pl_module, grid_rows)
+
+    def _warn_verdict(
+        self, trainer: Trainer, found: Optional[Verdict], by_verdict: dict[Verdict, list[str]]
+    ) -> Optional[str]:
+        """Warn on a ``fooled`` or ``imprecise`` verdict; the fooling alarm's message, if any."""
+        when = f"epoch {trainer.current_epoch} (step {trainer.global_step})"
+        if found == "fooled":
+            message = (
+                f"CAMAudit fooling alarm at {when}: "
+                + "; ".join(by_verdict["fooled"])
+                + ". Verdict: fooled: the audited CAMs may be passively fooled "
+                "(docs/audit-detection.md: 'What the audit can and cannot detect')."
+            )
             rank_zero_warn(message)
-            if trainer.state.fn == TrainerFn.FITTING and self.first_alarm_epoch is None:
-                self.first_alarm_epoch = trainer.current_epoch
-        elif found == "imprecise":
+            return message
+        if found == "imprecise":
             rank_zero_warn(
-                f"CAMAudit at epoch {trainer.current_epoch} (step {trainer.global_step}): "
+                f"CAMAudit at {when}: "
                 + "; ".join(by_verdict["imprecise"])
                 + ". Verdict: imprecise, not fooled: the maps' top regions "
                 "matter to the decision but the maps are coarse or off by a region (docs/audit-detection.md)."
             )
-        if trainer.is_global_zero:
-            self._review(trainer, values, message if alarm else None)
-        if grid_maps is not None and trainer.is_global_zero:
-            labels = _row_labels(grid_maps["explained"], grid_maps["predicted"], _class_names(pl_module))
-            grid, titles = audit_grid(grid_maps["images"], grid_maps["maps"], grid_maps["saliency"], row_labels=labels)
-            picture = AuditPicture(grid, titles, self.prefix, trainer.current_epoch, trainer.global_step)
-            publish(picture, trainer.loggers, trainer.default_root_dir)  # not trainer.log_dir: it broadcasts
+        return None
+
+    def _publish(self, trainer: Trainer, pl_module: LightningModule, rows: GridRows) -> None:
+        """The audit's picture, to every logger (PNG files without an image API)."""
+        names = self.class_names or pl_module.hparams.get("class_names")
+        labels = _row_labels(rows.explained, rows.predicted, list(names) if names else None)
+        grid, titles = audit_grid(rows.images, rows.maps, rows.saliency, row_labels=labels)
+        picture = AuditPicture(grid, titles, self.prefix, trainer.current_epoch, trainer.global_step)
+        publish(picture, trainer.loggers, trainer.default_root_dir)  # not trainer.log_dir: it broadcasts
 
     def _review(self, trainer: Trainer, values: dict[str, float], alarm_message: Optional[str]) -> None:
         """TensorBoard's Custom Scalars layout (once per log dir) and the alarm's Text entry."""

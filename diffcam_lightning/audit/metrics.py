@@ -10,15 +10,17 @@ infinite) score is left out of its mean and counted apart (``AuditScores.exclude
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 from torchmetrics import Metric
+from typing_extensions import override
 
+from ..registry import Registry
 from ..saliency import cam_entropy, cam_mse, saliency_mse
 
 Scores = dict[str, tuple[Tensor, Optional[Tensor]]]
@@ -36,41 +38,77 @@ class ScoreContext:
     has_saliency: Optional[Tensor] = None  # bool [B]
 
 
-ScoreFamily = Callable[[ScoreContext], Scores]
+ScoreFn = Callable[[ScoreContext], Scores]
+ScoreFamily = ScoreFn  # the name of a family's function type before ``Family`` held the whole entry
 # (methods, drift pairs) -> every key the family can produce (fixed up front: DDP syncs fixed-size states)
 KeysFn = Callable[[Sequence[str], Sequence[tuple[str, str]]], list[str]]
-SCORE_FAMILIES: dict[str, ScoreFamily] = {}
-SCORE_KEYS: dict[str, KeysFn] = {}
-SUM_FAMILIES: set[str] = set()  # families whose figure is a sum over the audit set (a count), not a mean
+Reduce = Literal["mean", "sum"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One registered score family: its function, the keys it may return and how its
+    figure is reduced over the audit set (``"sum"``: a count, not a mean). Calling the
+    entry runs the function, so ``SCORE_FAMILIES[name](ctx)`` reads as it always did."""
+
+    score: ScoreFn
+    keys: KeysFn
+    reduce: Reduce = "mean"
+
+    def __call__(self, ctx: ScoreContext) -> Scores:
+        return self.score(ctx)
+
+
+SCORE_FAMILIES: Registry[str, Family] = Registry("score family")
+
+
+class _FamilyKeys(Mapping[str, KeysFn]):
+    """``SCORE_KEYS``: each family's keys function, read live from ``SCORE_FAMILIES``."""
+
+    def __getitem__(self, name: str) -> KeysFn:
+        return SCORE_FAMILIES[name].keys
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SCORE_FAMILIES)
+
+    def __len__(self) -> int:
+        return len(SCORE_FAMILIES)
+
+
+SCORE_KEYS: Mapping[str, KeysFn] = _FamilyKeys()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SUM_FAMILIES":  # the families whose figure is a sum, once a set kept beside the registry
+        return frozenset(n for n, family in SCORE_FAMILIES.items() if family.reduce == "sum")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def per_method(*families: str) -> KeysFn:
     return lambda methods, pairs: [f"{f}/{m}" for f in families for m in methods]
 
 
-def register_score(name: str, keys: KeysFn, reduce: str = "mean") -> Callable[[ScoreFamily], ScoreFamily]:
+def register_score(
+    name: str, keys: KeysFn, reduce: Reduce = "mean", *, replace: bool = False
+) -> Callable[[ScoreFn], ScoreFn]:
     """Add a score family; ``keys(methods, drift_pairs)`` lists the keys it may return
     (logged as ``cam_audit/<key>``; a key with no sample in an audit is not logged).
-    ``reduce="sum"`` logs the sum over the audit set (a count) instead of the mean."""
+    ``reduce="sum"`` logs the sum over the audit set (a count) instead of the mean; a
+    taken name is refused unless ``replace``."""
     if reduce not in ("mean", "sum"):
         raise ValueError(f"Score family {name!r}: reduce must be 'mean' or 'sum'; got {reduce!r}.")
 
-    def decorator(fn: ScoreFamily) -> ScoreFamily:
-        SCORE_FAMILIES[name] = fn
-        SCORE_KEYS[name] = keys
-        if reduce == "sum":
-            SUM_FAMILIES.add(name)
-        else:
-            SUM_FAMILIES.discard(name)
+    def decorator(fn: ScoreFn) -> ScoreFn:
+        SCORE_FAMILIES.register(name, Family(fn, keys, reduce), replace=replace)
         return fn
 
     return decorator
 
 
-def score_keys(methods: Sequence[str], pairs: Sequence[tuple[str, str]], reduce: Optional[str] = None) -> list[str]:
+def score_keys(methods: Sequence[str], pairs: Sequence[tuple[str, str]], reduce: Optional[Reduce] = None) -> list[str]:
     """Every key of the registered families (only those of one ``reduce`` kind if given)."""
-    names = [n for n in SCORE_FAMILIES if reduce is None or (n in SUM_FAMILIES) == (reduce == "sum")]
-    return [k for name in names for k in SCORE_KEYS[name](methods, pairs)]
+    families = [f for f in SCORE_FAMILIES.values() if reduce is None or f.reduce == reduce]
+    return [k for family in families for k in family.keys(methods, pairs)]
 
 
 @register_score("nan", keys=per_method("nan"), reduce="sum")
@@ -138,18 +176,56 @@ def score_batch(ctx: ScoreContext, families: Sequence[str]) -> Scores:
     return out
 
 
+def audit_figures(
+    total: Tensor, count: Tensor, keys: Sequence[str], sum_keys: Collection[str] = ()
+) -> dict[str, Tensor]:
+    """``AuditScores``' functional core: the mean ``total / count`` of each key with a
+    finite sample (its ``total`` for ``sum_keys``); keys without one are left out."""
+    means = total / count.clamp(min=1)
+    return {k: (total[i] if k in sum_keys else means[i]).float() for i, k in enumerate(keys) if bool(count[i] > 0)}
+
+
+def nonfinite_counts(nonfinite: Tensor, keys: Sequence[str]) -> dict[str, int]:
+    """``{key: count}`` of the non-finite samples of each key that had one."""
+    return {k: int(nonfinite[i]) for i, k in enumerate(keys) if nonfinite[i] > 0}
+
+
 class AuditScores(Metric):
     """Means of per-sample scores for a fixed list of keys, synced across processes.
 
-    ``update({key: (values [B], mask [B] or None)})``; ``compute()`` returns
-    ``{key: mean}`` (``{key: sum}`` for ``sum_keys``) for the keys that saw at least one
-    finite sample (on any rank). Non-finite scores are left out of means and sums and
-    counted in ``excluded`` (``{key: count}``, set by ``compute()``), so a diverging model
-    neither lowers a mean (NaN was 0) nor hides among the finite samples.
+    Each rank sums its own samples; ``compute()`` reduces the sums with ``sum`` across
+    DDP ranks, so the figures are those of the whole audit set. Non-finite scores are left
+    out of means and sums and counted apart, so a diverging model neither lowers a mean
+    (NaN was 0) nor hides among the finite samples. ``compute()`` has no side effects.
+
+    Args:
+        keys: the keys ``update`` may receive, each logged as its mean.
+        sum_keys: keys logged as their sum over the audit set (a count) instead.
+        **kwargs: ``torchmetrics.Metric`` options (``sync_on_compute``, ...).
+
+    Attributes:
+        score_keys: every key, means first, in order (the index of the states).
+        sum_keys: the keys summed instead of averaged.
+        excluded: ``{key: count}`` of the non-finite scores left out since the last
+            ``reset()``, synced across processes like ``compute()`` (so every DDP rank reads it).
+
+    Raises:
+        KeyError: ``update`` got a key not given at construction (DDP syncs fixed-size states).
+
+    Example:
+        >>> import torch
+        >>> from diffcam_lightning.audit import AuditScores
+        >>> scores = AuditScores(["drift/gradcam"], sum_keys=["nan/gradcam"])
+        >>> scores.update({"drift/gradcam": (torch.tensor([0.5, float("nan"), 0.25]), None)})
+        >>> scores.update({"nan/gradcam": (torch.tensor([0.0, 1.0, 0.0]), None)})
+        >>> {k: round(float(v), 3) for k, v in scores.compute().items()}
+        {'drift/gradcam': 0.375, 'nan/gradcam': 1.0}
+        >>> scores.excluded
+        {'drift/gradcam': 1}
     """
 
     full_state_update = False
-    total: Tensor  # the add_state states below
+    total: Tensor  # the add_state states below: one sum, one count, one non-finite count per key
     count: Tensor
     nonfinite: Tensor
 
@@ -162,8 +238,13 @@ class AuditScores(Metric):
         self.add_state("total", default=torch.zeros(n, dtype=torch.float32), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros(n, dtype=torch.float32), dist_reduce_fx="sum")
         self.add_state("nonfinite", default=torch.zeros(n, dtype=torch.float32), dist_reduce_fx="sum")
-        self.excluded: dict[str, int] = {}
 
+    @property
+    def excluded(self) -> dict[str, int]:
+        with self.sync_context():  # the counts of every process, as compute() sums its states
+            return nonfinite_counts(self.nonfinite, self.score_keys)
+
+    @override
     def update(self, scores: Scores) -> None:
         for key, (values, mask) in scores.items():
             if key not in self._index:
@@ -176,12 +257,6 @@ class AuditScores(Metric):
             self.count[i] += weight[finite].sum()
             self.nonfinite[i] += weight[~finite].sum()
 
+    @override
     def compute(self) -> dict[str, Tensor]:
-        seen = self.count > 0
-        means = self.total / self.count.clamp(min=1)
-        self.excluded = {k: int(self.nonfinite[i]) for k, i in self._index.items() if self.nonfinite[i] > 0}
-        return {
-            k: (self.total[i] if k in self.sum_keys else means[i]).float()
-            for k, i in self._index.items()
-            if bool(seen[i])
-        }
+        return audit_figures(self.total, self.count, self.score_keys, self.sum_keys)

@@ -13,6 +13,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from typing_extensions import override
 
 
 class WeightsSwap(nn.Module):
@@ -23,6 +24,7 @@ class WeightsSwap(nn.Module):
         self.model = model
         self._state = state
 
+    @override
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return functional_call(self.model, self._state, args, kwargs, strict=True)
 

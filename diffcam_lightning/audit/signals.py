@@ -20,12 +20,13 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+from typing_extensions import override
 
 from ..cams.postprocess import minmax_normalize
 from ..saliency import cam_mse
 from .metrics import ScoreContext, Scores, register_score
 
-GRADIENT_FREE = "eigencam"
+DISAGREEMENT_BASE = "eigencam"  # the gradient-free CAM the disagreement compares with
 
 
 def spread(maps: Tensor) -> Tensor:
@@ -63,39 +64,68 @@ def set_signals(maps: dict[str, Tensor], methods: Sequence[str]) -> dict[str, fl
 
 
 class AuditMaps(Metric):
-    """The audit set's maps of each method, gathered from every DDP rank (``cat``), for the
-    set-level signals (a spread over images needs all images at once)."""
+    """The audit set's maps of each method, gathered from every DDP rank, for the set-level
+    signals (a spread over images needs all images at once).
+
+    Each ``update`` appends one ``[B, M, h, w]`` block (the methods in construction order,
+    NaN where a method is missing) and a ``[B, M]`` presence block; both are list states
+    reduced with ``cat``, so ranks' images come back in rank order, and ``compute()`` keeps
+    each method's rows where it was present.
+
+    Args:
+        methods: the methods whose maps are kept, in order.
+        **kwargs: ``torchmetrics.Metric`` options.
+
+    Attributes:
+        methods: the methods whose maps are kept.
+
+    Example:
+        >>> import torch
+        >>> from diffcam_lightning.audit import AuditMaps
+        >>> maps = AuditMaps(["gradcam", "eigencam"])
+        >>> maps.update({"gradcam": torch.zeros(2, 4, 4), "eigencam": torch.ones(2, 4, 4)})
+        >>> maps.update({"gradcam": torch.ones(3, 4, 4)})
+        >>> {m: tuple(v.shape) for m, v in maps.compute().items()}
+        {'gradcam': (5, 4, 4), 'eigencam': (2, 4, 4)}
+    """
 
     full_state_update = False
+    maps: list[Tensor]  # [B, M, h, w] blocks
+    present: list[Tensor]  # [B, M] float blocks: 1 where the method's map was given
 
     def __init__(self, methods: Sequence[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.methods = list(methods)
-        for i in range(len(self.methods)):
-            self.add_state(f"maps_{i}", default=[], dist_reduce_fx="cat")
+        self.add_state("maps", default=[], dist_reduce_fx="cat")
+        self.add_state("present", default=[], dist_reduce_fx="cat")
 
+    @override
     def update(self, maps: dict[str, Tensor]) -> None:
-        for i, m in enumerate(self.methods):
-            if m in maps:
-                getattr(self, f"maps_{i}").append(maps[m].detach().float())
+        given = [m for m in self.methods if m in maps]
+        if not given:
+            return
+        like = maps[given[0]].detach().float()
+        blank = torch.full_like(like, float("nan"))
+        self.maps.append(torch.stack([maps[m].detach().float() if m in maps else blank for m in self.methods], 1))
+        flags = torch.tensor([m in maps for m in self.methods], dtype=torch.float32, device=like.device)
+        self.present.append(flags.repeat(like.shape[0], 1))
 
+    @override
     def compute(self) -> dict[str, Tensor]:
-        out = {}
-        for i, m in enumerate(self.methods):
-            parts = getattr(self, f"maps_{i}")
-            if isinstance(parts, Tensor) or parts:
-                out[m] = dim_zero_cat(parts)
-        return out
+        if not isinstance(self.maps, Tensor) and not self.maps:
+            return {}
+        maps, present = dim_zero_cat(self.maps), dim_zero_cat(self.present).bool()
+        return {m: maps[present[:, i], i] for i, m in enumerate(self.methods) if bool(present[:, i].any())}
 
 
 def _disagreement_keys(methods: Sequence[str], pairs: Sequence[tuple[str, str]]) -> list[str]:
-    return [f"disagreement/{m}" for m in methods if m != GRADIENT_FREE] if GRADIENT_FREE in methods else []
+    return [f"disagreement/{m}" for m in methods if m != DISAGREEMENT_BASE] if DISAGREEMENT_BASE in methods else []
 
 
 @register_score("disagreement", keys=_disagreement_keys)
 def disagreement_scores(ctx: ScoreContext) -> Scores:
     """MSE of each CAM to the gradient-free EigenCAM of the same image (when audited)."""
-    if GRADIENT_FREE not in ctx.maps:
+    if DISAGREEMENT_BASE not in ctx.maps:
         return {}
-    free = ctx.maps[GRADIENT_FREE]
-    return {f"disagreement/{m}": (cam_mse(x, free), None) for m, x in ctx.maps.items() if m != GRADIENT_FREE}
+    free = ctx.maps[DISAGREEMENT_BASE]
+    return {f"disagreement/{m}": (cam_mse(x, free), None) for m, x in ctx.maps.items() if m != DISAGREEMENT_BASE}

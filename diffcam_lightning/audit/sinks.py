@@ -17,6 +17,8 @@ import numpy as np
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 
+from ..registry import Registry
+
 
 @dataclass(frozen=True)
 class AuditPicture:
@@ -44,17 +46,19 @@ class AuditPicture:
 
 
 GridWriter = Callable[[Logger, AuditPicture], object]
-_WRITERS: dict[type, GridWriter] = {}
+GRID_WRITERS: Registry[type, GridWriter] = Registry("grid writer")  # keyed by logger type
 LoggerT = TypeVar("LoggerT", bound=Logger)
 
 
 def register_grid_writer(
-    logger_type: type[LoggerT],
+    logger_type: type[LoggerT], *, replace: bool = False
 ) -> Callable[[Callable[[LoggerT, AuditPicture], object]], Callable[[LoggerT, AuditPicture], object]]:
-    """Register ``fn(logger, picture)`` for ``logger_type`` and its subclasses."""
+    """Register ``fn(logger, picture)`` for ``logger_type`` and its subclasses; a type that
+    already has a writer is refused unless ``replace``."""
 
     def decorator(fn: Callable[[LoggerT, AuditPicture], object]) -> Callable[[LoggerT, AuditPicture], object]:
-        _WRITERS[logger_type] = cast(GridWriter, fn)  # looked up by the logger's class: fn gets only a logger_type
+        # looked up by the logger's class, so fn only ever gets a logger_type
+        GRID_WRITERS.register(logger_type, cast(GridWriter, fn), replace=replace)
         return fn
 
     return decorator
@@ -63,8 +67,8 @@ def register_grid_writer(
 def grid_writer(logger: Logger) -> GridWriter:
     """The writer of the nearest registered class in the logger's MRO; PNG files otherwise."""
     for cls in type(logger).__mro__:
-        if cls in _WRITERS:
-            return _WRITERS[cls]
+        if cls in GRID_WRITERS:
+            return GRID_WRITERS[cls]
     return write_png_for_logger
 
 
@@ -137,8 +141,5 @@ def write_png(folder: Path, picture: AuditPicture) -> Path:
 
 
 def _logger_dir(logger: Logger) -> Optional[Path]:
-    for attribute in ("log_dir", "save_dir"):
-        folder = getattr(logger, attribute, None)
-        if folder:
-            return Path(folder)
-    return None
+    folder = logger.log_dir or logger.save_dir  # both declared on Logger (None when a logger has no folder)
+    return Path(folder) if folder else None
