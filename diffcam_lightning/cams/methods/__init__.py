@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..outputs import _logits  # noqa: F401  (re-exported: methods.py had it)
 from .channel import (
     cam,
     channel_cam,
@@ -51,8 +50,6 @@ from .registry import (
     weighted_sum,
 )
 from .second_order import bias_layers, fullgrad, hessian_times_activations, shapleycam
-
-_channel_cam = channel_cam  # the old private name
 
 # The gradient family: weighting x backprop target (the weighting does not know its target).
 GRADIENT_WEIGHTINGS: dict[str, MapFunction] = {

@@ -59,7 +59,7 @@ def guided_backprop(
     try:
         with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
             logits = logits_of(model(inputs))
-            classes = _classes(targets, logits)
+            classes = target_classes(targets, logits)
             result = {}
             for i, name in enumerate(names):
                 vector = BACKPROP_TARGETS[name](logits, classes).detach()
@@ -93,7 +93,9 @@ def guided_gradcam(
     return result.maps[chosen.name].unsqueeze(1) * guided
 
 
-def _classes(targets: Union[int, Sequence[int], Tensor, None], logits: Tensor) -> Tensor:
+def target_classes(targets: Union[int, Sequence[int], Tensor, None], logits: Tensor) -> Tensor:
+    """The class explained per image ``[B]``: ``targets`` checked against the logits, or the
+    predicted classes when ``None`` (for the methods that run the model themselves)."""
     if targets is None:
         return logits.detach().argmax(dim=1)
     classes = torch.as_tensor([int(targets)] * logits.shape[0] if isinstance(targets, int) else targets)

@@ -20,7 +20,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..modes import eval_mode
 from ..targets import BACKPROP_TARGETS
-from .guided import _classes
+from .guided import target_classes
 from .registry import CAMContext, present, require
 
 
@@ -163,7 +163,7 @@ def legrad(
     try:
         with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
             logits = model(x.detach().clone().requires_grad_())
-            classes = _classes(targets, logits)
+            classes = target_classes(targets, logits)
             scores = {name: project(tokens[name]) for name, _ in chosen}
             result = {}
             for t, target in enumerate(names):
