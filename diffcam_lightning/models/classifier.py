@@ -30,7 +30,7 @@ default, final CAM layer nothing but pooling and the classifier follows it: no c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional, Union, cast
 
 import torch
@@ -317,6 +317,6 @@ def _saliency_methods(saliency_method: Union[str, Sequence[str]]) -> tuple[str, 
     return tuple(dict.fromkeys(get_method(n).name for n in names))
 
 
-def _check_choice(key: str, value: str, choices: dict[str, Any]) -> None:
+def _check_choice(key: str, value: str, choices: Mapping[str, Any]) -> None:
     if value not in choices:
         raise ValueError(f"Unknown {key} {value!r}; valid: {', '.join(choices)}.")
