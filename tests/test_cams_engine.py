@@ -335,3 +335,24 @@ def test_layer_without_spatial_output(tiny):
     model, x = tiny
     with pytest.raises(ValueError, match=r"Target layer 'head' outputs \(3, 5\)"):
         CAMEngine(model, "head")(x)
+
+
+def test_perturbation_batch_size_and_its_old_name(tiny):
+    """``perturbation_batch_size`` (ScoreCAM's masks, AblationCAM's ablations) is also taken
+    under its old name ``scorecam_batch_size``, which reads the same value back."""
+    model, x = tiny
+    new = CAMEngine(model, "features", perturbation_batch_size=7)
+    old = CAMEngine(model, "features", scorecam_batch_size=7)
+    assert new.perturbation_batch_size == old.perturbation_batch_size == old.scorecam_batch_size == 7
+    for method in ("scorecam", "ablationcam"):
+        torch.testing.assert_close(new(x, methods=method)[method], old(x, methods=method)[method])
+    with pytest.raises(ValueError, match="disagree"):
+        CAMEngine(model, "features", perturbation_batch_size=8, scorecam_batch_size=7)
+    with pytest.raises(ValueError, match="perturbation_batch_size must be >= 1"):
+        CAMEngine(model, "features", perturbation_batch_size=0)
+
+
+def test_batch_coupling_is_checked_at_runtime_too(tiny):
+    model, _ = tiny
+    with pytest.raises(ValueError, match="Unknown batch_coupling 'exactly'; valid: exact, batched"):
+        CAMEngine(model, "features", batch_coupling="exactly")  # type: ignore[arg-type]

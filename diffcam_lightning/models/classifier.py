@@ -43,6 +43,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..cams import GRADIENT_METHODS, CAMEngine, CAMResult, get_method
+from ..cams.coupling import BatchCoupling
 from ..cams.outputs import logits_of
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, cam_entropy, saliency_loss, saliency_mse, sham_target
 from .attention import disable_fused_attention
@@ -155,7 +156,7 @@ class SaliencyClassifier(LightningModule):
         saliency_weight: float = 1.0,
         optimizer: Optional[OptimizerCallable] = None,
         scheduler: Optional[LRSchedulerCallable] = None,
-        batch_coupling: str = "exact",
+        batch_coupling: BatchCoupling = "exact",
     ) -> None:
         super().__init__()
         _check_choice("saliency_target", saliency_target, SALIENCY_TARGETS)

@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ..classes import explained_classes
 from ..modes import eval_mode
 from ..outputs import logits_of
 from ..targets import BACKPROP_TARGETS
@@ -59,7 +60,7 @@ def guided_backprop(
     try:
         with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
             logits = logits_of(model(inputs))
-            classes = target_classes(targets, logits)
+            classes = explained_classes(targets, logits)
             result = {}
             for i, name in enumerate(names):
                 vector = BACKPROP_TARGETS[name](logits, classes).detach()
@@ -91,17 +92,3 @@ def guided_gradcam(
     guided = guided_backprop(model, x, result.targets, chosen.backprop)
     assert isinstance(guided, Tensor)  # one backprop target (a str) gives one tensor
     return result.maps[chosen.name].unsqueeze(1) * guided
-
-
-def target_classes(targets: Union[int, Sequence[int], Tensor, None], logits: Tensor) -> Tensor:
-    """The class explained per image ``[B]``: ``targets`` checked against the logits, or the
-    predicted classes when ``None`` (for the methods that run the model themselves)."""
-    if targets is None:
-        return logits.detach().argmax(dim=1)
-    classes = torch.as_tensor([int(targets)] * logits.shape[0] if isinstance(targets, int) else targets)
-    classes = classes.to(logits.device).long().reshape(-1)
-    if classes.numel() != logits.shape[0] or bool(((classes < 0) | (classes >= logits.shape[1])).any()):
-        raise ValueError(
-            f"targets must be {logits.shape[0]} class indices in 0..{logits.shape[1] - 1}; got {classes.tolist()}."
-        )
-    return classes

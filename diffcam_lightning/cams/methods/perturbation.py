@@ -32,7 +32,7 @@ def ablationcam(ctx: CAMContext) -> Tensor:
     inputs = ctx.inputs.detach()
     rows = torch.arange(b * k, device=acts.device)
     owner, channel = rows // k, rows % k
-    step = max(1, int(ctx.scorecam_batch_size))
+    step = max(1, int(ctx.perturbation_batch_size))
     chunk: dict[str, Tensor] = {}
 
     channel_dim = 1 if ctx.layout is None else ctx.layout.channel_dim
@@ -78,14 +78,14 @@ def _upsampled_masks(acts: Tensor, size: tuple[int, int]) -> Tensor:
 
 def _masked_scores(ctx: CAMContext, masks: Tensor, scale: float = 1.0) -> Tensor:
     """The target logit of every image times each of its masks ``[B, K, H, W]`` (times
-    ``scale``), minus the unmasked image's: ``[B, K]``, in batches of ``scorecam_batch_size``."""
+    ``scale``), minus the unmasked image's: ``[B, K]``, in batches of ``perturbation_batch_size``."""
     model = present(ctx.model, "a ScoreCAM", "model")
     inputs = present(ctx.inputs, "a ScoreCAM", "inputs").detach()
     targets = present(ctx.targets, "a ScoreCAM", "targets")
     b, k = masks.shape[:2]
     owner = torch.arange(b, device=inputs.device).repeat_interleave(k)
     flat = masks.reshape(b * k, 1, *masks.shape[2:])
-    step = max(1, int(ctx.scorecam_batch_size))
+    step = max(1, int(ctx.perturbation_batch_size))
     with eval_mode(model), torch.inference_mode():
         base = logits_of(model(inputs)).gather(1, targets[:, None]).squeeze(1).float()
         scores = []

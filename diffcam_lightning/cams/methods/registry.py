@@ -38,7 +38,7 @@ class CAMContext:
     model: Optional[nn.Module] = None
     inputs: Optional[Tensor] = None
     targets: Optional[Tensor] = None
-    scorecam_batch_size: int = 32
+    perturbation_batch_size: int = 32  # inputs per extra forward (ScoreCAM's masks, AblationCAM's ablations)
     backprop: Optional[str] = None
     layer: Optional[nn.Module] = None  # the target layer (AblationCAM replaces its output)
     layout: Optional[Layout] = None  # the layer's resolved Layout (AblationCAM ablates in the layer's own layout)
@@ -48,6 +48,11 @@ class CAMContext:
     seed: int = 0  # the stochastic methods' seed (RandomCAM, SSCAM, ISCAM, SmoothGradCAM++)
     cache: dict[str, Any] = field(default_factory=dict)  # passes shared by the methods of one call
     methods: tuple[CAMMethod, ...] = ()  # the call's methods (a shared pass serves all their targets)
+
+    @property
+    def scorecam_batch_size(self) -> int:
+        """The old name of ``perturbation_batch_size``."""
+        return self.perturbation_batch_size
 
     @property
     def grad(self) -> Tensor:

@@ -159,7 +159,7 @@ def scorecam(ctx: CAMContext) -> Tensor:
     inputs = ctx.inputs.detach()
     plan = _plan(inputs, ctx.targets)
     with torch.inference_mode():
-        scores = channel_scores(ctx.model, inputs, acts, plan, max(1, int(ctx.scorecam_batch_size)))
+        scores = channel_scores(ctx.model, inputs, acts, plan, max(1, int(ctx.perturbation_batch_size)))
         per_row = scores[plan.image_of, :, plan.column]  # [B, K]
         weights = torch.softmax(per_row, dim=1)
     return weighted_sum(weights.clone(), acts)
