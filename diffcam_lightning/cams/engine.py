@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -217,12 +217,7 @@ class CAMEngine:
         _check_input(x)
         chosen = _resolve_methods(methods)
         out_size = resolve_size(size, (int(x.shape[-2]), int(x.shape[-1])))
-        # an explanation (no create_graph) leaves train-mode BatchNorm statistics as they were
-        # (restored after the backward pass, which reads them)
-        # and every random generator (a train-mode dropout's masks draw from them)
-        keep = nullcontext() if create_graph else preserved_buffers(_updating_norms(self.model))
-        rng = nullcontext() if create_graph else preserved_rng()
-        with keep, rng, torch.inference_mode(False), torch.enable_grad():
+        with self._untouched(create_graph), torch.inference_mode(False), torch.enable_grad():
             if x.is_inference():
                 x = x.clone()
             name, layer = self.resolve_layer(x)
@@ -256,6 +251,16 @@ class CAMEngine:
         if not create_graph:
             logits = logits.detach()
         return CAMResult(maps=maps, logits=logits, targets=targets, layer=name, grid=grid, layout=str(layout))
+
+    def _untouched(self, create_graph: bool) -> AbstractContextManager[object]:
+        """An explanation (no ``create_graph``) leaves train-mode BatchNorm statistics as they
+        were (restored after the backward pass, which reads them) and every random generator
+        (a train-mode dropout's masks draw from them); a training forward moves both."""
+        stack = ExitStack()
+        if not create_graph:
+            stack.enter_context(preserved_buffers(_updating_norms(self.model)))
+            stack.enter_context(preserved_rng())
+        return stack
 
     def _traced_forward(
         self, x: Tensor, name: str, layer: nn.Module, full_graph: bool, keep_head: bool
