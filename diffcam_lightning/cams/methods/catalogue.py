@@ -12,18 +12,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .channel import (
-    cam,
-    channel_cam,
-    fem,
-    gradcam_elementwise,
-    gradcam_plusplus_weights,
-    gradcam_weights,
-    hirescam,
-    layercam,
-    randomcam,
-    xgradcam_weights,
-)
+from ..targets import BACKPROP_TARGETS
+from . import channel
 from .eigen import eigencam, eigengradcam, kpcacam
 from .legrad import legrad_map
 from .perturbation import ablationcam, iscam, scorecam, smoothgradcampp, sscam
@@ -32,12 +22,12 @@ from .second_order import fullgrad, shapleycam
 
 # The gradient family: weighting x backprop target (the weighting does not know its target).
 GRADIENT_WEIGHTINGS: dict[str, MapFunction] = {
-    "gradcam": channel_cam(gradcam_weights),
-    "gradcam++": channel_cam(gradcam_plusplus_weights),
-    "hirescam": hirescam,
-    "xgradcam": channel_cam(xgradcam_weights),
-    "layercam": layercam,
-    "gradcamelementwise": gradcam_elementwise,
+    "gradcam": channel.channel_cam(channel.gradcam_weights),
+    "gradcam++": channel.channel_cam(channel.gradcam_plusplus_weights),
+    "hirescam": channel.hirescam,
+    "xgradcam": channel.channel_cam(channel.xgradcam_weights),
+    "layercam": channel.layercam,
+    "gradcamelementwise": channel.gradcam_elementwise,
     "eigengradcam": eigengradcam,
 }
 DIFF_TARGETS: dict[str, str] = {"meandiff": "mean", "maxdiff": "max", "lsediff": "lse"}
@@ -77,12 +67,12 @@ for _prefix, _target in TARGET_PREFIXES.items():
     if _prefix not in DIFF_TARGETS:
         for _family, _fn in GRADIENT_WEIGHTINGS.items():
             register_method(f"{_prefix}{_family}", backprop=_target)(_fn)
-register_method("finercam", backprop="finer")(GRADIENT_WEIGHTINGS["gradcam"])  # pytorch-grad-cam's FinerCAM
+register_method("finercam", backprop="finer")(GRADIENT_WEIGHTINGS["gradcam"])  # pytorch-grad-channel.cam's FinerCAM
 for _name, _fn in {
     "kpcacam": kpcacam,
-    "fem": fem,
-    "randomcam": randomcam,
-    "cam": cam,
+    "fem": channel.fem,
+    "randomcam": channel.randomcam,
+    "cam": channel.cam,
     "sscam": sscam,
     "iscam": iscam,
 }.items():
@@ -96,8 +86,6 @@ for _name, (_fn, _passes) in MULTI_PASS.items():
 def compose_target(target: str, prefix: Optional[str] = None) -> tuple[str, ...]:
     """Register every gradient weighting (and multi-pass method) with the backprop target
     ``target`` (registered with ``register_target``) as ``<prefix><name>``; returns the names."""
-    from ..targets import BACKPROP_TARGETS
-
     if target not in BACKPROP_TARGETS:
         raise ValueError(f"Unknown backprop target {target!r}; registered: {', '.join(BACKPROP_TARGETS)}.")
     prefix = target if prefix is None else prefix
@@ -130,7 +118,7 @@ DIFF_FAMILY_METHODS: tuple[str, ...] = tuple(
     f"{prefix}{weighting}" for weighting in GRADIENT_WEIGHTINGS for prefix in ("", *DIFF_TARGETS)
 )
 """The 28 gradient CAMs of the paper's families: each weighting with ``y_c`` and the three
-DiffGradCAM targets (what the benchmarks compare with pytorch-grad-cam as "the 28")."""
+DiffGradCAM targets (what the benchmarks compare with pytorch-grad-channel.cam as "the 28")."""
 PAPER_METHODS: tuple[str, ...] = METHODS[:12]
 
 
