@@ -21,6 +21,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from typing_extensions import override
 
 from .classes import TargetSpec, explained_classes
 from .coupling import (
@@ -543,5 +544,6 @@ class _LogitsOf(nn.Module):
         super().__init__()
         self.model, self.key = model, key
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         return logits_of(self.model(x), key=self.key)

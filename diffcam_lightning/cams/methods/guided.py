@@ -12,6 +12,7 @@ from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from ..classes import explained_classes
 from ..modes import eval_mode
@@ -24,11 +25,13 @@ class _GuidedReLU(torch.autograd.Function):
     output and the gradient are positive (the ReLU's own backward follows)."""
 
     @staticmethod
+    @override
     def forward(ctx: Any, output: Tensor) -> Tensor:
         ctx.save_for_backward(output)
         return output.clone()
 
     @staticmethod
+    @override
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         output: Tensor
         (output,) = ctx.saved_tensors
