@@ -125,12 +125,9 @@ def get_method(name: str) -> CAMMethod:
     Raises:
         UnknownNameError: (a ValueError) naming the valid methods.
     """
-    try:
-        return METHOD_REGISTRY[str(name)]
-    except UnknownNameError:
-        raise UnknownNameError(
-            f"Unknown CAM method {name!r}. Valid methods: {', '.join(METHOD_REGISTRY)}."
-        ) from None
+    if str(name) not in METHOD_REGISTRY:  # raised outside an except: the CLI prints this message
+        raise UnknownNameError(f"Unknown CAM method {name!r}. Valid methods: {', '.join(METHOD_REGISTRY)}.")
+    return METHOD_REGISTRY[str(name)]
 
 
 def method_names(
