@@ -356,3 +356,18 @@ def test_batch_coupling_is_checked_at_runtime_too(tiny):
     model, _ = tiny
     with pytest.raises(ValueError, match="Unknown batch_coupling 'exactly'; valid: exact, batched"):
         CAMEngine(model, "features", batch_coupling="exactly")  # type: ignore[arg-type]
+
+
+def test_unknown_names_reach_the_cli_with_their_message():
+    """The CLI prints the innermost user error of the chain: a registry lookup must not
+    carry the bare ``KeyError(name)`` it started from as its context."""
+    from diffcam_lightning.errors import find_user_error, one_line
+
+    with pytest.raises(ValueError) as method:
+        get_method("gradcamx")
+    with pytest.raises(KeyError) as target:
+        BACKPROP_TARGETS["nope"]
+    assert one_line(find_user_error(method.value)).startswith("Unknown CAM method 'gradcamx'. Valid methods: gradcam,")
+    assert one_line(find_user_error(target.value)) == (
+        "Unknown backprop target 'nope'; valid: logit, mean, max, lse, rest, softmax, finer."
+    )
