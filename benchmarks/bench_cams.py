@@ -253,11 +253,11 @@ def bench_new(name: str, size: int, args, device: torch.device) -> dict[str, tup
     """{method: (ours ms, anchor ms)} for each new method, interleaved rounds."""
     import functools
 
-    from diffcam_lightning.cams.methods import _REGISTRY, iscam, register_method, sscam
+    from diffcam_lightning.cams.methods import METHOD_REGISTRY, iscam, register_method, sscam
 
     for method, fn in (("sscam", sscam), ("iscam", iscam)):  # the anchor's sample count on both sides
         key = f"{method}@{args.samples}"
-        if key not in _REGISTRY:
+        if key not in METHOD_REGISTRY:
             register_method(key)(functools.partial(fn, num_samples=args.samples))
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=1000).to(device).eval()

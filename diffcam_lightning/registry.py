@@ -97,11 +97,12 @@ class Registry(Mapping[K, V], Generic[K, V]):
         return self._entries.pop(self.key(name))
 
     def __getitem__(self, name: K) -> V:
-        try:
+        if name in self:
             return self._entries[self.key(name)]
-        except (KeyError, TypeError, AttributeError):
-            valid = ", ".join(_describe(k) for k in self._entries) or "none registered"
-            raise UnknownNameError(f"Unknown {self.kind} {_describe(name)!r}; valid: {valid}.") from None
+        # raised outside any except block: no KeyError(name) as its context, which the CLI's
+        # short errors (errors.find_user_error: the innermost cause) would print instead
+        valid = ", ".join(_describe(k) for k in self._entries) or "none registered"
+        raise UnknownNameError(f"Unknown {self.kind} {_describe(name)!r}; valid: {valid}.")
 
     def __contains__(self, name: object) -> bool:
         try:

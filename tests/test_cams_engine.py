@@ -335,3 +335,39 @@ def test_layer_without_spatial_output(tiny):
     model, x = tiny
     with pytest.raises(ValueError, match=r"Target layer 'head' outputs \(3, 5\)"):
         CAMEngine(model, "head")(x)
+
+
+def test_perturbation_batch_size_and_its_old_name(tiny):
+    """``perturbation_batch_size`` (ScoreCAM's masks, AblationCAM's ablations) is also taken
+    under its old name ``scorecam_batch_size``, which reads the same value back."""
+    model, x = tiny
+    new = CAMEngine(model, "features", perturbation_batch_size=7)
+    old = CAMEngine(model, "features", scorecam_batch_size=7)
+    assert new.perturbation_batch_size == old.perturbation_batch_size == old.scorecam_batch_size == 7
+    for method in ("scorecam", "ablationcam"):
+        torch.testing.assert_close(new(x, methods=method)[method], old(x, methods=method)[method])
+    with pytest.raises(ValueError, match="disagree"):
+        CAMEngine(model, "features", perturbation_batch_size=8, scorecam_batch_size=7)
+    with pytest.raises(ValueError, match="perturbation_batch_size must be >= 1"):
+        CAMEngine(model, "features", perturbation_batch_size=0)
+
+
+def test_batch_coupling_is_checked_at_runtime_too(tiny):
+    model, _ = tiny
+    with pytest.raises(ValueError, match="Unknown batch_coupling 'exactly'; valid: exact, batched"):
+        CAMEngine(model, "features", batch_coupling="exactly")  # type: ignore[arg-type]
+
+
+def test_unknown_names_reach_the_cli_with_their_message():
+    """The CLI prints the innermost user error of the chain: a registry lookup must not
+    carry the bare ``KeyError(name)`` it started from as its context."""
+    from diffcam_lightning.errors import find_user_error, one_line
+
+    with pytest.raises(ValueError) as method:
+        get_method("gradcamx")
+    with pytest.raises(KeyError) as target:
+        BACKPROP_TARGETS["nope"]
+    assert one_line(find_user_error(method.value)).startswith("Unknown CAM method 'gradcamx'. Valid methods: gradcam,")
+    assert one_line(find_user_error(target.value)) == (
+        "Unknown backprop target 'nope'; valid: logit, mean, max, lse, rest, softmax, finer."
+    )

@@ -329,10 +329,10 @@ def few_samples():
     """SSCAM / ISCAM with 3 samples (35 and 10 by default: one forward per channel each)."""
     import functools
 
-    from diffcam_lightning.cams.methods import _REGISTRY, iscam, register_method, sscam
+    from diffcam_lightning.cams.methods import METHOD_REGISTRY, iscam, register_method, sscam
 
     for name, fn in (("sscam3", sscam), ("iscam3", iscam)):
-        if name not in _REGISTRY:
+        if name not in METHOD_REGISTRY:
             register_method(name)(functools.partial(fn, num_samples=3))
 
 

@@ -75,3 +75,17 @@ def test_no_target_in_batch_is_a_differentiable_zero_not_nan():
     assert count == 0 and loss.item() == 0.0
     loss.backward()
     assert torch.equal(cams.grad, torch.zeros_like(cams))
+
+
+def test_sham_patterns_are_a_registry_with_the_literal_built_ins():
+    """``ShamPattern`` (the CLI's choices) names exactly the built-in patterns; the registry
+    refuses a taken name unless replace=True, and an unknown pattern still lists the valid ones."""
+    from typing import get_args
+
+    from diffcam_lightning.saliency import SHAM_PATTERNS, ShamPattern, register_pattern
+
+    assert set(get_args(ShamPattern)) == set(SHAM_PATTERNS)
+    with pytest.raises(ValueError, match="already registered"):
+        register_pattern("border")(lambda h, w: torch.zeros(h, w))
+    with pytest.raises(ValueError, match="Unknown SHAM pattern 'ring'; valid: border, corner"):
+        sham_target(pattern="ring")

@@ -18,20 +18,25 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.hooks import RemovableHandle
 
+from ..registry import Registry
+
 CouplingCheck = Callable[[nn.Module], bool]
 
-# module type -> fn(module) -> True when, as it is now, it mixes the images of a batch
-BATCH_COUPLED: dict[type[nn.Module], CouplingCheck] = {}
+BATCH_COUPLED: Registry[type[nn.Module], CouplingCheck] = Registry("batch-coupled module type")  # type: ignore[type-var]  # mypy does not see a class as Hashable
+"""Module type -> ``check(module)``, true when the module, as it is now, mixes the images
+of a batch (read-only; add with :func:`register_batch_coupled`)."""
 
-# batch_coupling option -> whether the gradients are taken one image at a time
+BatchCoupling = Literal["exact", "batched"]
+"""The ``batch_coupling`` choices: one VJP row per image, or one shared VJP."""
 COUPLING_POLICIES: dict[str, bool] = {"exact": True, "batched": False}
+"""``batch_coupling`` option -> whether the gradients are taken one image at a time."""
 
 # one chunk of per-image VJP rows may hold this many bytes of gradients (rows x batch x A)
 ROW_CHUNK_BYTES = 256 * 2**20
@@ -42,11 +47,12 @@ Typed = list[tuple[str, nn.Module, CouplingCheck]]
 _TYPED_MODULES: weakref.WeakKeyDictionary[nn.Module, Typed] = weakref.WeakKeyDictionary()
 
 
-def register_batch_coupled(cls: type) -> Callable[[CouplingCheck], CouplingCheck]:
-    """Declare ``cls`` (and subclasses) batch-coupled whenever ``check(module)`` is true."""
+def register_batch_coupled(cls: type[nn.Module], *, replace: bool = False) -> Callable[[CouplingCheck], CouplingCheck]:
+    """Declare ``cls`` (and subclasses) batch-coupled whenever ``check(module)`` is true; a
+    type already registered is refused unless ``replace=True``."""
 
     def decorator(check: CouplingCheck) -> CouplingCheck:
-        BATCH_COUPLED[cls] = check
+        BATCH_COUPLED.register(cls, check, replace=replace)
         _TYPED_MODULES.clear()
         return check
 
@@ -60,13 +66,15 @@ def _batchnorm_uses_batch_statistics(module: nn.Module) -> bool:
     return module.training or not module.track_running_stats
 
 
-def check_policy(policy: str) -> str:
+def check_policy(policy: str) -> BatchCoupling:
+    """``policy`` when it is a ``batch_coupling`` choice; else a ValueError naming them."""
     if policy not in COUPLING_POLICIES:
         raise ValueError(f"Unknown batch_coupling {policy!r}; valid: {', '.join(COUPLING_POLICIES)}.")
-    return policy
+    return cast(BatchCoupling, policy)
 
 
 def is_batch_coupled(module: nn.Module) -> bool:
+    """Whether ``module``, as it is now, mixes the images of a batch."""
     return any(isinstance(module, cls) and check(module) for cls, check in BATCH_COUPLED.items())
 
 

@@ -12,19 +12,21 @@ logits back to ``A``: never through the rest of the network, never into ``.grad`
 
 from __future__ import annotations
 
-import numbers
 import warnings
-from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterable
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from typing_extensions import override
 
+from .classes import TargetSpec, explained_classes
 from .coupling import (
     COUPLING_POLICIES,
+    BatchCoupling,
     CouplingProbe,
     check_policy,
     coupling_message,
@@ -39,13 +41,29 @@ from .outputs import OutputKey, classifier_width, logits_of
 from .postprocess import SizeSpec, postprocess, resolve_size
 from .targets import BACKPROP_TARGETS
 
-TargetSpec = Union[None, int, Sequence[int], Tensor]
-
 
 @dataclass
 class CAMResult:
-    """The maps of one call, with the logits and classes they explain, the target layer,
-    its spatial grid ``(h, w)`` (the maps' size when ``size=None``) and its layout."""
+    """What :meth:`CAMEngine.compute` returns: the maps with what they explain.
+
+    Attributes:
+        maps: ``{method: Tensor[B, h, w]}``, float32, in ``[0, 1]`` when normalised.
+        logits: the call's logits ``[B, C]`` (differentiable with ``create_graph=True``).
+        targets: the class explained per image ``[B]`` (the predicted ones by default).
+        layer: the target layer's dotted name.
+        grid: the layer's spatial grid ``(h, w)`` (the maps' size when ``size=None``).
+        layout: the layer output's layout, as text (e.g. ``"nchw"``).
+
+    Example:
+        >>> import torch, torchvision
+        >>> from diffcam_lightning.cams import CAMEngine
+        >>> model = torchvision.models.resnet18(weights=None, num_classes=5).eval()
+        >>> result = CAMEngine(model, "layer3").compute(torch.rand(2, 3, 64, 64), targets=[0, 3])
+        >>> result.maps["gradcam"].shape, result.logits.shape, result.targets.tolist()
+        (torch.Size([2, 4, 4]), torch.Size([2, 5]), [0, 3])
+        >>> result.layer, result.grid, result.layout
+        ('layer3', (4, 4), 'nchw')
+    """
 
     maps: dict[str, Tensor]
     logits: Tensor
@@ -56,42 +74,79 @@ class CAMResult:
 
 
 class CAMEngine:
-    """Computes CAMs of ``model`` at ``target_layer`` (dotted name, module or ``None``).
+    """Every requested CAM of ``model`` at one layer, from one forward and one batched VJP.
 
-    ``layout``: the layer output's layout (``None`` = detected; ``"nchw"``, ``"nhwc"``,
-    ``"tokens"``, ``"tokens:P"`` or a callable ``A -> [B, K, h, w]``, see :mod:`.layouts`).
-    ``output_key``: where the logits are in the model's output when it is not a tensor, a
-    tuple starting with them, a dict with ``"logits"`` or an object with ``.logits``.
+    Gradient methods share the VJP; gradient-free ones (ScoreCAM, AblationCAM) run their
+    extra forwards in eval mode. A call leaves every submodule's train/eval flag, the
+    parameters' ``.grad``, the model's hooks, BatchNorm statistics and the random generators
+    as they were (unless ``create_graph``: a training forward), and works under
+    ``torch.no_grad`` and ``torch.inference_mode`` (see docs/guarantees.md).
 
-    ``engine(x, targets=None, methods=("gradcam",), size=None, normalize=True,
-    create_graph=False)`` returns ``{method: Tensor[B, h, w]}`` (float32, on x's device).
-    Every submodule's train/eval flag, its parameters' ``.grad`` and its hooks are left as
-    they were, and so are BatchNorm statistics and the random generators unless
-    ``create_graph`` (a training forward);
-    ScoreCAM and AblationCAM run their extra forwards in eval mode. The call works under
-    ``torch.no_grad`` and ``torch.inference_mode``; see docs/guarantees.md.
-    ``batch_coupling``: when a layer after the target mixes the batch (train-mode
-    BatchNorm), ``"exact"`` takes one VJP row per image, ``"batched"`` one shared VJP;
-    both warn once (see ``coupling.py``).
-    ``seed``: the draws of the stochastic methods (RandomCAM); the global RNGs are untouched.
+    Args:
+        model: any classifier (``nn.Module``) returning logits ``[B, C]`` (or see ``output_key``).
+        target_layer: the layer explained: a dotted name, the module, or ``None`` to pick one
+            (``KNOWN_LAYERS``, else the last layer with a spatial output).
+        perturbation_batch_size: how many masked (ScoreCAM) or ablated (AblationCAM) inputs
+            one extra forward takes.
+        batch_coupling: when a layer after the target mixes the batch (train-mode
+            BatchNorm): ``"exact"`` takes one VJP row per image, ``"batched"`` one shared
+            VJP; both warn once (see :mod:`.coupling`).
+        layout: the layer output's layout: ``None`` (detected), ``"nchw"``, ``"nhwc"``,
+            ``"tokens"``, ``"tokens:P"`` (P prefix tokens) or a callable ``A -> [B, K, h, w]``
+            (see :mod:`.layouts`).
+        output_key: where the logits are in the model's output when it is not a tensor, a
+            tuple starting with them, a dict with ``"logits"`` or an object with ``.logits``.
+        seed: the draws of the stochastic methods (RandomCAM, SSCAM, ISCAM, SmoothGradCAM++);
+            the global generators are untouched.
+        scorecam_batch_size: the old name of ``perturbation_batch_size`` (still accepted).
+
+    Attributes:
+        model: the model explained.
+        target_layer: the target layer's dotted name (``None`` until an automatic search
+            that needs a forward has run).
+        layer: ``(dotted name, module)`` of the target layer, or ``None`` as above.
+        last_layout: the :class:`~.layouts.Layout` of the latest call (``None`` before one).
+        perturbation_batch_size: as given (``scorecam_batch_size`` reads the same value).
+        batch_coupling: ``"exact"`` or ``"batched"``.
+        layout: the ``layout`` option as given.
+        output_key: as given.
+        seed: as given.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: a batch size below 1, an unknown ``batch_coupling``, a ``target_layer``
+            that is not in the model. A call raises ValueError for an unknown method, a bad
+            input or targets, or a layer whose maps would be blank.
+
+    Example:
+        >>> import torch, torchvision
+        >>> from diffcam_lightning.cams import CAMEngine
+        >>> model = torchvision.models.resnet18(weights=None, num_classes=5).eval()
+        >>> engine = CAMEngine(model, "layer3")
+        >>> x = torch.rand(2, 3, 64, 64)
+        >>> maps = engine(x, methods=("gradcam", "meandiffgradcam"), size="input")
+        >>> sorted(maps), maps["gradcam"].shape, maps["gradcam"].dtype
+        (['gradcam', 'meandiffgradcam'], torch.Size([2, 64, 64]), torch.float32)
+        >>> engine.target_layer, str(engine.last_layout), engine.batch_coupling
+        ('layer3', 'nchw', 'exact')
     """
 
     def __init__(
         self,
         model: nn.Module,
         target_layer: LayerSpec = None,
-        scorecam_batch_size: int = 32,
-        batch_coupling: str = "exact",
+        perturbation_batch_size: int = 32,
+        batch_coupling: BatchCoupling = "exact",
         layout: LayoutSpec = None,
         output_key: OutputKey = None,
         seed: int = 0,
+        *,
+        scorecam_batch_size: Optional[int] = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module; got {type(model).__name__}.")
-        if scorecam_batch_size < 1:
-            raise ValueError(f"scorecam_batch_size must be >= 1; got {scorecam_batch_size}.")
         self.model = model
-        self.scorecam_batch_size = int(scorecam_batch_size)
+        self.perturbation_batch_size = _batch_size(perturbation_batch_size, scorecam_batch_size)
         self.batch_coupling = check_policy(batch_coupling)
         self._coupling_warned = False
         self.layout = layout
@@ -102,15 +157,12 @@ class CAMEngine:
         self._warned_unbatched = False
         self.last_layout: Optional[Layout] = None  # the layout of the latest call
         self._checked_layers: set[str] = set()  # layers whose all-zero gradient check has run
-        self._layer_spec = target_layer
-        self._layer: Optional[tuple[str, nn.Module]] = None
-        if target_layer is not None:  # fail fast on a bad name
-            self._layer = resolve_layer(model, target_layer)
-        else:
-            try:
-                self._layer = resolve_layer(model, None)
-            except ValueError:
-                self._layer = None  # resolved by a hooked forward on the first call
+        self._layer = _initial_layer(model, target_layer)
+
+    @property
+    def scorecam_batch_size(self) -> int:
+        """The old name of :attr:`perturbation_batch_size`."""
+        return self.perturbation_batch_size
 
     @property
     def target_layer(self) -> Optional[str]:
@@ -139,6 +191,7 @@ class CAMEngine:
         normalize: bool = True,
         create_graph: bool = False,
     ) -> dict[str, Tensor]:
+        """The maps ``{method: Tensor[B, h, w]}`` (float32, on x's device); see :meth:`compute`."""
         return self.compute(x, targets, methods, size, normalize, create_graph).maps
 
     def compute(
@@ -150,70 +203,102 @@ class CAMEngine:
         normalize: bool = True,
         create_graph: bool = False,
     ) -> CAMResult:
-        """Like ``__call__`` but also returns the logits and the explained classes.
+        """The maps of ``methods`` for images ``x [B, C, H, W]``, with the logits and classes.
 
-        With ``create_graph=True`` the maps and logits stay differentiable w.r.t. the
-        model's parameters (one forward serves both a CE loss and a saliency loss).
+        Args:
+            x: the images.
+            targets: the class explained per image (an int for all, a sequence or a tensor);
+                ``None``: the predicted classes.
+            methods: one registered method name or several (any case).
+            size: the maps' size: ``None`` (the layer's grid), ``"input"``, an int (square) or ``(h, w)``.
+            normalize: min-max normalise each map to ``[0, 1]``.
+            create_graph: keep the maps and logits differentiable w.r.t. the model's
+                parameters (one forward serves both a CE loss and a saliency loss).
         """
         _check_input(x)
         chosen = _resolve_methods(methods)
         out_size = resolve_size(size, (int(x.shape[-2]), int(x.shape[-1])))
-        # an explanation (no create_graph) leaves train-mode BatchNorm statistics as they were
-        # (restored after the backward pass, which reads them)
-        # and every random generator (a train-mode dropout's masks draw from them)
-        keep = nullcontext() if create_graph else preserved_buffers(_updating_norms(self.model))
-        rng = nullcontext() if create_graph else preserved_rng()
-        with keep, rng, torch.inference_mode(False), torch.enable_grad():
+        with self._untouched(create_graph), torch.inference_mode(False), torch.enable_grad():
             if x.is_inference():
                 x = x.clone()
             name, layer = self.resolve_layer(x)
             keep_head = any(HEAD_GRAPH in m.passes for m in chosen)
-            attention = unfused_attention(self.model) if keep_head else nullcontext()
-            with attention, CouplingProbe(self.model, layer) as probe:
-                logits, raw = self._forward(x, name, layer, full_graph=create_graph)
+            logits, raw, coupled = self._traced_forward(x, name, layer, create_graph, keep_head)
             layout = self.last_layout = self._layout(name, layer, raw, x)
             mixed = x.shape[0] > 1 and any(m.backprop is not None for m in chosen)  # gradients can mix
-            per_image = self._per_image(probe.after if mixed else [], name)
+            per_image = self._per_image(coupled if mixed else [], name)
             targets = _check_targets(targets, logits, chosen)
             gradients = self._gradients(logits, raw, targets, chosen, create_graph, per_image, keep_head)
             activations, gradients = _to_nchw(layout, name, raw, gradients)
             if not create_graph:
-                # the all-zero gradient check reads a value back to the host, so it runs on the
-                # engine's first call at each layer (a layer the gradient cannot reach is a
-                # property of the model): later calls' gradient path has no host-device sync
-                check = name not in self._checked_layers
-                _refuse_blank_maps(self.model, name, x, activations, gradients if check else {}, logits)
-                self._checked_layers.add(name)
-            # float32 maps even under autocast: einsum/matmul would otherwise run in bf16/fp16
-            with torch.set_grad_enabled(create_graph), torch.autocast(x.device.type, enabled=False):
-                ctx = CAMContext(
-                    activations=activations.float() if create_graph else activations.detach().float(),
-                    gradients=gradients,
-                    model=self.model if self.output_key is None else _LogitsOf(self.model, self.output_key),
-                    inputs=x,
-                    targets=targets,
-                    scorecam_batch_size=self.scorecam_batch_size,
-                    layer=layer,
-                    layout=layout,
-                    raw_activations=raw.detach(),
-                    logits=logits.detach(),
-                    head=(logits, raw) if keep_head else None,
-                    seed=self.seed,
-                    methods=tuple(chosen),
-                )
-                maps = {}
-                # methods that run the model again (ScoreCAM, AblationCAM) do so in eval mode:
-                # no BatchNorm update, no dropout; every submodule's flag restored after
-                rerun = eval_mode(self.model) if any(m.backprop is None for m in chosen) else nullcontext()
-                grid_size = (int(activations.shape[-2]), int(activations.shape[-1]))
-                with rerun:
-                    for method in chosen:  # maps at input size (FullGrad) go to the grid when size=None
-                        ctx.backprop = method.backprop
-                        maps[method.name] = postprocess(method.compute(ctx), out_size or grid_size, normalize)
+                self._refuse_blank_once(name, x, activations, gradients, logits)
+            ctx = CAMContext(
+                activations=activations.float() if create_graph else activations.detach().float(),
+                gradients=gradients,
+                model=self.model if self.output_key is None else _LogitsOf(self.model, self.output_key),
+                inputs=x,
+                targets=targets,
+                perturbation_batch_size=self.perturbation_batch_size,
+                layer=layer,
+                layout=layout,
+                raw_activations=raw.detach(),
+                logits=logits.detach(),
+                head=(logits, raw) if keep_head else None,
+                seed=self.seed,
+                methods=tuple(chosen),
+            )
+            grid = (int(activations.shape[-2]), int(activations.shape[-1]))
+            maps = self._run_methods(ctx, chosen, out_size or grid, normalize, create_graph)
         if not create_graph:
             logits = logits.detach()
-        grid = (int(activations.shape[-2]), int(activations.shape[-1]))
         return CAMResult(maps=maps, logits=logits, targets=targets, layer=name, grid=grid, layout=str(layout))
+
+    def _untouched(self, create_graph: bool) -> AbstractContextManager[object]:
+        """An explanation (no ``create_graph``) leaves train-mode BatchNorm statistics as they
+        were (restored after the backward pass, which reads them) and every random generator
+        (a train-mode dropout's masks draw from them); a training forward moves both."""
+        stack = ExitStack()
+        if not create_graph:
+            stack.enter_context(preserved_buffers(_updating_norms(self.model)))
+            stack.enter_context(preserved_rng())
+        return stack
+
+    def _traced_forward(
+        self, x: Tensor, name: str, layer: nn.Module, full_graph: bool, keep_head: bool
+    ) -> tuple[Tensor, Tensor, list[str]]:
+        """:meth:`_forward`, recording the batch-coupled modules that run after the layer;
+        timm attention unfused when a method differentiates the head twice."""
+        attention = unfused_attention(self.model) if keep_head else nullcontext()
+        with attention, CouplingProbe(self.model, layer) as probe:
+            logits, raw = self._forward(x, name, layer, full_graph=full_graph)
+        return logits, raw, probe.after
+
+    def _refuse_blank_once(
+        self, name: str, x: Tensor, activations: Tensor, gradients: dict[str, Tensor], logits: Tensor
+    ) -> None:
+        """:func:`_refuse_blank_maps`; its all-zero gradient check reads a value back to the
+        host, so it runs on the engine's first call at each layer (a layer the gradient cannot
+        reach is a property of the model): later calls' gradient path has no host-device sync."""
+        check = name not in self._checked_layers
+        _refuse_blank_maps(self.model, name, x, activations, gradients if check else {}, logits)
+        self._checked_layers.add(name)
+
+    def _run_methods(
+        self, ctx: CAMContext, chosen: list[CAMMethod], size: tuple[int, int], normalize: bool, create_graph: bool
+    ) -> dict[str, Tensor]:
+        """Each method's map, post-processed to ``size`` (maps at input size, as FullGrad's,
+        go to the grid when ``size=None``)."""
+        assert ctx.inputs is not None  # the engine's context always has them
+        maps = {}
+        # methods that run the model again (ScoreCAM, AblationCAM) do so in eval mode:
+        # no BatchNorm update, no dropout; every submodule's flag restored after
+        rerun = eval_mode(self.model) if any(m.backprop is None for m in chosen) else nullcontext()
+        # float32 maps even under autocast: einsum/matmul would otherwise run in bf16/fp16
+        with torch.set_grad_enabled(create_graph), torch.autocast(ctx.inputs.device.type, enabled=False), rerun:
+            for method in chosen:
+                ctx.backprop = method.backprop
+                maps[method.name] = postprocess(method.compute(ctx), size, normalize)
+        return maps
 
     def _layout(self, name: str, layer: nn.Module, raw: Tensor, x: Tensor) -> Layout:
         if self._hints is None:
@@ -321,6 +406,30 @@ def _updating_norms(model: nn.Module) -> list[nn.Module]:
     return [m for _, m, _ in typed_modules(model) if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
 
 
+def _batch_size(size: int, old_name: Optional[int]) -> int:
+    """``perturbation_batch_size``, or its old name ``scorecam_batch_size`` when given."""
+    if old_name is not None:
+        if size not in (32, old_name):
+            raise ValueError(
+                f"perturbation_batch_size={size} and scorecam_batch_size={old_name} (its old name) disagree; pass one."
+            )
+        size = old_name
+    if size < 1:
+        raise ValueError(f"perturbation_batch_size must be >= 1; got {size}.")
+    return int(size)
+
+
+def _initial_layer(model: nn.Module, target_layer: LayerSpec) -> Optional[tuple[str, nn.Module]]:
+    """The target layer when known without a forward; a bad name fails here, at construction.
+    ``None``: the automatic search needs a hooked forward (done on the first call)."""
+    if target_layer is not None:
+        return resolve_layer(model, target_layer)
+    try:
+        return resolve_layer(model, None)
+    except ValueError:
+        return None
+
+
 def _check_input(x: Tensor) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a Tensor [B, C, H, W]; got {type(x).__name__}.")
@@ -335,30 +444,15 @@ def _resolve_methods(methods: Union[str, Iterable[str]]) -> list[CAMMethod]:
 
 
 def _check_targets(targets: TargetSpec, logits: Tensor, methods: list[CAMMethod]) -> Tensor:
-    batch, classes = logits.shape
+    """:func:`~.classes.explained_classes`, refusing a one-class model for contrastive targets."""
+    classes = logits.shape[1]
     contrastive = [m.name for m in methods if m.backprop in ("mean", "max", "lse", "finer")]
     if classes < 2 and contrastive:
         raise ValueError(
             f"{contrastive[0]} compares the target class with the others: it needs at least 2 classes; "
             f"the model has {classes}."
         )
-    if targets is None:
-        return logits.detach().argmax(dim=1)
-    if isinstance(targets, numbers.Integral) or (isinstance(targets, Tensor) and targets.dim() == 0):
-        targets = [int(targets)] * batch
-    # checked where the targets are: lists and CPU tensors on the host, so that a call on a GPU
-    # needs no host-device synchronisation (a CUDA tensor of targets costs one, for this check)
-    targets = torch.as_tensor(targets)
-    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
-        raise TypeError(f"targets must hold integer class indices; got dtype {targets.dtype}.")
-    targets = targets.long().reshape(-1)
-    if targets.numel() != batch:
-        raise ValueError(f"targets has {targets.numel()} entries for a batch of {batch}.")
-    bad = (targets < 0) | (targets >= classes)
-    if bad.any():
-        value = int(targets[bad][0])
-        raise ValueError(f"Target class {value} is out of range: the model has {classes} classes (0..{classes - 1}).")
-    return targets.to(logits.device, non_blocking=True)
+    return explained_classes(targets, logits)
 
 
 def _batched_gradients(
@@ -384,22 +478,7 @@ def _batched_gradients(
     if per_image and batched:
         grads = per_image_gradients(logits, activations, vectors, create_graph)
     elif per_image:  # one image row at a time: exact where nothing can be batched
-        eye = torch.eye(logits.shape[0], dtype=vectors.dtype, device=vectors.device)
-        grads = [
-            torch.stack(
-                [
-                    torch.autograd.grad(
-                        logits,
-                        activations,
-                        grad_outputs=v * eye[b, :, None],
-                        retain_graph=True,
-                        create_graph=create_graph,
-                    )[0][b]
-                    for b in range(logits.shape[0])
-                ]
-            )
-            for v in vectors
-        ]
+        grads = _image_by_image(logits, activations, vectors, create_graph)
     elif batched and len(names) > 1:
         # retain_graph: a graph that fails to batch stays usable for the per-target fallback
         (grads,) = torch.autograd.grad(
@@ -411,17 +490,40 @@ def _batched_gradients(
             retain_graph=True,
         )
     else:
-        grads = [
-            torch.autograd.grad(
-                logits,
-                activations,
-                grad_outputs=v,
-                create_graph=create_graph,
-                retain_graph=create_graph or retain or i < len(names) - 1,
-            )[0]
-            for i, v in enumerate(vectors)
-        ]
+        grads = _target_by_target(logits, activations, vectors, create_graph, retain)
     return {name: grad.float() for name, grad in zip(names, grads)}
+
+
+def _image_by_image(logits: Tensor, activations: Tensor, vectors: Tensor, create_graph: bool) -> list[Tensor]:
+    """Per target, image ``b``'s own gradient from a VJP with its row alone (no batching)."""
+    eye = torch.eye(logits.shape[0], dtype=vectors.dtype, device=vectors.device)
+    return [
+        torch.stack(
+            [
+                torch.autograd.grad(
+                    logits, activations, grad_outputs=v * eye[b, :, None], retain_graph=True, create_graph=create_graph
+                )[0][b]
+                for b in range(logits.shape[0])
+            ]
+        )
+        for v in vectors
+    ]
+
+
+def _target_by_target(
+    logits: Tensor, activations: Tensor, vectors: Tensor, create_graph: bool, retain: bool
+) -> list[Tensor]:
+    """One VJP per target; the graph is freed after the last unless kept (``retain``)."""
+    return [
+        torch.autograd.grad(
+            logits,
+            activations,
+            grad_outputs=v,
+            create_graph=create_graph,
+            retain_graph=create_graph or retain or i < len(vectors) - 1,
+        )[0]
+        for i, v in enumerate(vectors)
+    ]
 
 
 def _to_nchw(layout: Layout, layer: str, raw: Tensor, gradients: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -442,5 +544,6 @@ class _LogitsOf(nn.Module):
         super().__init__()
         self.model, self.key = model, key
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         return logits_of(self.model(x), key=self.key)

@@ -19,11 +19,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union, cast
 
 from torch import Tensor, nn
 
 LayoutSpec = Union[None, str, Callable[[Tensor], Tensor]]
+"""``layout=``: ``None`` (detected), ``"nchw"``, ``"nhwc"``, ``"tokens"``, ``"tokens:P"`` or a
+callable (a string, not a ``Literal``: ``"tokens:P"`` takes any prefix count ``P``)."""
+LayoutName = Literal["nchw", "nhwc", "tokens", "custom"]
+"""A resolved :class:`Layout`'s kind (``"custom"``: a callable)."""
 LAYOUTS = ("nchw", "nhwc", "tokens", "tokens:P", "a callable A -> [B, K, h, w]")
 MAX_GUESSED_PREFIX = 4  # prefix tokens tried when the model states none
 
@@ -32,7 +36,7 @@ MAX_GUESSED_PREFIX = 4  # prefix tokens tried when the model states none
 class Layout:
     """A resolved layout: ``convert(t)`` maps the layer's output (or its gradient) to NCHW."""
 
-    name: str
+    name: LayoutName
     prefix: int = 0
     grid: Optional[tuple[int, int]] = None
     transform: Optional[Callable[[Tensor], Tensor]] = None
@@ -73,7 +77,7 @@ class LayoutHints:
     """What a model states about a layer, gathered once per engine."""
 
     widths: tuple[int, ...] = ()  # channel counts the layer may have, strongest first
-    own: Optional[str] = None  # the layout the layer's last module implies (a conv: nchw; a linear: nhwc)
+    own: Optional[LayoutName] = None  # the layout the layer's last module implies (a conv: nchw; a linear: nhwc)
     prefix: Optional[int] = None  # timm num_prefix_tokens
     patch: Optional[tuple[int, int]] = None  # the patch embedding's patch size
 
@@ -119,7 +123,7 @@ def resolve_layout(
         )
     if name == "tokens":
         return _tokens(shape, hints, input_hw, layer, int(prefix) if prefix else None)
-    return Layout(name)
+    return Layout(cast(LayoutName, name))
 
 
 def _detect(shape: tuple[int, ...], hints: LayoutHints, input_hw: tuple[int, int], layer: str) -> Layout:
@@ -208,7 +212,7 @@ def _head_in_width(model: nn.Module) -> Optional[int]:
 
 
 # module type -> (its output width, the layout it implies)
-_WIDTH: dict[type[nn.Module], Callable[[Any], tuple[int, str]]] = {
+_WIDTH: dict[type[nn.Module], Callable[[Any], tuple[int, LayoutName]]] = {
     nn.Conv2d: lambda m: (m.out_channels, "nchw"),
     nn.BatchNorm2d: lambda m: (m.num_features, "nchw"),
     nn.GroupNorm: lambda m: (m.num_channels, "nchw"),
@@ -217,10 +221,10 @@ _WIDTH: dict[type[nn.Module], Callable[[Any], tuple[int, str]]] = {
 }
 
 
-def _own_width(layer: nn.Module) -> tuple[Optional[int], Optional[str]]:
+def _own_width(layer: nn.Module) -> tuple[Optional[int], Optional[LayoutName]]:
     """The width of the layer's last (registered) convolution, norm or linear, and the
     layout that module implies (``None, None`` when it has none)."""
-    found: tuple[Optional[int], Optional[str]] = (None, None)
+    found: tuple[Optional[int], Optional[LayoutName]] = (None, None)
     for module in layer.modules():
         for kind, read in _WIDTH.items():
             if isinstance(module, kind):

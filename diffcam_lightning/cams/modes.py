@@ -20,14 +20,19 @@ from torch import nn
 
 
 @contextlib.contextmanager
-def preserved_modes(model: nn.Module) -> Iterator[None]:
-    """Whatever happens inside, every submodule's ``training`` flag is as before on exit."""
-    modes = [(module, module.training) for module in model.modules()]
+def _restored(objects: Iterable[object], attribute: str) -> Iterator[None]:
+    """Each object's ``attribute`` (the value object itself) set back on exit."""
+    saved = [(obj, getattr(obj, attribute)) for obj in objects]
     try:
         yield
     finally:
-        for module, training in modes:
-            module.training = training
+        for obj, value in saved:
+            setattr(obj, attribute, value)
+
+
+def preserved_modes(model: nn.Module) -> contextlib.AbstractContextManager[None]:
+    """Whatever happens inside, every submodule's ``training`` flag is as before on exit."""
+    return _restored(model.modules(), "training")
 
 
 @contextlib.contextmanager
@@ -39,16 +44,10 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def preserved_grads(model: nn.Module) -> Iterator[None]:
+def preserved_grads(model: nn.Module) -> contextlib.AbstractContextManager[None]:
     """Every parameter's ``.grad`` (the tensor object, or ``None``) as before on exit, for
     code that backpropagates into ``.grad`` (pytorch-grad-cam)."""
-    grads = [(param, param.grad) for param in model.parameters()]
-    try:
-        yield
-    finally:
-        for param, grad in grads:
-            param.grad = grad
+    return _restored(model.parameters(), "grad")
 
 
 @contextlib.contextmanager

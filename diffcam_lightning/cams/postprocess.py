@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 SizeSpec = Union[None, str, int, Sequence[int]]
+"""``size=``: ``None`` (the layer's grid), ``"input"``, an int (square) or ``(h, w)``."""
 
 # A map whose range is at most this many float ulps of its magnitude is constant up to
 # rounding (e.g. a constant map after bilinear resizing): it becomes all zeros.

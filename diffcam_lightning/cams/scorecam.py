@@ -1,15 +1,6 @@
 """ScoreCAM: its implementation lives in :mod:`.methods.scorecam` (the perturbation family);
-this module keeps the old import path."""
+this module keeps the old import path of its public names."""
 
-from .methods.scorecam import (
-    _EPS,
-    _channel_masks,
-    _fast_layout,
-    _MaskedForwards,
-    _Plan,
-    _plan,
-    channel_scores,
-    scorecam,
-)
+from .methods.scorecam import channel_scores, channels_last_on_cpu, scorecam
 
-__all__ = ["_EPS", "_MaskedForwards", "_Plan", "_channel_masks", "_fast_layout", "_plan", "channel_scores", "scorecam"]
+__all__ = ["channel_scores", "channels_last_on_cpu", "scorecam"]

@@ -27,19 +27,32 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..registry import Registry
+
 TargetGradient = Callable[[Tensor, Tensor], Tensor]
 
-BACKPROP_TARGETS: dict[str, TargetGradient] = {}
+BACKPROP_TARGETS: Registry[str, TargetGradient] = Registry("backprop target")
+"""Backprop target name -> ``d target / d logits`` (read-only; add with :func:`register_target`)."""
 
 
-def register_target(name: str) -> Callable[[TargetGradient], TargetGradient]:
-    """Register ``fn(logits[B, C], targets[B]) -> d target / d logits [B, C]``."""
+def register_target(name: str, *, replace: bool = False) -> Callable[[TargetGradient], TargetGradient]:
+    """Register ``fn(logits[B, C], targets[B]) -> d target / d logits [B, C]`` as backprop
+    target ``name``; :func:`~diffcam_lightning.cams.compose_target` then registers every
+    gradient weighting with it. A taken name is refused unless ``replace=True``.
 
-    def decorator(fn: TargetGradient) -> TargetGradient:
-        BACKPROP_TARGETS[name] = fn
-        return fn
+    Raises:
+        ValueError: ``name`` is already registered.
 
-    return decorator
+    Example:
+        >>> from diffcam_lightning.cams import BACKPROP_TARGETS, register_target
+        >>> @register_target("half_logit")
+        ... def half_logit(logits, targets):  # T = y_c / 2
+        ...     return torch.nn.functional.one_hot(targets, logits.shape[1]).to(logits.dtype) / 2
+        >>> BACKPROP_TARGETS["half_logit"](torch.zeros(1, 3), torch.tensor([2]))
+        tensor([[0.0000, 0.0000, 0.5000]])
+        >>> _ = BACKPROP_TARGETS.unregister("half_logit")  # (a test's clean-up)
+    """
+    return BACKPROP_TARGETS.decorator(name, replace=replace)
 
 
 def _onehot(logits: Tensor, targets: Tensor) -> Tensor:

@@ -44,6 +44,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from ..cams import GRADIENT_METHODS, CAMEngine, CAMResult, method_names
+from ..cams.coupling import BatchCoupling
 from ..cams.outputs import logits_of
 from ..registry import Registry
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, cam_entropy, saliency_loss, saliency_mse, sham_target
@@ -57,7 +58,6 @@ Batch = Union[dict[str, Tensor], tuple[Tensor, ...], list[Tensor]]
 SaliencyTarget = Literal["human", "sham"]
 CamClass = Literal["label", "prediction"]
 ShamPattern = Literal["border", "corner", "patch", "random"]
-BatchCoupling = Literal["exact", "batched"]
 
 # saliency_target -> fn(model, batch dict, cam grid) -> (target maps, mask of samples that have one)
 SaliencyTargetFn = Callable[["SaliencyClassifier", dict[str, Any], tuple[int, int]], tuple[Tensor, Tensor]]

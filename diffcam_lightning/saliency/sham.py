@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Union
+from typing import Literal, Union
 
 import torch
 from torch import Tensor
+
+from ..registry import Registry
 
 Priority = Callable[[int, int], Tensor]
 
@@ -25,20 +27,22 @@ Filler = Callable[[int, int, int], Tensor]
 Pixel = tuple[int, int]
 Symmetry = Callable[[int, int], Pixel]
 
-SHAM_PATTERNS: dict[str, Priority] = {}
-SHAM_FILLERS: dict[str, Filler] = {}  # patterns whose k pixels are chosen by a function of k
+SHAM_PATTERNS: Registry[str, Priority] = Registry("SHAM pattern")
+"""Pattern name -> ``priority(h, w)`` (read-only; add with :func:`register_pattern`)."""
+SHAM_FILLERS: Registry[str, Filler] = Registry("SHAM filler")
+"""Patterns whose ``k`` pixels are chosen by a function of ``k``: name -> ``fill(h, w, k)``."""
+
+ShamPattern = Literal["border", "corner", "patch", "random"]
+"""The built-in patterns (a registered pattern is accepted wherever a name is checked
+against :data:`SHAM_PATTERNS`)."""
 
 PAPER_ENTROPY = 3.35
 
 
-def register_pattern(name: str) -> Callable[[Priority], Priority]:
-    """Register ``fn(h, w) -> priority [h, w]`` (lower is filled first, ties by raster order)."""
-
-    def decorator(fn: Priority) -> Priority:
-        SHAM_PATTERNS[name] = fn
-        return fn
-
-    return decorator
+def register_pattern(name: str, *, replace: bool = False) -> Callable[[Priority], Priority]:
+    """Register ``fn(h, w) -> priority [h, w]`` (lower is filled first, ties by raster order);
+    a taken name is refused unless ``replace=True``."""
+    return SHAM_PATTERNS.decorator(name, replace=replace)
 
 
 def _grid(h: int, w: int) -> tuple[Tensor, Tensor]:
@@ -159,7 +163,7 @@ def border_fill(h: int, w: int, k: int) -> Tensor:
     return target
 
 
-SHAM_FILLERS["border"] = border_fill
+SHAM_FILLERS.register("border", border_fill)
 
 
 @register_pattern("corner")
@@ -182,7 +186,10 @@ def sham_pixel_count(pixels: int, entropy: float) -> int:
 def sham_target(
     size: Union[int, Sequence[int]] = (7, 7), entropy: float = PAPER_ENTROPY, pattern: str = "border"
 ) -> Tensor:
-    """A 0/1 float map ``[h, w]`` whose entropy is the largest ``ln k <= entropy``."""
+    """A 0/1 float map ``[h, w]`` whose entropy is the largest ``ln k <= entropy``.
+
+    ``pattern`` is a name in :data:`SHAM_PATTERNS`: a built-in (:data:`ShamPattern`) or one
+    registered with :func:`register_pattern`, hence typed ``str``."""
     h, w = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
     if h < 1 or w < 1:
         raise ValueError(f"SHAM size must be positive; got {(h, w)}.")

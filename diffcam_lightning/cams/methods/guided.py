@@ -12,7 +12,9 @@ from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
+from ..classes import explained_classes
 from ..modes import eval_mode
 from ..outputs import logits_of
 from ..targets import BACKPROP_TARGETS
@@ -23,11 +25,13 @@ class _GuidedReLU(torch.autograd.Function):
     output and the gradient are positive (the ReLU's own backward follows)."""
 
     @staticmethod
+    @override
     def forward(ctx: Any, output: Tensor) -> Tensor:
         ctx.save_for_backward(output)
         return output.clone()
 
     @staticmethod
+    @override
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         output: Tensor
         (output,) = ctx.saved_tensors
@@ -59,7 +63,7 @@ def guided_backprop(
     try:
         with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
             logits = logits_of(model(inputs))
-            classes = _classes(targets, logits)
+            classes = explained_classes(targets, logits)
             result = {}
             for i, name in enumerate(names):
                 vector = BACKPROP_TARGETS[name](logits, classes).detach()
@@ -91,15 +95,3 @@ def guided_gradcam(
     guided = guided_backprop(model, x, result.targets, chosen.backprop)
     assert isinstance(guided, Tensor)  # one backprop target (a str) gives one tensor
     return result.maps[chosen.name].unsqueeze(1) * guided
-
-
-def _classes(targets: Union[int, Sequence[int], Tensor, None], logits: Tensor) -> Tensor:
-    if targets is None:
-        return logits.detach().argmax(dim=1)
-    classes = torch.as_tensor([int(targets)] * logits.shape[0] if isinstance(targets, int) else targets)
-    classes = classes.to(logits.device).long().reshape(-1)
-    if classes.numel() != logits.shape[0] or bool(((classes < 0) | (classes >= logits.shape[1])).any()):
-        raise ValueError(
-            f"targets must be {logits.shape[0]} class indices in 0..{logits.shape[1] - 1}; got {classes.tolist()}."
-        )
-    return classes

@@ -18,9 +18,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from ..classes import explained_classes
 from ..modes import eval_mode
 from ..targets import BACKPROP_TARGETS
-from .guided import _classes
 from .registry import CAMContext, present, require
 
 
@@ -110,81 +110,103 @@ def legrad(
     chosen = _blocks(model, blocks)
     attentions: dict[str, Tensor] = {}
     tokens: dict[str, Tensor] = {}
-    handles: list[RemovableHandle] = []
-
-    def ask_weights(name: str) -> Callable[..., Any]:
-        def hook(
-            module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-            return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
-
-        return hook
-
-    def keep_weights(name: str) -> Callable[..., Any]:
-        def hook(
-            module: nn.MultiheadAttention, args: tuple[Any, ...], kwargs: dict[str, Any], output: tuple[Tensor, Tensor]
-        ) -> tuple[Tensor, Tensor]:
-            # the output recomputed from the returned probabilities, so they are on the graph
-            attention = attentions[name] = output[1]
-            value = args[2] if len(args) > 2 else kwargs["value"]
-            b, n, d = value.shape
-            bias = None if module.in_proj_bias is None else module.in_proj_bias[2 * d :]
-            heads = nn.functional.linear(value, module.in_proj_weight[2 * d :], bias)
-            heads = heads.reshape(b, n, module.num_heads, d // module.num_heads).transpose(1, 2)
-            mixed = (attention @ heads).transpose(1, 2).reshape(b, attention.shape[-2], d)
-            return module.out_proj(mixed), attention
-
-        return hook
-
-    def timm_weights(name: str) -> Callable[..., Any]:
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Tensor) -> Tensor:
-            if kwargs.get("attn_mask") is not None or kwargs.get("is_causal"):
-                raise ValueError(f"legrad: block {name!r} is called with an attention mask; not supported.")
-            recomputed, attentions[name] = _timm_attention(module, args[0] if args else kwargs["x"])
-            scale = float(output.detach().abs().max()) + 1e-12
-            if not torch.allclose(recomputed.detach(), output.detach(), rtol=0, atol=1e-4 * scale):
-                raise ValueError(
-                    f"legrad: block {name!r}'s attention is not the softmax(q k^T) v it reads "
-                    f"(a timm version with another Attention?); refusing rather than explain another model."
-                )
-            return recomputed
-
-        return hook
-
-    for name, block in chosen:
-        attention = _attention_of(block)
-        assert attention is not None  # _blocks refused a block without one
-        if isinstance(attention, nn.MultiheadAttention):
-            handles.append(attention.register_forward_pre_hook(ask_weights(name), with_kwargs=True))
-            handles.append(attention.register_forward_hook(keep_weights(name), with_kwargs=True))
-        else:
-            handles.append(attention.register_forward_hook(timm_weights(name), with_kwargs=True))
-        handles.append(block.register_forward_hook(lambda m, a, out, name=name: tokens.__setitem__(name, out)))
+    handles = _attention_hooks(chosen, attentions, tokens)
     try:
         with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
             logits = model(x.detach().clone().requires_grad_())
-            classes = _classes(targets, logits)
+            classes = explained_classes(targets, logits)
             scores = {name: project(tokens[name]) for name, _ in chosen}
-            result = {}
-            for t, target in enumerate(names):
-                maps = []
-                for i, (name, _) in enumerate(chosen):
-                    vector = BACKPROP_TARGETS[target](scores[name], classes).detach()
-                    last = t == len(names) - 1 and i == len(chosen) - 1
-                    (grad,) = torch.autograd.grad(scores[name], attentions[name], vector, retain_graph=not last)
-                    relevance = grad.relu().mean(dim=(1, 2))[:, prefix_tokens:]
-                    side = isqrt(relevance.shape[-1])
-                    if side * side != relevance.shape[-1]:
-                        raise ValueError(
-                            f"legrad: {relevance.shape[-1]} patch tokens after {prefix_tokens} prefix "
-                            "tokens do not form a square grid; set prefix_tokens."
-                        )
-                    maps.append(relevance.reshape(-1, side, side))
-                result[target] = torch.stack(maps).mean(dim=0).float()
+            result = _relevance_maps(scores, attentions, names, classes, prefix_tokens)
     finally:
         for handle in handles:
             handle.remove()
     return result[names[0]] if isinstance(backprop, str) else result
+
+
+def _attention_hooks(
+    chosen: list[tuple[str, nn.Module]], attentions: dict[str, Tensor], tokens: dict[str, Tensor]
+) -> list[RemovableHandle]:
+    """Hooks that file each block's attention probabilities (on the graph) in ``attentions``
+    and its output tokens in ``tokens``, by block name."""
+    handles: list[RemovableHandle] = []
+    for name, block in chosen:
+        attention = _attention_of(block)
+        assert attention is not None  # _blocks refused a block without one
+        if isinstance(attention, nn.MultiheadAttention):
+            handles.append(attention.register_forward_pre_hook(_ask_weights, with_kwargs=True))
+            handles.append(attention.register_forward_hook(_keep_weights(name, attentions), with_kwargs=True))
+        else:
+            handles.append(attention.register_forward_hook(_timm_weights(name, attentions), with_kwargs=True))
+        handles.append(block.register_forward_hook(lambda m, a, out, name=name: tokens.__setitem__(name, out)))
+    return handles
+
+
+def _ask_weights(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``nn.MultiheadAttention`` asked for its per-head probabilities."""
+    return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
+
+
+def _keep_weights(name: str, attentions: dict[str, Tensor]) -> Callable[..., Any]:
+    def hook(
+        module: nn.MultiheadAttention, args: tuple[Any, ...], kwargs: dict[str, Any], output: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        # the output recomputed from the returned probabilities, so they are on the graph
+        attention = attentions[name] = output[1]
+        value = args[2] if len(args) > 2 else kwargs["value"]
+        b, n, d = value.shape
+        bias = None if module.in_proj_bias is None else module.in_proj_bias[2 * d :]
+        heads = nn.functional.linear(value, module.in_proj_weight[2 * d :], bias)
+        heads = heads.reshape(b, n, module.num_heads, d // module.num_heads).transpose(1, 2)
+        mixed = (attention @ heads).transpose(1, 2).reshape(b, attention.shape[-2], d)
+        return module.out_proj(mixed), attention
+
+    return hook
+
+
+def _timm_weights(name: str, attentions: dict[str, Tensor]) -> Callable[..., Any]:
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Tensor) -> Tensor:
+        if kwargs.get("attn_mask") is not None or kwargs.get("is_causal"):
+            raise ValueError(f"legrad: block {name!r} is called with an attention mask; not supported.")
+        recomputed, attentions[name] = _timm_attention(module, args[0] if args else kwargs["x"])
+        scale = float(output.detach().abs().max()) + 1e-12
+        if not torch.allclose(recomputed.detach(), output.detach(), rtol=0, atol=1e-4 * scale):
+            raise ValueError(
+                f"legrad: block {name!r}'s attention is not the softmax(q k^T) v it reads "
+                f"(a timm version with another Attention?); refusing rather than explain another model."
+            )
+        return recomputed
+
+    return hook
+
+
+def _relevance_maps(
+    scores: dict[str, Tensor], attentions: dict[str, Tensor], names: list[str], classes: Tensor, prefix_tokens: int
+) -> dict[str, Tensor]:
+    """Per backprop target, the blocks' mean of ReLU(d score / d attention), averaged over
+    heads and queries, prefix keys dropped, on the patch grid ``[B, h, w]``."""
+    result = {}
+    for t, target in enumerate(names):
+        maps = []
+        for i, block in enumerate(scores):
+            vector = BACKPROP_TARGETS[target](scores[block], classes).detach()
+            last = t == len(names) - 1 and i == len(scores) - 1
+            (grad,) = torch.autograd.grad(scores[block], attentions[block], vector, retain_graph=not last)
+            maps.append(_patch_grid(grad.relu().mean(dim=(1, 2))[:, prefix_tokens:], prefix_tokens))
+        result[target] = torch.stack(maps).mean(dim=0).float()
+    return result
+
+
+def _patch_grid(relevance: Tensor, prefix_tokens: int) -> Tensor:
+    """``[B, N]`` patch relevances as a square ``[B, h, w]`` grid."""
+    side = isqrt(relevance.shape[-1])
+    if side * side != relevance.shape[-1]:
+        raise ValueError(
+            f"legrad: {relevance.shape[-1]} patch tokens after {prefix_tokens} prefix "
+            "tokens do not form a square grid; set prefix_tokens."
+        )
+    return relevance.reshape(-1, side, side)
 
 
 def legrad_map(ctx: CAMContext) -> Tensor:

@@ -10,10 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from ..modes import eval_mode
-from ..outputs import _logits
+from ..outputs import logits_of
 from ..targets import BACKPROP_TARGETS
 from .registry import CAMContext, present, require, weighted_sum
-from .scorecam import _fast_layout, scorecam
+from .scorecam import channels_last_on_cpu, scorecam
 
 __all__ = ["ablationcam", "iscam", "scorecam", "smoothgradcampp", "sscam"]
 
@@ -32,7 +32,7 @@ def ablationcam(ctx: CAMContext) -> Tensor:
     inputs = ctx.inputs.detach()
     rows = torch.arange(b * k, device=acts.device)
     owner, channel = rows // k, rows % k
-    step = max(1, int(ctx.scorecam_batch_size))
+    step = max(1, int(ctx.perturbation_batch_size))
     chunk: dict[str, Tensor] = {}
 
     channel_dim = 1 if ctx.layout is None else ctx.layout.channel_dim
@@ -47,13 +47,13 @@ def ablationcam(ctx: CAMContext) -> Tensor:
 
     scores = []
     with torch.no_grad():
-        original = _logits(ctx.model(inputs)).gather(1, ctx.targets[:, None]).float().squeeze(1)
+        original = logits_of(ctx.model(inputs)).gather(1, ctx.targets[:, None]).float().squeeze(1)
     handle = ctx.layer.register_forward_hook(ablate)
     try:
         with torch.no_grad():
             for start in range(0, b * k, step):
                 chunk["owner"], chunk["channel"] = owner[start : start + step], channel[start : start + step]
-                logits = _logits(ctx.model(inputs[chunk["owner"]]))
+                logits = logits_of(ctx.model(inputs[chunk["owner"]]))
                 scores.append(logits.gather(1, ctx.targets[chunk["owner"], None]).float().squeeze(1))
     finally:
         handle.remove()
@@ -78,21 +78,21 @@ def _upsampled_masks(acts: Tensor, size: tuple[int, int]) -> Tensor:
 
 def _masked_scores(ctx: CAMContext, masks: Tensor, scale: float = 1.0) -> Tensor:
     """The target logit of every image times each of its masks ``[B, K, H, W]`` (times
-    ``scale``), minus the unmasked image's: ``[B, K]``, in batches of ``scorecam_batch_size``."""
+    ``scale``), minus the unmasked image's: ``[B, K]``, in batches of ``perturbation_batch_size``."""
     model = present(ctx.model, "a ScoreCAM", "model")
     inputs = present(ctx.inputs, "a ScoreCAM", "inputs").detach()
     targets = present(ctx.targets, "a ScoreCAM", "targets")
     b, k = masks.shape[:2]
     owner = torch.arange(b, device=inputs.device).repeat_interleave(k)
     flat = masks.reshape(b * k, 1, *masks.shape[2:])
-    step = max(1, int(ctx.scorecam_batch_size))
+    step = max(1, int(ctx.perturbation_batch_size))
     with eval_mode(model), torch.inference_mode():
-        base = _logits(model(inputs)).gather(1, targets[:, None]).squeeze(1).float()
+        base = logits_of(model(inputs)).gather(1, targets[:, None]).squeeze(1).float()
         scores = []
         for start in range(0, b * k, step):
             rows = owner[start : start + step]
-            batch = _fast_layout(scale * (flat[start : start + step] * inputs[rows]))
-            scores.append(_logits(model(batch)).gather(1, targets[rows, None]).squeeze(1).float() - base[rows])
+            batch = channels_last_on_cpu(scale * (flat[start : start + step] * inputs[rows]))
+            scores.append(logits_of(model(batch)).gather(1, targets[rows, None]).squeeze(1).float() - base[rows])
     return torch.cat(scores).reshape(b, k)
 
 
@@ -155,7 +155,7 @@ def _noisy_gradients(ctx: CAMContext, names: list[str], num_samples: int, std: f
             for _ in range(num_samples):
                 captured.clear()
                 noisy = (x + noise(x.shape, std, generator).to(x.device, x.dtype)).requires_grad_()
-                logits = _logits(model(noisy))
+                logits = logits_of(model(noisy))
                 for i, name in enumerate(names):
                     vector = BACKPROP_TARGETS[name](logits, targets).detach()
                     (grad,) = torch.autograd.grad(logits, captured[0], vector, retain_graph=i < len(names) - 1)

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 import torch
 from torch import Tensor, nn
 
+from ...registry import Registry, UnknownNameError
+
 if TYPE_CHECKING:
     from ..layouts import Layout
 
@@ -36,7 +38,7 @@ class CAMContext:
     model: Optional[nn.Module] = None
     inputs: Optional[Tensor] = None
     targets: Optional[Tensor] = None
-    scorecam_batch_size: int = 32
+    perturbation_batch_size: int = 32  # inputs per extra forward (ScoreCAM's masks, AblationCAM's ablations)
     backprop: Optional[str] = None
     layer: Optional[nn.Module] = None  # the target layer (AblationCAM replaces its output)
     layout: Optional[Layout] = None  # the layer's resolved Layout (AblationCAM ablates in the layer's own layout)
@@ -46,6 +48,11 @@ class CAMContext:
     seed: int = 0  # the stochastic methods' seed (RandomCAM, SSCAM, ISCAM, SmoothGradCAM++)
     cache: dict[str, Any] = field(default_factory=dict)  # passes shared by the methods of one call
     methods: tuple[CAMMethod, ...] = ()  # the call's methods (a shared pass serves all their targets)
+
+    @property
+    def scorecam_batch_size(self) -> int:
+        """The old name of ``perturbation_batch_size``."""
+        return self.perturbation_batch_size
 
     @property
     def grad(self) -> Tensor:
@@ -69,36 +76,58 @@ class CAMMethod:
     passes: tuple[str, ...] = ()
 
 
-_REGISTRY: dict[str, CAMMethod] = {}
+METHOD_REGISTRY: Registry[str, CAMMethod] = Registry("CAM method", normalise=str.lower)
+"""Every registered method by lower-case name (read-only; add with :func:`register_method`)."""
 
 
 def register_method(
-    name: str, backprop: Optional[str] = None, passes: tuple[str, ...] = ()
+    name: str, backprop: Optional[str] = None, passes: tuple[str, ...] = (), *, replace: bool = False
 ) -> Callable[[MapFunction], MapFunction]:
-    """Register ``fn(ctx) -> raw map [B, h, w]`` under ``name`` (stored lower case)."""
+    """Register ``fn(ctx) -> raw map [B, h, w]`` under ``name`` (stored lower case).
+
+    ``backprop`` names the backprop target whose ``dT/dA`` the method reads (``None``:
+    gradient-free); ``passes`` the extra passes it needs (:data:`PASSES`). A taken name is
+    refused unless ``replace=True``.
+
+    Raises:
+        ValueError: an unknown pass, or a name already registered.
+
+    Example:
+        >>> from diffcam_lightning.cams import register_method, weighted_sum
+        >>> @register_method("absgradcam_example", backprop="logit")
+        ... def absgradcam(ctx):
+        ...     return weighted_sum(ctx.grad.abs().mean(dim=(2, 3)), ctx.activations)
+        >>> from diffcam_lightning.cams import get_method
+        >>> get_method("AbsGradCAM_Example").backprop
+        'logit'
+        >>> _ = METHOD_REGISTRY.unregister("absgradcam_example")
+    """
     unknown = [p for p in passes if p not in PASSES]
     if unknown:
         raise ValueError(f"Unknown passes {unknown} for CAM method {name!r}; valid: {', '.join(PASSES)}.")
 
     def decorator(fn: MapFunction) -> MapFunction:
-        key = name.lower()
-        if key in _REGISTRY:
-            raise ValueError(f"CAM method {name!r} is already registered.")
-        _REGISTRY[key] = CAMMethod(key, fn, backprop, tuple(passes))
+        key = METHOD_REGISTRY.key(name)
+        METHOD_REGISTRY.register(key, CAMMethod(key, fn, backprop, tuple(passes)), replace=replace)
         return fn
 
     return decorator
 
 
 def available_methods() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    """Every registered method name, in registration order."""
+    return METHOD_REGISTRY.names()
 
 
 def get_method(name: str) -> CAMMethod:
-    key = str(name).lower()
-    if key not in _REGISTRY:
-        raise ValueError(f"Unknown CAM method {name!r}. Valid methods: {', '.join(_REGISTRY)}.")
-    return _REGISTRY[key]
+    """The method registered as ``name`` (any case).
+
+    Raises:
+        UnknownNameError: (a ValueError) naming the valid methods.
+    """
+    if str(name) not in METHOD_REGISTRY:  # raised outside an except: the CLI prints this message
+        raise UnknownNameError(f"Unknown CAM method {name!r}. Valid methods: {', '.join(METHOD_REGISTRY)}.")
+    return METHOD_REGISTRY[str(name)]
 
 
 def method_names(
@@ -108,7 +137,7 @@ def method_names(
     names (lower case), duplicates dropped in order; an empty choice, an unknown name or
     one outside ``among`` is an error naming ``option`` and the valid names."""
     names = [methods] if isinstance(methods, str) else list(methods)
-    valid = ", ".join(among if among is not None else _REGISTRY)
+    valid = ", ".join(among if among is not None else METHOD_REGISTRY)
     if not names:
         raise ValueError(f"{option} is empty; give one or more of: {valid}.")
     chosen = tuple(dict.fromkeys(get_method(name).name for name in names))

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..outputs import _logits
+from ..outputs import logits_of
 from .registry import CAMContext, weighted_sum
 
 _EPS = 1e-8  # pytorch-grad-cam's min-max guard
@@ -111,7 +111,7 @@ class _MaskedForwards:
         batch, images, channels = (torch.cat(parts) for parts in zip(*self._pending))
         self._pending = [(batch[rows:], images[rows:], channels[rows:])]
         self._count -= rows
-        logits = _logits(self.model(_fast_layout(batch[:rows]))).float()
+        logits = logits_of(self.model(channels_last_on_cpu(batch[:rows]))).float()
         images, channels = images[:rows], channels[:rows]
         real = images >= 0
         self.scores[images[real], channels[real]] = logits[real].gather(1, self.classes[images[real]])
@@ -119,7 +119,7 @@ class _MaskedForwards:
             self.zero_logits = logits[~real][0]
 
 
-def _fast_layout(batch: Tensor) -> Tensor:
+def channels_last_on_cpu(batch: Tensor) -> Tensor:
     """Channels-last on CPU: oneDNN's convolutions run 1.07x (resnet18, 128 px) to 1.5x
     (the synthetic chain's test_resnet, 64 px) faster on it; logits move by ~2e-6."""
     return batch.contiguous(memory_format=torch.channels_last) if batch.device.type == "cpu" else batch
@@ -159,7 +159,7 @@ def scorecam(ctx: CAMContext) -> Tensor:
     inputs = ctx.inputs.detach()
     plan = _plan(inputs, ctx.targets)
     with torch.inference_mode():
-        scores = channel_scores(ctx.model, inputs, acts, plan, max(1, int(ctx.scorecam_batch_size)))
+        scores = channel_scores(ctx.model, inputs, acts, plan, max(1, int(ctx.perturbation_batch_size)))
         per_row = scores[plan.image_of, :, plan.column]  # [B, K]
         weights = torch.softmax(per_row, dim=1)
     return weighted_sum(weights.clone(), acts)
