@@ -16,16 +16,20 @@ PACKAGE = Path(__file__).resolve().parents[1] / "diffcam_lightning"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
 MAX_FUNCTION_LINES = 60
 REGISTRIES = [
-    "diffcam_lightning.cams.methods.registry:_REGISTRY",
+    "diffcam_lightning.cams.methods.registry:METHOD_REGISTRY",
     "diffcam_lightning.cams.targets:BACKPROP_TARGETS",
     "diffcam_lightning.cams.coupling:BATCH_COUPLED",
     "diffcam_lightning.cams.metrics.registry:METRICS",
     "diffcam_lightning.cams.metrics.registry:GROUPS",
     "diffcam_lightning.cams.metrics.registry:MASK_METRICS",
     "diffcam_lightning.saliency.sham:SHAM_PATTERNS",
+    "diffcam_lightning.saliency.sham:SHAM_FILLERS",
+    "diffcam_lightning.models.classifier:SALIENCY_TARGETS",
+    "diffcam_lightning.data.shapes:SHAPES",
+    "diffcam_lightning.audit.sinks:GRID_WRITERS",
     "diffcam_lightning.audit.alarm:ALARM_RULES",
     "diffcam_lightning.audit.metrics:SCORE_FAMILIES",
-    "diffcam_lightning.models.sources:SOURCES",
+    "diffcam_lightning.models.sources:BUILDERS",
 ]
 
 

@@ -78,7 +78,7 @@ def test_no_target_in_batch_is_a_differentiable_zero_not_nan():
 
 
 def test_sham_patterns_are_a_registry_with_the_literal_built_ins():
-    """``ShamPattern`` (the CLI's choices) names exactly the built-in patterns; the registry
+    """``ShamPattern`` (the built-ins' names, for type hints) names exactly the built-in patterns; the registry
     refuses a taken name unless replace=True, and an unknown pattern still lists the valid ones."""
     from typing import get_args
 

@@ -1,5 +1,6 @@
 """CAM auditing during training: the ``CAMAudit`` callback, its scores and its grids."""
 
+from ..cams.classes import CAM_CLASSES
 from .alarm import (
     ALARM_RULES,
     DEFAULT_DRIFT_THRESHOLD,
@@ -15,7 +16,7 @@ from .alarm import (
 )
 from .auditset import AuditSet, BatchKeys, split_batch
 from .behaviour import BehaviourOptions, behaviour_scores, deletion_drops, occlusion
-from .callback import CAM_CLASSES, DEFAULT_METHODS, CAMAudit, default_drift_pairs
+from .callback import DEFAULT_METHODS, CAMAudit, default_drift_pairs
 from .metrics import (
     SCORE_FAMILIES,
     SCORE_KEYS,

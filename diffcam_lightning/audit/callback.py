@@ -14,8 +14,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, Literal, Optional, Union, get_args
+from typing import Any, Optional, Union, get_args
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from ..cams import DIFF_BASES, CAMEngine, CAMResult, method_names
+from ..cams.classes import CAM_CLASSES, CamClass
 from ..cams.layers import known_layer_name
 from ..cams.metrics import check_metrics, check_options
 from ..cams.outputs import classifier_width, logits_of
@@ -78,14 +78,6 @@ STATE_VERSION = 1  # of the callback's checkpointed state; load_state_dict reads
 DECIDED = BEHAVIOUR_GATE[0]  # share of the behaviour images predicted as the explained class (the rules' gate)
 
 ModelSpec = Union[None, str, Callable[[LightningModule], nn.Module]]
-CamClass = Literal["label", "prediction"]
-
-# cam_class -> which class each audit image is explained for (None = the prediction). A closed
-# table, not a Registry: the audit set asks for labels exactly when cam_class is "label", and
-# the Literal above is what LightningCLI offers; an entry added here could honour neither.
-CAM_CLASSES: Mapping[CamClass, Callable[[AuditSet], Optional[Tensor]]] = MappingProxyType(
-    {"label": lambda s: s.labels, "prediction": lambda s: None}
-)
 
 
 def default_drift_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
@@ -541,7 +533,7 @@ class CAMAudit(Callback):
 
     # ------------------------------------------------------------------ the audit
     def _targets(self, batch: AuditSet, device: torch.device) -> Optional[Tensor]:
-        targets = CAM_CLASSES[self.cam_class](batch)
+        targets = CAM_CLASSES[self.cam_class](batch.labels)
         return None if targets is None else targets.to(device)
 
     @staticmethod

@@ -8,13 +8,22 @@ backprop, LeGrad): an int for every image, a sequence or a tensor of class indic
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
-from typing import Union
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Literal, Optional, Union
 
 import torch
 from torch import Tensor
 
 TargetSpec = Union[None, int, Sequence[int], Tensor]
+
+# Which class a map explains when a training step or the audit chooses: the true label, or
+# the prediction (None: the engine takes the argmax). The same closed choice for the
+# classifier's saliency loss and the audit, typed so that LightningCLI lists it in --help.
+CamClass = Literal["label", "prediction"]
+CAM_CLASSES: Mapping[str, Callable[[Optional[Tensor]], Optional[Tensor]]] = MappingProxyType(
+    {"label": lambda labels: labels, "prediction": lambda labels: None}
+)
 
 
 def explained_classes(targets: TargetSpec, logits: Tensor) -> Tensor:

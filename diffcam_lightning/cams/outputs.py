@@ -85,4 +85,3 @@ def logits_of(output: Any, width: Optional[int] = None, key: OutputKey = None) -
     return logits
 
 
-_logits = logits_of  # the name methods.py used before this module existed

@@ -1,7 +1,8 @@
 """LightningModules: joint CE + saliency training."""
 
+from ..cams.classes import CAM_CLASSES
 from .backbones import build_backbone
-from .classifier import CAM_CLASSES, SALIENCY_TARGETS, SaliencyClassifier, as_dict_batch, register_saliency_target
+from .classifier import SALIENCY_TARGETS, SaliencyClassifier, as_dict_batch, register_saliency_target
 from .sources import LoadedModel, load_model
 
 __all__ = [

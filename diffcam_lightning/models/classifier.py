@@ -31,7 +31,7 @@ default, final CAM layer nothing but pooling and the classifier follows it: no c
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, Optional, Union, cast
+from typing import Any, Optional, Union, cast
 
 import torch
 from lightning.pytorch import LightningModule
@@ -44,6 +44,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from ..cams import GRADIENT_METHODS, CAMEngine, CAMResult, method_names
+from ..cams.classes import CAM_CLASSES, CamClass
 from ..cams.coupling import BatchCoupling
 from ..cams.outputs import logits_of
 from ..registry import Registry
@@ -53,21 +54,10 @@ from .sources import CHECKPOINT_KEY, load_model
 
 Batch = Union[dict[str, Tensor], tuple[Tensor, ...], list[Tensor]]
 
-# The closed choices of the constructor, typed so that LightningCLI lists them in --help; the
-# registries below (and SHAM_PATTERNS) hold what each choice does and check it at run time.
-SaliencyTarget = Literal["human", "sham"]
-CamClass = Literal["label", "prediction"]
-ShamPattern = Literal["border", "corner", "patch", "random"]
 
 # saliency_target -> fn(model, batch dict, cam grid) -> (target maps, mask of samples that have one)
 SaliencyTargetFn = Callable[["SaliencyClassifier", dict[str, Any], tuple[int, int]], tuple[Tensor, Tensor]]
 SALIENCY_TARGETS: Registry[str, SaliencyTargetFn] = Registry("saliency_target")
-
-# cam_class -> fn(labels) -> targets for the engine (None = the predicted class)
-CamClassFn = Callable[[Tensor], Optional[Tensor]]
-CAM_CLASSES: Registry[str, CamClassFn] = Registry("cam_class")
-CAM_CLASSES.register("label", lambda labels: labels)
-CAM_CLASSES.register("prediction", lambda labels: None)
 
 
 def register_saliency_target(name: str, *, replace: bool = False) -> Callable[[SaliencyTargetFn], SaliencyTargetFn]:
@@ -132,13 +122,15 @@ class SaliencyClassifier(LightningModule):
         target_layer: dotted CAM layer name; ``None`` picks it automatically.
         layout: the CAM layer's layout (``nchw``, ``nhwc``, ``tokens``, ``tokens:P``; ``None`` = detected).
         output_key: where the logits are in the network's output, if not found by itself.
-        saliency_target: ``human`` (the batch's maps) or ``sham``.
+        saliency_target: ``human`` (the batch's maps) or ``sham``; a name of
+            ``SALIENCY_TARGETS`` (open: ``register_saliency_target`` adds one, so a str).
         saliency_method: the CAM the loss shapes: any gradient method of ``METHODS``, or a
             list of them (the saliency term is then the mean of each method's MSE to the
             target, all from the one forward and one batched VJP: a joint attack).
         cam_class: explain the true ``label`` (default) or the ``prediction``.
         sham_entropy: the SHAM's entropy in nats (the paper's 3.35 by default).
-        sham_pattern: where the SHAM lies: ``border``, ``corner``, ``patch`` or ``random``.
+        sham_pattern: where the SHAM lies: ``border``, ``corner``, ``patch``, ``random`` or a
+            pattern added with ``saliency.register_pattern`` (an open choice, so a str).
         ce_weight: the weight of CE in the joint loss ``ce_weight*CE + saliency_weight*MSE``.
         saliency_weight: the weight of the saliency MSE in it.
         optimizer: an ``OptimizerCallable``; default SGD(lr=0.002, momentum=0.9) as in the paper.
@@ -183,11 +175,11 @@ class SaliencyClassifier(LightningModule):
         target_layer: Optional[str] = None,
         layout: Optional[str] = None,
         output_key: Optional[Union[int, str]] = None,
-        saliency_target: SaliencyTarget = "human",
+        saliency_target: str = "human",
         saliency_method: Union[str, list[str]] = "gradcam",
         cam_class: CamClass = "label",
         sham_entropy: float = PAPER_ENTROPY,
-        sham_pattern: ShamPattern = "border",
+        sham_pattern: str = "border",
         ce_weight: float = 1.0,
         saliency_weight: float = 1.0,
         optimizer: Optional[OptimizerCallable] = None,
@@ -242,7 +234,7 @@ class SaliencyClassifier(LightningModule):
 
     def cams(self, x: Tensor, labels: Optional[Tensor] = None, create_graph: bool = False) -> CAMResult:
         """One forward: ``CAMResult`` with the saliency methods' maps and the logits."""
-        targets = CAM_CLASSES[self.hparams["cam_class"]](labels) if labels is not None else None
+        targets = CAM_CLASSES[self.hparams["cam_class"]](labels)
         return self.engine.compute(x, targets=targets, methods=self.saliency_methods, create_graph=create_graph)
 
     # ------------------------------------------------------------------ steps
