@@ -118,3 +118,35 @@ def test_guided_gradcam_is_captums_parts_composed_with_a_normalised_cam(batch):
     theirs = captum_attr.GuidedBackprop(net).attribute(x, target=targets) * cam
     ours = guided_gradcam(net, x, targets, target_layer="5")
     assert _relative_error(ours, theirs) < 1e-5
+
+
+def test_max_sensitivity_equals_captum_sensitivity_max_on_the_same_draws(batch):
+    """Both take the largest ``||e(x + u) - e(x)|| / ||e(x)||`` (Frobenius) over the draws;
+    captum's perturbations are handed our draws (its batch is example-major: b * S + s)."""
+    from captum.metrics import sensitivity_max
+
+    from diffcam_lightning.cams.metrics import max_sensitivity, to_input_size
+
+    x, targets = batch
+    net = _net()
+    engine = CAMEngine(net, "5")
+
+    def explain(inputs, classes):
+        return engine(inputs, classes, "gradcam")["gradcam"]
+
+    samples = 5
+    draws = (torch.rand((samples, *x.shape), generator=torch.Generator().manual_seed(3)) * 2 - 1) * 0.2
+    maps = explain(x, targets)
+    ours = max_sensitivity(net, x, maps, targets, explain=explain, draws=draws)["max_sensitivity"]
+
+    def perturb(expanded):
+        return expanded + draws.transpose(0, 1).reshape(expanded.shape)
+
+    def explanation(inputs, target):
+        # captum hands the unperturbed input as a tuple, and iterates over what comes back
+        (inputs,) = inputs if isinstance(inputs, tuple) else (inputs,)
+        return (to_input_size(explain(inputs, target), x.shape[-2:]),)
+
+    theirs = sensitivity_max(explanation, x, perturb, n_perturb_samples=samples, target=targets)
+    assert ours.shape == theirs.shape == (4,)
+    assert _relative_error(ours.double(), theirs.double()) < 1e-5

@@ -257,9 +257,9 @@ SYNCING_OPS = {
 
 
 # On the CPU every tensor is a host tensor, so these are left out there: the engine's check of
-# list targets (done on the host on purpose, before they move to the device) and one_hot's range
+# list targets (cams/classes.py, done on the host on purpose, before they move to the device) and one_hot's range
 # checks (torch runs them on the CPU only; on CUDA it relies on a device assert, no sync).
-HOST_SIDE = ("_check_targets", "one_hot(")
+HOST_SIDE = ("explained_classes", "one_hot(")
 
 
 class SyncingOps(TorchDispatchMode):

@@ -262,9 +262,9 @@ def audit_rows(cfg: dict, device: torch.device, results: Results, budget: Budget
             self.steps.append(time.perf_counter() - self.t0)
             if batch_idx % 4 == 3:
                 t0 = time.perf_counter()
-                _, grid_maps = self.audit._audit(trainer, pl_module)
-                if grid_maps is not None:
-                    audit_grid(grid_maps["images"], grid_maps["maps"], grid_maps["saliency"])
+                _, rows = self.audit._audit(trainer, pl_module)
+                if rows is not None:
+                    audit_grid(rows.images, rows.maps, rows.saliency)
                 sync(device)
                 self.audits.append(time.perf_counter() - t0)
 

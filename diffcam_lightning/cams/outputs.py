@@ -83,5 +83,3 @@ def logits_of(output: Any, width: Optional[int] = None, key: OutputKey = None) -
             "Set output_key (an index or a key) to pick the logits."
         )
     return logits
-
-
