@@ -94,7 +94,7 @@ def test_whole_grid_sham_switches_the_sham_rule_off_once(tmp_path):
         warnings.simplefilter("always")
         for _ in range(2):
             trainer.validate(model, DataLoader(tensors(8, size=10), batch_size=8), verbose=False)
-    covers = [w for w in record if "covers the whole 5x5 CAM grid" in str(w.message)]
+    covers = [w for w in record if "covers every pixel of the 5x5 CAM grid" in str(w.message)]
     assert len(covers) == 1 and "SHAM rule is off" in str(covers[0].message)
     assert not any(k.startswith("sham_mse/") for k in callback.last_metrics)
     assert not any("aligns with the SHAM" in str(w.message) for w in record)  # threshold 1.0 would always fire

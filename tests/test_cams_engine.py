@@ -371,3 +371,24 @@ def test_unknown_names_reach_the_cli_with_their_message():
     assert one_line(find_user_error(target.value)) == (
         "Unknown backprop target 'nope'; valid: logit, mean, max, lse, rest, softmax, finer."
     )
+
+
+def test_output_key_models_give_the_same_head_reading_maps_as_the_bare_network():
+    """With ``output_key`` the methods that run or read the model get the engine's
+    ``LogitsView``; CAM reads the head through it (``outputs.unwrapped``) and ScoreCAM runs it."""
+    import torchvision
+
+    class DictOutput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torchvision.models.resnet18(weights=None, num_classes=5).eval()
+
+        def forward(self, x):
+            return {"logits": self.net(x), "aux": x.mean()}
+
+    torch.manual_seed(0)
+    model, x = DictOutput().eval(), torch.rand(2, 3, 64, 64)
+    wrapped = CAMEngine(model, "net.layer4", output_key="logits")(x, None, ("cam", "scorecam"))
+    bare = CAMEngine(model.net, "layer4")(x, None, ("cam", "scorecam"))
+    for method in ("cam", "scorecam"):
+        torch.testing.assert_close(wrapped[method], bare[method])

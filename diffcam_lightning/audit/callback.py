@@ -28,7 +28,7 @@ from ..cams.classes import CAM_CLASSES, CamClass
 from ..cams.layers import known_layer_name
 from ..cams.metrics import check_metrics, check_options
 from ..cams.outputs import classifier_width, logits_of
-from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target
+from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target, whole_grid_note
 from . import review
 from .alarm import (
     BEHAVIOUR_GATE,
@@ -635,14 +635,12 @@ class CAMAudit(Callback):
         is all zeros, so no SHAM MSE is logged and the SHAM rule is off (warned once per grid)."""
         if grid not in self._shams:
             sham = sham_target(grid, self.sham_entropy, self.sham_pattern)
-            whole_grid = bool(sham.min() == sham.max())
-            self._shams[grid] = None if whole_grid else sham
-            if whole_grid:
+            note = whole_grid_note(sham, self.sham_entropy)
+            self._shams[grid] = None if note is not None else sham
+            if note is not None:
                 rank_zero_warn(
-                    f"CAMAudit: the SHAM ({self.sham_entropy} nats, {int(sham.sum())} pixels) covers the whole "
-                    f"{grid[0]}x{grid[1]} CAM grid, so after min-max normalisation it is no target: sham_mse is not "
-                    "logged and the alarm's SHAM rule is off. Use larger images, a finer CAM layer or a lower "
-                    "sham_entropy."
+                    f"CAMAudit: the {note}: sham_mse is not logged and the alarm's SHAM rule is off. Use larger "
+                    "images, a finer CAM layer or a lower sham_entropy."
                 )
         return self._shams[grid]
 

@@ -207,7 +207,8 @@ class AuditScores(Metric):
         score_keys: every key, means first, in order (the index of the states).
         sum_keys: the keys summed instead of averaged.
         excluded: ``{key: count}`` of the non-finite scores left out since the last
-            ``reset()``, synced across processes like ``compute()`` (so every DDP rank reads it).
+            ``reset()``, synced across processes like ``compute()``: under DDP a collective,
+            read on every rank (as ``compute()`` is called on every rank).
 
     Raises:
         KeyError: ``update`` got a key not given at construction (DDP syncs fixed-size states).
@@ -241,7 +242,11 @@ class AuditScores(Metric):
 
     @property
     def excluded(self) -> dict[str, int]:
-        with self.sync_context():  # the counts of every process, as compute() sums its states
+        """Synced as ``compute()`` syncs (same process group, same ``sync_on_compute``): under
+        DDP a collective, so every rank reads it, as every rank calls ``compute()``."""
+        with self.sync_context(
+            dist_sync_fn=self.dist_sync_fn, process_group=self.process_group, should_sync=self.sync_on_compute
+        ):
             return nonfinite_counts(self.nonfinite, self.score_keys)
 
     @override

@@ -21,7 +21,6 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from typing_extensions import override
 
 from .classes import TargetSpec, explained_classes
 from .coupling import (
@@ -37,7 +36,7 @@ from .layers import LayerSpec, resolve_layer, reused_layer_error, zero_gradient_
 from .layouts import Layout, LayoutHints, LayoutSpec, model_hints, resolve_layout
 from .methods import HEAD_GRAPH, CAMContext, CAMMethod, get_method, method_names
 from .modes import eval_mode, preserved_buffers, preserved_rng, unfused_attention
-from .outputs import OutputKey, classifier_width, logits_of
+from .outputs import LogitsView, OutputKey, classifier_width, logits_of
 from .postprocess import SizeSpec, postprocess, resolve_size
 from .targets import BACKPROP_TARGETS
 
@@ -164,6 +163,10 @@ class CAMEngine:
         """The old name of :attr:`perturbation_batch_size`."""
         return self.perturbation_batch_size
 
+    @scorecam_batch_size.setter
+    def scorecam_batch_size(self, size: int) -> None:
+        self.perturbation_batch_size = _batch_size(size, None)
+
     @property
     def target_layer(self) -> Optional[str]:
         """The resolved target layer's dotted name (``None`` until known)."""
@@ -235,7 +238,7 @@ class CAMEngine:
             ctx = CAMContext(
                 activations=activations.float() if create_graph else activations.detach().float(),
                 gradients=gradients,
-                model=self.model if self.output_key is None else _LogitsOf(self.model, self.output_key),
+                model=self.model if self.output_key is None else LogitsView(self.model, self.output_key),
                 inputs=x,
                 targets=targets,
                 perturbation_batch_size=self.perturbation_batch_size,
@@ -415,7 +418,8 @@ def _batch_size(size: int, old_name: Optional[int]) -> int:
             )
         size = old_name
     if size < 1:
-        raise ValueError(f"perturbation_batch_size must be >= 1; got {size}.")
+        name = "perturbation_batch_size" if old_name is None else "scorecam_batch_size"
+        raise ValueError(f"{name} must be >= 1; got {size}.")
     return int(size)
 
 
@@ -535,15 +539,3 @@ def _to_nchw(layout: Layout, layer: str, raw: Tensor, gradients: dict[str, Tenso
             f"layout {layout} turned target layer {layer!r}'s output {tuple(raw.shape)} into {shape}, not [B, K, h, w]."
         )
     return activations, {name: layout.convert(grad) for name, grad in gradients.items()}
-
-
-class _LogitsOf(nn.Module):
-    """The model with its output reduced to the logits (for methods that run it again)."""
-
-    def __init__(self, model: nn.Module, key: OutputKey) -> None:
-        super().__init__()
-        self.model, self.key = model, key
-
-    @override
-    def forward(self, x: Tensor) -> Tensor:
-        return logits_of(self.model(x), key=self.key)

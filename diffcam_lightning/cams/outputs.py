@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Optional, Union
 
 from torch import Tensor, nn
+from typing_extensions import override
 
 OutputKey = Union[None, int, str]
 
@@ -83,3 +84,21 @@ def logits_of(output: Any, width: Optional[int] = None, key: OutputKey = None) -
             "Set output_key (an index or a key) to pick the logits."
         )
     return logits
+
+
+class LogitsView(nn.Module):
+    """``model`` with its output reduced to the logits (what the engine hands the methods
+    that run the model again when ``output_key`` is set); ``model`` is the network itself."""
+
+    def __init__(self, model: nn.Module, key: OutputKey) -> None:
+        super().__init__()
+        self.model, self.key = model, key
+
+    @override
+    def forward(self, x: Tensor) -> Tensor:
+        return logits_of(self.model(x), key=self.key)
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The network behind a :class:`LogitsView` (methods that read its layers), else ``model``."""
+    return model.model if isinstance(model, LogitsView) else model

@@ -19,6 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
+from typing_extensions import override
 
 from .decode import DecodeMode, decode
 from .transforms import PairedTransform
@@ -64,6 +65,7 @@ class SaliencyImageDataset(Dataset[dict[str, Tensor]]):
     def missing_saliency(self) -> int:
         return sum(s.saliency is None for s in self.samples)
 
+    @override
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         s = self.samples[index]
         image = _open(s.image, "RGB", s.where, "image")

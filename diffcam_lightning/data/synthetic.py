@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from typing_extensions import override
 
 from .shapes import SHAPES
 
@@ -176,6 +177,7 @@ class SyntheticShapes(Dataset[dict[str, Tensor]]):
     def label(self, index: int) -> int:
         return index % self.spec.num_classes
 
+    @override
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for a {self.split} split of {self.length}.")

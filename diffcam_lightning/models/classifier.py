@@ -48,7 +48,15 @@ from ..cams.classes import CAM_CLASSES, CamClass
 from ..cams.coupling import BatchCoupling
 from ..cams.outputs import logits_of
 from ..registry import Registry
-from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, cam_entropy, saliency_loss, saliency_mse, sham_target
+from ..saliency import (
+    PAPER_ENTROPY,
+    SHAM_PATTERNS,
+    cam_entropy,
+    saliency_loss,
+    saliency_mse,
+    sham_target,
+    whole_grid_note,
+)
 from .attention import disable_fused_attention
 from .sources import CHECKPOINT_KEY, load_model
 
@@ -223,11 +231,11 @@ class SaliencyClassifier(LightningModule):
         key = (int(grid[0]), int(grid[1]))
         if key not in self._shams:
             sham = sham_target(key, self.hparams["sham_entropy"], self.hparams["sham_pattern"])
-            if sham.min() == sham.max():
+            note = whole_grid_note(sham, self.hparams["sham_entropy"])
+            if note is not None:
                 rank_zero_warn(
-                    f"The SHAM ({self.hparams['sham_entropy']} nats) covers every pixel of the {key[0]}x{key[1]} CAM "
-                    "grid, so after min-max normalisation it is no target at all. Use a larger grid (bigger "
-                    "images, or model_kwargs: {output_stride: 8}) or a lower sham_entropy."
+                    f"The {note}: the saliency loss has nothing to match. Use a larger grid (bigger images, or "
+                    "model_kwargs: {output_stride: 8}) or a lower sham_entropy."
                 )
             self._shams[key] = sham
         return self._shams[key]

@@ -123,7 +123,7 @@ class ScoringModule(pl.LightningModule):
         self.faith_metrics, self.faith_methods = self.faithfulness.resolved(self.methods)
         options = engine_options or {}
         self.engines = {
-            kind: CAMEngine(model, scorecam_batch_size=scorecam_batch_size, **options.get(kind, {}))
+            kind: CAMEngine(model, perturbation_batch_size=scorecam_batch_size, **options.get(kind, {}))
             for kind, model in (("clean", self.clean), ("sham", self.sham))
             if model is not None
         }

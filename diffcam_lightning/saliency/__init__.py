@@ -3,7 +3,15 @@
 from . import patterns  # noqa: F401  (registers the patch and random SHAM patterns)
 from .losses import resize_target, saliency_loss, saliency_mse
 from .metrics import cam_entropy, cam_mse, max_entropy
-from .sham import PAPER_ENTROPY, SHAM_PATTERNS, ShamPattern, register_pattern, sham_pixel_count, sham_target
+from .sham import (
+    PAPER_ENTROPY,
+    SHAM_PATTERNS,
+    ShamPattern,
+    register_pattern,
+    sham_pixel_count,
+    sham_target,
+    whole_grid_note,
+)
 
 __all__ = [
     "PAPER_ENTROPY",
@@ -18,4 +26,5 @@ __all__ = [
     "saliency_mse",
     "sham_pixel_count",
     "sham_target",
+    "whole_grid_note",
 ]

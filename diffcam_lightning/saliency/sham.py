@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, Union
+from typing import Literal, Optional, Union
 
 import torch
 from torch import Tensor
@@ -181,6 +181,19 @@ def sham_pixel_count(pixels: int, entropy: float) -> int:
     while k > 1 and math.log(k) > entropy:
         k -= 1
     return max(k, 1)
+
+
+def whole_grid_note(sham: Tensor, entropy: float) -> Optional[str]:
+    """Why ``sham`` is no target when it covers every pixel of its grid (all zeros after
+    min-max normalisation): the start of the warning the training and the audit give;
+    ``None`` when it is a target."""
+    if bool(sham.min() != sham.max()):
+        return None
+    h, w = sham.shape[-2:]
+    return (
+        f"SHAM ({entropy} nats, {int(sham.sum())} pixels) covers every pixel of the {h}x{w} CAM grid, "
+        "so after min-max normalisation it is no target"
+    )
 
 
 def sham_target(

@@ -67,7 +67,7 @@ for _prefix, _target in TARGET_PREFIXES.items():
     if _prefix not in DIFF_TARGETS:
         for _family, _fn in GRADIENT_WEIGHTINGS.items():
             register_method(f"{_prefix}{_family}", backprop=_target)(_fn)
-register_method("finercam", backprop="finer")(GRADIENT_WEIGHTINGS["gradcam"])  # pytorch-grad-channel.cam's FinerCAM
+register_method("finercam", backprop="finer")(GRADIENT_WEIGHTINGS["gradcam"])  # pytorch-grad-cam's FinerCAM
 for _name, _fn in {
     "kpcacam": kpcacam,
     "fem": channel.fem,
@@ -118,7 +118,7 @@ DIFF_FAMILY_METHODS: tuple[str, ...] = tuple(
     f"{prefix}{weighting}" for weighting in GRADIENT_WEIGHTINGS for prefix in ("", *DIFF_TARGETS)
 )
 """The 28 gradient CAMs of the paper's families: each weighting with ``y_c`` and the three
-DiffGradCAM targets (what the benchmarks compare with pytorch-grad-channel.cam as "the 28")."""
+DiffGradCAM targets (what the benchmarks compare with pytorch-grad-cam as "the 28")."""
 PAPER_METHODS: tuple[str, ...] = METHODS[:12]
 
 

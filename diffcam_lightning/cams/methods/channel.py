@@ -5,12 +5,12 @@ RandomCAM, the original CAM's head weights)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..outputs import unwrapped
 from .registry import CAMContext, MapFunction, present, require, weighted_sum
 
 Weighting = Callable[[Tensor, Tensor], Tensor]
@@ -103,7 +103,7 @@ def cam(ctx: CAMContext) -> Tensor:
     logits are exactly ``W mean(A) + b``: the head must be pooling then that layer."""
     require(ctx, "cam", "model", "targets", "logits")
     model = present(ctx.model, "cam", "model")
-    head = pooled_linear_head(cast(nn.Module, model.model) if hasattr(model, "key") else model)
+    head = pooled_linear_head(unwrapped(model))
     acts = ctx.activations
     weight = head.weight.detach().to(acts.dtype)
     if weight.shape[1] != acts.shape[1]:

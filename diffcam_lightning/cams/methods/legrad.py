@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from math import isqrt
-from typing import Any, Optional, Union, cast
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +20,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..classes import explained_classes
 from ..modes import eval_mode
+from ..outputs import unwrapped
 from ..targets import BACKPROP_TARGETS
 from .registry import CAMContext, present, require
 
@@ -216,8 +217,7 @@ def legrad_map(ctx: CAMContext) -> Tensor:
     require(ctx, "legrad", "model", "inputs", "targets")
     if "legrad" not in ctx.cache:
         model = present(ctx.model, "legrad", "model")
-        if hasattr(model, "key"):  # unwrap the engine's logits view
-            model = cast(nn.Module, model.model)
+        model = unwrapped(model)  # the network's own blocks, not the engine's logits view
         backprop = present(ctx.backprop, "legrad", "backprop")
         names = list(
             dict.fromkeys(m.backprop for m in ctx.methods if m.compute is legrad_map and m.backprop is not None)

@@ -97,7 +97,7 @@ class Explainer:
         engine = CAMEngine(
             model,
             self.layer,
-            scorecam_batch_size=self.engine.scorecam_batch_size,
+            perturbation_batch_size=self.engine.perturbation_batch_size,
             batch_coupling=self.engine.batch_coupling,
             layout=self.engine.layout,
             output_key=self.engine.output_key,
