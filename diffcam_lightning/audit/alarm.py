@@ -32,10 +32,27 @@ VERDICTS: tuple[Verdict, ...] = get_args(Verdict)  # the most serious first
 
 @dataclass(frozen=True)
 class AlarmRule:
-    """Fires when ``<signal>/<method>`` is below (``below=True``) or above ``threshold``
-    for any of ``methods`` (``None``: every audited gradient method), with ``verdict``;
-    ``gate = (key, minimum)``: judged only when the audit's ``key`` value is >= ``minimum``;
-    ``default=False``: an opt-in rule, active only when ``alarm_rules`` gives it a threshold."""
+    """A named alarm rule over one logged signal (``register_rule`` adds one).
+
+    Args:
+        name: the rule's name (``CAMAudit(alarm_rules={name: threshold or None})``).
+        signal: the logged family read, ``<signal>/<method>``.
+        threshold, below: fires when the value is below (``below=True``) or above it.
+        methods: the methods judged (``None``: every audited gradient method).
+        meaning: one line for the alarm's message.
+        verdict: ``"fooled"`` or ``"imprecise"``.
+        gate: ``(key, minimum)``: judged only when the audit's ``key`` value is >= ``minimum``.
+        default: ``False`` for an opt-in rule, active only when ``alarm_rules`` gives it a threshold.
+
+    Raises:
+        ValueError: a verdict that is not one of ``VERDICTS``.
+
+    Example:
+        >>> from diffcam_lightning.audit.alarm import AlarmRule
+        >>> rule = AlarmRule("flat", "dependence", 0.55, below=True, meaning="maps ignore the image")
+        >>> rule.crossed(0.3), rule.crossed(0.8)
+        (True, False)
+    """
 
     name: str
     signal: str

@@ -31,7 +31,33 @@ PASSES = (HEAD_GRAPH, MODEL_PASSES)
 
 @dataclass
 class CAMContext:
-    """Everything a method may read. ``gradients`` maps backprop target -> ``dT/dA``."""
+    """Everything a method may read: what the engine computed once for all the call's methods.
+
+    A method is ``fn(ctx) -> raw map [B, h, w]``; it reads the fields it needs and checks
+    the optional ones with :func:`require` / :func:`present` (refusing a context built
+    without them instead of guessing).
+
+    Attributes:
+        activations: ``A [B, K, h, w]``, the target layer's output in NCHW.
+        gradients: backprop target name -> ``dT/dA [B, K, h, w]``, one per target of the call.
+        backprop: the target of the method now running (``None``: gradient-free); see :attr:`grad`.
+        model, inputs, targets, logits: the model (a ``LogitsView`` when ``output_key`` is
+            set), the input batch, the explained classes ``[B]`` and the call's logits.
+        perturbation_batch_size: inputs per extra forward (ScoreCAM, AblationCAM).
+        layer, layout, raw_activations: the target module, its output's layout and that
+            output before the NCHW conversion (AblationCAM ablates in the layer's own layout).
+        head: ``(logits, raw A)`` with the head's graph kept, for ``HEAD_GRAPH`` methods.
+        seed: the stochastic methods' seed.
+        cache: passes shared by the methods of one call; methods: the call's methods.
+
+    Example:
+        >>> import torch
+        >>> from diffcam_lightning.cams import get_method
+        >>> from diffcam_lightning.cams.methods import CAMContext
+        >>> ctx = CAMContext(torch.ones(1, 2, 3, 3), {"logit": torch.ones(1, 2, 3, 3)}, backprop="logit")
+        >>> get_method("gradcam").compute(ctx)[0, 0].tolist()  # sum_k mean(dy/dA_k) A_k
+        [2.0, 2.0, 2.0]
+    """
 
     activations: Tensor
     gradients: dict[str, Tensor] = field(default_factory=dict)
@@ -67,8 +93,20 @@ MapFunction = Callable[[CAMContext], Tensor]
 
 @dataclass(frozen=True)
 class CAMMethod:
-    """A registered method. ``backprop`` names its target in ``BACKPROP_TARGETS``
-    (``None`` for gradient-free methods); ``passes`` the extra passes it needs (``PASSES``)."""
+    """A registered method, as :func:`get_method` returns it.
+
+    Attributes:
+        name: the canonical (lower-case) name.
+        compute: ``fn(CAMContext) -> raw map [B, h, w]``.
+        backprop: its target in ``BACKPROP_TARGETS`` (``None`` for gradient-free methods).
+        passes: the extra passes it needs (names of ``PASSES``).
+
+    Example:
+        >>> from diffcam_lightning.cams import get_method
+        >>> method = get_method("MeanDiffGradCAM++")
+        >>> method.name, method.backprop, method.passes
+        ('meandiffgradcam++', 'mean', ())
+    """
 
     name: str
     compute: MapFunction
