@@ -29,8 +29,14 @@ class BatchKeys:
 
 @dataclass
 class AuditSet:
-    """Images ``[N, C, H, W]``, labels ``[N]``, optional saliency ``[N, H, W]`` and a
-    mask ``[N]`` of the samples whose saliency map is real."""
+    """The fixed images the audit explains every epoch.
+
+    Attributes:
+        images: ``[N, C, H, W]``, as the model takes them.
+        labels: ``[N]`` class indices, or ``None`` (needed when ``cam_class="label"``).
+        saliency: ``[N, H, W]`` saliency maps, or ``None``.
+        has_saliency: bool ``[N]``: which saliency maps are real (not placeholders).
+    """
 
     images: Tensor
     labels: Optional[Tensor] = None

@@ -28,7 +28,22 @@ Scores = dict[str, tuple[Tensor, Optional[Tensor]]]
 
 @dataclass
 class ScoreContext:
-    """Everything a score family may look at for one audit batch."""
+    """Everything a score family (``register_score``) may look at for one audit batch.
+
+    Attributes:
+        maps: method -> ``[B, h, w]`` on the CAM grid, min-max normalised.
+        sham: the SHAM ``[h, w]``; ``None`` when it covers the whole grid (no target).
+        reference: method -> ``[B, h, w]`` at the reference model (empty without one).
+        drift_pairs: the ``(variant, base)`` pairs of the audit.
+        saliency, has_saliency: the batch's saliency maps ``[B, H, W]`` and which are real.
+
+    Example:
+        >>> import torch
+        >>> from diffcam_lightning.audit.metrics import ScoreContext
+        >>> ctx = ScoreContext(maps={"gradcam": torch.rand(2, 7, 7)}, sham=None)
+        >>> sorted(ctx.maps), ctx.reference, ctx.drift_pairs
+        (['gradcam'], {}, ())
+    """
 
     maps: dict[str, Tensor]  # method -> [B, h, w] on the CAM grid, min-max normalised
     sham: Optional[Tensor]  # [h, w]; None when it covers the whole grid (no target after min-max)

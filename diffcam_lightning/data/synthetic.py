@@ -152,9 +152,24 @@ def _cue_mask(spec: SyntheticSpec, rng: np.random.Generator, avoid: np.ndarray) 
 class SyntheticShapes(Dataset[dict[str, Tensor]]):
     """``length`` samples of one split; sample ``i`` depends only on ``(seed, split, i)``.
 
-    Returns ``{"image": [3, H, W] normalised with mean/std 0.5, "label": long,
+    Each sample is ``{"image": [3, H, W] normalised with mean/std 0.5, "label": long,
     "saliency": [H, W] object mask, "has_saliency": True}``. Labels cycle through the
     classes (balanced splits).
+
+    Args:
+        length: the number of samples.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"predict"`` (disjoint draws).
+        spec: image size, classes, seed and cue options (default :class:`SyntheticSpec`).
+        ablate: ``None``, ``"cue"`` (the class cue removed) or ``"object"`` (the object removed).
+
+    Raises:
+        ValueError: an unknown split or ablation, or ``length < 1``.
+
+    Example:
+        >>> from diffcam_lightning.data.synthetic import SyntheticShapes
+        >>> sample = SyntheticShapes(4, "val")[1]
+        >>> sorted(sample), tuple(sample["image"].shape), int(sample["label"])
+        (['has_saliency', 'image', 'label', 'saliency'], (3, 64, 64), 1)
     """
 
     def __init__(

@@ -46,7 +46,15 @@ CHECKPOINT_KEY = "diffcam"
 
 @dataclass
 class LoadedModel:
-    """A resolved model source and what a checkpoint says about it."""
+    """A resolved model source and what a checkpoint says about it.
+
+    Attributes:
+        model: the network, with its weights loaded.
+        source: the source string it came from (``timm:...``, a file, a checkpoint).
+        num_classes, class_names: its classes (names when a checkpoint stores them).
+        target_layer, layout: the CAM layer and layout a checkpoint was trained with, if any.
+        hparams: a Lightning checkpoint's hyperparameters (empty otherwise).
+    """
 
     model: nn.Module
     source: str
