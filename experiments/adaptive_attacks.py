@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -215,13 +216,13 @@ def train(run: Run, epochs: int, train_size: int, val_size: int, audit_size: int
     return time.perf_counter() - start
 
 
-def done_runs(sink: Path, epochs: int) -> set[str]:
-    if not sink.exists():
-        return set()
+def done_runs(sinks: Iterable[Path], epochs: int) -> set[str]:
+    """The runs with ``epochs`` epochs recorded, counted over all the JSONL ``sinks`` together."""
     seen: dict[str, set[int]] = {}
-    for line in sink.read_text().splitlines():
-        row = json.loads(line)
-        seen.setdefault(row["run"], set()).add(row["epoch"])
+    for sink in sinks:
+        for line in sink.read_text().splitlines() if sink.exists() else []:
+            row = json.loads(line)
+            seen.setdefault(row["run"], set()).add(row["epoch"])
     return {r for r, e in seen.items() if len(e) >= epochs}
 
 
@@ -246,7 +247,7 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     sink = args.out / f"runs.{args.worker}.jsonl"
-    finished = set().union(*(done_runs(p, args.epochs) for p in args.out.glob("runs.*.jsonl")))
+    finished = set().union(*(done_runs([p], args.epochs) for p in args.out.glob("runs.*.jsonl")))
     runs = [r for r in plan(args.seeds, args.control_seeds) if args.only is None or args.only in r.name]
     for run in runs:
         if run.name in finished or not claim(args.out, run):

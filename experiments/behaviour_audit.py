@@ -35,7 +35,12 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from adaptive_attacks import CONTROL_CONFIGS, claim, method_flag  # beside this script: the runs' shared plumbing
+from adaptive_attacks import (  # beside this script: the runs' shared plumbing
+    CONTROL_CONFIGS,
+    claim,
+    done_runs,
+    method_flag,
+)
 from lightning.pytorch import Callback
 
 from diffcam_lightning.audit import AuditSet, default_drift_pairs, pointing_game
@@ -202,15 +207,6 @@ def train(run: Run, args: argparse.Namespace, sink: Path) -> float:
     return time.perf_counter() - start
 
 
-def done_runs(out: Path, epochs: int) -> set[str]:
-    seen: dict[str, set[int]] = {}
-    for path in out.glob("behaviour_runs.*.jsonl"):
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            seen.setdefault(row["run"], set()).add(row["epoch"])
-    return {r for r, e in seen.items() if len(e) >= epochs}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=6)
@@ -226,7 +222,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     sink = args.out / f"behaviour_runs.{args.worker}.jsonl"
-    finished = done_runs(args.out, args.epochs)
+    finished = done_runs(args.out.glob("behaviour_runs.*.jsonl"), args.epochs)
     for run in plan(args.seeds):
         if (args.only and args.only not in run.name) or run.name in finished or not claim(args.out, run):
             continue
