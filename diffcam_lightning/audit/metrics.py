@@ -93,12 +93,6 @@ class _FamilyKeys(Mapping[str, KeysFn]):
 SCORE_KEYS: Mapping[str, KeysFn] = _FamilyKeys()
 
 
-def __getattr__(name: str) -> Any:
-    if name == "SUM_FAMILIES":  # the families whose figure is a sum, once a set kept beside the registry
-        return frozenset(n for n, family in SCORE_FAMILIES.items() if family.reduce == "sum")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def per_method(*families: str) -> KeysFn:
     return lambda methods, pairs: [f"{f}/{m}" for f in families for m in methods]
 
