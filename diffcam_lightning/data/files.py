@@ -142,21 +142,29 @@ def scan_folder(root: Path, classes: Sequence[str], saliency_root: Optional[Path
     return samples
 
 
+def read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and the rows of a CSV file, names and cells stripped; read as utf-8-sig
+    (Excel's "CSV UTF-8" starts with a BOM). Training manifests and explain's share it."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    return columns, rows
+
+
 def read_manifest(path: Path) -> list[dict[str, str]]:
     """Rows of a CSV manifest with at least the columns ``image,label``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Missing manifest file {str(path)!r}.")
-    with open(path, newline="", encoding="utf-8-sig") as fh:  # Excel's "CSV UTF-8" starts with a BOM
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise DataError(
-                f"Manifest {str(path)!r} lacks column(s) {', '.join(missing)}; it has {columns or 'no header'}. "
-                "Expected a header 'image,label[,saliency]'."
-            )
-        return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    columns, rows = read_csv_rows(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise DataError(
+            f"Manifest {str(path)!r} lacks column(s) {', '.join(missing)}; it has {columns or 'no header'}. "
+            "Expected a header 'image,label[,saliency]'."
+        )
+    return rows
 
 
 def manifest_classes(rows: list[dict[str, str]]) -> list[str]:

@@ -5,7 +5,6 @@ so the predict loop can stop with its name or skip and list it, never silently."
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from torch.utils.data import Dataset
 from typing_extensions import override
 
 from ..data.decode import to_rgb
-from ..data.files import IMAGE_EXTENSIONS
+from ..data.files import IMAGE_EXTENSIONS, read_csv_rows
 
 EXPLAIN_EXTENSIONS = (*IMAGE_EXTENSIONS, ".gif")  # the training data's, and GIF
 
@@ -37,20 +36,17 @@ class ImageItem:
 
 
 def _manifest_items(path: Path) -> list[ImageItem]:
-    with open(path, newline="", encoding="utf-8-sig") as f:  # Excel's "CSV UTF-8" starts with a BOM
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        if "image" not in columns:
-            raise ExplainInputError(f"Manifest {path} has no 'image' column; it has {columns or 'no header'}.")
-        items = []
-        for n, row in enumerate(reader, start=2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            if not row.get("image"):
-                raise ExplainInputError(f"Empty 'image' cell in row {n} of {path}.")
-            image = path.parent / row["image"]
-            if not image.is_file():
-                raise ExplainInputError(f"Image {image} (row {n} of {path}) does not exist.")
-            items.append(ImageItem(image, row.get("label") or None))
+    columns, rows = read_csv_rows(path)
+    if "image" not in columns:
+        raise ExplainInputError(f"Manifest {path} has no 'image' column; it has {columns or 'no header'}.")
+    items = []
+    for n, row in enumerate(rows, start=2):
+        if not row.get("image"):
+            raise ExplainInputError(f"Empty 'image' cell in row {n} of {path}.")
+        image = path.parent / row["image"]
+        if not image.is_file():
+            raise ExplainInputError(f"Image {image} (row {n} of {path}) does not exist.")
+        items.append(ImageItem(image, row.get("label") or None))
     if not items:
         raise ExplainInputError(f"Manifest {path} has no rows.")
     return items
