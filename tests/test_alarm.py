@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_audit import quiet_trainer
 
 from diffcam_lightning.audit import (
     ALARM_RULES,
@@ -191,17 +192,7 @@ def _fit(regime: str, epochs: int = 6) -> tuple[CAMAudit, list[str]]:
     )
     data = SyntheticDataModule(image_size=48, train_size=320, val_size=64, test_size=32, batch_size=32)
     audit = CAMAudit(log_images=False)  # the defaults: border SHAM, every rule
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=1,
-        callbacks=[audit],
-    )
+    trainer = quiet_trainer(max_epochs=epochs, limit_val_batches=1, callbacks=[audit])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(model, data)

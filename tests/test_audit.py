@@ -8,6 +8,7 @@ import math
 import random
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import lightning as L
 import numpy as np
@@ -83,7 +84,8 @@ def loaders(saliency: bool = False, seed: int = 0):
     return train, val
 
 
-def quiet_trainer(tmp_path: Path, **kw) -> L.Trainer:
+def quiet_trainer(tmp_path: Optional[Path] = None, **kw) -> L.Trainer:
+    """A CPU Trainer that logs, checkpoints and prints nothing (files, if any, under ``tmp_path``)."""
     args = {
         "accelerator": "cpu",
         "devices": 1,
@@ -92,8 +94,8 @@ def quiet_trainer(tmp_path: Path, **kw) -> L.Trainer:
         "enable_checkpointing": False,
         "enable_progress_bar": False,
         "enable_model_summary": False,
-        "default_root_dir": str(tmp_path),
         "num_sanity_val_steps": 0,
+        **({} if tmp_path is None else {"default_root_dir": str(tmp_path)}),
     }
     return L.Trainer(**{**args, **kw})
 

@@ -8,6 +8,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
+from test_audit import quiet_trainer
 from torch import nn
 
 from diffcam_lightning import CAMAudit, SaliencyClassifier, SyntheticDataModule
@@ -137,16 +138,7 @@ def cue_fit(cue: bool, epochs: int = 4) -> tuple[SaliencyClassifier, SyntheticDa
         num_classes=3, image_size=48, train_size=384, val_size=32, test_size=32, batch_size=32, cue=cue
     )
     audit = CAMAudit(methods=("gradcam", "meandiffgradcam"), every_n_epochs=epochs, log_images=False, reference=None)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[audit],
-    )
+    trainer = quiet_trainer(max_epochs=epochs, callbacks=[audit])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(model, data)

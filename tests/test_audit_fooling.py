@@ -8,6 +8,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
+from test_audit import quiet_trainer
 
 from diffcam_lightning import CAMAudit, SaliencyClassifier, SyntheticDataModule
 
@@ -27,17 +28,7 @@ def fit(regime: str) -> tuple[CAMAudit, dict, list[str]]:
     )  # 48 px images -> a 6x6 CAM grid; the paper's 3.35-nat border SHAM for both model and audit
     data = SyntheticDataModule(image_size=48, train_size=320, val_size=64, test_size=32, batch_size=32)
     audit = CAMAudit(every_n_epochs=EPOCHS, log_images=False)  # default thresholds
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=EPOCHS,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=1,
-        callbacks=[audit],
-    )
+    trainer = quiet_trainer(max_epochs=EPOCHS, limit_val_batches=1, callbacks=[audit])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(model, data)

@@ -198,16 +198,7 @@ def test_random_logit_matches_quantus(case, method):
 
     maps = explain(x, targets)
     ref = quantus.RandomLogit(num_classes=6, seed=42, **PER_IMAGE)
-    expected = np.asarray(
-        ref(
-            model=model,
-            x_batch=x.numpy(),
-            y_batch=targets.numpy(),
-            a_batch=maps[:, None].numpy(),
-            explain_func=quantus_explain,
-            device="cpu",
-        )
-    )
+    expected = quantus_scores(ref, model, x, maps, targets, explain_func=quantus_explain)
     ours = M.random_logit(model, x, maps, targets, explain=explain)
     np.testing.assert_allclose(ours["random_logit"].numpy(), expected, atol=1e-5)
     others = M.random_other_classes(targets, 6)
@@ -257,16 +248,7 @@ def test_localisation_metrics_match_quantus_without_ties(case, name, cls):
     masks = torch.zeros(3, 20, 20)
     masks[0, 2:9, 3:15], masks[1, 10:, :], masks[2, 5:15, 5:15] = 1, 1, 1
     ref = getattr(quantus, cls)(**PER_IMAGE)
-    expected = np.asarray(
-        ref(
-            model=model,
-            x_batch=x.numpy(),
-            y_batch=targets.numpy(),
-            a_batch=maps[:, None].numpy(),
-            s_batch=masks[:, None].numpy(),
-            device="cpu",
-        )
-    )
+    expected = quantus_scores(ref, model, x, maps, targets, s_batch=masks[:, None].numpy())
     np.testing.assert_allclose(getattr(M, name)(maps, masks).numpy(), expected, atol=1e-6)
 
 
@@ -298,16 +280,7 @@ def test_robustness_metrics_match_quantus_at_the_same_noise(case, monkeypatch, n
     replay(monkeypatch, draw, [noise[s].reshape(len(x), -1) for s in range(samples)])
     maps = explain(x, targets)
     ref = getattr(quantus, cls)(nr_samples=samples, **PER_IMAGE)
-    expected = np.asarray(
-        ref(
-            model=model,
-            x_batch=x.numpy(),
-            y_batch=targets.numpy(),
-            a_batch=maps[:, None].numpy(),
-            explain_func=quantus_explain,
-            device="cpu",
-        )
-    )
+    expected = quantus_scores(ref, model, x, maps, targets, explain_func=quantus_explain)
     monkeypatch.undo()
     ours = getattr(M, name)(model, x, maps, targets, explain=explain, draws=torch.from_numpy(noise), batch_size=5)
     np.testing.assert_allclose(ours[name].numpy(), expected, rtol=1e-4)
@@ -394,16 +367,7 @@ def test_efficient_mprt_matches_quantus(case):
 
     maps = explain(x, targets)
     ref = quantus.EfficientMPRT(disable_warnings=True)
-    expected = np.asarray(
-        ref(
-            model=model,
-            x_batch=x.numpy(),
-            y_batch=targets.numpy(),
-            a_batch=maps[:, None].numpy(),
-            explain_func=quantus_explain,
-            device="cpu",
-        )
-    )
+    expected = quantus_scores(ref, model, x, maps, targets, explain_func=quantus_explain)
     torch.set_rng_state(rng)
     ours = M.efficient_mprt(model, x, maps, targets, explain=explain)["efficient_mprt"]
     np.testing.assert_allclose(ours.numpy(), expected, atol=1e-6)
@@ -443,16 +407,7 @@ def test_smooth_mprt_matches_quantus_at_the_same_noise(case, monkeypatch):
     monkeypatch.setattr(quantus, "explain", quantus_explain)
     monkeypatch.setattr(np.random, "randn", randn)
     ref = quantus.SmoothMPRT(nr_samples=samples, return_last_correlation=True, **PER_IMAGE)
-    expected = np.asarray(
-        ref(
-            model=model,
-            x_batch=x.numpy(),
-            y_batch=targets.numpy(),
-            a_batch=maps[:, None].numpy(),
-            explain_func=quantus_explain,
-            device="cpu",
-        )
-    )
+    expected = quantus_scores(ref, model, x, maps, targets, explain_func=quantus_explain)
     monkeypatch.undo()
     assert len(calls) == (samples - 1) * (1 + 3)  # the original model, then 3 layers
     ours = M.smooth_mprt(

@@ -275,16 +275,10 @@ def test_audit_pictures_of_a_logger_without_a_folder_go_to_the_root_dir_with_a_w
 
 
 def test_a_second_explain_into_the_same_folder_is_refused_or_replaces_the_first(tmp_path, capsys):
+    from test_explain import QUIET
+
     from diffcam_lightning.cli import main
 
-    quiet = [
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        "--trainer.accelerator",
-        "cpu",
-    ]
     for name, colour in (("red", (200, 0, 0)), ("blue", (0, 0, 200)), ("green", (0, 200, 0))):
         (tmp_path / name).mkdir()
         Image.new("RGB", (40, 30), colour).save(tmp_path / name / f"{name}.png")
@@ -296,7 +290,7 @@ def test_a_second_explain_into_the_same_folder_is_refused_or_replaces_the_first(
                 "explain",
                 "--output_dir",
                 str(out),
-                *quiet,
+                *QUIET,
                 "--model",
                 "timm:test_resnet",
                 "--image_size",
