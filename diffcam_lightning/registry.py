@@ -117,8 +117,8 @@ class Registry(Mapping[K, V], Generic[K, V]):
         return len(self._entries)
 
     def names(self) -> tuple[K, ...]:
-        """The registered keys, in registration order."""
-        return tuple(self._entries)
+        """The registered keys, in iteration order (registration order unless a subclass sorts)."""
+        return tuple(self)
 
     def __repr__(self) -> str:
-        return f"Registry({self.kind!r}: {', '.join(_describe(k) for k in self._entries)})"
+        return f"Registry({self.kind!r}: {', '.join(_describe(k) for k in self)})"

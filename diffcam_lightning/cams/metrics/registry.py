@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union, get_args
 
 from torch import Tensor, nn
 
@@ -59,13 +59,7 @@ class MetricSpec:
     needs_explain: bool = False
 
 
-FAMILIES: tuple[Family, ...] = (
-    "faithfulness",
-    "randomisation",
-    "localisation",
-    "complexity",
-    "robustness",
-)  # Quantus's grouping
+FAMILIES: tuple[Family, ...] = get_args(Family)  # Quantus's grouping, in its order
 
 
 class _FamilyOrdered(Registry[str, MetricSpec]):
@@ -74,12 +68,6 @@ class _FamilyOrdered(Registry[str, MetricSpec]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(super().__iter__(), key=lambda name: FAMILIES.index(self[name].family)))
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(self)
-
-    def __repr__(self) -> str:
-        return f"Registry({self.kind!r}: {', '.join(self)})"
 
 
 METRICS: Registry[str, MetricSpec] = _FamilyOrdered("CAM metric")
