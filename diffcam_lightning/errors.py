@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -44,6 +44,15 @@ class CheckpointError(UserInputError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """A checkpoint or weights file that does not exist (also a ``FileNotFoundError``)."""
+
+
+def check_choice(option: str, value: object, valid: Iterable[str], owner: str = "") -> None:
+    """Refuse ``value`` unless it is one of ``valid`` (a tuple, a Literal's args, a registry),
+    naming the option, its ``owner`` (``"CAMAudit"``) and the valid values."""
+    valid = list(valid)
+    if value not in valid:
+        where = f"{owner} {option}" if owner else option
+        raise ValueError(f"Unknown {where} {value!r}; valid: {', '.join(map(str, valid))}.")
 
 
 def _raised_by_us(exc: BaseException) -> bool:

@@ -28,6 +28,7 @@ from ..cams.classes import CAM_CLASSES, CamClass
 from ..cams.layers import known_layer_name
 from ..cams.metrics import check_metrics, check_options
 from ..cams.outputs import classifier_width, logits_of
+from ..errors import check_choice
 from ..saliency import PAPER_ENTROPY, SHAM_PATTERNS, sham_target, whole_grid_note
 from . import review
 from .alarm import (
@@ -113,12 +114,6 @@ class GridRows:
             explained=result.targets[:n].cpu(),
             predicted=result.logits.argmax(dim=1)[:n].cpu(),
         )
-
-
-def _check_choice(option: str, value: object, valid: Iterable[str]) -> None:
-    valid = list(valid)
-    if value not in valid:
-        raise ValueError(f"Unknown CAMAudit {option} {value!r}; valid: {', '.join(valid)}.")
 
 
 def _checked_options(metrics: Sequence[str], options: Optional[Mapping[str, Any]]) -> dict[str, Any]:
@@ -297,8 +292,8 @@ class CAMAudit(Callback):
         for key, value in sizes.items():
             if value < 1:
                 raise ValueError(f"CAMAudit {key} must be >= 1; got {value}.")
-        _check_choice("cam_class", self.cam_class, get_args(CamClass))
-        _check_choice("sham_pattern", self.sham_pattern, SHAM_PATTERNS)
+        check_choice("cam_class", self.cam_class, get_args(CamClass), owner="CAMAudit")
+        check_choice("sham_pattern", self.sham_pattern, SHAM_PATTERNS, owner="CAMAudit")
         if self.grid_images < 0:
             raise ValueError(f"CAMAudit grid_images must be >= 0; got {self.grid_images}.")
 

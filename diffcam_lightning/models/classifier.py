@@ -47,6 +47,7 @@ from ..cams import GRADIENT_METHODS, CAMEngine, CAMResult, method_names
 from ..cams.classes import CAM_CLASSES, CamClass
 from ..cams.coupling import BatchCoupling
 from ..cams.outputs import logits_of
+from ..errors import check_choice
 from ..registry import Registry
 from ..saliency import (
     PAPER_ENTROPY,
@@ -354,8 +355,7 @@ def _check_choices(**choices: str) -> None:
         "sham_pattern": SHAM_PATTERNS,
     }
     for option, value in choices.items():
-        if value not in registries[option]:
-            raise ValueError(f"Unknown {option} {value!r}; valid: {', '.join(registries[option])}.")
+        check_choice(option, value, registries[option])
 
 
 def _check_weights(ce_weight: float, saliency_weight: float) -> None:
